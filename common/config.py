@@ -1,0 +1,99 @@
+"""The one config format: TOML with one table per concern, every key validated against a dataclass.
+
+```toml
+[model]        # common.model.ModelConfig
+[central]      # common.training.TrainConfig for the centralized NeuMF arm
+[federated]    # FederatedConfig
+```
+Unknown tables or keys are errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import FedrecError
+from common.model import ModelConfig
+from common.training import TrainConfig
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """Federation and device-side settings (the run config of the Flower App carries the same names)."""
+
+    rounds: int = 20
+    fraction_train: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    negatives: int = 4
+    strategy: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    epsilon: float | None = None
+    delta: float = 1e-5
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_CENTRAL = TrainConfig(epochs=40, batch_size=256, lr=1e-3, negatives=4, patience=5)
+
+
+@dataclass(frozen=True)
+class FedrecConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    central: TrainConfig = DEFAULT_CENTRAL
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "central": self.central.to_dict(), "federated": self.federated.to_dict()}
+
+
+def _build(cls: type, table: dict[str, Any], where: str, base: Any = None) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise FedrecError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    values = dataclasses.asdict(base) if base is not None else {}
+    for key, value in table.items():
+        if key == "layers":
+            value = tuple(value)
+        values[key] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise FedrecError(f"{where}: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, dict] | None = None) -> FedrecConfig:
+    """Defaults, then the TOML file, then command-line overrides (one dict per table)."""
+    raw: dict[str, dict] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise FedrecError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise FedrecError(f"{path}: invalid TOML ({exc})") from None
+    for table, values in (overrides or {}).items():
+        raw.setdefault(table, {}).update({k: v for k, v in values.items() if v is not None})
+    known = {"model": ModelConfig, "central": TrainConfig, "federated": FederatedConfig}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise FedrecError(f"{source}: unknown table(s) [{'], ['.join(unknown)}]; known: {', '.join(known)}")
+    defaults = FedrecConfig()
+    return FedrecConfig(
+        model=_build(ModelConfig, raw.get("model", {}), f"{source} [model]", defaults.model),
+        central=_build(TrainConfig, raw.get("central", {}), f"{source} [central]", defaults.central),
+        federated=_build(FederatedConfig, raw.get("federated", {}), f"{source} [federated]", defaults.federated),
+    )

@@ -1,0 +1,128 @@
+"""NeuMF (He et al. 2017) with a hard line between global (shared) and local (per-user) parameters.
+
+One user table and one item table each hold the GMF and the MLP halves side by side, so that every
+forward does exactly one lookup per table: Opacus' ghost clipping requires each embedding be called
+once per forward. Parameters named ``user_emb.*`` are local: they never leave a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict, field
+
+import torch
+from torch import nn
+
+LOCAL_PREFIX = "user_emb."
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture; ``kind`` is 'neumf', 'mlp' (the seed's embedding-MLP) or 'gmf'."""
+
+    kind: str = "neumf"
+    gmf_dim: int = 32
+    mlp_dim: int = 32
+    layers: tuple[int, ...] = (64, 32, 16)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("neumf", "mlp", "gmf"):
+            raise ValueError(f"model kind must be neumf, mlp or gmf, not {self.kind!r}")
+
+    @property
+    def uses_gmf(self) -> bool:
+        return self.kind in ("neumf", "gmf")
+
+    @property
+    def uses_mlp(self) -> bool:
+        return self.kind in ("neumf", "mlp")
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.gmf_dim * self.uses_gmf + self.mlp_dim * self.uses_mlp
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NeuMF(nn.Module):
+    """Scores (user, item) pairs with one logit; BCE with sampled negatives trains it."""
+
+    def __init__(self, n_users: int, n_items: int, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.config = config
+        self.n_users, self.n_items = n_users, n_items
+        dim = config.embedding_dim
+        self.user_emb = nn.Embedding(n_users, dim)
+        self.item_emb = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.user_emb.weight, std=0.01)
+        nn.init.normal_(self.item_emb.weight, std=0.01)
+        head = 0
+        if config.uses_mlp:
+            tower: list[nn.Module] = []
+            width = 2 * config.mlp_dim
+            for out in config.layers:
+                tower += [nn.Linear(width, out), nn.ReLU()]  # no inplace ReLU: ghost clipping needs it
+                if config.dropout > 0:
+                    tower.append(nn.Dropout(config.dropout))
+                width = out
+            self.tower = nn.Sequential(*tower)
+            head += width
+        if config.uses_gmf:
+            head += config.gmf_dim
+        self.output = nn.Linear(head, 1)
+
+    def _split(self, emb: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        g = self.config.gmf_dim if self.config.uses_gmf else 0
+        gmf = emb[..., :g] if self.config.uses_gmf else None
+        mlp = emb[..., g:] if self.config.uses_mlp else None
+        return gmf, mlp
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        u_gmf, u_mlp = self._split(self.user_emb(users))
+        i_gmf, i_mlp = self._split(self.item_emb(items))
+        parts = []
+        if self.config.uses_mlp:
+            parts.append(self.tower(torch.cat([u_mlp, i_mlp], dim=-1)))
+        if self.config.uses_gmf:
+            parts.append(u_gmf * i_gmf)
+        return self.output(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def score_users(self, users: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """[len(users), n_items] logits for every item, without building a pair batch per item."""
+        was_training = self.training
+        self.eval()
+        items = torch.arange(self.n_items)
+        item_gmf, item_mlp = self._split(self.item_emb(items))
+        rows = []
+        for start in range(0, len(users), chunk):
+            u_gmf, u_mlp = self._split(self.user_emb(users[start : start + chunk]))
+            parts = []
+            if self.config.uses_mlp:
+                first: nn.Linear = self.tower[0]
+                w_u, w_i = first.weight[:, : self.config.mlp_dim], first.weight[:, self.config.mlp_dim :]
+                h = (u_mlp @ w_u.T)[:, None, :] + (item_mlp @ w_i.T)[None, :, :] + first.bias
+                parts.append(self.tower[1:](h))
+            if self.config.uses_gmf:
+                parts.append(u_gmf[:, None, :] * item_gmf[None, :, :])
+            rows.append(self.output(torch.cat(parts, dim=-1)).squeeze(-1))
+        self.train(was_training)
+        return torch.cat(rows)
+
+
+def is_local(name: str) -> bool:
+    return name.startswith(LOCAL_PREFIX)
+
+
+def global_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters a device may share: everything but its user embedding."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not is_local(k)}
+
+
+def local_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if is_local(k)}
+
+
+def global_names(model: nn.Module) -> list[str]:
+    return [k for k in model.state_dict() if not is_local(k)]

@@ -1,0 +1,44 @@
+"""Pieces of NeuMF training shared by the centralized arm and the device client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.sampling import sample_negatives
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; the same names appear in the TOML config and in reports."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    negatives: int = 4
+    weight_decay: float = 0.0
+    patience: int = 5
+    lr_decay: float = 1.0  # multiplicative per epoch (1.0 = constant)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def with_negatives(
+    users: np.ndarray, items: np.ndarray, keys: np.ndarray, n_items: int, negatives: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each positive plus ``negatives`` freshly drawn non-positives of the same user, labels 1/0."""
+    neg_users = np.repeat(users, negatives)
+    neg_items = sample_negatives(neg_users, keys, n_items, rng)
+    u = np.concatenate([users, neg_users])
+    i = np.concatenate([items, neg_items])
+    y = np.concatenate([np.ones(len(users), np.float32), np.zeros(len(neg_users), np.float32)])
+    return u, i, y
+
+
+def per_example_bce() -> nn.Module:
+    """reduction='none' gives one loss per example, which Opacus' ghost clipping needs."""
+    return nn.BCEWithLogitsLoss(reduction="none")

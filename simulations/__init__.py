@@ -1,0 +1,1 @@
+"""The harness: arms, centralized baselines, retention simulator, privacy audit, reports, CLI."""

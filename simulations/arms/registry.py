@@ -1,0 +1,40 @@
+"""Arm names of design.md mapped to the code that fits them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from common.errors import FedrecError
+from common.split import Split
+from simulations.arms.base import ArmResult
+from simulations.arms.centralized import fit_centralized
+from simulations.arms.simple import fit_ease, fit_popularity, fit_random
+
+CENTRAL_ARMS: dict[str, Callable[..., ArmResult]] = {
+    "random": fit_random,
+    "popularity": fit_popularity,
+    "ease": fit_ease,
+    "centralized": fit_centralized,
+}
+
+
+def fit_arm(name: str, split: Split, seed: int, **kwargs) -> ArmResult:
+    if name not in CENTRAL_ARMS:
+        raise FedrecError(f"unknown arm {name!r}: choose from {', '.join(CENTRAL_ARMS)}")
+    return CENTRAL_ARMS[name](split, seed, **kwargs)
+
+
+def central_fitters(names: list[str], config, show: bool = True) -> dict[str, Callable[[Split, int], ArmResult]]:
+    """Bind each named arm to its settings so the experiment only passes (split, seed)."""
+    from simulations.arms.centralized import CentralConfig
+
+    fitters = {}
+    for name in names:
+        if name not in CENTRAL_ARMS:
+            raise FedrecError(f"unknown arm {name!r}: choose from {', '.join(CENTRAL_ARMS)}")
+        if name == "centralized":
+            central = CentralConfig(model=config.model, train=config.central)
+            fitters[name] = lambda split, seed, c=central: fit_centralized(split, seed, c, show=show)
+        else:
+            fitters[name] = CENTRAL_ARMS[name]
+    return fitters

@@ -1,0 +1,88 @@
+"""Run a set of arms over seeds on one dataset and write the run dir (baseline and simulate share it)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+
+from common.datasets import Interactions, load_dataset
+from common.metrics import evaluate_scores
+from common.split import Split, temporal_split
+from simulations.arms.base import ArmResult
+from simulations.plots import accuracy_bars
+from simulations.report import render
+from simulations.rundir import RunDir, git_commit
+from simulations.stats import summarize_runs
+
+Fitter = Callable[[Split, int], ArmResult]
+
+
+@dataclass
+class Experiment:
+    dataset: str
+    out: Path
+    fitters: dict[str, Fitter]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data_dir: str | None = None
+    users: int | None = None
+    config: dict = field(default_factory=dict)
+    show: bool = True
+
+
+def load(dataset: str, data_dir: str | None, users: int | None) -> Interactions:
+    data = load_dataset(dataset, data_dir)
+    return data.subset_users(users) if users else data
+
+
+def run(exp: Experiment) -> dict:
+    """Fit every arm for every seed; the first seed's split, recommendations and scores go to disk."""
+    console = Console(stderr=True, quiet=not exp.show)
+    t0 = time.perf_counter()
+    data = load(exp.dataset, exp.data_dir, exp.users)
+    run_dir = RunDir(exp.out)
+    per_arm: dict[str, list[dict]] = {name: [] for name in exp.fitters}
+    info: dict[str, dict] = {}
+    for seed in exp.seeds:
+        split = temporal_split(data, seed)
+        primary = seed == exp.seeds[0]
+        if primary:
+            run_dir.write_split(split, data)
+        for name, fit in exp.fitters.items():
+            console.print(f"[bold]seed {seed}[/bold]: fitting {name}")
+            t_arm = time.perf_counter()
+            result = fit(split, seed)
+            fit_s = time.perf_counter() - t_arm
+            acc = evaluate_scores(result.scores, split, "test", seed)
+            per_arm[name].append(acc)
+            console.print(f"  {name}: " + "  ".join(f"{k} {v:.4f}" for k, v in acc.items()) + f"  ({fit_s:.1f} s)")
+            if primary:
+                info[name] = {**result.info, "fit_s": fit_s}
+                run_dir.write_recommendations(name, result.scores, split, data)
+                run_dir.write_scores(name, result.scores)
+    arms = {}
+    for name, runs in per_arm.items():
+        mean, detail = summarize_runs(runs)
+        arms[name] = {"accuracy": mean, "accuracy_ci95": detail, "accuracy_seeds": runs, "info": info[name]}
+    report = {
+        "meta": {
+            "dataset": data.name,
+            "n_users": data.n_users,
+            "n_items": data.n_items,
+            "n_interactions": len(data),
+            "seed": exp.seeds[0],
+            "seeds": exp.seeds,
+            "git_commit": git_commit(),
+            "wall_s": time.perf_counter() - t0,
+            "config": exp.config,
+            "command": " ".join(["fedrec", *sys.argv[1:]]),
+        },
+        "arms": arms,
+    }
+    accuracy_bars(arms, run_dir.path / "accuracy.png")
+    run_dir.write_report(report, render(report))
+    return report

@@ -1,0 +1,69 @@
+"""report.md from report.json: one renderer, sections appear when the report carries their data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ACC_KEYS = ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled")
+
+
+def _fmt_ci(arm: dict, key: str) -> str:
+    mean = arm["accuracy"][key]
+    ci = arm.get("accuracy_ci95", {}).get(key, {})
+    if ci.get("n", 1) > 1:
+        lo, hi = ci["ci95"]
+        return f"{mean:.4f} ({lo:.4f}–{hi:.4f})"
+    return f"{mean:.4f}"
+
+
+def accuracy_section(report: dict) -> str:
+    meta = report["meta"]
+    seeds = meta.get("seeds", [meta.get("seed")])
+    lines = [
+        "## Accuracy (test, protocol.md)",
+        "",
+        f"Mean over seeds {seeds}; 95% interval in brackets where more than one seed ran. Full ranking is "
+        "primary; sampled-99 numbers are only for comparing with NCF-style papers.",
+        "",
+        "| arm | HR@10 | NDCG@10 | HR@10 sampled | NDCG@10 sampled |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, arm in report["arms"].items():
+        if "accuracy" in arm:
+            lines.append(f"| {name} | " + " | ".join(_fmt_ci(arm, k) for k in ACC_KEYS) + " |")
+    lines += ["", "![accuracy](accuracy.png)", ""]
+    return "\n".join(lines)
+
+
+def header_section(report: dict) -> str:
+    meta = report["meta"]
+    return "\n".join(
+        [
+            f"# fedrec report: {meta['dataset']}",
+            "",
+            f"- users {meta['n_users']}, items {meta['n_items']}, interactions {meta.get('n_interactions', '?')}",
+            f"- seed {meta['seed']} (all seeds: {meta.get('seeds', [meta['seed']])}), commit `{meta['git_commit']}`, "
+            f"wall time {meta['wall_s']:.1f} s",
+            f"- command: `{meta.get('command', '')}`",
+            "",
+            "<details><summary>config</summary>",
+            "",
+            "```json",
+            json.dumps(meta.get("config", {}), indent=2),
+            "```",
+            "</details>",
+            "",
+        ]
+    )
+
+
+def render(report: dict) -> str:
+    from simulations import report_sections
+
+    parts = [header_section(report), accuracy_section(report)]
+    for section in report_sections.extra_sections():
+        text = section(report)
+        if text:
+            parts.append(text)
+    return "\n".join(parts) + "\n"

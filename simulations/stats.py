@@ -1,0 +1,22 @@
+"""Means with 95% intervals over seeds (Student t), as protocol.md asks where more than one seed runs."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def mean_ci(values: list[float] | np.ndarray, confidence: float = 0.95) -> dict:
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean()) if len(arr) else float("nan")
+    if len(arr) < 2:
+        return {"mean": mean, "ci95": [mean, mean], "n": int(len(arr))}
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(arr) - 1) * arr.std(ddof=1) / np.sqrt(len(arr)))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(len(arr))}
+
+
+def summarize_runs(per_seed: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, dict]]:
+    """Per-key means (the report's headline) and their intervals."""
+    keys = per_seed[0].keys()
+    detail = {k: mean_ci([run[k] for run in per_seed]) for k in keys}
+    return {k: v["mean"] for k, v in detail.items()}, detail
