@@ -61,6 +61,116 @@ def baseline(
     err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
 
 
+# --- deployment: fedrec certs / server / client / recommend (issue 6) ------------------------------
+certs_app = typer.Typer(no_args_is_help=True, help="A local CA, the server certificate and device keys (tests, small installs).")
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("init")
+def certs_init(
+    out: Path = typer.Option(..., help="Directory for ca.crt, ca.key, server.crt, server.pem."),
+    server_name: list[str] = typer.Option([], help="DNS name devices use for the server (repeatable)."),
+    ip: list[str] = typer.Option([], help="IP address devices use for the server (repeatable)."),
+    devices: int = typer.Option(0, min=0, help="Also create this many device key pairs (device-0, device-1, ...)."),
+    force: bool = typer.Option(False, help="Replace an existing CA (every device must then get the new ca.crt)."),
+) -> None:
+    """Create a CA and a server certificate valid for every --server-name and --ip."""
+    from common.certs import create_ca, create_device_keys, issue_server_cert
+
+    create_ca(out, overwrite=force)
+    pki = issue_server_cert(out, server_name, ip)
+    err.print(f"CA {pki.ca_cert} (give to every device), server certificate {pki.cert} + key {pki.key} "
+              f"for {', '.join(server_name + ip)}")
+    for i in range(devices):
+        keys = create_device_keys(out, f"device-{i}")
+        err.print(f"device key {keys.private_key} (to the device), {keys.public_key} (register on the server)")
+
+
+@certs_app.command("server")
+def certs_server(
+    out: Path = typer.Option(..., help="Directory holding the CA from `fedrec certs init`."),
+    server_name: list[str] = typer.Option([], help="DNS name (repeatable)."),
+    ip: list[str] = typer.Option([], help="IP address (repeatable)."),
+) -> None:
+    """Reissue the server certificate (rotation, or new names) from the existing CA."""
+    from common.certs import issue_server_cert
+
+    pki = issue_server_cert(out, server_name, ip)
+    err.print(f"server certificate {pki.cert} + key {pki.key} for {', '.join(server_name + ip)}; restart the server")
+
+
+@certs_app.command("device")
+def certs_device(
+    names: list[str] = typer.Argument(..., help="Device names; each gets DIR/devices/NAME and NAME.pub."),
+    out: Path = typer.Option(..., help="Certificates directory."),
+) -> None:
+    """Create authentication key pairs for devices (EC P-384, OpenSSH format, as SuperNodes read them)."""
+    from common.certs import create_device_keys
+
+    for name in names:
+        keys = create_device_keys(out, name)
+        err.print(f"device key {keys.private_key} (to the device), {keys.public_key} (register on the server)")
+
+
+@app.command()
+def server(
+    out: Path = typer.Option(..., help="Run output: checkpoint.pt each round, global_model.pt + model.json at the end."),
+    certs: Optional[Path] = typer.Option(None, help="Directory from `fedrec certs init` (ca.crt, server.crt, server.pem)."),
+    ca_cert: Optional[Path] = typer.Option(None, help="CA certificate (overrides --certs; bring your own PKI)."),
+    cert: Optional[Path] = typer.Option(None, help="Server certificate (PEM)."),
+    key: Optional[Path] = typer.Option(None, help="Server private key (PEM)."),
+    devices: list[Path] = typer.Option([], help="Device public key or directory of *.pub to register (default CERTS/devices)."),
+    host: str = typer.Option("0.0.0.0", help="Address to listen on."),
+    port: int = typer.Option(9092, help="The one TLS port (Fleet, Control and Runtime APIs)."),
+    rounds: Optional[int] = typer.Option(None, min=1, help="Federated rounds (run config num-server-rounds)."),
+    run_config: Optional[str] = typer.Option(None, help='More run config, e.g. "n-items=1682 local-epochs=1".'),
+    wait_for: Optional[int] = typer.Option(None, min=0, help="Devices that must be online before the run starts (default: all registered)."),
+    state_dir: Optional[Path] = typer.Option(None, help="SuperLink state, Flower CLI config and logs (default OUT/superlink)."),
+    timeout: float = typer.Option(600.0, help="Seconds to wait for the SuperLink and the devices."),
+) -> None:
+    """Start a SuperLink (TLS, device authentication), register device keys, run federated training."""
+    from server.launcher import parse_run_config, serve, settings
+
+    s = settings(certs, ca_cert, cert, key, devices, out, state_dir, run_config=parse_run_config(run_config),
+                 rounds=rounds, host=host, port=port, wait_for=wait_for, startup_timeout=timeout)
+    serve(s, lambda line: err.print(line, markup=False, highlight=False))
+
+
+@app.command()
+def client(
+    store: Path = typer.Option(..., help="This device's encrypted store."),
+    key_file: Path = typer.Option(..., help="The store's 32-byte key file."),
+    superlink: str = typer.Option(..., help="SuperLink address HOST:PORT."),
+    root_cert: Path = typer.Option(..., help="CA certificate that signed the SuperLink's certificate."),
+    auth_key: Path = typer.Option(..., help="This device's private authentication key (`fedrec certs device`)."),
+    port: Optional[int] = typer.Option(None, help="Local SuperNode runtime port (default: a free one)."),
+    max_wait: Optional[float] = typer.Option(None, help="Give up if the SuperLink is unreachable this many seconds."),
+    quiet: bool = typer.Option(False, help="Do not echo the SuperNode's log."),
+) -> None:
+    """Run this device as a Flower SuperNode: it trains on its store when the server asks."""
+    from client.device import ClientSettings, run_client
+
+    run_client(ClientSettings(store, key_file, superlink, root_cert, auth_key, port, max_wait),
+               lambda line: err.print(line, markup=False, highlight=False), echo=not quiet)
+
+
+@app.command()
+def recommend(
+    store: Path = typer.Option(..., help="This device's encrypted store."),
+    key_file: Path = typer.Option(..., help="The store's key file."),
+    model: Path = typer.Option(..., help="global_model.pt (model.json beside it)."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="How many items."),
+    manifest: Optional[Path] = typer.Option(None, help="Provisioning manifest with the item catalogue (default: found beside the store)."),
+    state_prefix: str = typer.Option("", help="State-name prefix the device trained under (e.g. federated_dp/)."),
+) -> None:
+    """Top-k unseen items for this device's user, computed on the device."""
+    from client.device import recommend as top_k
+
+    for rec in top_k(store, key_file, model, k, manifest, state_prefix):
+        print(f"{rec.rank + 1:>3}  {rec.item_id:>8}  {rec.score:8.3f}  {rec.title or ''}".rstrip())
+# --- end deployment ---------------------------------------------------------------------------------
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,209 @@
+"""The device runtime: `fedrec client` (a SuperNode for one device) and `fedrec recommend` (on-device top-k).
+
+`fedrec client` checks what it can before connecting (the store opens with the key, the auth key is an
+EC key, the CA file parses), then runs ``flower-supernode`` with TLS and SuperNode authentication and
+node config ``store=... key-file=...``, which ``client.app`` reads. Flower reports a refused
+connection as a multi-line exit message; this module turns the known causes into one line that says
+what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+from client.device_round import EMBEDDING, DeviceRef, device_scores
+from common.errors import FedrecError
+from common.keys import load_key_file
+from common.model import ModelConfig
+from common.processes import Children, flower_env, free_port, terminate_on_sigterm
+from common.store import DeviceStore
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    store: Path
+    key_file: Path
+    superlink: str  # HOST:PORT of the SuperLink
+    root_cert: Path  # the CA that signed the SuperLink's certificate
+    auth_key: Path  # this device's OpenSSH EC private key (its public half is registered on the server)
+    port: int | None = None  # the SuperNode's local Runtime API port; None picks a free one
+    max_wait: float | None = None  # give up connecting after this many seconds (None: keep retrying)
+    extra_node_config: str = ""
+
+
+def check_inputs(s: ClientSettings) -> None:
+    """Fail before any network traffic, naming the file that is wrong."""
+    for path, flag in ((s.store, "--store"), (s.key_file, "--key-file"), (s.root_cert, "--root-cert"),
+                       (s.auth_key, "--auth-key")):
+        if not path.is_file():
+            raise FedrecError(f"{path}: file not found ({flag})")
+    with DeviceStore.open(s.store, load_key_file(s.key_file)):
+        pass  # wrong key or a damaged store fails here with the store's own message
+    try:
+        key = load_ssh_private_key(s.auth_key.read_bytes(), None)
+    except (ValueError, UnsupportedAlgorithm):
+        raise FedrecError(f"{s.auth_key}: not an OpenSSH private key (--auth-key; see `fedrec certs device`)") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise FedrecError(f"{s.auth_key}: SuperNode authentication needs an EC (NIST curve) key")
+    try:
+        x509.load_pem_x509_certificates(s.root_cert.read_bytes())
+    except ValueError:
+        raise FedrecError(f"{s.root_cert}: not a PEM certificate (--root-cert)") from None
+    if ":" not in s.superlink:
+        raise FedrecError(f"--superlink {s.superlink!r}: expected HOST:PORT")
+
+
+def supernode_argv(s: ClientSettings, port: int) -> list[str]:
+    node_config = f'store="{s.store.resolve()}" key-file="{s.key_file.resolve()}" {s.extra_node_config}'.strip()
+    argv = ["flower-supernode", "--superlink", s.superlink, "--root-certificates", str(s.root_cert.resolve()),
+            "--auth-supernode-private-key", str(s.auth_key.resolve()), "--port", str(port),
+            "--node-config", node_config]
+    if s.max_wait is not None:
+        argv += ["--max-wait-time", str(s.max_wait)]
+    return argv
+
+
+# Known refusals in Flower's exit message -> what the device owner should do. First match wins.
+REFUSALS: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"Hostname mismatch|IP address mismatch|doesn't match", re.I),
+     "the SuperLink's TLS certificate is not valid for {host} (not in its subject alternative names): "
+     "connect with a name it was issued for, or reissue it with `fedrec certs init --server-name/--ip`"),
+    (re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed", re.I),
+     "TLS refused: the SuperLink at {superlink} presents a certificate not signed by the CA in {root_cert} "
+     "(wrong --root-cert?)"),
+    (re.compile(r"code: 2004|Failed to activate SuperNode|No SuperNode found", re.I),
+     "the SuperLink refused this device: the public key of {auth_key} is not registered there "
+     "(ask the operator to register {auth_key}.pub, e.g. `fedrec server --devices {auth_key}.pub`)"),
+    (re.compile(r"401|Unauthorized|Invalid SuperNode authentication", re.I),
+     "the SuperLink rejected this device's authentication (key not registered, revoked, or clock skew)"),
+    (re.compile(r"Unable to parse the private key", re.I), "{auth_key}: not a usable SuperNode private key"),
+    (re.compile(r"Connection refused|ConnectError|Name or service not known|Giving up", re.I),
+     "cannot reach the SuperLink at {superlink} (is `fedrec server` running and the port open?)"),
+)
+
+
+def explain_exit(output: list[str], s: ClientSettings, code: int) -> str:
+    """One line for a SuperNode that exited with ``code``: the known cause, else Flower's own last error."""
+    text = "\n".join(output)
+    fields = {"host": s.superlink.rsplit(":", 1)[0], "superlink": s.superlink, "root_cert": s.root_cert,
+              "auth_key": s.auth_key}
+    for pattern, message in REFUSALS:
+        if pattern.search(text):
+            return message.format(**fields)
+    errors = [line.strip() for line in output if line.strip() and "ERROR" in line or "Exit Code" in line]
+    return f"the SuperNode exited with code {code}: {(errors or output or ['no output'])[-1].strip()}"
+
+
+def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
+    """Run the SuperNode until it stops; Ctrl-C / SIGTERM end it and its helpers."""
+    check_inputs(s)
+    port = s.port or free_port()
+    children = Children(flower_env())
+    tail: deque[str] = deque(maxlen=200)
+    say(f"device {s.store.stem}: SuperNode -> {s.superlink} (TLS, CA {s.root_cert}; auth key {s.auth_key}); "
+        f"local runtime port {port}")
+    with terminate_on_sigterm():
+        try:
+            proc = children.start("supernode", supernode_argv(s, port), capture=True)
+            for line in proc.stdout:
+                tail.append(line.rstrip("\n"))
+                if echo:
+                    say(line.rstrip("\n"))
+            code = proc.wait()
+        except KeyboardInterrupt:
+            say("stopping the SuperNode")
+            return
+        finally:
+            children.stop()
+    if code != 0:
+        raise FedrecError(explain_exit(list(tail), s, code))
+
+
+# --- on-device recommendations -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    rank: int
+    item_id: str  # the dataset's original id
+    title: str | None
+    score: float
+
+
+def load_global_model(model: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, int]:
+    """``global_model.pt`` and the ``model.json`` beside it (architecture and catalogue size)."""
+    info_path = model.with_name("model.json")
+    if not model.is_file():
+        raise FedrecError(f"{model}: global model not found (--model)")
+    if not info_path.is_file():
+        raise FedrecError(f"{info_path}: model.json not found beside the global model")
+    try:
+        info = json.loads(info_path.read_text())
+        arch = dict(info["model"])
+        arch["layers"] = tuple(arch.get("layers", ()))
+        config, n_items = ModelConfig(**arch), int(info["n_items"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FedrecError(f"{info_path}: unreadable model description ({exc})") from None
+    state = torch.load(model, weights_only=True, map_location="cpu")
+    return state, config, n_items
+
+
+def find_manifest(store: Path, manifest: Path | None) -> Path | None:
+    """The provisioning manifest (item catalogue): given, or next to the store's directory."""
+    if manifest is not None:
+        if not manifest.is_file():
+            raise FedrecError(f"{manifest}: manifest not found (--manifest)")
+        return manifest
+    for candidate in (store.parent / "manifest.json", store.parent.parent / "manifest.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def item_catalogue(manifest: Path | None, n_items: int) -> tuple[list[str], dict[int, str]]:
+    """Dense index -> original item id and title; plain indices when there is no manifest."""
+    ids, titles = [str(i) for i in range(n_items)], {}
+    if manifest is None:
+        return ids, titles
+    raw = json.loads(manifest.read_text())
+    items = raw.get("items") or raw.get("item_ids") or {}
+    if isinstance(items, dict):  # {"ids": [...], "titles": {...}}
+        ids = [str(x) for x in items.get("ids", ids)]
+        titles = {int(k): str(v) for k, v in (items.get("titles") or {}).items()}
+    elif isinstance(items, list):
+        ids = [str(x) for x in items]
+    titles = titles or {int(k): str(v) for k, v in (raw.get("item_titles") or {}).items()}
+    if len(ids) != n_items:
+        raise FedrecError(f"{manifest}: catalogue has {len(ids)} items but the model scores {n_items}")
+    return ids, titles
+
+
+def recommend(store: Path, key_file: Path, model: Path, k: int = 10, manifest: Path | None = None,
+              state_prefix: str = "", seed: int = 0) -> list[Recommendation]:
+    """Top-k unseen items for the store's user, computed on the device from its own user embedding."""
+    state, config, n_items = load_global_model(model)
+    ref = DeviceRef(store.stem, store, load_key_file(key_file))
+    with DeviceStore.open(store, ref.key) as opened:
+        if opened.get_state(state_prefix + EMBEDDING) is None:
+            raise FedrecError(f"{store}: no {state_prefix + EMBEDDING!r} in the store: the device has not trained "
+                              f"yet (or give the --state-prefix it trained under)")
+        seen = np.asarray(opened.read_events(None).items, dtype=np.int64)
+    scores = device_scores(ref, state, config, n_items, state_prefix, seed).astype(np.float64)
+    scores[seen] = -np.inf
+    ids, titles = item_catalogue(find_manifest(store, manifest), n_items)
+    top = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]
+    return [Recommendation(rank, ids[i], titles.get(int(i)), float(scores[i])) for rank, i in enumerate(top)]

@@ -1,0 +1,174 @@
+"""Child processes that never outlive their parent: each in its own process group, ended by PID.
+
+Flower's deployment commands (``flower-superlink``, ``flower-supernode``, ``flwr``) start helpers of
+their own; the SuperLink even starts its SuperExec in a new session. So on shutdown every child's
+whole process group gets SIGTERM first (Flower shuts down gracefully on it), then SIGKILL after a
+grace period, and any descendant that escaped into another session is found by walking ``/proc``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from common.errors import FedrecError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (bind port 0), so parallel runs do not clash."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
+    """Environment for Flower's commands: found by name, no telemetry, no package installs at run time."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)  # flower-superexec is started by name
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"  # the app is installed already
+    env["PYTHONUNBUFFERED"] = "1"
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # the command name may contain spaces
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
+    tree, found, todo = _children_by_parent(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Children:
+    """The processes one command started; ``stop()`` ends all of them and is safe to call twice."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str], log: Path | None = None, capture: bool = False,
+              cwd: Path | None = None) -> subprocess.Popen:
+        """Start ``argv`` in a new session; output to ``log``, or a pipe when ``capture``."""
+        out: IO | int | None
+        if capture:
+            out = subprocess.PIPE
+        elif log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log, "ab")  # noqa: SIM115 (closed with the process)
+        else:
+            out = None
+        try:
+            proc = subprocess.Popen(argv, env=self.env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    text=capture, bufsize=1 if capture else -1)
+        except FileNotFoundError:
+            raise FedrecError(f"{argv[0]}: command not found (is flwr installed in this environment?)") from None
+        finally:
+            if log is not None and not capture and hasattr(out, "close"):
+                out.close()
+        self.procs[name] = proc
+        return proc
+
+    def stop_one(self, name: str, grace: float = 10.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None:
+            _terminate(proc, grace)
+
+    def stop(self, grace: float = 10.0) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop_one(name, grace)
+
+
+def _terminate(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the process group, wait, then SIGKILL the group and any escaped descendants."""
+    if proc.poll() is None:
+        escaped = descendants(proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        escaped += descendants(proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in escaped):
+            time.sleep(0.1)
+        _signal([p for p in escaped if _alive(p)], signal.SIGKILL)
+        proc.wait(timeout=grace)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so Ctrl-C and SIGTERM share one clean-up path."""
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5,
+               alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll ``predicate`` until true; fail with a message naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if not alive():
+            raise FedrecError(f"{what}: the process exited")
+        if time.monotonic() > deadline:
+            raise FedrecError(f"{what}: timed out after {timeout:.0f} s")
+        time.sleep(interval)

@@ -1,0 +1,268 @@
+"""`fedrec server`: a SuperLink with TLS and SuperNode authentication, the device keys registered, one run.
+
+Everything on the wire is Flower's: ``flower-superlink`` serves the Fleet, Control and Runtime APIs
+on one TLS port; ``flwr supernode register`` admits device keys; ``flwr run <app> fedrec --stream``
+submits the same ServerApp the simulation uses and streams its log. The Flower CLI reads its
+connection from ``$FLWR_HOME/config.toml``, which this launcher writes into its state directory,
+so nothing in the user's home is touched. The SuperLink keeps its state in a SQLite file there:
+registrations survive a restart, and the ServerApp resumes from ``checkpoint.pt`` in the out dir.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+
+from common.certs import CA_CERT, SERVER_CERT, SERVER_KEY, DEVICE_PUB_SUFFIX
+from common.errors import FedrecError
+from common.processes import Children, flower_env, terminate_on_sigterm, wait_until
+
+CONNECTION = "fedrec"  # the connection name in $FLWR_HOME/config.toml
+APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: the project holding pyproject.toml
+BIND_ALL = {"", "0.0.0.0", "::"}
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything ``fedrec server`` needs; paths are resolved to absolute ones by ``settings()``."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+    devices: tuple[Path, ...]  # OpenSSH public keys to register
+    out: Path  # run config out-dir: checkpoints, final model, logs of rounds
+    state_dir: Path  # FLWR_HOME, the SuperLink database and logs
+    host: str = "0.0.0.0"
+    port: int = 9092
+    run_config: dict[str, object] = field(default_factory=dict)
+    wait_for: int | None = None  # online devices before the run starts (default: all registered)
+    startup_timeout: float = 120.0
+    app_dir: Path = APP_DIR
+
+
+def settings(certs: Path | None, ca_cert: Path | None, cert: Path | None, key: Path | None,
+             devices: list[Path], out: Path, state_dir: Path | None, run_config: dict[str, object],
+             rounds: int | None = None, **rest) -> ServerSettings:
+    """Fill paths from a ``fedrec certs`` directory (each overridable for a PKI of one's own) and the run config."""
+    def pick(given: Path | None, name: str, flag: str) -> Path:
+        path = given or (certs / name if certs else None)
+        if path is None:
+            raise FedrecError(f"{flag} is required (or --certs DIR from `fedrec certs init`)")
+        if not path.is_file():
+            raise FedrecError(f"{path}: file not found ({flag})")
+        return path.resolve()
+
+    keys: list[Path] = []
+    for path in devices or ([certs / "devices"] if certs and (certs / "devices").is_dir() else []):
+        if path.is_dir():
+            keys += sorted(path.glob(f"*{DEVICE_PUB_SUFFIX}"))
+        elif path.is_file():
+            keys.append(path)
+        else:
+            raise FedrecError(f"{path}: no such device public key or directory (--devices)")
+    out = out.resolve()
+    run_config = dict(run_config)
+    if rounds is not None:
+        run_config["num-server-rounds"] = rounds
+    run_config["out-dir"] = str(out)  # absolute: the ServerApp runs in another process and directory
+    # Sample every device we wait for, not whichever subset happens to be connected when a round starts.
+    wait_for = rest.get("wait_for")
+    run_config.setdefault("min-nodes", max(1, wait_for if wait_for is not None else len(keys)))
+    return ServerSettings(ca_cert=pick(ca_cert, CA_CERT, "--ca-cert"), cert=pick(cert, SERVER_CERT, "--cert"),
+                          key=pick(key, SERVER_KEY, "--key"), devices=tuple(p.resolve() for p in keys), out=out,
+                          state_dir=(state_dir or out / "superlink").resolve(), run_config=run_config, **rest)
+
+
+def connect_host(cert: Path, bind_host: str) -> str:
+    """The name the local ``flwr`` CLI uses to reach the SuperLink: one the certificate is valid for."""
+    san = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    names = san.get_values_for_type(x509.DNSName)
+    if bind_host not in BIND_ALL:
+        return bind_host
+    for candidate in ("127.0.0.1", "::1", "localhost"):
+        if candidate in ips or candidate in names:
+            return candidate
+    if names or ips:
+        return (names or ips)[0]
+    raise FedrecError(f"{cert}: the certificate has no subject alternative names")
+
+
+def _address(host: str, port: int) -> str:
+    try:
+        return f"[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"{host}:{port}"
+    except ValueError:
+        return f"{host}:{port}"
+
+
+def write_flwr_config(s: ServerSettings, host: str) -> Path:
+    """The Flower CLI's connection, TLS verified against our CA (``root-certificates``)."""
+    home = s.state_dir / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "{_address(host, s.port)}"\nroot-certificates = "{s.ca_cert}"\n'
+    )
+    return home
+
+
+def tls_ready(host: str, port: int, ca_cert: Path) -> bool:
+    """True once the SuperLink answers a verified TLS handshake; a certificate problem fails loudly."""
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock, \
+                context.wrap_socket(sock, server_hostname=host):
+            return True
+    except ssl.SSLCertVerificationError as exc:
+        raise FedrecError(f"the SuperLink's certificate does not verify for {host} with {ca_cert}: "
+                          f"{exc.verify_message} (reissue it with that name in --server-name/--ip)") from None
+    except OSError:
+        return False
+
+
+def flwr(children: Children, args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """One Flower CLI call against our connection (short-lived, so run to completion here)."""
+    try:
+        return subprocess.run(["flwr", *args], env=children.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise FedrecError(f"`flwr {' '.join(args)}` did not answer within {timeout:.0f} s") from None
+
+
+def _json_tail(stdout: str) -> dict:
+    """``--format json`` prints one JSON object last; anything before it is Flower's chatter."""
+    start = stdout.rfind("\n{")
+    try:
+        return json.loads(stdout[start + 1 :] if start >= 0 else stdout)
+    except json.JSONDecodeError:
+        return {}
+
+
+def register_devices(children: Children, keys: tuple[Path, ...], say: Say) -> dict[str, str]:
+    """Admit each device key; a key that is already registered (a restart) is fine."""
+    node_ids: dict[str, str] = {}
+    for key in keys:
+        name = key.name.removesuffix(DEVICE_PUB_SUFFIX)
+        done = flwr(children, ["supernode", "register", str(key), CONNECTION, "--name", name, "--format", "json"])
+        reply = _json_tail(done.stdout)
+        if reply.get("success"):
+            node_ids[name] = str(reply["node-id"])
+            say(f"registered device {name}: SuperNode {reply['node-id']}")
+        elif "already" in (done.stdout + done.stderr).lower():
+            say(f"device {name} was registered before")
+        else:
+            detail = reply.get("error-message") or (done.stderr or done.stdout).strip().splitlines()[-1:]
+            raise FedrecError(f"{key}: registering the device failed: {detail}")
+    return node_ids
+
+
+def online_nodes(children: Children) -> int:
+    reply = _json_tail(flwr(children, ["supernode", "list", CONNECTION, "--format", "json"]).stdout)
+    return sum(1 for node in reply.get("nodes", []) if node.get("status") == "online")
+
+
+def run_config_arg(config: dict[str, object]) -> str:
+    """``k=v`` pairs as ``flwr run --run-config`` parses them (TOML values)."""
+    parts = []
+    for key, value in config.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            if '"' in str(value) or "'" in str(value):
+                raise FedrecError(f"run config {key}: quotes are not allowed in values")
+            text = f'"{value}"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def parse_run_config(text: str | None) -> dict[str, object]:
+    """Parse ``"k=v k2=v2"`` the way Flower does, so errors surface before anything starts."""
+    from flwr.common.config import parse_config_args  # Flower's own parser: one syntax everywhere
+
+    try:
+        return dict(parse_config_args([text] if text else None))
+    except Exception as exc:  # click.ClickException and tomli errors alike
+        raise FedrecError(f"--run-config {text!r}: {getattr(exc, 'message', exc)}") from None
+
+
+def stream_run(children: Children, s: ServerSettings, say: Say) -> str | None:
+    """Submit the run and echo its log until it ends; returns the run id."""
+    argv = ["flwr", "run", str(s.app_dir), CONNECTION, "--stream", "--run-config", run_config_arg(s.run_config)]
+    proc = children.start("flwr-run", argv, capture=True, cwd=s.app_dir)
+    run_id = None
+    log = (s.state_dir / "run.log").open("a")
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            say(line.rstrip("\n"))
+            if run_id is None and "Successfully started run" in line:
+                run_id = line.split("Successfully started run", 1)[1].split()[0]
+        proc.wait()
+    finally:
+        log.close()
+        children.stop_one("flwr-run")
+    if proc.returncode != 0:
+        raise FedrecError(f"`flwr run` failed (exit {proc.returncode}); see {s.state_dir / 'run.log'}")
+    return run_id
+
+
+def run_status(children: Children, run_id: str) -> str:
+    reply = _json_tail(flwr(children, ["ls", CONNECTION, "--run-id", run_id, "--format", "json"]).stdout)
+    runs = reply.get("runs", [])
+    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def serve(s: ServerSettings, say: Say) -> None:
+    """Start everything, run once, stop everything (also on Ctrl-C / SIGTERM)."""
+    s.out.mkdir(parents=True, exist_ok=True)
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    host = connect_host(s.cert, s.host)
+    children = Children(flower_env(write_flwr_config(s, host)))
+    link_log = s.state_dir / "superlink.log"
+    with terminate_on_sigterm():
+        try:
+            link = children.start("superlink", [
+                "flower-superlink", "--ssl-ca-certfile", str(s.ca_cert), "--ssl-certfile", str(s.cert),
+                "--ssl-keyfile", str(s.key), "--enable-supernode-auth", "--host", s.host, "--port", str(s.port),
+                "--database", str(s.state_dir / "superlink.db"), "--disable-runtime-dependency-installation",
+            ], log=link_log)
+            say(f"SuperLink (pid {link.pid}) on {_address(s.host, s.port)}, TLS + SuperNode authentication; "
+                f"log {link_log}")
+            wait_until(lambda: tls_ready(host, s.port, s.ca_cert), s.startup_timeout,
+                       f"SuperLink on port {s.port} (see {link_log})", alive=lambda: link.poll() is None)
+            register_devices(children, s.devices, say)
+            want = s.wait_for if s.wait_for is not None else len(s.devices)
+            if want:
+                say(f"waiting for {want} device(s) to connect (fedrec client ... --superlink HOST:{s.port})")
+                wait_until(lambda: online_nodes(children) >= want, s.startup_timeout, f"{want} devices online",
+                           interval=2.0, alive=lambda: link.poll() is None)
+            if (s.out / "checkpoint.pt").exists():
+                say(f"found {s.out / 'checkpoint.pt'}: the run continues from its round")
+            say(f"starting the run; checkpoints go to {s.out / 'checkpoint.pt'}, "
+                f"the final model to {s.out / 'global_model.pt'} (+ model.json)")
+            run_id = stream_run(children, s, say)
+            status = run_status(children, run_id) if run_id else "unknown"
+            if "completed" not in status:
+                raise FedrecError(f"run {run_id} ended as {status!r}; see {s.state_dir / 'run.log'}")
+            say(f"run {run_id} {status}; final model {s.out / 'global_model.pt'}")
+        except KeyboardInterrupt:
+            say("stopping: shutting down the SuperLink (the checkpoint lets a restart continue the run)")
+        finally:
+            started = time.monotonic()
+            children.stop()
+            say(f"stopped all server processes ({time.monotonic() - started:.1f} s)")
