@@ -1,0 +1,184 @@
+"""Write one encrypted device store per user of a split, plus a manifest with ids and counts (no content).
+
+Layout of a provisioned dir::
+
+    DIR/manifest.json          public: dataset, seed, n_items, item_ids (dense -> original), key recipe,
+                               master key fingerprint, key file path (if one was given), and per device:
+                               device_id, user_index (dense), user_id (original), store, counts per split
+    DIR/stores/<device_id>.db  the device's store: train, validation and test events (dense item
+                               indices, timestamps, ratings as values) kept apart by split
+    DIR/stores/<device_id>.db.witness   the rollback witness (see docs/store.md)
+
+Keys: in simulation every store key is ``derive_device_key(master, device_id)`` (HKDF over the device
+id), so one master secret opens the whole simulated fleet. Real devices generate their own key
+(``common.keys.create_key_file``) and no master exists.
+
+API for the harness: ``provision(data, split, out, master_key)`` -> manifest path;
+``load_manifest(dir)`` -> dict; ``device_key_for(master, device_id)`` -> store key;
+``open_device(dir, master, device_id)`` -> open ``DeviceStore``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from common.datasets import Interactions
+from common.errors import DataError
+from common.keys import KeyRecipe, derive_device_key, key_id
+from common.split import Split
+from common.store import DeviceStore, write_store
+from simulations.progress import progress
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "fedrec-provision"
+
+
+def device_id_for(user_index: int) -> str:
+    return f"device-{user_index:05d}"
+
+
+def device_key_for(master: bytes, device_id: str) -> bytes:
+    """The store key of one simulated device."""
+    return derive_device_key(master, device_id)
+
+
+def _ratings(data: Interactions, users: np.ndarray, items: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    """Each split event's rating, found by its (user, item, timestamp) in the log (the split keeps no ratings)."""
+    _, ts_rank = np.unique(np.concatenate([data.timestamps, stamps]), return_inverse=True)
+    n_ts = int(ts_rank.max()) + 1
+
+    def key(u, i, r):
+        return (u.astype(np.int64) * data.n_items + i) * n_ts + r
+
+    log_keys = key(data.users, data.items, ts_rank[:len(data)])
+    order = np.argsort(log_keys, kind="stable")
+    query = key(users, items, ts_rank[len(data):])
+    pos = np.searchsorted(log_keys, query, sorter=order)
+    pos = np.minimum(pos, len(order) - 1)
+    found = log_keys[order[pos]] == query
+    return np.where(found, data.ratings[order[pos]], np.nan).astype(np.float32)
+
+
+def _device_batches(split: Split, user: int, bounds: np.ndarray, values: dict[str, np.ndarray]) -> list[dict]:
+    lo, hi = bounds[user], bounds[user + 1]
+    batches = [dict(items=split.train_items[lo:hi], timestamps=split.train_timestamps[lo:hi],
+                    values=values["train"][lo:hi], split="train")]
+    for name, items, stamps in (("validation", split.val_items, split.val_timestamps),
+                                ("test", split.test_items, split.test_timestamps)):
+        if items[user] >= 0:
+            batches.append(dict(items=items[user:user + 1], timestamps=stamps[user:user + 1],
+                                values=values[name][user:user + 1], split=name))
+    return batches
+
+
+def _write_devices(jobs: list[tuple[Path, str, list[dict]]], master: bytes, recipe: KeyRecipe) -> int:
+    """One worker's share: create each store and append all its splits in one transaction."""
+    for path, device_id, batches in jobs:
+        write_store(path, device_key_for(master, device_id), device_id, batches, recipe=recipe, durable=False)
+    return len(jobs)
+
+
+def provision(
+    data: Interactions,
+    split: Split,
+    out: str | Path,
+    master_key: bytes,
+    *,
+    recipe: KeyRecipe | None = None,
+    key_file: str | Path | None = None,
+    workers: int = 2,
+    show: bool = False,
+) -> Path:
+    """Write every user's store under ``out/stores`` and ``out/manifest.json``; returns the manifest path.
+
+    ``recipe`` (public) says how ``master_key`` came from a key file or passphrase; ``per_device`` is
+    forced on. ``key_file`` is recorded as a path only.
+    """
+    out = Path(out)
+    stores = out / "stores"
+    if (out / MANIFEST).exists() or (stores.exists() and any(stores.iterdir())):
+        raise DataError(f"{out}: already provisioned; choose a new --out or delete it")
+    stores.mkdir(parents=True, exist_ok=True)
+    recipe = KeyRecipe(**{**(recipe or KeyRecipe()).__dict__, "per_device": True})
+    order = np.argsort(split.train_users, kind="stable")  # the split is user-sorted already; be sure
+    if not np.array_equal(order, np.arange(len(order))):
+        raise DataError("split train arrays are not grouped by user")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(split.train_users, minlength=split.n_users))])
+    everyone = np.arange(split.n_users)
+    values = {"train": _ratings(data, split.train_users, split.train_items, split.train_timestamps),
+              "validation": _ratings(data, everyone, split.val_items, split.val_timestamps),
+              "test": _ratings(data, everyone, split.test_items, split.test_timestamps)}
+    devices, jobs = [], []
+    for user in range(split.n_users):
+        device_id = device_id_for(user)
+        batches = _device_batches(split, user, bounds, values)
+        path = stores / f"{device_id}.db"
+        jobs.append((path, device_id, batches))
+        counts = {name: 0 for name in ("train", "validation", "test")}
+        for batch in batches:
+            counts[batch["split"]] += len(batch["items"])
+        devices.append({"device_id": device_id, "user_index": user, "user_id": _plain(data.user_ids[user]),
+                        "store": str(path.relative_to(out)), "counts": counts})
+    _run_jobs(jobs, master_key, recipe, workers, show)
+    os.sync()  # one flush for all stores instead of one fsync each; the manifest comes after
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": 1,
+        "dataset": data.name,
+        "split_seed": split.seed,
+        "n_users": split.n_users,
+        "n_items": split.n_items,
+        "item_ids": [_plain(i) for i in data.item_ids],
+        "key": {"recipe": recipe.to_dict(), "master_key_id": key_id(master_key),
+                "key_file": str(key_file) if key_file else None,
+                "device_keys": "HKDF-SHA256(master, info='device:' + device_id) (simulation only)"},
+        "devices": devices,
+    }
+    path = out / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+def _run_jobs(jobs: list, master: bytes, recipe: KeyRecipe, workers: int, show: bool) -> None:
+    parts = [jobs[i::max(1, workers) * 8] for i in range(max(1, workers) * 8)]
+    with progress(show) as bar:
+        task = bar.add_task("provisioning devices", total=len(jobs))
+        if workers <= 1:
+            for part in parts:
+                bar.advance(task, _write_devices(part, master, recipe))
+            return
+        with ProcessPoolExecutor(workers) as pool:
+            for done in pool.map(_write_devices, parts, [master] * len(parts), [recipe] * len(parts)):
+                bar.advance(task, done)
+
+
+def _plain(value):
+    """numpy scalars -> JSON values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def load_manifest(directory: str | Path) -> dict:
+    """The manifest of a provisioned dir, checked for the fields the harness relies on."""
+    path = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run `fedrec data provision` first)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{path}: not a fedrec provisioning manifest")
+    for field in ("n_items", "item_ids", "devices", "key"):
+        if field not in manifest:
+            raise DataError(f"{path}: field {field!r} missing")
+    return manifest
+
+
+def open_device(directory: str | Path, master: bytes, device_id: str) -> DeviceStore:
+    """Open one simulated device's store (verifies it)."""
+    return DeviceStore.open(Path(directory) / "stores" / f"{device_id}.db", device_key_for(master, device_id))
