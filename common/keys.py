@@ -150,3 +150,13 @@ class KeyRecipe:
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise KeyFileError(f"unreadable key recipe {raw!r}") from None
+
+
+def passphrase_from_env(var: str | None) -> str | None:
+    """A passphrase from an environment variable (never from the command line, where ``ps`` would show it)."""
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise KeyFileError(f"environment variable {var} is not set or empty (it should hold the passphrase)")
+    return value

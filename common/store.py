@@ -592,7 +592,8 @@ def peek_header(path: str | Path) -> dict[str, str]:
     path = Path(path)
     _check_file(path)
     with _sqlite_errors(path):
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # read-write even to read: a read-only connection to a WAL file cannot remove the -wal/-shm on close
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10.0)
         try:
             return read_meta(conn, path)
         finally:

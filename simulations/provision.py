@@ -29,7 +29,7 @@ import numpy as np
 
 from common.datasets import Interactions
 from common.errors import DataError
-from common.keys import KeyRecipe, derive_device_key, key_id
+from common.keys import KeyRecipe, create_key_file, derive_device_key, key_id, load_key_file, passphrase_from_env
 from common.split import Split
 from common.store import DeviceStore, write_store
 from simulations.progress import progress
@@ -182,3 +182,19 @@ def load_manifest(directory: str | Path) -> dict:
 def open_device(directory: str | Path, master: bytes, device_id: str) -> DeviceStore:
     """Open one simulated device's store (verifies it)."""
     return DeviceStore.open(Path(directory) / "stores" / f"{device_id}.db", device_key_for(master, device_id))
+
+
+def master_secret(out: Path, key_file: Path | None, passphrase_env: str | None) -> tuple[bytes, KeyRecipe, Path | None]:
+    """The fleet master for ``fedrec data provision``: from a key file (created 0600 if missing), from a
+    passphrase (scrypt, fresh salt kept in the manifest and every store), or by default a new key file
+    ``out/master.key`` (convenient for simulation only: it sits next to what it protects)."""
+    if key_file is not None and passphrase_env is not None:
+        raise DataError("give either --key-file or --passphrase-env, not both")
+    if passphrase_env is not None:
+        recipe = KeyRecipe.for_passphrase(per_device=True)
+        return recipe.secret(passphrase=passphrase_from_env(passphrase_env)), recipe, None
+    if key_file is None:
+        out.mkdir(parents=True, exist_ok=True)
+        key_file = out / "master.key"
+    master = load_key_file(key_file) if key_file.exists() else create_key_file(key_file)
+    return master, KeyRecipe(source="key", per_device=True), key_file

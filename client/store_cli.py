@@ -1,0 +1,118 @@
+"""``fedrec store``: look inside a device store (integrity first, content only on request) and re-key it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.errors import FedrecError
+from common.keys import KeyRecipe, create_key_file, load_key_file, passphrase_from_env
+from common.store import DeviceStore, peek_header, rotate_key
+
+store_app = typer.Typer(no_args_is_help=True, help="Inspect and re-key encrypted device stores.")
+out = Console()
+err = Console(stderr=True)
+
+KEY_FILE_HELP = "Key file (32 bytes, mode 0600): the store key, or the master secret of a provisioned fleet."
+PASS_HELP = "Name of an environment variable holding the passphrase (never pass it on the command line)."
+
+
+class _Keys:
+    """Turns the person's secret into each store's key via the store's public recipe; scrypt runs once per salt."""
+
+    def __init__(self, key_file: Optional[Path], passphrase_env: Optional[str]) -> None:
+        if key_file is not None and passphrase_env is not None:
+            raise FedrecError("give either --key-file or --passphrase-env, not both")
+        self.key_file = key_file
+        self.passphrase = passphrase_from_env(passphrase_env)
+        self._secrets: dict[bytes, bytes] = {}
+
+    def for_store(self, path: Path) -> bytes:
+        header = peek_header(path)
+        recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
+        cache_key = recipe.salt if recipe.source == "passphrase" else b"key-file"
+        if cache_key not in self._secrets:
+            self._secrets[cache_key] = recipe.secret(key_file=self.key_file, passphrase=self.passphrase)
+        return recipe.store_key(self._secrets[cache_key], header["store_id"])
+
+
+@store_app.command("inspect")
+def inspect(
+    file: Path = typer.Argument(..., help="A device store (.db)."),
+    key_file: Optional[Path] = typer.Option(None, help=KEY_FILE_HELP),
+    passphrase_env: Optional[str] = typer.Option(None, help=PASS_HELP),
+    decrypt: bool = typer.Option(False, help="Also show the events and state sizes (content)."),
+    limit: int = typer.Option(20, min=0, help="With --decrypt: events to show (0 = all)."),
+    min_generation: int = typer.Option(0, help="Refuse a store older than this generation (a counter you trust)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Schema version, counts and a full integrity check; exits non-zero on any failure."""
+    key = _Keys(key_file, passphrase_env).for_store(file)
+    with DeviceStore.open(file, key, min_generation=min_generation) as store:
+        store.verify()
+        info = store.info() | {"integrity": "ok"}
+        events = store.read_events(None) if decrypt else None
+    if events is not None:
+        shown = len(events) if limit == 0 else min(limit, len(events))
+        info["events_shown"] = [
+            {"split": str(events.splits[i]), "event_type": str(events.event_types[i]), "item": int(events.items[i]),
+             "timestamp": int(events.timestamps[i]),
+             "value": None if np.isnan(events.values[i]) else float(events.values[i])}
+            for i in range(shown)
+        ]
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    table = Table(title=f"{file}", show_header=False)
+    for field in ("store_id", "format", "schema_version", "generation", "chunks", "integrity"):
+        table.add_row(field, str(info[field]))
+    table.add_row("events", ", ".join(f"{k} {v}" for k, v in info["events"].items()))
+    table.add_row("state", ", ".join(f"{k} ({v} B)" for k, v in info["state"].items()) or "-")
+    table.add_row("key", json.dumps(info["key_recipe"]))
+    out.print(table)
+    if events is not None:
+        rows = Table("split", "type", "item", "time (UTC)", "value", title=f"{len(info['events_shown'])} of "
+                     f"{len(events)} events")
+        for e in info["events_shown"]:
+            when = dt.datetime.fromtimestamp(e["timestamp"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            rows.add_row(e["split"], e["event_type"], str(e["item"]), when, "" if e["value"] is None else f"{e['value']:g}")
+        out.print(rows)
+
+
+@store_app.command("rotate-key")
+def rotate(
+    files: List[Path] = typer.Argument(..., help="Device stores to re-key (each one atomically)."),
+    key_file: Optional[Path] = typer.Option(None, help="Current " + KEY_FILE_HELP[0].lower() + KEY_FILE_HELP[1:]),
+    passphrase_env: Optional[str] = typer.Option(None, help="Current passphrase: " + PASS_HELP),
+    new_key_file: Optional[Path] = typer.Option(None, help="New key file; created (mode 0600) if missing."),
+    new_passphrase_env: Optional[str] = typer.Option(None, help="New passphrase: " + PASS_HELP),
+) -> None:
+    """Re-encrypt stores under a new key. A crash leaves each store wholly old-key or wholly new-key.
+
+    A store provisioned from a master secret stays per-device: its new key is derived from the new secret
+    and its device id, so rotating a fleet's stores with one new key file keeps them under one master.
+    """
+    if (new_key_file is None) == (new_passphrase_env is None):
+        raise FedrecError("give exactly one of --new-key-file or --new-passphrase-env")
+    old_keys = _Keys(key_file, passphrase_env)
+    new_passphrase = passphrase_from_env(new_passphrase_env)
+    if new_key_file is not None:
+        new_secret = load_key_file(new_key_file) if new_key_file.exists() else create_key_file(new_key_file)
+        base = KeyRecipe(source="key")
+    else:
+        base = KeyRecipe.for_passphrase()
+        new_secret = base.secret(passphrase=new_passphrase)
+    for file in files:
+        old_key = old_keys.for_store(file)
+        header = peek_header(file)
+        old_recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
+        recipe = KeyRecipe(**{**base.__dict__, "per_device": old_recipe.per_device})
+        generation = rotate_key(file, old_key, recipe.store_key(new_secret, header["store_id"]), recipe)
+        err.print(f"rotated {file} (generation {generation})")
