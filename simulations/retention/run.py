@@ -1,0 +1,109 @@
+"""``run_retention``: simulate every arm of a finished run dir and write the results into its report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.datasets import Interactions
+from common.errors import FedrecError
+from simulations.report import render
+from simulations.retention.engine import GREEDY, POPULARITY, popularity_scores, prepare, run_seeds
+from simulations.retention.oracle_checks import ease_checks, mf_checks
+from simulations.retention.mf import MFConfig
+from simulations.retention.slates import K
+from simulations.retention.summary import summarize
+from simulations.retention.survival_plot import survival_png
+from simulations.rundir import RunDir
+
+SEEDS = (0, 1, 2, 3, 4)
+REFERENCE = "centralized"
+
+
+def arm_scores(run_dir: RunDir, report: dict, data: Interactions, given: dict[str, np.ndarray] | None) -> dict:
+    """Every report arm with a score matrix on disk (scores/<arm>.npy) or given, checked against the data."""
+    given = given or {}
+    out = {}
+    for name in list(report.get("arms", {})) + [n for n in given if n not in report.get("arms", {})]:
+        path = run_dir.path / "scores" / f"{name}.npy"
+        if name in given:
+            out[name] = np.asarray(given[name])
+        elif path.exists():
+            out[name] = run_dir.read_scores(name)
+        else:
+            continue
+        if out[name].shape != (data.n_users, data.n_items):
+            raise FedrecError(f"{path}: scores have shape {out[name].shape}, expected "
+                              f"({data.n_users}, {data.n_items}) for {data.name}")
+    if not out:
+        raise FedrecError(f"{run_dir.path / 'scores'}: no arm score matrices (<arm>.npy) to simulate")
+    return out
+
+
+def reference_arm(report: dict, names: list[str]) -> str:
+    """centralized; without it, the most accurate arm other than random and popularity stands in."""
+    if REFERENCE in names:
+        return REFERENCE
+    candidates = [n for n in names if n not in ("random", POPULARITY)] or names
+    return max(candidates, key=lambda n: report.get("arms", {}).get(n, {}).get("accuracy", {}).get("hr@10", -1.0))
+
+
+def _oracle_reports(data: Interactions, setup, seed: int) -> dict:
+    out = {}
+    for oracle in setup.oracles:
+        checks = mf_checks(data, MFConfig(), seed) if oracle.name == "mf" else ease_checks(data, seed)
+        out[oracle.name] = {**oracle.describe(setup.seen), "checks": checks}
+    if "mf" not in out:
+        out["mf"] = {"skipped": f"{data.name} has no ratings, so the rating-based MF oracle cannot be fitted"}
+    return out
+
+
+def _mean_curves(curves: list[dict], oracle: str) -> dict:
+    return {arm: {beta: np.mean([c[arm][oracle][beta] for c in curves], axis=0) for beta in curves[0][arm][oracle]}
+            for arm in curves[0] if oracle in curves[0][arm]}
+
+
+def run_retention(run_dir: Path, data: Interactions, arms: dict[str, np.ndarray] | None = None,
+                  seeds=SEEDS, show: bool = True) -> dict:
+    """Simulated retention for every arm of ``run_dir`` under both oracles and all betas; updates the report."""
+    t0 = time.perf_counter()
+    seeds = tuple(int(s) for s in seeds)
+    rd = RunDir(run_dir)
+    report = rd.read_report()
+    scores = arm_scores(rd, report, data, arms)
+    reference = reference_arm(report, list(scores))
+    setup = prepare(data)
+    per_seed, curves, refs = run_seeds(setup, scores, popularity_scores(data), seeds, show)
+    s_ref = {o.name: float(refs[:, j].mean()) for j, o in enumerate(setup.oracles)}
+    summary = summarize(per_seed, setup.observed, s_ref, reference)
+    plots = {}
+    for oracle in setup.oracles:
+        name = f"retention_{oracle.name}.png"
+        survival_png(_mean_curves(curves, oracle.name), setup.observed_survival["survival"],
+                     setup.observed_survival["n_users"], oracle.name, rd.path / name)
+        plots[oracle.name] = name
+    report["meta"]["retention_observed"] = {k: setup.observed[k] for k in ("d1", "d7", "d30", "n_users")}
+    for name in scores:
+        report["arms"].setdefault(name, {})["retention"] = summary["mean"][name]
+    reference_policies = {GREEDY: summary["mean"][GREEDY]}
+    if POPULARITY not in scores:
+        reference_policies[POPULARITY] = summary["mean"][POPULARITY]
+    report["retention"] = {
+        "label": "simulated",
+        "seeds": list(seeds),
+        "slate_size": K,
+        "reference_arm": reference,
+        "s_ref": s_ref,
+        "user_model": setup.model.to_dict(),
+        "observed": {**setup.observed, "survival_cohort": {k: v for k, v in setup.observed_survival.items()
+                                                           if k != "survival"}},
+        "oracles": _oracle_reports(data, setup, seeds[0]),
+        "reference_policies": reference_policies,
+        **{k: v for k, v in summary.items() if k != "mean"},
+        "plots": plots,
+        "wall_s": time.perf_counter() - t0,
+    }
+    rd.write_report(report, render(report))
+    return report
