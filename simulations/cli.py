@@ -171,6 +171,22 @@ def recommend(
 # --- end deployment ---------------------------------------------------------------------------------
 
 
+# --- retention (issue 5) ----------------------------------------------------------------------------
+@app.command()
+def retention(
+    run_dir: Path = typer.Argument(..., help="A finished run dir (fedrec baseline or simulate) with scores/<arm>.npy."),
+    seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated simulation seeds (common random numbers per seed)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+) -> None:
+    """Simulated long-term retention of every arm (protocol.md); updates report.json, report.md and plots."""
+    from simulations.retention.cli_entry import retention_for_run_dir
+
+    print(retention_for_run_dir(run_dir, parse_list(seeds, int), str(data_dir) if data_dir else None, not quiet))
+    err.print(f"updated {run_dir}/report.json, report.md and retention_*.png")
+# --- end retention ----------------------------------------------------------------------------------
+
+
 def main() -> None:
     try:
         app()
