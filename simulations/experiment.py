@@ -32,6 +32,8 @@ class Experiment:
     users: int | None = None
     config: dict = field(default_factory=dict)
     show: bool = True
+    data: Interactions | None = None  # already loaded (and subset) data, if the caller has it
+    post: list[Callable[[dict, Path], None]] = field(default_factory=list)  # add to the report before writing
 
 
 def load(dataset: str, data_dir: str | None, users: int | None) -> Interactions:
@@ -43,7 +45,7 @@ def run(exp: Experiment) -> dict:
     """Fit every arm for every seed; the first seed's split, recommendations and scores go to disk."""
     console = Console(stderr=True, quiet=not exp.show)
     t0 = time.perf_counter()
-    data = load(exp.dataset, exp.data_dir, exp.users)
+    data = exp.data if exp.data is not None else load(exp.dataset, exp.data_dir, exp.users)
     run_dir = RunDir(exp.out)
     per_arm: dict[str, list[dict]] = {name: [] for name in exp.fitters}
     info: dict[str, dict] = {}
@@ -68,12 +70,15 @@ def run(exp: Experiment) -> dict:
     for name, runs in per_arm.items():
         mean, detail = summarize_runs(runs)
         arms[name] = {"accuracy": mean, "accuracy_ci95": detail, "accuracy_seeds": runs, "info": info[name]}
+        if "privacy" in info[name]:
+            arms[name]["privacy"] = info[name].pop("privacy")
     report = {
         "meta": {
             "dataset": data.name,
             "n_users": data.n_users,
             "n_items": data.n_items,
             "n_interactions": len(data),
+            "users": exp.users,
             "seed": exp.seeds[0],
             "seeds": exp.seeds,
             "git_commit": git_commit(),
@@ -84,5 +89,8 @@ def run(exp: Experiment) -> dict:
         "arms": arms,
     }
     accuracy_bars(arms, run_dir.path / "accuracy.png")
+    for step in exp.post:
+        step(report, run_dir.path)
+    report["meta"]["wall_s"] = time.perf_counter() - t0
     run_dir.write_report(report, render(report))
     return report

@@ -1,0 +1,125 @@
+"""What one device does in a round: open its encrypted store, train or evaluate, write its state back.
+
+The user embedding and the privacy ledger live only in the device store; what this module returns
+to the caller is the global parameters (dense) and scalar metrics.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from client.local_training import LocalConfig, LocalOutcome, make_examples, train_local
+from common.metrics import ranks_from_scores
+from common.model import ModelConfig, NeuMF, global_state
+from common.privacy import PrivacyLedger
+from common.store import DeviceStore
+
+EMBEDDING, LEDGER, ROUNDS = "user_embedding", "privacy_ledger", "rounds"
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    device_id: str
+    path: Path
+    key: bytes
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    state: dict[str, torch.Tensor]  # global parameters after local training
+    num_examples: int
+    outcome: LocalOutcome
+
+
+def device_seed(seed: int, server_round: int, device_id: str) -> int:
+    """Stable per-device, per-round seed (Python's hash() is salted per process)."""
+    return zlib.crc32(f"{seed}:{server_round}:{device_id}".encode())
+
+
+def _load_embedding(store: DeviceStore, prefix: str, dim: int, seed: int) -> torch.Tensor:
+    raw = store.get_state(prefix + EMBEDDING)
+    if raw is None:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(1, dim, generator=gen) * 0.01
+    return torch.from_numpy(np.load(io.BytesIO(raw))).reshape(1, dim)
+
+
+def _save_embedding(store: DeviceStore, prefix: str, weight: torch.Tensor) -> None:
+    buf = io.BytesIO()
+    np.save(buf, weight.detach().numpy().astype(np.float32).ravel())
+    store.put_state(prefix + EMBEDDING, buf.getvalue())
+
+
+def device_model(store: DeviceStore, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
+                 prefix: str, seed: int) -> NeuMF:
+    """A fresh model per round (Opacus cannot wrap a module twice) with this device's own user row."""
+    model = NeuMF(1, n_items, model_cfg)
+    state = dict(global_params)
+    state["user_emb.weight"] = _load_embedding(store, prefix, model_cfg.embedding_dim, seed)
+    model.load_state_dict(state)
+    return model
+
+
+def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
+                 cfg: LocalConfig, prefix: str, server_round: int, seed: int) -> TrainResult:
+    round_seed = device_seed(seed, server_round, ref.device_id)
+    with DeviceStore.open(ref.path, ref.key) as store:
+        train = store.read_events("train").items
+        seen = store.read_events(None).items
+        ledger = PrivacyLedger.from_json(store.get_state(prefix + LEDGER))
+        model = device_model(store, global_params, model_cfg, n_items, prefix, device_seed(seed, 0, ref.device_id))
+        rng = np.random.default_rng(round_seed)
+        items, labels = make_examples(np.asarray(train, dtype=np.int64), np.asarray(seen, dtype=np.int64), n_items,
+                                      cfg.negatives, rng)
+        outcome = train_local(model, items, labels, cfg, ledger, round_seed)
+        if not outcome.refused:
+            _save_embedding(store, prefix, model.user_emb.weight)
+            store.put_state(prefix + LEDGER, ledger.to_json())
+            rounds = int(store.get_state(prefix + ROUNDS) or b"0") + 1
+            store.put_state(prefix + ROUNDS, str(rounds).encode())
+    return TrainResult(global_state(model), 0 if outcome.refused else len(items), outcome)
+
+
+def device_scores(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
+                  prefix: str, seed: int) -> np.ndarray:
+    """[n_items] scores of this device's user: computed on the device, never sent."""
+    with DeviceStore.open(ref.path, ref.key) as store:
+        model = device_model(store, global_params, model_cfg, n_items, prefix, device_seed(seed, 0, ref.device_id))
+    return model.score_users(torch.zeros(1, dtype=torch.long))[0].numpy()
+
+
+def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
+                    prefix: str, stage: str, seed: int) -> int | None:
+    """0-based rank of the device's held-out item among its unseen items (None if it has none)."""
+    with DeviceStore.open(ref.path, ref.key) as store:
+        target = store.read_events(stage).items
+        exclude = [store.read_events("train").items]
+        if stage == "test":
+            exclude.append(store.read_events("validation").items)
+        model = device_model(store, global_params, model_cfg, n_items, prefix, device_seed(seed, 0, ref.device_id))
+    if len(target) == 0:
+        return None
+    scores = model.score_users(torch.zeros(1, dtype=torch.long))[0].double().numpy()
+    tgt = int(target[-1])
+    target_score = scores[tgt]
+    scores[np.concatenate(exclude).astype(np.int64)] = -np.inf
+    scores[tgt] = target_score
+    rng = np.random.default_rng(device_seed(seed, -1, ref.device_id))
+    return int(ranks_from_scores(scores[None, :], np.array([target_score]), rng)[0])
+
+
+def user_embedding(ref: DeviceRef, prefix: str, dim: int, seed: int) -> np.ndarray:
+    """The device's user row as it would start its next round (for on-device or harness scoring)."""
+    with DeviceStore.open(ref.path, ref.key) as store:
+        return _load_embedding(store, prefix, dim, device_seed(seed, 0, ref.device_id)).numpy().ravel()
+
+
+def ledger_of(ref: DeviceRef, prefix: str) -> PrivacyLedger:
+    with DeviceStore.open(ref.path, ref.key) as store:
+        return PrivacyLedger.from_json(store.get_state(prefix + LEDGER))

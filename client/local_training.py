@@ -1,0 +1,176 @@
+"""One device's local round: NeuMF on its own interactions, under Opacus DP-SGD when noise > 0.
+
+The unit of privacy is one interaction together with the negatives sampled for it: each training
+example is a group [positive, k negatives], so per-example clipping bounds what one interaction can
+move the model. Every parameter trained here, the local user embedding included, goes through the one
+DP optimizer (stack-notes: a second optimizer for the user row would break the guarantee); the user
+embedding simply is not uploaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.model import NeuMF
+from common.privacy import PrivacyLedger
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Device-side settings of one round; ``sample_rate`` = 1 / steps_per_epoch for every device alike,
+    so every device that trains the same rounds has the same accountant history."""
+
+    local_epochs: int = 1
+    steps_per_epoch: int = 8
+    lr: float = 0.05
+    negatives: int = 4
+    noise_multiplier: float = 0.0  # 0 = no DP
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    epsilon_budget: float = 0.0  # 0 = no budget
+
+    @property
+    def sample_rate(self) -> float:
+        return 1.0 / self.steps_per_epoch
+
+    @property
+    def steps(self) -> int:
+        return self.local_epochs * self.steps_per_epoch
+
+    @property
+    def private(self) -> bool:
+        return self.noise_multiplier > 0
+
+
+@dataclass(frozen=True)
+class LocalOutcome:
+    loss: float
+    steps: int
+    epsilon: float
+    refused: bool = False
+
+
+class GroupBCE(nn.Module):
+    """BCE summed over a [positive, negatives] group: one loss per example, as ghost clipping needs."""
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        per_example = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(dim=-1)
+        if self.reduction == "none":
+            return per_example
+        return per_example.sum() if self.reduction == "sum" else per_example.mean()
+
+
+def make_examples(
+    positives: np.ndarray, seen: np.ndarray, n_items: int, negatives: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, 1+k] item groups (positive first) and their 0/1 labels; negatives avoid every seen item."""
+    seen_mask = np.zeros(n_items, dtype=bool)
+    seen_mask[seen] = True
+    candidates = np.flatnonzero(~seen_mask)
+    neg = candidates[rng.integers(0, len(candidates), size=(len(positives), negatives))]
+    items = np.concatenate([positives[:, None], neg], axis=1)
+    labels = np.zeros(items.shape, dtype=np.float32)
+    labels[:, 0] = 1.0
+    return torch.from_numpy(items.astype(np.int64)), torch.from_numpy(labels)
+
+
+def _loader(items: torch.Tensor, labels: torch.Tensor, steps_per_epoch: int) -> DataLoader:
+    """A loader of exactly ``steps_per_epoch`` batches, so Opacus derives sample rate 1/steps_per_epoch
+    and Poisson-samples from the whole dataset at that rate."""
+    batch = max(1, -(-len(items) // steps_per_epoch))
+    sampler = [list(range(i, min(i + batch, len(items)))) for i in range(0, batch * steps_per_epoch, batch)]
+    return DataLoader(TensorDataset(items, labels), batch_sampler=sampler)
+
+
+def _noise_only_step(model: nn.Module, cfg: LocalConfig, expected_batch: float, generator: torch.Generator) -> None:
+    """An empty Poisson batch still releases a noisy step (ghost clipping cannot run on it)."""
+    std = cfg.noise_multiplier * cfg.max_grad_norm / expected_batch
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.normal(0.0, std, p.shape, generator=generator), alpha=-cfg.lr)
+
+
+def train_private(
+    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, cfg: LocalConfig, ledger: PrivacyLedger, seed: int
+) -> LocalOutcome:
+    """DP-SGD with Opacus (RDP accountant, Poisson sampling, ghost clipping); the ledger composes."""
+    if cfg.epsilon_budget > 0:
+        after = ledger.epsilon_if(cfg.noise_multiplier, cfg.sample_rate, cfg.steps, cfg.delta)
+        if after > cfg.epsilon_budget:
+            return LocalOutcome(0.0, 0, ledger.epsilon(cfg.delta), refused=True)
+    generator = torch.Generator().manual_seed(seed)
+    engine = PrivacyEngine(accountant="rdp")
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    module, optimizer, criterion, loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=_loader(items, labels, cfg.steps_per_epoch),
+        criterion=GroupBCE(),
+        noise_multiplier=cfg.noise_multiplier,
+        max_grad_norm=cfg.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="ghost",
+        noise_generator=generator,
+    )
+    loader.generator = generator
+    expected_batch = max(1.0, len(items) * cfg.sample_rate)
+    users = torch.zeros(1, dtype=torch.long)
+    total, count, empty = 0.0, 0, 0
+    for _ in range(cfg.local_epochs):
+        for batch_items, batch_labels in loader:
+            if len(batch_items) == 0:
+                _noise_only_step(model, cfg, expected_batch, generator)
+                empty += 1
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(module(users.expand_as(batch_items), batch_items), batch_labels)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch_items)
+            count += len(batch_items)
+    steps = sum(n for _, _, n in engine.accountant.history) + empty
+    ledger.record(cfg.noise_multiplier, cfg.sample_rate, steps)
+    module._close()
+    return LocalOutcome(total / max(count, 1), steps, ledger.epsilon(cfg.delta))
+
+
+def train_plain(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, cfg: LocalConfig, seed: int) -> LocalOutcome:
+    """The non-private arm: same examples, same number of steps, plain minibatch SGD."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    criterion = GroupBCE()
+    batch = max(1, -(-len(items) // cfg.steps_per_epoch))
+    users = torch.zeros(1, dtype=torch.long)
+    total, count, steps = 0.0, 0, 0
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(len(items), generator=generator)
+        for start in range(0, len(items), batch):
+            idx = order[start : start + batch]
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(users.expand(len(idx), items.shape[1]), items[idx]), labels[idx])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            steps += 1
+    return LocalOutcome(total / max(count, 1), steps, 0.0)
+
+
+def train_local(
+    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, cfg: LocalConfig, ledger: PrivacyLedger, seed: int
+) -> LocalOutcome:
+    if cfg.private:
+        return train_private(model, items, labels, cfg, ledger, seed)
+    return train_plain(model, items, labels, cfg, seed)

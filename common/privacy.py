@@ -1,0 +1,75 @@
+"""A device's privacy ledger: every DP-SGD step it ever took, composed by Opacus' RDP accountant.
+
+Flower's Opacus example reports each round's epsilon from a fresh PrivacyEngine; that under-states the
+spend. The ledger keeps the accountant history itself (noise multiplier, sample rate, steps), persists
+it in the device store, and recomputes the cumulative epsilon from it, so it survives restarts and
+anyone holding the history can recompute the number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+UNIT = "record-level (one interaction with its sampled negatives), per device"
+
+
+@dataclass
+class PrivacyLedger:
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return sum(steps for _, _, steps in self.history)
+
+    def record(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
+        """Append a round's steps, merging with the last entry when the mechanism is unchanged."""
+        if steps <= 0:
+            return
+        if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
+            sigma, q, n = self.history[-1]
+            self.history[-1] = (sigma, q, n + steps)
+        else:
+            self.history.append((float(noise_multiplier), float(sample_rate), int(steps)))
+
+    def epsilon(self, delta: float) -> float:
+        return history_epsilon(tuple(self.history), delta)
+
+    def epsilon_if(self, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+        """The cumulative epsilon after one more round with these settings (for the budget check)."""
+        trial = PrivacyLedger(list(self.history))
+        trial.record(noise_multiplier, sample_rate, steps)
+        return trial.epsilon(delta)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"accountant": "rdp", "history": self.history}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | None) -> "PrivacyLedger":
+        if not data:
+            return cls()
+        raw = json.loads(data)
+        return cls([(float(s), float(q), int(n)) for s, q, n in raw["history"]])
+
+
+@lru_cache(maxsize=4096)
+def history_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Epsilon of a whole accountant history (cached: many devices share identical histories)."""
+    if not history:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = [tuple(h) for h in history]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def noise_for_budget(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """Smallest noise multiplier (RDP) with which ``steps`` steps at ``sample_rate`` stay within epsilon."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant="rdp"
+        )
+    )

@@ -1,0 +1,119 @@
+"""Flower strategies by name, each extended with what fedrec's server needs and Flower's lack:
+a record of what crossed the wire, zero-weight replies (nodes whose devices all sat out or hit their
+budget) dropped before averaging, and per-device epsilons collected instead of averaged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
+
+from common.errors import FedrecError
+
+LIST_KEYS = ("epsilons",)
+SUM_KEYS = ("num-examples", "devices", "refused")
+MAX_KEYS = ("epsilon-max", "steps-max")
+
+
+def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Sums, maxima and concatenated lists where a weighted mean would be wrong; weighted mean otherwise."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    total = sum(float(m[weighted_by_key]) for m in metrics) or 1.0
+    out: dict = {}
+    for key in metrics[0].keys():
+        values = [m[key] for m in metrics]
+        if key in LIST_KEYS:
+            out[key] = [float(v) for vs in values for v in vs]
+        elif key in SUM_KEYS:
+            out[key] = sum(values)
+        elif key in MAX_KEYS:
+            out[key] = max(values)
+        else:
+            out[key] = sum(float(v) * float(m[weighted_by_key]) for v, m in zip(values, metrics)) / total
+    return MetricRecord(out)
+
+
+def _array_stats(arrays: ArrayRecord) -> dict:
+    return {name: {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": len(arr.data)}
+            for name, arr in arrays.items()}
+
+
+class FedrecStrategyMixin:
+    """Mixed in front of a Flower strategy; ``wire_log`` is a JSONL path or None."""
+
+    wire_log: Path | None = None
+    last_train_metrics: MetricRecord | None = None
+    last_evaluate_metrics: MetricRecord | None = None
+
+    def _log_wire(self, server_round: int, direction: str, arrays_list: list[ArrayRecord]) -> None:
+        if self.wire_log is None or not arrays_list:
+            return
+        stats = _array_stats(arrays_list[0])
+        line = {
+            "round": server_round,
+            "direction": direction,
+            "arrays": stats,
+            "n_messages": len(arrays_list),
+            "bytes_total": sum(sum(len(a.data) for a in arrs.values()) for arrs in arrays_list),
+            "same_names_in_all": all(set(a.keys()) == set(stats) for a in arrays_list),
+        }
+        with self.wire_log.open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._log_wire(server_round, "down", [m.content["arrays"] for m in messages])
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        self._log_wire(server_round, "up", [m.content["arrays"] for m in replies if m.has_content()])
+        useful = [m for m in replies if not m.has_content() or float(m.content["metrics"]["num-examples"]) > 0]
+        idle = [m for m in replies if m not in useful]
+        arrays, metrics = (None, None)
+        if any(m.has_content() for m in useful):
+            arrays, metrics = super().aggregate_train(server_round, useful)  # type: ignore[misc]
+        if idle and metrics is not None:
+            extra = aggregate_train_metrics([m.content for m in idle], "num-examples")
+            metrics["refused"] = int(metrics.get("refused", 0)) + int(extra["refused"])
+            metrics["epsilons"] = list(metrics.get("epsilons", [])) + list(extra["epsilons"])
+        elif idle:
+            metrics = aggregate_train_metrics([m.content for m in idle], "num-examples")
+        self.last_train_metrics = metrics
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        self.last_evaluate_metrics = metrics
+        return metrics
+
+
+STRATEGIES = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam}
+
+
+def build_strategy(cfg: dict, wire_log: Path | None) -> FedAvg:
+    name = str(cfg["strategy"]).lower()
+    if name not in STRATEGIES:
+        raise FedrecError(f"run config strategy: unknown {name!r}; choose from {', '.join(STRATEGIES)}")
+    base = STRATEGIES[name]
+    common = dict(
+        fraction_train=float(cfg["fraction-train"]),
+        fraction_evaluate=float(cfg["fraction-evaluate"]),
+        min_train_nodes=int(cfg["min-nodes"]),
+        min_evaluate_nodes=int(cfg["min-nodes"]),
+        min_available_nodes=int(cfg["min-nodes"]),
+        train_metrics_aggr_fn=aggregate_train_metrics,
+    )
+    if name == "fedavgm":
+        common.update(server_learning_rate=float(cfg["server-lr"]), server_momentum=float(cfg["server-momentum"]))
+    elif name == "fedadam":
+        common.update(eta=float(cfg["server-lr"]), eta_l=float(cfg["lr"]))
+    strategy_cls = type(f"Fedrec{base.__name__}", (FedrecStrategyMixin, base), {})
+    strategy = strategy_cls(**common)
+    strategy.wire_log = wire_log
+    return strategy

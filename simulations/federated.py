@@ -1,0 +1,191 @@
+"""The federated arms through Flower's simulation engine: provision stores, run, collect, score.
+
+Each simulated SuperNode serves a share of the fleet (client/fleet.py): Flower's per-message dispatch
+is paid per node, not per device, while the aggregate equals FedAvg over devices.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.device_round import DeviceRef, ledger_of, user_embedding
+from client.fleet import node_devices
+from common.config import FederatedConfig
+from common.datasets import Interactions
+from common.keys import create_key_file, load_key_file
+from common.model import ModelConfig, NeuMF
+from common.privacy import UNIT
+from common.run_config import merged, model_fields
+from common.split import Split
+from server.app import make_server_app
+from simulations.arms.base import ArmResult
+from simulations.progress import progress
+
+
+@dataclass
+class FederatedArm:
+    """Everything needed to run one federated arm in a run dir."""
+
+    name: str
+    data: Interactions
+    run_dir: Path
+    fed: FederatedConfig
+    model: ModelConfig
+    private: bool
+    primary_seed: int = 0
+    show: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stores_for(arm: FederatedArm, split: Split, seed: int, primary: bool) -> tuple[Path, Path]:
+    """Provisioned stores for this seed's split (one set per seed; reused by every arm of the run)."""
+    from simulations.provision import provision
+
+    stores = arm.run_dir / ("stores" if primary else f"stores-seed{seed}")
+    key_file = stores / "master.key"
+    if not (stores / "manifest.json").exists():
+        stores.mkdir(parents=True, exist_ok=True)
+        master = load_key_file(key_file) if key_file.exists() else create_key_file(key_file)
+        provision(arm.data, split, stores, master, key_file=key_file, show=arm.show)
+    return stores, key_file
+
+
+def run_config(arm: FederatedArm, stores: Path, key_file: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+    f = arm.fed
+    cfg = {
+        "num-server-rounds": f.rounds,
+        "fraction-train": 1.0,
+        "device-fraction": f.fraction_train,
+        "local-epochs": f.local_epochs,
+        "steps-per-epoch": f.steps_per_epoch,
+        "lr": f.lr,
+        "negatives": f.negatives,
+        "strategy": f.strategy,
+        "server-lr": f.server_lr,
+        "server-momentum": f.server_momentum,
+        "delta": f.delta,
+        "max-grad-norm": f.max_grad_norm,
+        "noise-multiplier": f.noise_multiplier if arm.private else 0.0,
+        "epsilon": (f.epsilon or 0.0) if arm.private else 0.0,
+        "n-items": arm.data.n_items,
+        "out-dir": str(out_dir),
+        "stores-dir": str(stores),
+        "master-key-file": str(key_file),
+        "state-prefix": f"{arm.name}/",
+        "seed": seed,
+        "min-nodes": arm.fed.nodes,
+        **model_fields(arm.model),
+        **arm.extra,
+    }
+    return merged(cfg)
+
+
+def _run_flower(arm: FederatedArm, cfg: dict[str, Any]) -> dict:
+    """Flower's simulation engine (Ray), nodes = worker processes, each serving a share of devices."""
+    from flwr.simulation import run_simulation
+
+    from client.app import app as client_app
+
+    results: dict = {}
+    with progress(arm.show) as bar:
+        task = bar.add_task(f"{arm.name}", total=int(cfg["num-server-rounds"]))
+
+        def on_round(server_round: int, entry: dict) -> None:
+            ev, tr = entry["evaluate"], entry["train"]
+            eps = max(entry["epsilons"], default=0.0)
+            bar.update(task, completed=server_round,
+                       description=f"{arm.name}  loss {tr.get('train-loss', 0):.3f}  val NDCG@10 "
+                                   f"{ev.get('ndcg@10', 0):.4f}  eps {eps:.2f}")
+
+        server_app = make_server_app(cfg, on_round=on_round, results=results)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=arm.fed.nodes,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": arm.fed.nodes, "include_dashboard": False,
+                                                     "logging_level": "error", "log_to_driver": False}})
+    if "model" not in results:
+        raise RuntimeError(f"{arm.name}: the federated run ended without a final model (see the Flower log above)")
+    return results
+
+
+def fleet_refs(cfg: dict[str, Any]) -> tuple[list[DeviceRef], dict]:
+    manifest = json.loads((Path(cfg["stores-dir"]) / "manifest.json").read_text())
+    return node_devices({}, cfg), manifest
+
+
+def score_matrix(cfg: dict[str, Any], model_path: Path, n_users: int) -> np.ndarray:
+    """Scores for every user from the final global model and each device's own embedding.
+
+    In a real deployment this happens on each device (``fedrec recommend``); the harness holds the
+    simulation's keys so it can evaluate every arm with one code path."""
+    refs, manifest = fleet_refs(cfg)
+    model_cfg = ModelConfig(kind=cfg["model-kind"], gmf_dim=int(cfg["gmf-dim"]), mlp_dim=int(cfg["mlp-dim"]),
+                            layers=tuple(int(x) for x in str(cfg["layers"]).split(",")))
+    model = NeuMF(n_users, int(cfg["n-items"]), model_cfg)
+    state = torch.load(model_path, weights_only=True)
+    rows = torch.zeros(n_users, model_cfg.embedding_dim)
+    index = {d["device_id"]: int(d["user_index"]) for d in manifest["devices"]}
+    for ref in refs:
+        rows[index[ref.device_id]] = torch.from_numpy(
+            user_embedding(ref, cfg["state-prefix"], model_cfg.embedding_dim, int(cfg["seed"])))
+    model.load_state_dict({**state, "user_emb.weight": rows})
+    return model.score_users(torch.arange(n_users)).numpy()
+
+
+def export_ledgers(cfg: dict[str, Any], path: Path) -> dict:
+    """privacy/<arm>_ledger.csv: one row per accountant history entry, the device's epsilon on each."""
+    refs, _ = fleet_refs(cfg)
+    delta = float(cfg["delta"])
+    epsilons, steps = [], []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["device_id", "noise_multiplier", "sample_rate", "steps", "epsilon"])
+        for ref in refs:
+            ledger = ledger_of(ref, cfg["state-prefix"])
+            eps = ledger.epsilon(delta)
+            epsilons.append(eps)
+            steps.append(ledger.steps)
+            for sigma, q, n in ledger.history:
+                writer.writerow([ref.device_id, sigma, q, n, eps])
+    return {
+        "epsilon_max": float(np.max(epsilons)),
+        "epsilon_median": float(np.median(epsilons)),
+        "delta": delta,
+        "noise_multiplier": float(cfg["noise-multiplier"]),
+        "sample_rate": 1.0 / int(cfg["steps-per-epoch"]),
+        "steps": int(max(steps)),
+        "unit": UNIT,
+        "epsilon_budget": float(cfg["epsilon-budget"]),
+        "accountant": "rdp (opacus)",
+        "ledger": str(path.name),
+    }
+
+
+def fit_federated(arm: FederatedArm, split: Split, seed: int) -> ArmResult:
+    primary = seed == arm.primary_seed
+    stores, key_file = stores_for(arm, split, seed, primary)
+    out_dir = arm.run_dir / "models" / (arm.name if primary else f"{arm.name}-seed{seed}")
+    for stale in ("checkpoint.pt", "rounds.jsonl", "wire.jsonl"):
+        (out_dir / stale).unlink(missing_ok=True)  # a fresh arm, not a resume
+    cfg = run_config(arm, stores, key_file, out_dir, seed)
+    results = _run_flower(arm, cfg)
+    cfg = results["config"]
+    scores = score_matrix(cfg, Path(results["model"]), arm.data.n_users)
+    rounds = [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
+    info: dict[str, Any] = {"federated": arm.fed.to_dict(), "run_config": cfg, "rounds": rounds,
+                            "model_dir": str(out_dir.relative_to(arm.run_dir))}
+    if arm.private:
+        name = arm.name if primary else f"{arm.name}-seed{seed}"
+        info["privacy"] = export_ledgers(cfg, arm.run_dir / "privacy" / f"{name}_ledger.csv")
+    return ArmResult(arm.name, scores, info)

@@ -1,0 +1,81 @@
+"""`fedrec simulate`: the centralized arms and the federated arms on one split, one report."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from common.config import FedrecConfig
+from simulations.arms.registry import central_fitters
+from simulations.experiment import Experiment, load, run
+from simulations.federated import FederatedArm, fit_federated
+
+FEDERATED_ARMS = ("federated", "federated_dp")
+DEFAULT_ARMS = ("random", "popularity", "ease", "centralized", *FEDERATED_ARMS)
+
+
+def sweep_arm_name(epsilon: float) -> str:
+    return f"federated_dp_eps{epsilon:g}"
+
+
+def build_experiment(cfg: FedrecConfig, arms: list[str], dataset: str, out: Path, seeds: list[int],
+                     data_dir: str | None, users: int | None, sweep: list[float], show: bool) -> Experiment:
+    data = load(dataset, data_dir, users)
+    central = [a for a in arms if a not in FEDERATED_ARMS]
+    fitters = central_fitters(central, cfg, show=show)
+
+    def federated(name: str, fed, private: bool):
+        arm = FederatedArm(name=name, data=data, run_dir=Path(out), fed=fed, model=cfg.model, private=private,
+                           primary_seed=seeds[0], show=show)
+        return lambda split, seed: fit_federated(arm, split, seed)
+
+    for name in arms:
+        if name in FEDERATED_ARMS:
+            fitters[name] = federated(name, cfg.federated, name == "federated_dp")
+    for eps in sweep:
+        fed = dataclasses.replace(cfg.federated, epsilon=eps)
+        fitters[sweep_arm_name(eps)] = federated(sweep_arm_name(eps), fed, True)
+    post = [add_federated_plots]
+    if sweep or "federated_dp" in arms:
+        post.insert(0, add_sweep(sweep, cfg.federated.epsilon))
+    return Experiment(dataset=dataset, out=Path(out), fitters=fitters, seeds=seeds, data_dir=data_dir, users=users,
+                      config=cfg.to_dict(), show=show, data=data, post=post)
+
+
+def add_sweep(epsilons: list[float], fed_epsilon: float | None):
+    """Report step: accuracy at each budget (and without DP) as a table and a plot."""
+
+    def step(report: dict, run_dir: Path) -> None:
+        from simulations.plots import curves
+
+        arms = report["arms"]
+        rows = []
+        points = [(e, sweep_arm_name(e)) for e in epsilons]
+        if "federated_dp" in arms and fed_epsilon:
+            points.append((fed_epsilon, "federated_dp"))
+        for eps, name in sorted(set(points)):
+            if name in arms:
+                rows.append({"epsilon": eps, "arm": name, **{k: arms[name]["accuracy"][k] for k in ("hr@10", "ndcg@10")}})
+        if "federated" in arms:
+            rows.append({"epsilon": "no DP", "arm": "federated",
+                         **{k: arms["federated"]["accuracy"][k] for k in ("hr@10", "ndcg@10")}})
+        if not rows:
+            return
+        report["epsilon_sweep"] = rows
+        finite = [r for r in rows if r["epsilon"] != "no DP"]
+        series = {"federated_dp": ([r["epsilon"] for r in finite], [r["ndcg@10"] for r in finite])}
+        xs = series["federated_dp"][0] or [1.0]
+        for ref in ("federated", "centralized", "popularity"):
+            if ref in arms:
+                label = ref + (" (no DP)" if ref == "federated" else "")
+                series[label] = ([min(xs), max(xs)], [arms[ref]["accuracy"]["ndcg@10"]] * 2)
+        curves(series, run_dir / "epsilon_sweep.png", "epsilon (record-level, per device, delta 1e-5)",
+               "test NDCG@10 (full ranking)", "accuracy against the privacy budget")
+
+    return step
+
+
+def add_federated_plots(report: dict, run_dir: Path) -> None:
+    from simulations.federated_report import write_plots
+
+    write_plots(report, run_dir)
