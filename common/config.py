@@ -23,21 +23,22 @@ from common.training import TrainConfig
 
 @dataclass(frozen=True)
 class FederatedConfig:
-    """Federation and device-side settings (the run config of the Flower App carries the same names)."""
+    """Federation and device-side settings; `fedrec simulate` maps them onto the Flower run config."""
 
     rounds: int = 20
-    fraction_train: float = 1.0
+    fraction_train: float = 1.0  # share of devices that train in a round (each flips a seeded coin)
     local_epochs: int = 1
-    batch_size: int = 32
+    steps_per_epoch: int = 8  # DP-SGD sample rate = 1 / steps_per_epoch, the same for every device
     lr: float = 0.05
     negatives: int = 4
     strategy: str = "fedavg"
     server_lr: float = 1.0
     server_momentum: float = 0.0
-    epsilon: float | None = None
+    epsilon: float | None = 8.0  # budget for federated_dp; None = use noise_multiplier as given
     delta: float = 1e-5
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
+    nodes: int = 2  # simulated SuperNodes (worker processes), each serving a share of the fleet
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

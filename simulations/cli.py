@@ -37,6 +37,38 @@ def data_fetch(
     err.print(f"{dataset} ready in {target}")
 
 
+# --- encrypted device stores: fedrec data provision / fedrec store (issue 3) ----------------------
+@data_app.command("provision")
+def data_provision(
+    out: Path = typer.Option(..., help="Dir to write: manifest.json and stores/<device_id>.db."),
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp[,rating])."),
+    users: Optional[int] = typer.Option(None, min=1, help="Keep only the first N users."),
+    seed: int = typer.Option(0, help="Split seed (tie-break of equal timestamps, protocol.md)."),
+    key_file: Optional[Path] = typer.Option(None, help="Master key file; created (mode 0600) if missing. "
+                                            "Default: OUT/master.key (simulation only)."),
+    passphrase_env: Optional[str] = typer.Option(None, help="Environment variable holding a master passphrase."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+    workers: int = typer.Option(2, min=1, help="Processes writing stores."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+) -> None:
+    """Split per user (protocol.md) and write one encrypted store per device plus a manifest (no content)."""
+    from common.split import temporal_split
+    from simulations.experiment import load
+    from simulations.provision import master_secret, provision
+
+    master, recipe, recorded = master_secret(out, key_file, passphrase_env)
+    data = load(dataset, str(data_dir) if data_dir else None, users)
+    manifest = provision(data, temporal_split(data, seed), out, master, recipe=recipe, key_file=recorded,
+                         workers=workers, show=not quiet)
+    err.print(f"wrote {data.n_users} device stores and {manifest}")
+
+
+from client.store_cli import store_app  # noqa: E402
+
+app.add_typer(store_app, name="store")
+# --- end issue 3 -----------------------------------------------------------------------------------
+
+
 @app.command()
 def baseline(
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp[,rating])."),
@@ -57,6 +89,34 @@ def baseline(
     fitters = central_fitters(parse_list(arms), cfg, show=not quiet)
     exp = Experiment(dataset=dataset, out=out, fitters=fitters, seeds=parse_list(seeds, int),
                      data_dir=str(data_dir) if data_dir else None, users=users, config=cfg.to_dict(), show=not quiet)
+    report = run(exp)
+    err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(..., help="Run dir to write."),
+    config: Optional[Path] = typer.Option(None, help="TOML config (tables model, central, federated)."),
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV."),
+    clients: Optional[int] = typer.Option(None, min=3, help="Simulate only the first N users' devices."),
+    rounds: Optional[int] = typer.Option(None, min=1, help="Federated rounds (overrides the config)."),
+    epsilon: Optional[float] = typer.Option(None, min=0.0, help="Per-device budget for federated_dp; sets the noise."),
+    delta: Optional[float] = typer.Option(None, help="DP delta (default 1e-5)."),
+    arms: str = typer.Option(",".join(("random", "popularity", "ease", "centralized", "federated", "federated_dp")),
+                             help="Comma-separated arms."),
+    sweep: str = typer.Option("", help="Extra federated_dp budgets, e.g. 1,2,4 (accuracy-vs-epsilon plot)."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+) -> None:
+    """Federated arms through Flower's simulation engine beside the centralized arms; writes a run dir."""
+    from common.config import load_config
+    from simulations.experiment import run
+    from simulations.simulate import build_experiment
+
+    cfg = load_config(config, {"federated": {"rounds": rounds, "epsilon": epsilon, "delta": delta}})
+    exp = build_experiment(cfg, parse_list(arms), dataset, out, parse_list(seeds, int),
+                           str(data_dir) if data_dir else None, clients, parse_list(sweep, float), not quiet)
     report = run(exp)
     err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
 
@@ -127,12 +187,14 @@ def server(
     wait_for: Optional[int] = typer.Option(None, min=0, help="Devices that must be online before the run starts (default: all registered)."),
     state_dir: Optional[Path] = typer.Option(None, help="SuperLink state, Flower CLI config and logs (default OUT/superlink)."),
     timeout: float = typer.Option(600.0, help="Seconds to wait for the SuperLink and the devices."),
+    app_dir: Optional[Path] = typer.Option(None, "--app", help="Flower App directory (default: this fedrec project)."),
 ) -> None:
     """Start a SuperLink (TLS, device authentication), register device keys, run federated training."""
-    from server.launcher import parse_run_config, serve, settings
+    from server.launcher import APP_DIR, parse_run_config, serve, settings
 
     s = settings(certs, ca_cert, cert, key, devices, out, state_dir, run_config=parse_run_config(run_config),
-                 rounds=rounds, host=host, port=port, wait_for=wait_for, startup_timeout=timeout)
+                 rounds=rounds, host=host, port=port, wait_for=wait_for, startup_timeout=timeout,
+                 app_dir=(app_dir or APP_DIR).resolve())
     serve(s, lambda line: err.print(line, markup=False, highlight=False))
 
 
@@ -177,12 +239,15 @@ def retention(
     run_dir: Path = typer.Argument(..., help="A finished run dir (fedrec baseline or simulate) with scores/<arm>.npy."),
     seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated simulation seeds (common random numbers per seed)."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset to reload (default: meta.dataset of the run; "
+                                          "give the CSV path for runs on a CSV file)."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Simulated long-term retention of every arm (protocol.md); updates report.json, report.md and plots."""
     from simulations.retention.cli_entry import retention_for_run_dir
 
-    print(retention_for_run_dir(run_dir, parse_list(seeds, int), str(data_dir) if data_dir else None, not quiet))
+    print(retention_for_run_dir(run_dir, parse_list(seeds, int), str(data_dir) if data_dir else None, not quiet,
+                                dataset))
     err.print(f"updated {run_dir}/report.json, report.md and retention_*.png")
 # --- end retention ----------------------------------------------------------------------------------
 
