@@ -4,23 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.errors import FedrecError
+from common.errors import DataError, FedrecError
 from simulations.retention.report_section import tables
 from simulations.retention.run import run_retention
 
 
-def retention_for_run_dir(run_dir: Path, seeds: list[int], data_dir: str | None, show: bool = True) -> str:
+def retention_for_run_dir(run_dir: Path, seeds: list[int], data_dir: str | None, show: bool = True,
+                          dataset: str | None = None) -> str:
     """Returns the printed tables (markdown, so they paste into docs unchanged)."""
     from simulations.experiment import load
     from simulations.rundir import RunDir
 
-    if not (Path(run_dir) / "report.json").is_file():
-        raise FedrecError(f"{Path(run_dir) / 'report.json'}: not found (is {run_dir} a fedrec run dir?)")
+    report_path = Path(run_dir) / "report.json"
+    if not report_path.is_file():
+        raise FedrecError(f"{report_path}: not found (is {run_dir} a fedrec run dir?)")
     if not seeds:
         raise FedrecError("--seeds: give at least one seed")
     meta = RunDir(run_dir).read_report().get("meta", {})
-    if "dataset" not in meta:
-        raise FedrecError(f"{Path(run_dir) / 'report.json'}: meta.dataset missing")
-    data = load(meta["dataset"], data_dir, meta.get("users"))
+    name = dataset or meta.get("dataset")
+    if not name:
+        raise FedrecError(f"{report_path}: meta.dataset missing (pass --dataset)")
+    try:
+        data = load(name, data_dir, meta.get("users"))
+    except DataError as exc:
+        raise DataError(f"{exc} (reloading the dataset of {report_path}; pass --dataset PATH for a CSV run)") from None
     report = run_retention(Path(run_dir), data, seeds=seeds, show=show)
     return tables(report)

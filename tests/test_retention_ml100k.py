@@ -1,0 +1,100 @@
+"""The retention checks of protocol.md on the real ML-100K (skipped where the dataset is not cached).
+
+EASE fitted on the temporal split's train part stands in for `centralized` (a strong arm, seconds to fit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.datasets import load_dataset
+from common.errors import DataError
+from common.split import temporal_split
+from simulations.arms.simple import fit_ease, fit_popularity, fit_random
+from simulations.retention.engine import GREEDY, popularity_scores, prepare, run_seeds
+from simulations.retention.observed import active_days, observed_retention
+from simulations.retention.summary import (CALIBRATION_TOLERANCE, check_calibration, check_identical_at_zero,
+                                           check_monotone, check_ordering, intervals, means)
+
+SEEDS = (0, 1, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def data():
+    try:
+        return load_dataset("ml-100k")
+    except DataError:
+        pytest.skip("ML-100K not cached: run `fedrec data fetch ml-100k` (or set FEDREC_DATA_DIR)")
+
+
+@pytest.fixture(scope="module")
+def study(data):
+    split = temporal_split(data, 0)
+    arms = {"random": fit_random(split, 0).scores, "popularity": fit_popularity(split, 0).scores,
+            "ease": fit_ease(split, 0, lambdas=(300.0,)).scores}
+    setup = prepare(data)
+    per_seed, _, refs = run_seeds(setup, arms, popularity_scores(data), SEEDS, show=False)
+    s_ref = {o.name: float(refs[:, j].mean()) for j, o in enumerate(setup.oracles)}
+    return setup, per_seed, means(intervals(per_seed)), s_ref
+
+
+def test_observed_retention_from_timestamps(data):
+    obs = observed_retention(active_days(data))
+    assert obs["n_users"] == 782
+    assert (round(obs["d1"], 3), round(obs["d7"], 3), round(obs["d30"], 3)) == (0.137, 0.244, 0.335)
+
+
+def test_calibrated_at_beta_zero(study):
+    setup, _, mean, _ = study
+    cal = check_calibration(mean, setup.observed)
+    for key in ("d1", "d7", "d30"):
+        assert abs(cal[key]["simulated"] - cal[key]["observed"]) <= CALIBRATION_TOLERANCE, cal
+    assert cal["holds"]
+
+
+def test_fitted_propensity_prior_is_in_the_protocols_range(study):
+    prior = study[0].model.prior
+    assert 0.2 < prior.a < 1.0 and 0.3 < prior.b < 1.5  # protocol.md: "about a = 0.53, b = 0.87"
+    assert 0.3 < prior.mean < 0.45
+
+
+def test_beta_zero_gives_identical_retention_for_every_arm(study):
+    _, per_seed, _, _ = study
+    check = check_identical_at_zero(per_seed)
+    assert check["holds"] and check["max_abs_diff"] == 0.0
+
+
+def test_retention_rises_with_beta_for_arms_better_than_popularity(study):
+    _, _, mean, s_ref = study
+    check = check_monotone(mean, s_ref)
+    better = [(arm, o) for arm, by_o in check["by_arm"].items() for o, c in by_o.items() if c["better_than_popularity"]]
+    assert ("ease", "ease") in better and (GREEDY, "mf") in better
+    assert check["holds"], check
+    for arm, oracle in better:
+        d30 = [mean[arm][oracle][b]["d30"] for b in ("0", "0.5", "2", "5")]
+        assert d30[-1] > d30[0] + 0.02  # a clear rise, not only a tie
+    assert check["by_arm"]["random"]["ease"]["falls_with_beta"]
+
+
+def test_satisfaction_ordering_or_a_stated_reason(study):
+    _, _, mean, _ = study
+    ordering = check_ordering(mean, reference="ease")
+    assert set(ordering) == {"mf", "ease"}
+    for oracle, c in ordering.items():
+        sat = c["satisfaction"]
+        assert sat[GREEDY] >= max(sat.values()) and sat["random"] == min(sat.values())
+        assert c["holds"] or c["why_not"]
+    assert ordering["ease"]["holds"]
+
+
+def test_oracles_beat_chance_on_held_out_data(data):
+    from simulations.retention.mf import MFConfig
+    from simulations.retention.oracle_checks import ease_checks, mf_checks
+
+    mf = mf_checks(data, MFConfig(), seed=0)
+    assert mf["rmse"] < mf["rmse_bias_only"] < 1.0
+    observed = [d["observed"] for d in mf["by_decile"]]
+    assert np.all(np.diff(observed) > 0)  # calibrated ordering: higher predicted decile, higher real ratings
+    ease = ease_checks(data, seed=0)
+    assert ease["heldout_in_top_decile"] > 5 * ease["heldout_in_top_decile_if_random"]
