@@ -4,7 +4,7 @@ Encodings: decimal text, and 32- and 64-bit integers packed in either byte order
 Two kinds of needle, because not every number is distinctive:
 - ``values``: numbers distinctive on their own (timestamps): any single occurrence is a finding.
 - ``sequences``: small numbers (item ids) that occur by chance in any binary file (SQLite page headers
-  are full of 1s and 2s), so only a run of ``run`` consecutive entries of a sequence counts: packed
+  are full of 1s and 2s), so only a run of ``run`` consecutive, distinct entries of a sequence counts: packed
   back to back, or as text separated by 1-3 non-digit bytes ("12,34,56", "[12, 34, 56]", "12\\t34\\t56").
   Pass a user's items in time order and in sorted order to cover both ways a store might keep them.
 A clean scan says these encodings are absent; it says nothing about others (varints, floats, compression).
@@ -82,6 +82,8 @@ def _windows(sequences: Sequence[Sequence[int]], run: int, width: int | None) ->
         seq = [int(v) for v in seq]
         for start in range(len(seq) - run + 1):
             window = tuple(seq[start:start + run])
+            if len(set(window)) < run:
+                continue  # runs like 0,0,0 fill every binary file: only windows of distinct values are evidence
             words = _unsigned(window, width) if width else np.array([v & (2**64 - 1) for v in window if v >= 0],
                                                                       dtype=np.uint64)
             if len(words) != run:
