@@ -24,6 +24,8 @@ class ModelConfig:
     mlp_dim: int = 32
     layers: tuple[int, ...] = (64, 32, 16)
     dropout: float = 0.0
+    item_bias: bool = False  # one extra item-table column added to the logit (popularity prior)
+    init_std: float = 0.01
 
     def __post_init__(self) -> None:
         if self.kind not in ("neumf", "mlp", "gmf"):
@@ -54,9 +56,12 @@ class NeuMF(nn.Module):
         self.n_users, self.n_items = n_users, n_items
         dim = config.embedding_dim
         self.user_emb = nn.Embedding(n_users, dim)
-        self.item_emb = nn.Embedding(n_items, dim)
-        nn.init.normal_(self.user_emb.weight, std=0.01)
-        nn.init.normal_(self.item_emb.weight, std=0.01)
+        # The item bias lives in the item table's last column so that a forward stays one lookup per table.
+        self.item_emb = nn.Embedding(n_items, dim + int(config.item_bias))
+        nn.init.normal_(self.user_emb.weight, std=config.init_std)
+        nn.init.normal_(self.item_emb.weight, std=config.init_std)
+        if config.item_bias:
+            nn.init.zeros_(self.item_emb.weight[:, dim:])
         head = 0
         if config.uses_mlp:
             tower: list[nn.Module] = []
@@ -75,26 +80,31 @@ class NeuMF(nn.Module):
     def _split(self, emb: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         g = self.config.gmf_dim if self.config.uses_gmf else 0
         gmf = emb[..., :g] if self.config.uses_gmf else None
-        mlp = emb[..., g:] if self.config.uses_mlp else None
+        mlp = emb[..., g : self.config.embedding_dim] if self.config.uses_mlp else None
         return gmf, mlp
+
+    def _bias(self, item_rows: torch.Tensor) -> torch.Tensor | float:
+        return item_rows[..., -1] if self.config.item_bias else 0.0
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         u_gmf, u_mlp = self._split(self.user_emb(users))
-        i_gmf, i_mlp = self._split(self.item_emb(items))
+        item_rows = self.item_emb(items)
+        i_gmf, i_mlp = self._split(item_rows)
         parts = []
         if self.config.uses_mlp:
             parts.append(self.tower(torch.cat([u_mlp, i_mlp], dim=-1)))
         if self.config.uses_gmf:
             parts.append(u_gmf * i_gmf)
-        return self.output(torch.cat(parts, dim=-1)).squeeze(-1)
+        return self.output(torch.cat(parts, dim=-1)).squeeze(-1) + self._bias(item_rows)
 
     @torch.no_grad()
     def score_users(self, users: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         """[len(users), n_items] logits for every item, without building a pair batch per item."""
         was_training = self.training
         self.eval()
-        items = torch.arange(self.n_items)
-        item_gmf, item_mlp = self._split(self.item_emb(items))
+        item_rows = self.item_emb(torch.arange(self.n_items))
+        item_gmf, item_mlp = self._split(item_rows)
+        bias = self._bias(item_rows)
         rows = []
         for start in range(0, len(users), chunk):
             u_gmf, u_mlp = self._split(self.user_emb(users[start : start + chunk]))
@@ -106,9 +116,32 @@ class NeuMF(nn.Module):
                 parts.append(self.tower[1:](h))
             if self.config.uses_gmf:
                 parts.append(u_gmf[:, None, :] * item_gmf[None, :, :])
-            rows.append(self.output(torch.cat(parts, dim=-1)).squeeze(-1))
+            rows.append(self.output(torch.cat(parts, dim=-1)).squeeze(-1) + bias)
         self.train(was_training)
         return torch.cat(rows)
+
+
+def from_pretrained(gmf: NeuMF, mlp: NeuMF, config: ModelConfig, alpha: float = 0.5) -> NeuMF:
+    """NeuMF initialised from a trained GMF-only and MLP-only model (He et al. 2017, section 3.4.1).
+
+    Embedding halves and the tower are copied; the output layer weighs the GMF head by ``alpha`` and the
+    MLP head by ``1 - alpha``, item biases likewise.
+    """
+    if config.kind != "neumf" or gmf.config.kind != "gmf" or mlp.config.kind != "mlp":
+        raise ValueError("from_pretrained joins a 'gmf' and an 'mlp' model into a 'neumf' one")
+    model = NeuMF(gmf.n_users, gmf.n_items, config)
+    g, m = config.gmf_dim, config.mlp_dim
+    with torch.no_grad():
+        model.user_emb.weight.copy_(torch.cat([gmf.user_emb.weight, mlp.user_emb.weight], dim=1))
+        item = [gmf.item_emb.weight[:, :g], mlp.item_emb.weight[:, :m]]
+        if config.item_bias:
+            item.append(alpha * gmf.item_emb.weight[:, g:] + (1 - alpha) * mlp.item_emb.weight[:, m:])
+        model.item_emb.weight.copy_(torch.cat(item, dim=1))
+        model.tower.load_state_dict(mlp.tower.state_dict())
+        # forward concatenates [tower output, GMF product]: the output weight follows that order.
+        model.output.weight.copy_(torch.cat([(1 - alpha) * mlp.output.weight, alpha * gmf.output.weight], dim=1))
+        model.output.bias.copy_(alpha * gmf.output.bias + (1 - alpha) * mlp.output.bias)
+    return model
 
 
 def is_local(name: str) -> bool:

@@ -22,6 +22,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 5
     lr_decay: float = 1.0  # multiplicative per epoch (1.0 = constant)
+    emb_l2: float = 0.0  # L2 on the embedding rows a batch touches, per example (frequency-aware)
+    pretrain: bool = False  # NeuMF starts from a GMF-only and an MLP-only model trained first (He et al.)
+    refit: bool = False  # after early stopping, retrain on train+validation for the best epoch count
+    threads: int = 1  # torch intra-op threads for the centralized fit; small batches gain nothing from more
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,6 +41,11 @@ def with_negatives(
     i = np.concatenate([items, neg_items])
     y = np.concatenate([np.ones(len(users), np.float32), np.zeros(len(neg_users), np.float32)])
     return u, i, y
+
+
+def embedding_l2(model: nn.Module, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Per-example squared norm of the user and item rows a batch uses (not for Opacus: a second lookup)."""
+    return model.user_emb(users).pow(2).sum(-1) + model.item_emb(items).pow(2).sum(-1)
 
 
 def per_example_bce() -> nn.Module:

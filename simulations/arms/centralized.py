@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from common.metrics import full_ranks, hit_ndcg
-from common.model import ModelConfig, NeuMF
+from common.metrics import full_ranks, hit_ndcg, sampled_ranks
+from common.model import ModelConfig, NeuMF, from_pretrained
 from common.sampling import positive_keys
 from common.split import Split
-from common.training import TrainConfig, per_example_bce, with_negatives
+from common.training import TrainConfig, embedding_l2, per_example_bce, with_negatives
 from simulations.arms.base import ArmResult
 from simulations.progress import progress
 
@@ -24,14 +26,32 @@ class CentralConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@contextmanager
+def torch_threads(n: int):
+    """Pin intra-op threads for one fit and restore the caller's setting (0 keeps torch's default)."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def model_scores(model: NeuMF) -> np.ndarray:
     return model.score_users(torch.arange(model.n_users)).numpy()
 
 
-def train_epoch(model: NeuMF, optimizer: torch.optim.Optimizer, split: Split, keys: np.ndarray,
-                cfg: TrainConfig, rng: np.random.Generator) -> float:
-    """One pass over train positives with fresh negatives; returns mean loss."""
-    u, i, y = with_negatives(split.train_users, split.train_items, keys, split.n_items, cfg.negatives, rng)
+def train_with_validation(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """Train positives plus each user's validation item: the data of the final refit."""
+    has = np.flatnonzero(split.val_items >= 0)
+    return np.concatenate([split.train_users, has]), np.concatenate([split.train_items, split.val_items[has]])
+
+
+def train_epoch(model: NeuMF, optimizer: torch.optim.Optimizer, users: np.ndarray, items: np.ndarray,
+                keys: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> float:
+    """One pass over the positives with fresh negatives; returns mean BCE."""
+    u, i, y = with_negatives(users, items, keys, model.n_items, cfg.negatives, rng)
     order = rng.permutation(len(u))
     u_t, i_t, y_t = (torch.from_numpy(a[order]) for a in (u, i, y))
     loss_fn = per_example_bce()
@@ -40,49 +60,100 @@ def train_epoch(model: NeuMF, optimizer: torch.optim.Optimizer, split: Split, ke
     for start in range(0, len(order), cfg.batch_size):
         sl = slice(start, start + cfg.batch_size)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(u_t[sl], i_t[sl]), y_t[sl]).mean()
+        bce = loss_fn(model(u_t[sl], i_t[sl]), y_t[sl]).mean()
+        loss = bce + cfg.emb_l2 * embedding_l2(model, u_t[sl], i_t[sl]).mean() if cfg.emb_l2 > 0 else bce
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(u_t[sl])
+        total += bce.item() * len(u_t[sl])
     return total / len(order)
 
 
-def fit_centralized(split: Split, seed: int, config: CentralConfig = CentralConfig(), show: bool = True) -> ArmResult:
-    """Adam + BCE with sampled negatives; early stopping on validation NDCG@10 (full ranking)."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    cfg = config.train
-    model = NeuMF(split.n_users, split.n_items, config.model)
+def _optimizer(model: NeuMF, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
-    keys = positive_keys(split.train_users, split.train_items, split.n_items)
-    best_ndcg, best_state, best_epoch, stale = -1.0, None, 0, 0
+    return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
+
+
+def _train(model: NeuMF, users: np.ndarray, items: np.ndarray, cfg: TrainConfig, seed: int, bar, label: str,
+           split: Split, epochs: int | None = None) -> tuple[NeuMF, dict]:
+    """Train ``model`` on the given positives.
+
+    With ``epochs=None``: up to ``cfg.epochs``, keeping the epoch with the best validation NDCG@10 (full
+    ranking) and stopping after ``cfg.patience`` epochs without improvement. Otherwise exactly ``epochs``
+    epochs, no validation (the refit on train+validation, which has nothing left to validate on).
+    """
+    rng = np.random.default_rng(seed)
+    optimizer, scheduler = _optimizer(model, cfg)
+    keys = positive_keys(users, items, model.n_items)
+    validate = epochs is None
+    best_ndcg, best_hr, best_state, best_epoch, stale = -1.0, 0.0, None, 0, 0
     curve, epoch_times = [], []
-    with progress(show) as bar:
-        task = bar.add_task("centralized NeuMF", total=cfg.epochs)
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            loss = train_epoch(model, optimizer, split, keys, cfg, rng)
-            epoch_times.append(time.perf_counter() - t0)
-            scheduler.step()
-            _, ndcg = hit_ndcg(full_ranks(model_scores(model), split, "validation", seed))
-            curve.append({"epoch": epoch, "loss": loss, "val_ndcg@10": ndcg})
-            bar.update(task, advance=1, description=f"centralized NeuMF  loss {loss:.4f}  val NDCG@10 {ndcg:.4f}")
-            if ndcg > best_ndcg:
-                best_ndcg, best_state, best_epoch, stale = ndcg, copy.deepcopy(model.state_dict()), epoch, 0
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
-    model.load_state_dict(best_state)
-    info = {
-        "model": config.model.to_dict(),
-        "train": cfg.to_dict(),
-        "best_epoch": best_epoch,
-        "val_ndcg@10": best_ndcg,
-        "curve": curve,
-        "epoch_s_mean": float(np.mean(epoch_times)),
-    }
-    result = ArmResult("centralized", model_scores(model), info)
+    task = bar.add_task(label, total=cfg.epochs if validate else epochs)
+    for epoch in range(1, (cfg.epochs if validate else epochs) + 1):
+        t0 = time.perf_counter()
+        loss = train_epoch(model, optimizer, users, items, keys, cfg, rng)
+        epoch_times.append(time.perf_counter() - t0)
+        scheduler.step()
+        if not validate:
+            bar.update(task, advance=1, description=f"{label}  loss {loss:.4f}")
+            continue
+        hr, ndcg = hit_ndcg(full_ranks(model_scores(model), split, "validation", seed))
+        curve.append({"epoch": epoch, "loss": loss, "val_hr@10": hr, "val_ndcg@10": ndcg})
+        bar.update(task, advance=1, description=f"{label}  loss {loss:.4f}  val NDCG@10 {ndcg:.4f}")
+        if ndcg > best_ndcg:
+            best_ndcg, best_hr, best_state, best_epoch, stale = ndcg, hr, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    info = {"epoch_s_mean": float(np.mean(epoch_times)), "epochs_run": len(epoch_times)}
+    if validate:
+        model.load_state_dict(best_state)
+        val_sampled, _ = hit_ndcg(sampled_ranks(model_scores(model), split, "validation", seed))
+        info.update({"best_epoch": best_epoch, "val_ndcg@10": best_ndcg, "val_hr@10": best_hr,
+                     "val_hr@10_sampled": val_sampled, "curve": curve})
+    return model, info
+
+
+def _recipe(split: Split, seed: int, config: CentralConfig, users: np.ndarray, items: np.ndarray, bar,
+            epochs: dict[str, int] | None = None) -> tuple[NeuMF, dict[str, dict]]:
+    """NeuMF from random init, or (``pretrain``) from a GMF-only and an MLP-only model trained first.
+
+    ``epochs`` None: early stopping for every stage; else the per-stage epoch counts found that way.
+    """
+    cfg, model_cfg = config.train, config.model
+    infos: dict[str, dict] = {}
+
+    def stage(name: str, cfg_m: ModelConfig, init: NeuMF | None = None) -> NeuMF:
+        torch.manual_seed(seed)
+        model = init if init is not None else NeuMF(split.n_users, split.n_items, cfg_m)
+        model, infos[name] = _train(model, users, items, cfg, seed, bar, f"centralized {name}", split,
+                                    None if epochs is None else epochs[name])
+        return model
+
+    init = None
+    if cfg.pretrain and model_cfg.kind == "neumf":
+        gmf = stage("gmf", dataclasses.replace(model_cfg, kind="gmf"))
+        mlp = stage("mlp", dataclasses.replace(model_cfg, kind="mlp"))
+        init = from_pretrained(gmf, mlp, model_cfg)
+    return stage("neumf", model_cfg, init), infos
+
+
+def fit_centralized(split: Split, seed: int, config: CentralConfig = CentralConfig(), show: bool = True) -> ArmResult:
+    """Adam + BCE with sampled negatives; early stopping on validation NDCG@10, optionally a final refit."""
+    cfg = config.train
+    t0 = time.perf_counter()
+    with torch_threads(cfg.threads), progress(show) as bar:
+        model, stages = _recipe(split, seed, config, split.train_users, split.train_items, bar)
+        if cfg.refit:
+            users, items = train_with_validation(split)
+            epochs = {name: info["best_epoch"] for name, info in stages.items()}
+            model, _ = _recipe(split, seed, config, users, items, bar, epochs)
+        scores = model_scores(model)
+    final = stages["neumf"]
+    info = {"model": config.model.to_dict(), "train": cfg.to_dict(), **final,
+            "epoch_s_mean": float(np.mean([s["epoch_s_mean"] for s in stages.values()])),
+            "pretrain": {name: {k: v for k, v in s.items() if k != "curve"} for name, s in stages.items() if name != "neumf"},
+            "train_s": time.perf_counter() - t0}
+    result = ArmResult("centralized", scores, info)
     result.model = model  # type: ignore[attr-defined]
     return result
