@@ -252,6 +252,41 @@ def retention(
 # --- end retention ----------------------------------------------------------------------------------
 
 
+# --- audit (issue 7) --------------------------------------------------------------------------------
+@app.command()
+def audit(
+    run_dir: Path = typer.Argument(..., help="A finished run dir (fedrec simulate or baseline)."),
+    stores: Optional[Path] = typer.Option(None, help="Device stores to scan (default RUN_DIR/stores)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset to reload (default: meta.dataset of the run; "
+                                          "give the CSV path for runs on a CSV file)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+    skip: str = typer.Option("", help="Comma-separated sections to skip: accounting,wire,at_rest,mia,canary."),
+    shadows: int = typer.Option(4, min=0, help="LiRA shadow trainings of the centralized arm (even; 0 = loss attack only)."),
+    shadow_epochs: Optional[int] = typer.Option(None, min=1, help="Epochs per shadow (default: the arm's best epoch)."),
+    canaries: int = typer.Option(1000, min=2, help="Canary interactions m, each included with probability 1/2."),
+    canary_guesses: int = typer.Option(100, min=1, help="Guesses per side (k 'in' + k 'out'), fixed in advance."),
+    canary_users: int = typer.Option(100, min=3, help="Users in the canary retraining (the run's first N)."),
+    canary_rounds: Optional[int] = typer.Option(None, min=1, help="Rounds of the canary retraining (default: the run's)."),
+    canary_trainer: str = typer.Option("harness", help="harness (Flower simulation) or inprocess (same device code, one process)."),
+    canary_contrast: bool = typer.Option(True, help="Also audit the arm without DP (shows the audit can see a leak)."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+) -> None:
+    """Privacy audit: epsilon spent (re-checked), what crosses the wire, what rests on devices, what attacks learn."""
+    import json
+
+    from simulations.audit.run import AuditOptions, audit as run_audit, headline
+
+    opts = AuditOptions(stores=stores, data=dataset, data_dir=str(data_dir) if data_dir else None,
+                        skip=tuple(parse_list(skip)), shadows=shadows, shadow_epochs=shadow_epochs,
+                        canaries=canaries, canary_guesses=canary_guesses, canary_users=canary_users,
+                        canary_rounds=canary_rounds, canary_trainer=canary_trainer,
+                        canary_contrast=canary_contrast, show=not quiet)
+    result = run_audit(run_dir, opts)
+    print(json.dumps(headline(result), indent=1))
+    err.print(f"wrote {run_dir}/audit.json and audit.md")
+# --- end audit --------------------------------------------------------------------------------------
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,191 @@
+"""`fedrec audit RUN_DIR`: every check in turn, then audit.json and audit.md in the run dir."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from common.errors import DataError
+from common.split import temporal_split
+from simulations.arms.centralized import CentralConfig
+from simulations.audit import plots
+from simulations.audit.accounting import check_ledger, read_ledger
+from simulations.audit.at_rest import audit_stores
+from simulations.audit.canary import canary_audit
+from simulations.audit.canary_runs import canary_trainer, run_config_of
+from simulations.audit.mia import attack_arm, mia_candidates, train_shadows
+from simulations.audit.report_text import render_audit
+from simulations.audit.rundata import AuditedRun, open_run
+from simulations.audit.wire import audit_wire
+from simulations.experiment import load
+from simulations.progress import progress
+from simulations.rundir import atomic_write_text, git_commit
+
+SECTIONS = ("accounting", "wire", "at_rest", "mia", "canary")
+PRIMARY_DP_ARM = "federated_dp"
+
+
+@dataclass
+class AuditOptions:
+    stores: Path | None = None
+    data: str | None = None  # dataset name or CSV path, when the report's cannot be reloaded
+    data_dir: str | None = None
+    skip: tuple[str, ...] = ()
+    shadows: int = 4
+    shadow_epochs: int | None = None  # default: the centralized arm's early-stopped epoch count
+    mia_users: int | None = None
+    canaries: int = 1000
+    canary_guesses: int = 100  # per side: k "included" + k "excluded" guesses, fixed in advance
+    canary_users: int = 100
+    canary_rounds: int | None = None  # default: the run's rounds
+    canary_trainer: str = "harness"
+    canary_contrast: bool = True  # also audit the same arm without DP: shows the audit can see a leak
+    confidence: float = 0.95
+    show: bool = True
+
+
+def accounting_section(run: AuditedRun) -> tuple[dict, dict]:
+    arms, per_device = {}, {}
+    for arm, privacy in run.private_arms().items():
+        ledger = run.path / "privacy" / privacy.get("ledger", f"{arm}_ledger.csv")
+        result = check_ledger(read_ledger(ledger), float(privacy["delta"]), privacy.get("epsilon_max"))
+        per_device[arm] = result.pop("per_device")
+        arms[arm] = {**result, "ledger": str(ledger.relative_to(run.path)), "unit": privacy.get("unit"),
+                     "noise_multiplier": privacy.get("noise_multiplier"), "sample_rate": privacy.get("sample_rate")}
+    if not arms:
+        return {"ok": False, "agree": False, "arms": {}, "note": "no DP arm with a ledger in this run"}, per_device
+    primary = arms.get(PRIMARY_DP_ARM) or next(iter(arms.values()))
+    head = {k: primary[k] for k in ("epsilon_max", "epsilon_median", "epsilon_recomputed_max", "delta", "unit")}
+    return {**head, "agree": all(a["agree"] for a in arms.values()), "arms": arms}, per_device
+
+
+def wire_section(run: AuditedRun) -> dict:
+    logs = {}
+    for arm in run.report["arms"]:
+        directory = run.model_dir(arm)
+        if directory is not None and (directory / "wire.jsonl").exists():
+            logs[arm] = (directory / "wire.jsonl", directory / "model.json")
+    return audit_wire(logs)
+
+
+def mia_section(run: AuditedRun, opts: AuditOptions, console: Console) -> tuple[dict, dict]:
+    arms = run.arms_with_scores()
+    if not arms:
+        return {"note": "no scores/<arm>.npy for centralized, federated or federated_dp"}, {}
+    cands = mia_candidates(run.split, run.seed, opts.mia_users)
+    shadows = None
+    central = run.report["arms"].get("centralized", {}).get("info", {})
+    if opts.shadows > 0:
+        cfg = run_config_of(run.report)
+        epochs = opts.shadow_epochs or int(central.get("best_epoch") or cfg.central.epochs)
+        console.print(f"LiRA: {opts.shadows} shadow trainings of the centralized arm, {epochs} epochs each")
+        with progress(opts.show) as bar:
+            task = bar.add_task("shadow models", total=opts.shadows)
+            shadows = train_shadows(run.split, cands, CentralConfig(model=cfg.model, train=cfg.central), opts.shadows,
+                                    epochs, run.seed, on_done=lambda: bar.advance(task))
+    out, curves = {}, {}
+    for arm in arms:
+        out[arm], raw = attack_arm(run.run_dir.read_scores(arm), cands, shadows)
+        curves.update({f"{arm} ({attack})": pair for attack, pair in raw.items()})
+        console.print(f"  MIA {arm}: AUC {out[arm]['auc']:.3f}  TPR@1%FPR {out[arm]['tpr@1%fpr']:.3f}  "
+                      f"TPR@0.1%FPR {out[arm]['tpr@0.1%fpr']:.3f}")
+    out["setup"] = {"members": int(cands.member.sum()), "non_members": int((~cands.member).sum()),
+                    "members_are": "one random train interaction per user (seeded)",
+                    "non_members_are": "each user's test interaction (never trained on by any arm)",
+                    "shadows": opts.shadows, "shadow_epochs": shadows.epochs if shadows else None}
+    return out, curves
+
+
+def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dict:
+    cfg = run_config_of(run.report)
+    rounds = opts.canary_rounds or cfg.federated.rounds
+    data = load(opts.data or run.report["meta"]["dataset"], opts.data_dir,
+                min(opts.canary_users, run.data.n_users))
+    split = temporal_split(data, run.seed)
+    delta = cfg.federated.delta
+    out = {}
+    variants = [("federated_dp", True)] + ([("federated", False)] if opts.canary_contrast else [])
+    for name, private in variants:
+        console.print(f"canary audit: {name}, {opts.canaries} canaries on {data.n_users} users, {rounds} rounds "
+                      f"({opts.canary_trainer} trainer)")
+        t0 = time.perf_counter()
+        train = canary_trainer(opts.canary_trainer, cfg, private, rounds, run.path, opts.show)
+        result = canary_audit(data, split, train, opts.canaries, opts.canary_guesses, run.seed, delta, opts.confidence)
+        result["wall_s"] = time.perf_counter() - t0
+        console.print(f"  {name}: {result['correct']}/{result['guesses']} guesses correct -> epsilon >= "
+                      f"{result['epsilon_lower_bound']:.3f} (ceiling {result['ceiling']:.3f}, formal "
+                      f"{result['epsilon_formal']})")
+        out[name] = result
+    head = dict(out["federated_dp"])
+    head["trainer"], head["rounds"], head["users"] = opts.canary_trainer, rounds, data.n_users
+    head["below_formal"] = head["epsilon_formal"] is not None and head["epsilon_lower_bound"] <= head["epsilon_formal"]
+    if "federated" in out:
+        head["no_dp_contrast"] = out["federated"]
+    return head
+
+
+def _plain(obj):
+    """numpy scalars and paths in audit.json."""
+    return obj.item() if hasattr(obj, "item") else str(obj)
+
+
+def audit(path: Path, opts: AuditOptions) -> dict:
+    console = Console(stderr=True, quiet=not opts.show)
+    t0 = time.perf_counter()
+    unknown = sorted(set(opts.skip) - set(SECTIONS))
+    if unknown:
+        raise DataError(f"--skip: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    run = open_run(path, opts.data, opts.data_dir)
+    result: dict = {"run": str(run.path), "dataset": run.report["meta"]["dataset"], "seed": run.seed}
+    if "accounting" not in opts.skip:
+        console.print("[bold]accounting[/bold]: ledgers recomputed with dp_accounting")
+        result["accounting"], per_device = accounting_section(run)
+        if per_device:
+            plots.epsilon_histogram(per_device, run.path / "audit_epsilon.png")
+    if "wire" not in opts.skip:
+        console.print("[bold]wire[/bold]: wire logs against the model's global parameters")
+        result["wire"] = wire_section(run)
+    if "at_rest" not in opts.skip:
+        stores = opts.stores or run.path / "stores"
+        console.print(f"[bold]at rest[/bold]: scanning {stores}")
+        result["at_rest"] = audit_stores(stores, run.data, run.split) if (stores / "manifest.json").exists() else \
+            {"ok": False, "note": f"{stores}/manifest.json not found: no stores audited"}
+    if "mia" not in opts.skip:
+        console.print("[bold]membership inference[/bold]")
+        result["mia"], curves = mia_section(run, opts, console)
+        if curves:
+            plots.roc_curves(curves, run.path / "audit_mia_roc.png")
+    if "canary" not in opts.skip:
+        console.print("[bold]canary audit[/bold] (one run, Steinke et al. 2023)")
+        result["canary"] = canary_section(run, opts, console)
+    result["meta"] = {"git_commit": git_commit(), "wall_s": time.perf_counter() - t0, "options": vars(opts)}
+    atomic_write_text(run.path / "audit.json", json.dumps(result, indent=2, default=_plain) + "\n")
+    atomic_write_text(run.path / "audit.md", render_audit(result, run.report))
+    return result
+
+
+HEADLINE = {
+    "accounting": ("epsilon_max", "epsilon_median", "epsilon_recomputed_max", "agree"),
+    "canary": ("epsilon_lower_bound", "confidence", "m", "guesses", "correct", "ceiling", "epsilon_formal"),
+    "wire": ("ok",),
+    "at_rest": ("ok", "devices_scanned", "plaintext_findings"),
+}
+
+
+def headline(result: dict) -> dict:
+    """The fields issue 7 requires of audit.json, for the terminal."""
+    out = {}
+    for section, keys in HEADLINE.items():
+        if section in result:
+            out[section] = {k: result[section].get(k) for k in keys}
+    if "no_dp_contrast" in result.get("canary", {}):
+        contrast = result["canary"]["no_dp_contrast"]
+        out["canary"]["no_dp_epsilon_lower_bound"] = contrast["epsilon_lower_bound"]
+    if "mia" in result:
+        out["mia"] = {arm: {k: r[k] for k in ("auc", "tpr@1%fpr", "tpr@0.1%fpr")}
+                      for arm, r in result["mia"].items() if arm != "setup" and "auc" in r}
+    return out

@@ -1,0 +1,79 @@
+"""A finished run dir read back: its report, its data and split rebuilt and checked, its artefacts."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.datasets import Interactions
+from common.errors import DataError
+from common.split import Split, temporal_split
+from simulations.experiment import load
+from simulations.rundir import RunDir
+
+MIA_ARMS = ("centralized", "federated", "federated_dp")
+
+
+@dataclass
+class AuditedRun:
+    run_dir: RunDir
+    report: dict
+    data: Interactions
+    split: Split
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir.path
+
+    @property
+    def seed(self) -> int:
+        return int(self.report["meta"]["seed"])
+
+    def arms_with_scores(self) -> list[str]:
+        return [a for a in MIA_ARMS if (self.path / "scores" / f"{a}.npy").exists()]
+
+    def private_arms(self) -> dict[str, dict]:
+        """Arms whose report carries a privacy block (the DP arms with a ledger)."""
+        return {name: arm["privacy"] for name, arm in self.report["arms"].items() if arm.get("privacy")}
+
+    def model_dir(self, arm: str) -> Path | None:
+        info = self.report["arms"].get(arm, {}).get("info", {})
+        if "model_dir" in info:
+            return self.path / info["model_dir"]
+        guess = self.path / "models" / arm
+        return guess if guess.exists() else None
+
+
+def _check_split(run_dir: RunDir, data: Interactions, split: Split) -> None:
+    """The rebuilt split must reproduce the run's split/test.csv, or every audit number would be wrong."""
+    path = run_dir.path / "split" / "test.csv"
+    if not path.exists():
+        return
+    with path.open(newline="") as fh:
+        rows = [(r["user_id"], r["item_id"]) for r in csv.DictReader(fh)]
+    users = np.flatnonzero(split.test_items >= 0)
+    rebuilt = list(zip(data.user_ids[users].astype(str).tolist(), data.item_ids[split.test_items[users]].astype(str).tolist()))
+    if sorted(rows) != sorted(rebuilt):
+        raise DataError(f"{path}: the split rebuilt from report.json (dataset {data.name}, seed {split.seed}) "
+                        "differs from the run's test split; pass --data to point at the run's dataset")
+
+
+def open_run(path: Path, data_override: str | None = None, data_dir: str | None = None) -> AuditedRun:
+    if not Path(path).is_dir():
+        raise DataError(f"{path}: not a directory")
+    run_dir = RunDir(path)
+    report = run_dir.read_report()
+    meta = report["meta"]
+    users = meta.get("users") or None
+    data = load(data_override or meta["dataset"], data_dir, users)
+    if data.n_users != meta["n_users"] and users is None:
+        data = data.subset_users(int(meta["n_users"]))  # older reports lack meta.users: the first N users
+    if (data.n_users, data.n_items) != (meta["n_users"], meta["n_items"]):
+        raise DataError(f"{path}/report.json: run has {meta['n_users']} users x {meta['n_items']} items, "
+                        f"the reloaded dataset {data.n_users} x {data.n_items}")
+    split = temporal_split(data, int(meta["seed"]))
+    _check_split(run_dir, data, split)
+    return AuditedRun(run_dir, report, data, split)

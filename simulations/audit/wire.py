@@ -1,0 +1,97 @@
+"""What crossed the wire: the server's wire log checked against the model's global parameters.
+
+A device may send only the shared parameters, each as the full dense table: a missing row, a smaller
+shape or an integer array could reveal which items the user touched, and any ``user_emb.*`` array
+would reveal the user's own embedding. The log (``wire.jsonl``, one line per round and direction)
+records names, shapes, dtypes and bytes of every array; payload values are not needed for this check.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import DataError
+from common.model import LOCAL_PREFIX, ModelConfig, NeuMF
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def expected_arrays(model_json: Path) -> dict[str, dict]:
+    """Name -> {shape, dtype} of every global parameter of the run's model (from its model.json)."""
+    try:
+        spec = json.loads(model_json.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{model_json}: not found (the federated arm's model description)") from None
+    model_fields = dict(spec["model"])
+    model_fields["layers"] = tuple(model_fields.get("layers", ()))
+    model = NeuMF(1, int(spec["n_items"]), ModelConfig(**model_fields))
+    return {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            for name, t in model.state_dict().items() if not name.startswith(LOCAL_PREFIX)}
+
+
+def check_line(entry: dict, expected: dict[str, dict]) -> list[str]:
+    """Every problem with one round-direction of the log, as readable sentences."""
+    where = f"round {entry.get('round')} {entry.get('direction')}"
+    arrays: dict[str, dict] = entry.get("arrays", {})
+    problems = []
+    for name, meta in arrays.items():
+        if name.startswith(LOCAL_PREFIX):
+            problems.append(f"{where}: local array {name} crossed the wire")
+            continue
+        if name not in expected:
+            problems.append(f"{where}: {name} is not a global parameter of the model")
+            continue
+        shape, dtype = list(meta.get("shape", [])), str(meta.get("dtype", ""))
+        if shape != expected[name]["shape"]:
+            problems.append(f"{where}: {name} has shape {shape}, the full table is {expected[name]['shape']}")
+        if dtype not in FLOAT_DTYPES:
+            problems.append(f"{where}: {name} has dtype {dtype} (indices or ids?), expected a float table")
+        else:
+            dense_bytes = int(np.prod(shape)) * np.dtype(dtype if dtype != "bfloat16" else "float16").itemsize
+            if int(meta.get("bytes", 0)) < dense_bytes:
+                problems.append(f"{where}: {name} carries {meta.get('bytes')} bytes, fewer than a dense "
+                                f"{shape} {dtype} array ({dense_bytes})")
+    if entry.get("same_names_in_all") is False:
+        problems.append(f"{where}: messages of this round carried different array names")
+    missing = sorted(set(expected) - set(arrays))
+    if missing and entry.get("n_messages", 1):
+        problems.append(f"{where}: global parameter(s) {', '.join(missing)} missing (partial update?)")
+    return problems
+
+
+def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
+    expected = expected_arrays(model_json)
+    try:
+        lines = [json.loads(x) for x in wire_log.read_text().splitlines() if x.strip()]
+    except FileNotFoundError:
+        raise DataError(f"{wire_log}: not found (the server's wire log)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{wire_log}:{exc.lineno}: not JSON") from None
+    problems = [p for entry in lines for p in check_line(entry, expected)]
+    seen: dict[str, dict] = {}
+    for entry in lines:
+        for name, meta in entry.get("arrays", {}).items():
+            seen.setdefault(name, {"shape": meta.get("shape"), "dtype": meta.get("dtype"), "bytes": meta.get("bytes")})
+    by_direction = {d: sum(int(e.get("bytes_total", 0)) for e in lines if e.get("direction") == d) for d in ("down", "up")}
+    return {
+        "ok": not problems and bool(lines),
+        "log": str(wire_log),
+        "rounds": len({e.get("round") for e in lines}),
+        "messages_up": sum(int(e.get("n_messages", 0)) for e in lines if e.get("direction") == "up"),
+        "bytes_up": by_direction["up"],
+        "bytes_down": by_direction["down"],
+        "arrays": seen,
+        "problems": problems[:50] if lines else [f"{wire_log}: empty log"],
+    }
+
+
+def audit_wire(logs: dict[str, tuple[Path, Path]]) -> dict:
+    """``logs``: arm -> (wire.jsonl, model.json). ok only if every arm's log is clean."""
+    if not logs:
+        return {"ok": False, "arrays": {}, "arms": {}, "problems": ["no wire log found in the run dir"]}
+    arms = {arm: audit_wire_log(wire, model) for arm, (wire, model) in logs.items()}
+    first = next(iter(arms.values()))
+    return {"ok": all(a["ok"] for a in arms.values()), "arrays": first["arrays"], "arms": arms}
