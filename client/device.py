@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,19 +117,25 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
     tail: deque[str] = deque(maxlen=200)
     say(f"device {s.store.stem}: SuperNode -> {s.superlink} (TLS, CA {s.root_cert}; auth key {s.auth_key}); "
         f"local runtime port {port}")
+
+    def pump(stream) -> None:  # the SuperNode's helpers share the pipe: read it apart from waiting
+        for line in stream:
+            tail.append(line.rstrip("\n"))
+            if echo:
+                say(line.rstrip("\n"))
+
     with terminate_on_sigterm():
         try:
             proc = children.start("supernode", supernode_argv(s, port), capture=True)
-            for line in proc.stdout:
-                tail.append(line.rstrip("\n"))
-                if echo:
-                    say(line.rstrip("\n"))
+            reader = threading.Thread(target=pump, args=(proc.stdout,), daemon=True)
+            reader.start()
             code = proc.wait()
         except KeyboardInterrupt:
             say("stopping the SuperNode")
             return
         finally:
-            children.stop()
+            children.stop()  # also ends helpers the SuperNode left behind, which closes the pipe
+    reader.join(timeout=5)
     if code != 0:
         raise FedrecError(explain_exit(list(tail), s, code))
 
@@ -174,22 +181,34 @@ def find_manifest(store: Path, manifest: Path | None) -> Path | None:
     return None
 
 
+def _dataset_titles(name: str) -> dict[str, str]:
+    """Titles by original item id from a locally cached copy of the dataset, if this machine has one."""
+    from common.datasets import load_dataset
+    from common.fetch import dataset_dir
+
+    if not name or not dataset_dir(name).exists():
+        return {}
+    data = load_dataset(name)
+    return {str(data.item_ids[i]): title for i, title in data.item_titles.items()}
+
+
 def item_catalogue(manifest: Path | None, n_items: int) -> tuple[list[str], dict[int, str]]:
-    """Dense index -> original item id and title; plain indices when there is no manifest."""
-    ids, titles = [str(i) for i in range(n_items)], {}
+    """Dense index -> original item id and title (manifest ``item_ids`` / ``item_titles``, else the dataset)."""
     if manifest is None:
-        return ids, titles
-    raw = json.loads(manifest.read_text())
-    items = raw.get("items") or raw.get("item_ids") or {}
-    if isinstance(items, dict):  # {"ids": [...], "titles": {...}}
-        ids = [str(x) for x in items.get("ids", ids)]
-        titles = {int(k): str(v) for k, v in (items.get("titles") or {}).items()}
-    elif isinstance(items, list):
-        ids = [str(x) for x in items]
-    titles = titles or {int(k): str(v) for k, v in (raw.get("item_titles") or {}).items()}
+        return [str(i) for i in range(n_items)], {}
+    try:
+        raw = json.loads(manifest.read_text())
+        ids = [str(x) for x in raw["item_ids"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FedrecError(f"{manifest}: no item catalogue (item_ids) in the manifest ({exc})") from None
     if len(ids) != n_items:
         raise FedrecError(f"{manifest}: catalogue has {len(ids)} items but the model scores {n_items}")
-    return ids, titles
+    given = raw.get("item_titles")
+    if isinstance(given, list):
+        return ids, {i: str(t) for i, t in enumerate(given) if t}
+    by_id = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else _dataset_titles(
+        str(raw.get("dataset", "")))
+    return ids, {i: by_id[x] for i, x in enumerate(ids) if x in by_id}
 
 
 def recommend(store: Path, key_file: Path, model: Path, k: int = 10, manifest: Path | None = None,

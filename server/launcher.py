@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -193,6 +194,9 @@ def parse_run_config(text: str | None) -> dict[str, object]:
     """Parse ``"k=v k2=v2"`` the way Flower does, so errors surface before anything starts."""
     from flwr.common.config import parse_config_args  # Flower's own parser: one syntax everywhere
 
+    leftover = re.sub(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)", "", text or "").strip()  # Flower skips these
+    if leftover:
+        raise FedrecError(f"--run-config {text!r}: cannot read {leftover!r}; expected key=value pairs")
     try:
         return dict(parse_config_args([text] if text else None))
     except Exception as exc:  # click.ClickException and tomli errors alike

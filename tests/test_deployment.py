@@ -1,0 +1,220 @@
+"""End to end on loopback: `fedrec certs`, `fedrec server` (SuperLink, TLS, device auth) and three
+`fedrec client` SuperNodes on provisioned stores train 2 rounds; a wrong CA and an unregistered key
+are refused with one clear line. Every process is started in its own group and ended by PID.
+
+The federation test is marked ``e2e`` (select with ``pytest -m e2e``); the fast tests below it check
+the pieces that need no network. Set ``FEDREC_E2E_APP`` to run a Flower App directory other than this
+project (its pyproject must list the run config keys used below).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client.device import ClientSettings, explain_exit, item_catalogue
+from common.certs import create_ca, issue_server_cert
+from common.errors import FedrecError
+from common.datasets import from_raw
+from common.keys import derive_device_key
+from common.model import is_local
+from common.privacy import PrivacyLedger
+from common.processes import Children, _alive, descendants, flower_env, free_port
+from common.split import temporal_split
+from common.store import DeviceStore
+from server.launcher import connect_host, parse_run_config, run_config_arg
+from simulations.provision import provision
+
+ROOT = Path(__file__).resolve().parent.parent
+FEDREC = [sys.executable, "-m", "simulations.cli"]
+N_ITEMS, ROUNDS, STEPS = 20, 2, 2
+RUN_CONFIG = (f'n-items={N_ITEMS} gmf-dim=4 mlp-dim=4 layers="8,4" local-epochs=1 steps-per-epoch={STEPS} '
+              f"negatives=2 noise-multiplier=1.0 max-grad-norm=1.0 lr=0.05 seed=0")
+WAIT = 240.0  # upper bound for any single wait; the whole run takes about a minute on 2 cores
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_for_text(path: Path, text: str, proc, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in _read(path):
+        if proc.poll() is not None:
+            raise AssertionError(f"exited ({proc.returncode}) before printing {text!r}:\n{_read(path)[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {text!r} within {timeout:.0f} s:\n{_read(path)[-3000:]}")
+        time.sleep(0.5)
+
+
+def wait_exit(proc, log: Path, timeout: float = WAIT) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except Exception:
+        raise AssertionError(f"still running after {timeout:.0f} s:\n{_read(log)[-3000:]}") from None
+
+
+def write_key(path: Path, key: bytes) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return path
+
+
+def tiny_fleet(out: Path) -> list[tuple[Path, Path]]:
+    """Three users over 20 items with titles, provisioned as encrypted stores; one key file per device."""
+    users, items, stamps = [], [], []
+    for user, first in enumerate((0, 10, 5)):  # together the three users touch all 20 items
+        users += [1000 + user] * 10
+        items += [101 + (first + j) % N_ITEMS for j in range(10)]
+        stamps += list(range(user * 100, user * 100 + 10))
+    data = from_raw("tiny", np.array(users), np.array(items), np.array(stamps, dtype=np.int64),
+                    np.full(len(users), 4.0, dtype=np.float32), titles={101 + i: f"Film {101 + i}" for i in range(N_ITEMS)})
+    master = os.urandom(32)
+    manifest = json.loads(provision(data, temporal_split(data, 0), out, master).read_text())
+    return [(out / d["store"], write_key(out / f"{d['device_id']}.key", derive_device_key(master, d["device_id"])))
+            for d in manifest["devices"]]
+
+
+@pytest.fixture()
+def children():
+    """Everything the test starts; on teardown each process group is ended by PID and nothing survives."""
+    group = Children(flower_env())
+    yield group
+    below = [pid for proc in group.procs.values() for pid in descendants(proc.pid)]
+    tops = [proc.pid for proc in group.procs.values()]
+    group.stop(grace=15)
+    time.sleep(1)
+    survivors = [pid for pid in tops + below if _alive(pid)]
+    assert not survivors, f"processes left behind: {survivors}"
+
+
+@pytest.mark.e2e
+def test_tls_federation_with_authenticated_devices(tmp_path, children):
+    certs, out, fleet = tmp_path / "certs", tmp_path / "server", tmp_path / "fleet"
+    app_dir = os.environ.get("FEDREC_E2E_APP", str(ROOT))
+
+    def fedrec(name: str, *args: str):
+        return children.start(name, [*FEDREC, *args], log=tmp_path / f"{name}.log", cwd=ROOT)
+
+    # 1. PKI: a CA, a server certificate for localhost/127.0.0.1, four device keys (only three registered).
+    proc = fedrec("certs", "certs", "init", "--out", str(certs), "--server-name", "localhost", "--ip", "127.0.0.1",
+                  "--devices", "4")
+    assert wait_exit(proc, tmp_path / "certs.log", 60) == 0, _read(tmp_path / "certs.log")
+    create_ca(tmp_path / "other-ca")
+    stores = tiny_fleet(fleet)
+
+    # 2. The server: SuperLink with TLS + device auth, devices 0-2 registered, waits for three online.
+    port = free_port()
+    pubs = [str(certs / "devices" / f"device-{i}.pub") for i in range(3)]
+    server = fedrec("server", "server", "--certs", str(certs), *sum([["--devices", p] for p in pubs], []),
+                    "--out", str(out), "--host", "127.0.0.1", "--port", str(port), "--rounds", str(ROUNDS),
+                    "--run-config", RUN_CONFIG, "--timeout", str(WAIT), "--app", app_dir)
+    server_log = tmp_path / "server.log"
+    wait_for_text(server_log, "waiting for 3 device(s)", server)
+    assert "registered device device-2" in _read(server_log)
+
+    def client(name: str, store: Path, key: Path, ca: Path, auth: Path):
+        return fedrec(name, "client", "--store", str(store), "--key-file", str(key), "--superlink",
+                      f"127.0.0.1:{port}", "--root-cert", str(ca), "--auth-key", str(auth), "--max-wait", "60")
+
+    # 3. Refusals: a device that trusts another CA, and a device whose key was never registered.
+    store0, key0 = stores[0]
+    wrong_ca = client("wrong-ca", store0, key0, tmp_path / "other-ca" / "ca.crt", certs / "devices" / "device-0")
+    unregistered = client("unregistered", store0, key0, certs / "ca.crt", certs / "devices" / "device-3")
+    for name, proc, expected in (("wrong-ca", wrong_ca, "not signed by the CA"),
+                                 ("unregistered", unregistered, "is not registered")):
+        assert wait_exit(proc, tmp_path / f"{name}.log", 90) == 1
+        last = _read(tmp_path / f"{name}.log").strip().splitlines()[-1]
+        assert last.startswith("error:") and expected in last, last
+
+    # 4. Three registered devices train two rounds.
+    for i, (store, key) in enumerate(stores):
+        client(f"device-{i}", store, key, certs / "ca.crt", certs / "devices" / f"device-{i}")
+    assert wait_exit(server, server_log) == 0, _read(server_log)[-3000:]
+    log = _read(server_log)
+    assert "finished:completed" in log and "stopped all server processes" in log
+
+    # 5. The final global model: global parameters only, the architecture beside it, a checkpoint per round.
+    state = torch.load(out / "global_model.pt", weights_only=True)
+    info = json.loads((out / "model.json").read_text())
+    assert info["n_items"] == N_ITEMS and state["item_emb.weight"].shape[0] == N_ITEMS
+    assert state and not any(is_local(k) for k in state)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == ROUNDS
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
+    assert all(torch.isfinite(v).all() for v in state.values()) and checkpoint.keys() == state.keys()
+
+    # 6. Each device's ledger counts both rounds (record-level DP, noise 1.0), its embedding stayed local.
+    for (store, key), i in zip(stores, range(3)):
+        children.stop_one(f"device-{i}")
+        with DeviceStore.open(store, key.read_bytes()) as opened:
+            ledger = PrivacyLedger.from_json(opened.get_state("privacy_ledger"))
+            assert int(opened.get_state("rounds")) == ROUNDS
+            assert opened.get_state("user_embedding") is not None
+        assert ledger.steps == ROUNDS * STEPS and ledger.history[0][0] == 1.0
+        assert 0 < ledger.epsilon(1e-5) < float("inf")
+
+    # 7. On-device recommendations: original item ids, nothing the user has seen (titles: test_device.py).
+    store, key = stores[0]
+    rec = fedrec("recommend", "recommend", "--store", str(store), "--key-file", str(key), "--model",
+                 str(out / "global_model.pt"), "-k", "5")
+    assert wait_exit(rec, tmp_path / "recommend.log", 120) == 0, _read(tmp_path / "recommend.log")
+    rows = [line.split() for line in _read(tmp_path / "recommend.log").splitlines() if line.strip()]
+    assert len(rows) == 5 and [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    with DeviceStore.open(store, key.read_bytes()) as opened:
+        seen = {101 + int(i) for i in opened.read_events(None).items}
+    recommended = {int(r[1]) for r in rows}
+    assert recommended <= set(range(101, 101 + N_ITEMS)) and not recommended & seen
+
+
+# --- fast checks of the pieces (no processes) ----------------------------------------------------
+
+SETTINGS = ClientSettings(Path("d.db"), Path("d.key"), "fl.example.org:9092", Path("ca.crt"), Path("dev"))
+
+
+@pytest.mark.parametrize("flower_says, expected", [
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate",
+     "not signed by the CA in ca.crt"),
+    ("certificate verify failed: Hostname mismatch, certificate is not valid for 'fl.example.org'",
+     "not valid for fl.example.org"),
+    ("Failed to initialize the connection to the SuperLink.\n[code: 2004] Failed to activate SuperNode.",
+     "the public key of dev is not registered"),
+    ("httpx.ConnectError: [Errno 111] Connection refused", "cannot reach the SuperLink at fl.example.org:9092"),
+    ("something new went wrong\nERROR : Exit Code: 999", "exited with code 1: ERROR : Exit Code: 999"),
+])
+def test_refusals_become_one_line(flower_says, expected):
+    message = explain_exit(flower_says.splitlines(), SETTINGS, 1)
+    assert expected in message and "\n" not in message
+
+
+def test_catalogue_ids_and_titles(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"item_ids": [7, 9, 11], "item_titles": {"9": "Heat (1995)"}}))
+    assert item_catalogue(manifest, 3) == (["7", "9", "11"], {1: "Heat (1995)"})
+    with pytest.raises(FedrecError, match="catalogue has 3 items but the model scores 4"):
+        item_catalogue(manifest, 4)
+    assert item_catalogue(None, 2) == (["0", "1"], {})
+
+
+def test_cli_connects_by_a_name_the_certificate_covers(tmp_path):
+    create_ca(tmp_path)
+    cert = issue_server_cert(tmp_path, ["fl.example.org"], ["10.0.0.5"]).cert
+    assert connect_host(cert, "0.0.0.0") == "fl.example.org"
+    assert connect_host(cert, "10.0.0.5") == "10.0.0.5"
+    cert = issue_server_cert(tmp_path, ["fl.example.org", "localhost"], ["127.0.0.1"]).cert
+    assert connect_host(cert, "0.0.0.0") == "127.0.0.1"
+
+
+def test_run_config_round_trips_through_flowers_parser():
+    config = parse_run_config('layers="8,4" lr=0.05 num-server-rounds=2 out-dir="/tmp/a b" strategy="fedavg"')
+    assert config == {"layers": "8,4", "lr": 0.05, "num-server-rounds": 2, "out-dir": "/tmp/a b", "strategy": "fedavg"}
+    assert parse_run_config(run_config_arg(config)) == config
+    with pytest.raises(FedrecError, match="--run-config"):
+        parse_run_config("lr=")
