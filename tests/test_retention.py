@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import stats
-from scipy.special import expit, logit
 
 from common.datasets import from_raw
 from simulations.retention.gaps import GapHistogram, GapModel, fit_gaps
@@ -14,6 +13,7 @@ from simulations.retention.mf import MFConfig, fit_biased_mf
 from simulations.retention.observed import active_days, observed_retention, observed_survival
 from simulations.retention.oracles import top_share
 from simulations.retention.propensity import BetaPrior, fit_beta
+from simulations.retention.reference import simulate_loop
 from simulations.retention.simulator import NEVER, UserModel, draw, metrics, simulate
 from simulations.retention.slates import ranked_unseen, slate_satisfaction
 
@@ -125,23 +125,6 @@ def test_mf_recovers_low_rank_ratings():
     assert rmse < 0.25 * truth.std()
 
 
-def reference_user(sat, s_ref, beta, pi, uniforms, gaps, horizon, w):
-    """protocol.md step by step for one user: the plain loop the vectorized simulator must equal."""
-    day, smooth, visits, total, first, last = 0, s_ref, 0, 0.0, NEVER, 0
-    for n in range(horizon + 1):
-        s = sat[n]
-        smooth = w * smooth + (1 - w) * s
-        visits, total, last = visits + 1, total + s, day
-        if not uniforms[n] < expit(logit(pi) + beta * (smooth - s_ref)):
-            break
-        day += gaps[n]
-        if day > horizon:
-            break
-        if n == 0:
-            first = day
-    return first, last, visits, total
-
-
 def toy_model(horizon: int = 20) -> UserModel:
     hist = GapHistogram.from_gaps(np.array([1, 1, 2, 3, 7, 30]), "toy")
     return UserModel(prior=BetaPrior(0.6, 0.8, 0, 0.0), gaps=GapModel(hist, hist), horizon=horizon)
@@ -155,13 +138,12 @@ def test_vectorized_simulator_equals_per_user_reference():
     betas = np.array([0.0, 2.0, 5.0])
     draws = draw(model, 25, seed=7)
     out = simulate(sat, s_ref, betas, draws, model)
-    for p in range(3):
-        for b, beta in enumerate(betas):
-            for u in range(25):
-                first, last, visits, total = reference_user(sat[p, u], s_ref[p], beta, draws.propensity[u],
-                                                            draws.uniforms[u], draws.gaps[u], model.horizon, 0.7)
-                assert (out.first_return[p, b, u], out.last_visit[p, b, u], out.visits[p, b, u]) == (first, last, visits)
-                assert out.satisfaction_sum[p, b, u] == pytest.approx(total)
+    ref = simulate_loop(sat, s_ref, betas, draws, model)
+    assert np.array_equal(out.first_return, ref[..., 0])
+    assert np.array_equal(out.last_visit, ref[..., 1])
+    assert np.array_equal(out.visits, ref[..., 2])
+    assert np.allclose(out.satisfaction_sum, ref[..., 3])
+    assert (out.visits > 1).any() and (out.first_return == NEVER).any()  # both branches exercised
 
 
 def test_beta_zero_ignores_satisfaction_and_beta_helps_satisfied_users():

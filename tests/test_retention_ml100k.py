@@ -34,7 +34,7 @@ def study(data):
     arms = {"random": fit_random(split, 0).scores, "popularity": fit_popularity(split, 0).scores,
             "ease": fit_ease(split, 0, lambdas=(300.0,)).scores}
     setup = prepare(data)
-    per_seed, _, refs = run_seeds(setup, arms, popularity_scores(data), SEEDS, show=False)
+    per_seed, _, refs = run_seeds(setup, arms, popularity_scores(data), SEEDS)
     s_ref = {o.name: float(refs[:, j].mean()) for j, o in enumerate(setup.oracles)}
     return setup, per_seed, means(intervals(per_seed)), s_ref
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.datasets import Interactions
-from simulations.progress import progress
 from simulations.retention.gaps import fit_gaps
 from simulations.retention.observed import active_days, observed_retention, observed_survival
 from simulations.retention.oracles import Oracle, ease_oracle, has_ratings, interacted, mf_oracle
@@ -96,16 +95,8 @@ def run_seed(setup: Setup, policies: Policies, seed: int, betas=BETAS) -> tuple[
     return values, curves, s_ref
 
 
-def run_seeds(setup: Setup, arms: dict[str, np.ndarray], popularity: np.ndarray, seeds, show: bool = True):
-    """Per-seed metrics and survival curves, and the S_ref of each seed."""
+def run_seeds(setup: Setup, arms: dict[str, np.ndarray], popularity: np.ndarray, seeds):
+    """Per-seed metrics and survival curves, and the S_ref of each seed (a fraction of a second per seed)."""
     policies = build_policies(setup, arms, popularity)
-    per_seed, curves, refs = [], [], []
-    with progress(show) as bar:
-        task = bar.add_task("retention (simulated)", total=len(seeds))
-        for seed in seeds:
-            values, curve, s_ref = run_seed(setup, policies, seed)
-            per_seed.append(values)
-            curves.append(curve)
-            refs.append(s_ref)
-            bar.update(task, advance=1)
-    return per_seed, curves, np.asarray(refs)
+    per_seed, curves, refs = zip(*(run_seed(setup, policies, seed) for seed in seeds))
+    return list(per_seed), list(curves), np.asarray(refs)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
 from common.datasets import Interactions
 from common.errors import FedrecError
@@ -50,9 +51,10 @@ def reference_arm(report: dict, names: list[str]) -> str:
     return max(candidates, key=lambda n: report.get("arms", {}).get(n, {}).get("accuracy", {}).get("hr@10", -1.0))
 
 
-def _oracle_reports(data: Interactions, setup, seed: int) -> dict:
+def _oracle_reports(data: Interactions, setup, seed: int, console: Console) -> dict:
     out = {}
     for oracle in setup.oracles:
+        console.print(f"retention: checking oracle {oracle.name} on held-out interactions")
         checks = mf_checks(data, MFConfig(), seed) if oracle.name == "mf" else ease_checks(data, seed)
         out[oracle.name] = {**oracle.describe(setup.seen), "checks": checks}
     if "mf" not in out:
@@ -74,8 +76,11 @@ def run_retention(run_dir: Path, data: Interactions, arms: dict[str, np.ndarray]
     report = rd.read_report()
     scores = arm_scores(rd, report, data, arms)
     reference = reference_arm(report, list(scores))
+    console = Console(stderr=True, quiet=not show)
+    console.print(f"retention: fitting the user model and oracles on {data.name} ({data.n_users} users)")
     setup = prepare(data)
-    per_seed, curves, refs = run_seeds(setup, scores, popularity_scores(data), seeds, show)
+    console.print(f"retention: simulating {len(scores)} arms x {len(setup.oracles)} oracles x {len(seeds)} seeds")
+    per_seed, curves, refs = run_seeds(setup, scores, popularity_scores(data), seeds)
     s_ref = {o.name: float(refs[:, j].mean()) for j, o in enumerate(setup.oracles)}
     summary = summarize(per_seed, setup.observed, s_ref, reference)
     plots = {}
@@ -99,7 +104,7 @@ def run_retention(run_dir: Path, data: Interactions, arms: dict[str, np.ndarray]
         "user_model": setup.model.to_dict(),
         "observed": {**setup.observed, "survival_cohort": {k: v for k, v in setup.observed_survival.items()
                                                            if k != "survival"}},
-        "oracles": _oracle_reports(data, setup, seeds[0]),
+        "oracles": _oracle_reports(data, setup, seeds[0], console),
         "reference_policies": reference_policies,
         **{k: v for k, v in summary.items() if k != "mean"},
         "plots": plots,

@@ -1,0 +1,94 @@
+"""Retention simulator speed on ML-100K at the size protocol.md asks for, measured in one run.
+
+    FEDREC_DATA_DIR=... python -m bench.bench_retention [--seeds 5]
+
+943 users x 60-day horizon x 6 arms x 4 betas x 2 oracles x 5 seeds (plus each oracle's greedy slates
+and the popularity reference). Prints the time of each phase, the total against the one-minute budget,
+and the vectorized simulator against the plain per-user loop on the same draws (one seed).
+The six arms are stand-ins with distinct scores (EASE at two lambdas, EASE plus noise at two levels),
+named like design.md's arms only to make the size realistic: this measures speed, not quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from common.datasets import load_dataset
+from common.split import temporal_split
+from simulations.arms.simple import ease_weights, fit_popularity, fit_random
+from simulations.retention.engine import build_policies, popularity_scores, prepare, run_seed
+from simulations.retention.mf import MFConfig
+from simulations.retention.oracle_checks import ease_checks, mf_checks
+from simulations.retention.reference import simulate_loop
+from simulations.retention.simulator import BETAS, draw, simulate
+
+BUDGET_S = 60.0
+
+
+def stand_in_arms(data, seed: int = 0) -> dict[str, np.ndarray]:
+    split = temporal_split(data, seed)
+    x = split.train_matrix().toarray().astype(np.float64)
+    rng = np.random.default_rng(seed)
+    ease_300 = (x @ ease_weights(x, 300.0)).astype(np.float32)
+    noise = rng.normal(0, ease_300.std(), ease_300.shape).astype(np.float32)
+    return {
+        "random": fit_random(split, seed).scores,
+        "popularity": fit_popularity(split, seed).scores,
+        "ease": ease_300,
+        "centralized": (x @ ease_weights(x, 100.0)).astype(np.float32),
+        "federated": ease_300 + 0.5 * noise,
+        "federated_dp": ease_300 + 2.0 * noise,
+    }
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--dataset", default="ml-100k")
+    args = parser.parse_args()
+    seeds = tuple(range(args.seeds))
+    data = load_dataset(args.dataset)
+    arms = stand_in_arms(data)
+
+    setup, t_prepare = timed(lambda: prepare(data))
+    _, t_checks = timed(lambda: (mf_checks(data, MFConfig(), 0), ease_checks(data, 0)))
+    policies, t_slates = timed(lambda: build_policies(setup, arms, popularity_scores(data)))
+    _, t_sim = timed(lambda: [run_seed(setup, policies, seed) for seed in seeds])
+
+    betas = np.asarray(BETAS)
+    s_ref = np.full(len(policies.pairs), 0.5)
+    draws = draw(setup.model, data.n_users, 0)
+    _, t_vec = timed(lambda: simulate(policies.satisfaction, s_ref, betas, draws, setup.model))
+    _, t_loop = timed(lambda: simulate_loop(policies.satisfaction, s_ref, betas, draws, setup.model))
+
+    total = t_prepare + t_checks + t_slates + t_sim
+    table = Table(title=f"retention simulator, {data.name}: {data.n_users} users x {setup.model.horizon} days x "
+                        f"{len(arms)} arms x {len(BETAS)} betas x {len(setup.oracles)} oracles x {len(seeds)} seeds")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    for name, secs in [("fit user model + oracles (observed, gaps, Beta MLE, MF, EASE)", t_prepare),
+                       ("oracle checks (refit on 90%, test on 10%)", t_checks),
+                       ("slates: rank unseen items, satisfaction per visit", t_slates),
+                       (f"simulate {len(seeds)} seeds (vectorized, with metrics and survival curves)", t_sim),
+                       ("total", total)]:
+        table.add_row(name, f"{secs:.2f}")
+    console = Console()
+    console.print(table)
+    console.print(f"total / budget of {BUDGET_S:.0f} s: {total / BUDGET_S:.3f}")
+    console.print(f"one seed, {len(policies.pairs)} policies x {len(BETAS)} betas x {data.n_users} users: "
+                  f"vectorized {t_vec:.3f} s, per-user loop {t_loop:.2f} s, loop / vectorized = {t_loop / t_vec:.0f}x")
+
+
+if __name__ == "__main__":
+    main()
