@@ -64,8 +64,8 @@ def oracle_table(report: dict, oracle: str) -> str:
     return "\n".join(lines)
 
 
-def tables(report: dict) -> str:
-    """One table per oracle (also what `fedrec retention` prints)."""
+def tables(report: dict, plots: bool = False) -> str:
+    """One table per oracle (also what `fedrec retention` prints), each followed by its survival plot if asked."""
     ret = report["retention"]
     parts = []
     for oracle, info in ret["oracles"].items():
@@ -74,6 +74,8 @@ def tables(report: dict) -> str:
             continue
         parts += [f"### Oracle `{oracle}`: {info['family']}, relevant = {info['relevance_rule']} (simulated)", "",
                   oracle_table(report, oracle), ""]
+        if plots and oracle in ret.get("plots", {}):
+            parts += [f"![survival curves, oracle {oracle} (simulated)]({ret['plots'][oracle]})", ""]
     return "\n".join(parts)
 
 
@@ -153,7 +155,6 @@ def markdown(report: dict) -> str:
     ret = report.get("retention")
     if not ret:
         return ""
-    plots = " ".join(f"![survival, oracle {o} (simulated)]({p})" for o, p in ret.get("plots", {}).items())
     return "\n".join([
         "## Retention (simulated)",
         "",
@@ -164,9 +165,7 @@ def markdown(report: dict) -> str:
         "served slate the oracle deems relevant. Brackets: 95% interval over seeds. rho = (R_arm − R_popularity) / "
         f"(R_{ret['reference_arm']} − R_popularity) on d30.",
         "",
-        tables(report),
-        plots,
-        "",
+        tables(report, plots=True),
         *_checks(report),
         *_oracle_checks(report),
         *_model(report),
