@@ -218,3 +218,13 @@ def test_run_config_round_trips_through_flowers_parser():
     assert parse_run_config(run_config_arg(config)) == config
     with pytest.raises(FedrecError, match="--run-config"):
         parse_run_config("lr=")
+
+
+def test_app_run_config_lists_every_key():
+    """`flwr run --run-config` may only override keys the App's pyproject declares."""
+    import tomllib
+
+    from common.run_config import DEFAULTS
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == set(DEFAULTS)
