@@ -105,8 +105,8 @@ def check_monotone(mean: Nested, s_ref: dict[str, float]) -> dict:
 def _why(winner: str, loser: str, reference: str) -> str:
     """A plain reason for an arm expected below (winner) beating one expected above (loser)."""
     if winner == POPULARITY and loser == reference:
-        return (f"{reference} serves what this user is likely to interact with next; the oracle's relevance rule "
-                "rewards widely liked items, which popularity serves first")
+        return (f"likely because {reference} serves what this user will probably interact with next, while the "
+                "oracle's relevance rule rewards widely liked items, which popularity serves first")
     if loser == GREEDY:
         return "greedy serves the oracle's own top items, so it can only lose on ties"
     return f"{loser} ranks items the oracle deems relevant lower than {winner} does"
