@@ -5,7 +5,8 @@ Two kinds of needle, because not every number is distinctive:
 - ``values``: numbers distinctive on their own (timestamps): any single occurrence is a finding.
 - ``sequences``: small numbers (item ids) that occur by chance in any binary file (SQLite page headers
   are full of 1s and 2s), so only a run of ``run`` consecutive, distinct entries of a sequence counts: packed
-  back to back, or as text separated by 1-3 non-digit bytes ("12,34,56", "[12, 34, 56]", "12\\t34\\t56").
+  back to back, or as text with one common delimiter ("12,34,56", "[12, 34, 56]", "12\\t34\\t56", "12::34::56";
+  see ``_SEPARATORS``).
   Pass a user's items in time order and in sorted order to cover both ways a store might keep them.
 A clean scan says these encodings are absent; it says nothing about others (varints, floats, compression).
 """
@@ -21,7 +22,9 @@ import numpy as np
 
 PACKED = {"int32le": (4, "<"), "int32be": (4, ">"), "int64le": (8, "<"), "int64be": (8, ">")}
 ENCODINGS = ("text", *PACKED)
-_MAX_SEPARATOR = 3
+_SEPARATORS = {sep: i for i, sep in enumerate(
+    (b",", b", ", b";", b"; ", b"|", b" ", b"\t", b"\n", b"\r\n", b":", b"::", b"\x00", b"\x1f", b"/", b"-", b"_")
+)}
 _TOKEN = re.compile(rb"\d{1,20}")
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 
@@ -64,45 +67,62 @@ def _unsigned(values: Iterable[int], width: int) -> np.ndarray:
     return np.array(kept, dtype=np.uint64)
 
 
-def _run_keys(words: np.ndarray, step: int, run: int) -> tuple[np.ndarray, np.ndarray]:
-    """A hash of each ``run`` words spaced ``step`` apart, and the index of the first word of each."""
-    n = len(words) - (run - 1) * step
-    if n <= 0:
-        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
-    keys = np.zeros(n, dtype=np.uint64)
-    for j in range(run):
-        keys = keys * _HASH_MULT + words[j * step:j * step + n]
-    return keys, np.arange(n)
+def _member(big: np.ndarray, small: np.ndarray) -> np.ndarray:
+    """``np.isin`` without sorting the big array (binary search in the few needles): ~10x faster here."""
+    if not len(small) or not len(big):
+        return np.zeros(len(big), dtype=bool)
+    needles = np.sort(small)
+    at = np.minimum(np.searchsorted(needles, big), len(needles) - 1)
+    return needles[at] == big
 
 
-def _windows(sequences: Sequence[Sequence[int]], run: int, width: int | None) -> dict[int, tuple[int, ...]]:
-    """Hash -> window for every ``run`` consecutive entries of every sequence (encoded as for ``width``)."""
-    out: dict[int, tuple[int, ...]] = {}
+def _hash_rows(rows: np.ndarray) -> np.ndarray:
+    """One uint64 hash per row of words (wrapping arithmetic: collisions are re-checked by exact comparison)."""
+    keys = np.zeros(len(rows), dtype=np.uint64)
+    for j in range(rows.shape[1]):
+        keys = keys * _HASH_MULT + rows[:, j]
+    return keys
+
+
+def _windows(sequences: Sequence[Sequence[int]], run: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``run`` consecutive distinct entries of every sequence, as words of ``width`` bytes, and their hashes."""
+    rows = []
     for seq in sequences:
-        seq = [int(v) for v in seq]
-        for start in range(len(seq) - run + 1):
-            window = tuple(seq[start:start + run])
-            if len(set(window)) < run:
-                continue  # runs like 0,0,0 fill every binary file: only windows of distinct values are evidence
-            words = _unsigned(window, width) if width else np.array([v & (2**64 - 1) for v in window if v >= 0],
-                                                                      dtype=np.uint64)
-            if len(words) != run:
-                continue
-            key = np.zeros(1, dtype=np.uint64)
-            for w in words:
-                key = key * _HASH_MULT + w
-            out[int(key[0])] = window
-    return out
+        seq = np.asarray(seq, dtype=np.int64)
+        if len(seq) < run:
+            continue
+        win = np.lib.stride_tricks.sliding_window_view(seq, run)
+        if width < 8:
+            fits = np.all((win >= -(1 << (8 * width - 1))) & (win < (1 << (8 * width))), axis=1)
+        else:
+            fits = np.ones(len(win), dtype=bool)
+        ordered = np.sort(win, axis=1)
+        distinct = np.all(ordered[:, 1:] != ordered[:, :-1], axis=1)
+        rows.append(win[fits & distinct])
+    if not rows:
+        return np.empty((0, run), dtype=np.uint64), np.empty(0, dtype=np.uint64)
+    words = np.concatenate(rows).astype(np.uint64)  # two's complement, as packed
+    if width < 8:
+        words &= np.uint64((1 << (8 * width)) - 1)
+    return words, _hash_rows(words)
 
 
 def _run_findings(path, encoding, words, offsets, step, valid, windows) -> list[Finding]:
-    keys, first = _run_keys(words, step, len(next(iter(windows.values()))))
-    hits = np.flatnonzero(np.isin(keys, np.fromiter(windows, dtype=np.uint64, count=len(windows))))
+    """Offsets where ``run`` words spaced ``step`` apart equal one of the windows."""
+    rows, keys = windows
+    run = rows.shape[1]
+    n = len(words) - (run - 1) * step
+    if n <= 0 or not len(keys):
+        return []
+    found = _hash_rows(np.stack([words[j * step:j * step + n] for j in range(run)], axis=1))
     out = []
-    for i in hits:
-        if valid is not None and not valid[first[i]]:
+    for i in np.flatnonzero(_member(found, keys)):
+        if valid is not None and not valid[i]:
             continue
-        out.append(Finding(path, "run", encoding, int(offsets[first[i]]), windows[int(keys[i])]))
+        here = tuple(int(words[i + j * step]) for j in range(run))
+        match = rows[keys == found[i]]
+        if any(tuple(int(v) for v in m) == here for m in match):
+            out.append(Finding(path, "run", encoding, int(offsets[i]), here))
     return out
 
 
@@ -119,31 +139,30 @@ def scan_bytes(
     for encoding, (width, order) in PACKED.items():
         words = _words(data, width, order)
         needles = _unsigned(values, width)
-        for off in np.flatnonzero(np.isin(words, needles)):
+        for off in np.flatnonzero(_member(words, needles)):
             found.append(Finding(path, "value", encoding, int(off), (_signed(words[off], values),)))
-        windows = _windows(sequences, run, width)
-        if windows:
-            found += _run_findings(path, encoding, words, np.arange(len(words)), width, None, windows)
+        found += _run_findings(path, encoding, words, np.arange(len(words)), width, None,
+                               _windows(sequences, run, width))
     tokens, starts, ends = _text_tokens(data)
     needles = _unsigned([v for v in values if v >= 0], 8)
-    for i in np.flatnonzero(np.isin(tokens, needles)):
+    for i in np.flatnonzero(_member(tokens, needles)):
         found.append(Finding(path, "value", "text", int(starts[i]), (int(tokens[i]),)))
-    windows = _windows(sequences, run, None)
-    if windows and len(tokens) >= run:
-        gaps = starts[1:] - ends[:-1]
-        close = (gaps >= 1) & (gaps <= _MAX_SEPARATOR)
-        # a run of tokens is valid when every gap inside it is a short separator
+    if len(tokens) >= run:
+        # a run of tokens counts when one and the same delimiter separates all of them
+        gap = np.array([_SEPARATORS.get(data[e:s], -1) for e, s in zip(ends[:-1], starts[1:])], dtype=np.int64)
         valid = np.ones(len(tokens) - run + 1, dtype=bool)
         for j in range(run - 1):
-            valid &= close[j:j + len(valid)]
-        found += _run_findings(path, "text", tokens, starts, 1, valid, windows)
+            valid &= (gap[j:j + len(valid)] >= 0) & (gap[j:j + len(valid)] == gap[:len(valid)])
+        positive = [np.asarray(seq, dtype=np.int64) for seq in sequences]
+        found += _run_findings(path, "text", tokens, starts, 1, valid,
+                               _windows([seq[seq >= 0] for seq in positive], run, 8))
     return found
 
 
 def _signed(word: np.uint64, values: list[int]) -> int:
     """Report the needle as given (a negative needle is found as its two's-complement word)."""
     word = int(word)
-    for v in values:
+    for v in map(int, values):
         if v % (1 << 64) == word or v % (1 << 32) == word:
             return int(v)
     return word
