@@ -83,3 +83,13 @@ def test_run_retention_with_given_scores_and_wrong_shapes(run_dir, toy_csv):
     assert "extra" in report["arms"] and "retention" in report["arms"]["extra"]
     with pytest.raises(FedrecError, match="shape"):
         run_retention(run_dir, data, arms={"ease": np.zeros((2, 2))}, seeds=(0,), show=False)
+
+
+def test_dataset_without_ratings_uses_the_ease_oracle_only(run_dir, toy_csv, tmp_path):
+    no_ratings = tmp_path / "toy.csv"
+    with toy_csv.open() as src, no_ratings.open("w", newline="") as dst:
+        csv.writer(dst).writerows(row[:3] for row in csv.reader(src))
+    report = run_retention(run_dir, load_csv(no_ratings), seeds=(0,), show=False)
+    assert "skipped" in report["retention"]["oracles"]["mf"]
+    assert set(report["arms"]["ease"]["retention"]) == {"ease"}
+    assert "Oracle mf: skipped" in (run_dir / "report.md").read_text()
