@@ -11,7 +11,7 @@ from rich.console import Console
 from common.datasets import Interactions
 from common.errors import FedrecError
 from simulations.report import render
-from simulations.retention.engine import GREEDY, POPULARITY, popularity_scores, prepare, run_seeds
+from simulations.retention.engine import GREEDY, POPULARITY, Setup, popularity_scores, prepare, run_seeds
 from simulations.retention.oracle_checks import ease_checks, mf_checks
 from simulations.retention.mf import MFConfig
 from simulations.retention.slates import K
@@ -36,7 +36,8 @@ def arm_scores(run_dir: RunDir, report: dict, data: Interactions, given: dict[st
         else:
             continue
         if out[name].shape != (data.n_users, data.n_items):
-            raise FedrecError(f"{path}: scores have shape {out[name].shape}, expected "
+            where = f"arms[{name!r}]" if name in given else str(path)
+            raise FedrecError(f"{where}: scores have shape {out[name].shape}, expected "
                               f"({data.n_users}, {data.n_items}) for {data.name}")
     if not out:
         raise FedrecError(f"{run_dir.path / 'scores'}: no arm score matrices (<arm>.npy) to simulate")
@@ -51,7 +52,7 @@ def reference_arm(report: dict, names: list[str]) -> str:
     return max(candidates, key=lambda n: report.get("arms", {}).get(n, {}).get("accuracy", {}).get("hr@10", -1.0))
 
 
-def _oracle_reports(data: Interactions, setup, seed: int, console: Console) -> dict:
+def _oracle_reports(data: Interactions, setup: Setup, seed: int, console: Console) -> dict:
     out = {}
     for oracle in setup.oracles:
         console.print(f"retention: checking oracle {oracle.name} on held-out interactions")
