@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "master-key-file": "",
     "state-prefix": "",
     "eval-stage": "validation",
+    "eval-every": 1,
     "seed": 0,
     "min-nodes": 1,
     "round-offset": 0,

@@ -46,6 +46,7 @@ class FedrecStrategyMixin:
     """Mixed in front of a Flower strategy; ``wire_log`` is a JSONL path or None."""
 
     wire_log: Path | None = None
+    eval_every: int = 1
     last_train_metrics: MetricRecord | None = None
     last_evaluate_metrics: MetricRecord | None = None
 
@@ -87,6 +88,13 @@ class FedrecStrategyMixin:
         self.last_train_metrics = metrics
         return arrays, metrics
 
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if server_round % self.eval_every:
+            self.last_evaluate_metrics = None
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
         self.last_evaluate_metrics = metrics
@@ -116,4 +124,5 @@ def build_strategy(cfg: dict, wire_log: Path | None) -> FedAvg:
     strategy_cls = type(f"Fedrec{base.__name__}", (FedrecStrategyMixin, base), {})
     strategy = strategy_cls(**common)
     strategy.wire_log = wire_log
+    strategy.eval_every = max(1, int(cfg["eval-every"]))
     return strategy

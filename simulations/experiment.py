@@ -32,6 +32,7 @@ class Experiment:
     users: int | None = None
     config: dict = field(default_factory=dict)
     show: bool = True
+    retention: bool = True  # run the retention simulator on every arm once the report is written
     data: Interactions | None = None  # already loaded (and subset) data, if the caller has it
     post: list[Callable[[dict, Path], None]] = field(default_factory=list)  # add to the report before writing
 
@@ -93,4 +94,8 @@ def run(exp: Experiment) -> dict:
         step(report, run_dir.path)
     report["meta"]["wall_s"] = time.perf_counter() - t0
     run_dir.write_report(report, render(report))
+    if exp.retention:
+        from simulations.retention import run_retention
+
+        report = run_retention(run_dir.path, data, show=exp.show)
     return report

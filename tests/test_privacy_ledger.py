@@ -1,0 +1,64 @@
+"""The ledger composes over every round, survives a restart, and the budget is enforced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from client.local_training import LocalConfig, make_examples, train_local
+from common.model import NeuMF
+from common.privacy import PrivacyLedger, noise_for_budget
+
+
+def test_cumulative_epsilon_exceeds_any_single_round():
+    ledger = PrivacyLedger()
+    per_round = []
+    for _ in range(3):
+        ledger.record(1.0, 0.125, 8)
+        per_round.append(PrivacyLedger([(1.0, 0.125, 8)]).epsilon(1e-5))
+    assert ledger.steps == 24 and ledger.history == [(1.0, 0.125, 24)]
+    assert ledger.epsilon(1e-5) > max(per_round) * 1.2
+
+
+def test_ledger_json_round_trip_and_mixed_history():
+    ledger = PrivacyLedger()
+    ledger.record(1.0, 0.125, 8)
+    ledger.record(2.0, 0.125, 8)
+    again = PrivacyLedger.from_json(ledger.to_json())
+    assert again.history == [(1.0, 0.125, 8), (2.0, 0.125, 8)]
+    assert again.epsilon(1e-5) == pytest.approx(ledger.epsilon(1e-5))
+    assert PrivacyLedger.from_json(None).epsilon(1e-5) == 0.0
+
+
+@pytest.mark.parametrize("target", [1.0, 8.0])
+def test_noise_for_budget_lands_at_or_below_target(target):
+    sigma = noise_for_budget(target, 1e-5, 0.125, 8 * 20)
+    assert PrivacyLedger([(sigma, 0.125, 160)]).epsilon(1e-5) <= target
+    assert PrivacyLedger([(sigma * 0.9, 0.125, 160)]).epsilon(1e-5) > target * 0.99
+
+
+def test_device_refuses_past_budget():
+    rng = np.random.default_rng(0)
+    pos = rng.choice(50, 20, replace=False)
+    items, labels = make_examples(pos, pos, 50, 2, rng)
+    budget = PrivacyLedger([(1.0, 0.25, 12)]).epsilon(1e-5) + 1e-9  # exactly three rounds of 4 steps fit
+    cfg = LocalConfig(noise_multiplier=1.0, epsilon_budget=budget, steps_per_epoch=4)
+    ledger = PrivacyLedger()
+    outcomes = [train_local(NeuMF(1, 50), items, labels, cfg, ledger, seed) for seed in range(6)]
+    assert [o.refused for o in outcomes] == [False, False, False, True, True, True]
+    assert ledger.steps == 12 and ledger.epsilon(1e-5) <= budget
+    assert outcomes[-1].epsilon == pytest.approx(ledger.epsilon(1e-5))
+
+
+def test_private_training_moves_the_model_and_counts_steps():
+    rng = np.random.default_rng(1)
+    pos = rng.choice(30, 12, replace=False)
+    items, labels = make_examples(pos, pos, 30, 2, rng)
+    torch.manual_seed(0)
+    model = NeuMF(1, 30)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ledger = PrivacyLedger()
+    out = train_local(model, items, labels, LocalConfig(noise_multiplier=0.8, steps_per_epoch=4, local_epochs=2), ledger, 0)
+    assert out.steps == 8 and ledger.steps == 8
+    assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
