@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from client.device_round import EMBEDDING, DeviceRef, device_scores
 from common.errors import FedrecError
-from common.keys import load_key_file
+from common.keys import KeyRecipe, load_key_file
 from common.model import ModelConfig
 from common.processes import Children, flower_env, free_port, terminate_on_sigterm
-from common.store import DeviceStore
+from common.store import DeviceStore, peek_header
 
 Say = Callable[[str], None]
 
@@ -46,13 +46,27 @@ class ClientSettings:
     extra_node_config: str = ""
 
 
+def store_key(store: Path, key_file: Path) -> bytes:
+    """The store key from the device's key file, via the store's public recipe.
+
+    A provisioned store derives its key from a secret and its device id; handing a device its own
+    secret is ``fedrec store rotate-key STORE --key-file master.key --new-key-file device.key``.
+    """
+    header = peek_header(store)
+    recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
+    if recipe.source != "key":
+        raise FedrecError(f"{store}: protected by a passphrase; a device needs a key file "
+                          f"(fedrec store rotate-key {store} --passphrase-env VAR --new-key-file FILE)")
+    return recipe.store_key(load_key_file(key_file), header["store_id"])
+
+
 def check_inputs(s: ClientSettings) -> None:
     """Fail before any network traffic, naming the file that is wrong."""
     for path, flag in ((s.store, "--store"), (s.key_file, "--key-file"), (s.root_cert, "--root-cert"),
                        (s.auth_key, "--auth-key")):
         if not path.is_file():
             raise FedrecError(f"{path}: file not found ({flag})")
-    with DeviceStore.open(s.store, load_key_file(s.key_file)):
+    with DeviceStore.open(s.store, store_key(s.store, s.key_file)):
         pass  # wrong key or a damaged store fails here with the store's own message
     try:
         key = load_ssh_private_key(s.auth_key.read_bytes(), None)
@@ -215,7 +229,7 @@ def recommend(store: Path, key_file: Path, model: Path, k: int = 10, manifest: P
               state_prefix: str = "", seed: int = 0) -> list[Recommendation]:
     """Top-k unseen items for the store's user, computed on the device from its own user embedding."""
     state, config, n_items = load_global_model(model)
-    ref = DeviceRef(store.stem, store, load_key_file(key_file))
+    ref = DeviceRef(store.stem, store, store_key(store, key_file))
     with DeviceStore.open(store, ref.key) as opened:
         if opened.get_state(state_prefix + EMBEDDING) is None:
             raise FedrecError(f"{store}: no {state_prefix + EMBEDDING!r} in the store: the device has not trained "

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from client.device import store_key
 from client.device_round import DeviceRef, device_seed, evaluate_device, train_device
 from client.local_training import LocalConfig
 from common.errors import FedrecError
@@ -26,8 +27,7 @@ def node_devices(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> list
     """Deployment: node config names one store and its key. Simulation: the node's share of a fleet."""
     if "store" in node_config:
         path = Path(str(node_config["store"]))
-        key = load_key_file(str(node_config["key-file"]))
-        return [DeviceRef(path.stem, path, key)]
+        return [DeviceRef(path.stem, path, store_key(path, Path(str(node_config["key-file"]))))]
     stores_dir = Path(str(cfg["stores-dir"]))
     if not cfg["stores-dir"] or not (stores_dir / "manifest.json").exists():
         raise FedrecError(f"node has no 'store' in its node config and {stores_dir}/manifest.json does not exist")

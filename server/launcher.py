@@ -54,7 +54,7 @@ class ServerSettings:
 
 def settings(certs: Path | None, ca_cert: Path | None, cert: Path | None, key: Path | None,
              devices: list[Path], out: Path, state_dir: Path | None, run_config: dict[str, object],
-             rounds: int | None = None, **rest) -> ServerSettings:
+             rounds: int | None = None, manifest: Path | None = None, **rest) -> ServerSettings:
     """Fill paths from a ``fedrec certs`` directory (each overridable for a PKI of one's own) and the run config."""
     def pick(given: Path | None, name: str, flag: str) -> Path:
         path = given or (certs / name if certs else None)
@@ -76,6 +76,11 @@ def settings(certs: Path | None, ca_cert: Path | None, cert: Path | None, key: P
     run_config = dict(run_config)
     if rounds is not None:
         run_config["num-server-rounds"] = rounds
+    if manifest is not None and "n-items" not in run_config:  # the catalogue size is public; the server needs it
+        try:
+            run_config["n-items"] = int(json.loads(manifest.read_text())["n_items"])
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise FedrecError(f"{manifest}: cannot read n_items from the manifest ({exc})") from None
     run_config["out-dir"] = str(out)  # absolute: the ServerApp runs in another process and directory
     # Sample every device we wait for, not whichever subset happens to be connected when a round starts.
     wait_for = rest.get("wait_for")

@@ -188,12 +188,13 @@ def server(
     state_dir: Optional[Path] = typer.Option(None, help="SuperLink state, Flower CLI config and logs (default OUT/superlink)."),
     timeout: float = typer.Option(600.0, help="Seconds to wait for the SuperLink and the devices."),
     app_dir: Optional[Path] = typer.Option(None, "--app", help="Flower App directory (default: this fedrec project)."),
+    manifest: Optional[Path] = typer.Option(None, help="Provisioning manifest: sets n-items (the catalogue size)."),
 ) -> None:
     """Start a SuperLink (TLS, device authentication), register device keys, run federated training."""
     from server.launcher import APP_DIR, parse_run_config, serve, settings
 
     s = settings(certs, ca_cert, cert, key, devices, out, state_dir, run_config=parse_run_config(run_config),
-                 rounds=rounds, host=host, port=port, wait_for=wait_for, startup_timeout=timeout,
+                 rounds=rounds, manifest=manifest, host=host, port=port, wait_for=wait_for, startup_timeout=timeout,
                  app_dir=(app_dir or APP_DIR).resolve())
     serve(s, lambda line: err.print(line, markup=False, highlight=False))
 

@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from client.device import ClientSettings, explain_exit, item_catalogue
+from client.device import ClientSettings, explain_exit, item_catalogue, store_key
 from common.certs import create_ca, issue_server_cert
 from common.errors import FedrecError
 from common.datasets import from_raw
-from common.keys import derive_device_key
+from common.keys import create_key_file, derive_device_key
 from common.model import is_local
 from common.privacy import PrivacyLedger
 from common.processes import Children, _alive, descendants, flower_env, free_port
 from common.split import temporal_split
-from common.store import DeviceStore
+from common.store import DeviceStore, rotate_key
 from server.launcher import connect_host, parse_run_config, run_config_arg
 from simulations.provision import provision
 
@@ -61,15 +61,8 @@ def wait_exit(proc, log: Path, timeout: float = WAIT) -> int:
         raise AssertionError(f"still running after {timeout:.0f} s:\n{_read(log)[-3000:]}") from None
 
 
-def write_key(path: Path, key: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
-    return path
-
-
 def tiny_fleet(out: Path) -> list[tuple[Path, Path]]:
-    """Three users over 20 items with titles, provisioned as encrypted stores; one key file per device."""
+    """Three users over 20 items, provisioned as encrypted stores, each re-keyed onto its own key file."""
     users, items, stamps = [], [], []
     for user, first in enumerate((0, 10, 5)):  # together the three users touch all 20 items
         users += [1000 + user] * 10
@@ -79,8 +72,13 @@ def tiny_fleet(out: Path) -> list[tuple[Path, Path]]:
                     np.full(len(users), 4.0, dtype=np.float32), titles={101 + i: f"Film {101 + i}" for i in range(N_ITEMS)})
     master = os.urandom(32)
     manifest = json.loads(provision(data, temporal_split(data, 0), out, master).read_text())
-    return [(out / d["store"], write_key(out / f"{d['device_id']}.key", derive_device_key(master, d["device_id"])))
-            for d in manifest["devices"]]
+    fleet = []
+    for device in manifest["devices"]:
+        store, key_file, device_id = out / device["store"], out / f"{device['device_id']}.key", device["device_id"]
+        own = create_key_file(key_file)  # what `fedrec store rotate-key --new-key-file` does, in-process
+        rotate_key(store, derive_device_key(master, device_id), derive_device_key(own, device_id))
+        fleet.append((store, key_file))
+    return fleet
 
 
 @pytest.fixture()
@@ -154,7 +152,7 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
     # 6. Each device's ledger counts both rounds (record-level DP, noise 1.0), its embedding stayed local.
     for (store, key), i in zip(stores, range(3)):
         children.stop_one(f"device-{i}")
-        with DeviceStore.open(store, key.read_bytes()) as opened:
+        with DeviceStore.open(store, store_key(store, key)) as opened:
             ledger = PrivacyLedger.from_json(opened.get_state("privacy_ledger"))
             assert int(opened.get_state("rounds")) == ROUNDS
             assert opened.get_state("user_embedding") is not None
@@ -168,7 +166,7 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
     assert wait_exit(rec, tmp_path / "recommend.log", 120) == 0, _read(tmp_path / "recommend.log")
     rows = [line.split() for line in _read(tmp_path / "recommend.log").splitlines() if line.strip()]
     assert len(rows) == 5 and [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
-    with DeviceStore.open(store, key.read_bytes()) as opened:
+    with DeviceStore.open(store, store_key(store, key)) as opened:
         seen = {101 + int(i) for i in opened.read_events(None).items}
     recommended = {int(r[1]) for r in rows}
     assert recommended <= set(range(101, 101 + N_ITEMS)) and not recommended & seen
