@@ -627,6 +627,7 @@ def _build(
     chunks: list[_Chunk],
     state: dict[str, tuple[int, bytes]],
     durable: bool,
+    witness: bool = True,
     on_row=None,
 ) -> None:
     """Write a whole store in one transaction (creation and key rotation): it exists complete or not at all."""
@@ -668,20 +669,23 @@ def _build(
         conn.close()
     if durable:
         _fsync_path(path)
-    _write_witness(path, store_id, generation, digest)
+    if witness:
+        _write_witness(path, store_id, generation, digest)
 
 
 def write_store(
     path: str | Path, key: bytes, store_id: str, batches: Iterable[Mapping], *, recipe: KeyRecipe | None = None,
-    durable: bool = True,
+    durable: bool = True, witness: bool = True,
 ) -> None:
     """Create a complete store holding ``batches`` (``append_events`` arguments) in one go, without opening it
-    afterwards: what bulk provisioning needs. ``durable=False`` skips the fsync (the caller syncs once)."""
+    afterwards: what bulk provisioning needs. ``durable=False`` skips the fsync (the caller syncs once);
+    ``witness=False`` leaves the witness to the first open (nothing older than generation 1 exists to restore)."""
     path = Path(path)
     if path.exists():
         raise StoreError(f"{path}: a file already exists; refusing to overwrite it")
     chunks = [c for c in (make_chunk(**batch) for batch in batches) if len(c.items)]
-    _build(path, key, store_id, recipe or KeyRecipe(), generation=1, chunks=chunks, state={}, durable=durable)
+    _build(path, key, store_id, recipe or KeyRecipe(), generation=1, chunks=chunks, state={}, durable=durable,
+           witness=witness)
 
 
 def _fsync_path(path: Path) -> None:
@@ -707,9 +711,8 @@ def rotate_key(path: str | Path, old_key: bytes, new_key: bytes, recipe: KeyReci
         generation = old.generation + 1
         state = {name: (old._head.state[name][0], value) for name, value in old._state.items()}
         _build(tmp, new_key, old.store_id, recipe or old.recipe, generation, list(old._chunks), state,
-               durable=True, on_row=lambda seq: _rotation_step("row"))
+               durable=True, witness=False, on_row=lambda seq: _rotation_step("row"))
         store_id = old.store_id
-    witness_path(tmp).unlink(missing_ok=True)
     if any(p.exists() for p in sqlite_files(path)[1:] + sqlite_files(tmp)[1:]):
         raise StoreError(f"{path}: another process holds the store open; rotation abandoned, old key still valid")
     _rotation_step("before-replace")

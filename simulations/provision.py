@@ -7,7 +7,7 @@ Layout of a provisioned dir::
                                device_id, user_index (dense), user_id (original), store, counts per split
     DIR/stores/<device_id>.db  the device's store: train, validation and test events (dense item
                                indices, timestamps, ratings as values) kept apart by split
-    DIR/stores/<device_id>.db.witness   the rollback witness (see docs/store.md)
+    DIR/stores/<device_id>.db.witness   the rollback witness, written at the first open (see docs/store.md)
 
 Keys: in simulation every store key is ``derive_device_key(master, device_id)`` (HKDF over the device
 id), so one master secret opens the whole simulated fleet. Real devices generate their own key
@@ -76,10 +76,24 @@ def _device_batches(split: Split, user: int, bounds: np.ndarray, values: dict[st
     return batches
 
 
+def device_jobs(data: Interactions, split: Split, stores: Path) -> list[tuple[Path, str, list[dict]]]:
+    """Per user (in dense order): store path, device id, and the ``append_events`` batches of all splits."""
+    if np.any(np.diff(split.train_users) < 0):
+        raise DataError("split train arrays are not grouped by user")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(split.train_users, minlength=split.n_users))])
+    everyone = np.arange(split.n_users)
+    values = {"train": _ratings(data, split.train_users, split.train_items, split.train_timestamps),
+              "validation": _ratings(data, everyone, split.val_items, split.val_timestamps),
+              "test": _ratings(data, everyone, split.test_items, split.test_timestamps)}
+    return [(stores / f"{device_id_for(user)}.db", device_id_for(user), _device_batches(split, user, bounds, values))
+            for user in range(split.n_users)]
+
+
 def _write_devices(jobs: list[tuple[Path, str, list[dict]]], master: bytes, recipe: KeyRecipe) -> int:
     """One worker's share: create each store and append all its splits in one transaction."""
     for path, device_id, batches in jobs:
-        write_store(path, device_key_for(master, device_id), device_id, batches, recipe=recipe, durable=False)
+        write_store(path, device_key_for(master, device_id), device_id, batches, recipe=recipe, durable=False,
+                    witness=False)
     return len(jobs)
 
 
@@ -105,20 +119,9 @@ def provision(
         raise DataError(f"{out}: already provisioned; choose a new --out or delete it")
     stores.mkdir(parents=True, exist_ok=True)
     recipe = KeyRecipe(**{**(recipe or KeyRecipe()).__dict__, "per_device": True})
-    order = np.argsort(split.train_users, kind="stable")  # the split is user-sorted already; be sure
-    if not np.array_equal(order, np.arange(len(order))):
-        raise DataError("split train arrays are not grouped by user")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(split.train_users, minlength=split.n_users))])
-    everyone = np.arange(split.n_users)
-    values = {"train": _ratings(data, split.train_users, split.train_items, split.train_timestamps),
-              "validation": _ratings(data, everyone, split.val_items, split.val_timestamps),
-              "test": _ratings(data, everyone, split.test_items, split.test_timestamps)}
-    devices, jobs = [], []
-    for user in range(split.n_users):
-        device_id = device_id_for(user)
-        batches = _device_batches(split, user, bounds, values)
-        path = stores / f"{device_id}.db"
-        jobs.append((path, device_id, batches))
+    jobs = device_jobs(data, split, stores)
+    devices = []
+    for user, (path, device_id, batches) in enumerate(jobs):
         counts = {name: 0 for name in ("train", "validation", "test")}
         for batch in batches:
             counts[batch["split"]] += len(batch["items"])
