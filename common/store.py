@@ -422,9 +422,15 @@ class DeviceStore:
 
     def put_state(self, name: str, value: bytes) -> None:
         """Replace one named state value (encrypted, versioned, one transaction)."""
-        if not isinstance(name, str) or not name:
-            raise ValueError("state name must be a non-empty string")
-        self._commit([], {name: bytes(value)})
+        self.put_states({name: value})
+
+    def put_states(self, values: Mapping[str, bytes]) -> None:
+        """Replace several state values in one transaction (one fsync): e.g. embedding, ledger and round
+        counter after a round, so they can never disagree."""
+        if not all(isinstance(name, str) and name for name in values):
+            raise ValueError("state names must be non-empty strings")
+        if values:
+            self._commit([], {name: bytes(value) for name, value in values.items()})
 
     def _commit(self, chunks: list[_Chunk], state: dict[str, bytes]) -> None:
         conn = self._require_open()

@@ -93,6 +93,15 @@ def test_state_overwrite_and_reopen(store_path: Path) -> None:
         assert store.get_state("user_embedding") == b"new"
 
 
+def test_several_states_in_one_transaction(store_path: Path) -> None:
+    with DeviceStore.open(store_path, KEY) as store:
+        before = store.generation
+        store.put_states({"user_embedding": b"e", "privacy_ledger": b"l", "rounds": b"3"})
+        assert store.generation == before + 1
+    with DeviceStore.open(store_path, KEY) as store:
+        assert [store.get_state(n) for n in ("user_embedding", "privacy_ledger", "rounds")] == [b"e", b"l", b"3"]
+
+
 def test_bad_arguments_are_refused(store_path: Path) -> None:
     with DeviceStore.open(store_path, KEY) as store:
         with pytest.raises(ValueError):
