@@ -9,6 +9,7 @@ same grid of Renyi orders, so the two numbers differ only by implementation. A r
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -85,7 +86,13 @@ def check_ledger(devices: list[DeviceLedger], delta: float, claimed_max: float |
     if not devices:
         raise DataError("ledger holds no device")
     claimed = np.array([d.epsilon for d in devices])
-    recomputed = np.array([recompute_epsilon(d.history, delta) for d in devices])
+    absl = logging.getLogger("absl")  # dp_accounting logs every fractional order it cannot evaluate
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        recomputed = np.array([recompute_epsilon(d.history, delta) for d in devices])
+    finally:
+        absl.setLevel(level)
     gaps = np.array([relative_gap(a, b) for a, b in zip(claimed, recomputed)])
     flagged = [d.device_id for d, g in zip(devices, gaps) if g > TOLERANCE]
     report_gap = None if claimed_max is None else relative_gap(claimed_max, float(recomputed.max()))
