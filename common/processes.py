@@ -132,11 +132,12 @@ def _terminate(proc: subprocess.Popen, grace: float) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + grace
+        proc.wait(timeout=grace)
+        _signal([p for p in escaped if _alive(p)], signal.SIGTERM)  # helpers in sessions of their own
+        deadline = time.monotonic() + min(grace, 3.0)
         while time.monotonic() < deadline and any(_alive(p) for p in escaped):
             time.sleep(0.1)
         _signal([p for p in escaped if _alive(p)], signal.SIGKILL)
-        proc.wait(timeout=grace)
     if proc.stdout is not None:
         proc.stdout.close()
 

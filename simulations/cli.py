@@ -126,6 +126,11 @@ certs_app = typer.Typer(no_args_is_help=True, help="A local CA, the server certi
 app.add_typer(certs_app, name="certs")
 
 
+def say(line: str) -> None:
+    """Progress of the deployment commands: plain text, one line per message (logs get whole paths)."""
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @certs_app.command("init")
 def certs_init(
     out: Path = typer.Option(..., help="Directory for ca.crt, ca.key, server.crt, server.pem."),
@@ -139,11 +144,11 @@ def certs_init(
 
     create_ca(out, overwrite=force)
     pki = issue_server_cert(out, server_name, ip)
-    err.print(f"CA {pki.ca_cert} (give to every device), server certificate {pki.cert} + key {pki.key} "
+    say(f"CA {pki.ca_cert} (give to every device), server certificate {pki.cert} + key {pki.key} "
               f"for {', '.join(server_name + ip)}")
     for i in range(devices):
         keys = create_device_keys(out, f"device-{i}")
-        err.print(f"device key {keys.private_key} (to the device), {keys.public_key} (register on the server)")
+        say(f"device key {keys.private_key} (to the device), {keys.public_key} (register on the server)")
 
 
 @certs_app.command("server")
@@ -156,7 +161,7 @@ def certs_server(
     from common.certs import issue_server_cert
 
     pki = issue_server_cert(out, server_name, ip)
-    err.print(f"server certificate {pki.cert} + key {pki.key} for {', '.join(server_name + ip)}; restart the server")
+    say(f"server certificate {pki.cert} + key {pki.key} for {', '.join(server_name + ip)}; restart the server")
 
 
 @certs_app.command("device")
@@ -169,7 +174,7 @@ def certs_device(
 
     for name in names:
         keys = create_device_keys(out, name)
-        err.print(f"device key {keys.private_key} (to the device), {keys.public_key} (register on the server)")
+        say(f"device key {keys.private_key} (to the device), {keys.public_key} (register on the server)")
 
 
 @app.command()
@@ -196,7 +201,7 @@ def server(
     s = settings(certs, ca_cert, cert, key, devices, out, state_dir, run_config=parse_run_config(run_config),
                  rounds=rounds, manifest=manifest, host=host, port=port, wait_for=wait_for, startup_timeout=timeout,
                  app_dir=(app_dir or APP_DIR).resolve())
-    serve(s, lambda line: err.print(line, markup=False, highlight=False))
+    serve(s, say)
 
 
 @app.command()
@@ -214,7 +219,7 @@ def client(
     from client.device import ClientSettings, run_client
 
     run_client(ClientSettings(store, key_file, superlink, root_cert, auth_key, port, max_wait),
-               lambda line: err.print(line, markup=False, highlight=False), echo=not quiet)
+               say, echo=not quiet)
 
 
 @app.command()
