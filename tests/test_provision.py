@@ -121,6 +121,10 @@ def test_scan_finds_plaintext_in_every_encoding(ml100k) -> None:
         found = scan_bytes(filler + blob + filler, stamps, [items])
         kinds = {(f.kind, f.encoding) for f in found}
         assert ("value", encoding) in kinds and ("run", encoding) in kinds, encoding
+    # one 32-bit timestamp alone is not evidence (random ciphertext matches one by chance), two are
+    one, two = (struct.pack("<i", int(t)) for t in np.unique(stamps)[:2])
+    assert scan_bytes(filler + one + filler, stamps) == []
+    assert len(scan_bytes(filler + one + filler + two, stamps)) == 2
     # a single item id on its own is not evidence (small numbers are everywhere), a run is
     assert not [f for f in scan_bytes(struct.pack("<q", int(items[0])), [], [items]) if f.kind == "run"]
 
@@ -218,3 +222,21 @@ def test_cli_passphrase_fleet(tmp_path: Path, monkeypatch, capsys, ml100k_dir) -
     monkeypatch.setenv("FLEET_PASS", "another passphrase")
     code, _, err = fedrec(monkeypatch, capsys, "store", "inspect", store, "--passphrase-env", "FLEET_PASS")
     assert code == 1 and "wrong key" in err
+
+
+def test_cli_error_is_one_line_in_a_real_process(tmp_path: Path) -> None:
+    import subprocess
+
+    store = tmp_path / "dev.db"
+    DeviceStore.create(store, bytes(32), "dev-x").close()
+    with store.open("r+b") as fh:
+        fh.truncate(store.stat().st_size // 2)
+    key = tmp_path / "k.key"
+    key.write_bytes(bytes(32))
+    key.chmod(0o600)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "simulations.cli", "store", "inspect", str(store), "--key-file", str(key)],
+                          capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error:") and "truncated" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
