@@ -38,13 +38,13 @@ START: dict = {"batch_size": 1024, "lr": 3e-3, "epochs": 40, "patience": 5, "ref
 # winner is refit once at the end and both test results are shown.
 AXES: list[tuple[str, list[dict]]] = [
     ("item_bias", [{"item_bias": False}, {"item_bias": True}]),
-    ("negatives", [{"negatives": 4}, {"negatives": 8}, {"negatives": 16}]),
+    ("emb_l2", [{"emb_l2": 0.0}, {"emb_l2": 1e-3}, {"emb_l2": 1e-2}]),
+    ("recency", [{"recent_last": 0, "recent_repeats": 0}, {"recent_last": 5, "recent_repeats": 2},
+                 {"recent_last": 10, "recent_repeats": 1}, {"recent_last": 3, "recent_repeats": 5}]),
+    ("negatives", [{"negatives": 4}, {"negatives": 8}]),
     ("dims", [{"gmf_dim": 32, "mlp_dim": 32, "layers": (64, 32, 16)},
-              {"gmf_dim": 64, "mlp_dim": 64, "layers": (128, 64, 32)},
-              {"gmf_dim": 16, "mlp_dim": 16, "layers": (32, 16, 8)}]),
-    ("emb_l2", [{"emb_l2": 0.0}, {"emb_l2": 1e-4}, {"emb_l2": 1e-3}, {"emb_l2": 3e-3}]),
+              {"gmf_dim": 64, "mlp_dim": 64, "layers": (128, 64, 32)}]),
     ("lr", [{"lr": 3e-3}, {"lr": 1e-3}]),
-    ("lr_decay", [{"lr_decay": 1.0}, {"lr_decay": 0.9}]),
     ("pretrain", [{"pretrain": False}, {"pretrain": True}]),
 ]
 
@@ -70,6 +70,12 @@ def describe(settings: dict, base: dict) -> str:
     """Only what differs from the starting point, so the table stays readable."""
     diff = {k: v for k, v in settings.items() if base.get(k, _default(k)) != v}
     return " ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in sorted(diff.items())) or "start"
+
+
+def canonical(settings: dict) -> str:
+    """The full configuration as text, so that equal configurations spelled differently are fitted once."""
+    cfg = build(settings)
+    return json.dumps({"model": cfg.model.to_dict(), "train": cfg.train.to_dict()}, sort_keys=True, default=list)
 
 
 def _default(key: str):
@@ -108,7 +114,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Tiny grid on 200 users, 8 epochs.")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    console = Console()
+    console = Console(width=220)
     seeds = [int(s) for s in args.seeds.split(",")]
     axes, start = AXES, dict(START)
     users = args.users
@@ -132,7 +138,7 @@ def main() -> None:
             axis_best, axis_val = best, best_val
             for value in values:
                 settings = {**best, **value}
-                key = json.dumps(settings, sort_keys=True, default=list)
+                key = canonical(settings)
                 if key not in seen:  # the current best reappears on every axis: fit it once
                     seen[key] = evaluate_config(settings, splits, seeds)
                     metrics = seen[key]
@@ -149,7 +155,7 @@ def main() -> None:
         final = {**best, "refit": True}
         final_metrics = evaluate_config(final, splits, seeds)
         writer.writerow(["final", describe(final, start), *(f"{final_metrics[c]:.4f}" for c in COLUMNS),
-                         json.dumps(final, sort_keys=True, default=list)])
+                         canonical(final)])
         table_rows.append(("final", describe(final, start), final_metrics))
 
     table = Table(title=f"NeuMF search on {data.name}, seeds {args.seeds} (selection: validation NDCG@10; "

@@ -23,6 +23,8 @@ class TrainConfig:
     patience: int = 5
     lr_decay: float = 1.0  # multiplicative per epoch (1.0 = constant)
     emb_l2: float = 0.0  # L2 on the embedding rows a batch touches, per example (frequency-aware)
+    recent_last: int = 0  # each user's most recent positives that get repeated every epoch ...
+    recent_repeats: int = 0  # ... this many extra times (0 = every positive once: plain NeuMF training)
     pretrain: bool = False  # NeuMF starts from a GMF-only and an MLP-only model trained first (He et al.)
     refit: bool = False  # after early stopping, retrain on train+validation for the best epoch count
     threads: int = 1  # torch intra-op threads for the centralized fit; small batches gain nothing from more
@@ -41,6 +43,24 @@ def with_negatives(
     i = np.concatenate([items, neg_items])
     y = np.concatenate([np.ones(len(users), np.float32), np.zeros(len(neg_users), np.float32)])
     return u, i, y
+
+
+def recency_oversample(users: np.ndarray, timestamps: np.ndarray, last: int, repeats: int) -> np.ndarray:
+    """Indices of one epoch's positives: all once, each user's ``last`` most recent ``repeats`` more times.
+
+    Under the temporal split the next item follows the latest ones most closely: weighting them up is the
+    one documented change to NeuMF's loss (a positive and its sampled negatives count several times).
+    Ties in time keep the given order (the split's seeded tie-break).
+    """
+    index = np.arange(len(users))
+    if last <= 0 or repeats <= 0:
+        return index
+    order = np.lexsort((index, timestamps, users))  # per user, oldest first
+    counts = np.bincount(users, minlength=int(users.max()) + 1)
+    ends = np.cumsum(counts)
+    from_end = ends[users[order]] - 1 - np.arange(len(order))  # 0 = the user's most recent positive
+    recent = order[from_end < last]
+    return np.concatenate([index, np.tile(recent, repeats)])
 
 
 def embedding_l2(model: nn.Module, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

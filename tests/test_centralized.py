@@ -9,7 +9,7 @@ from common.datasets import from_raw
 from common.metrics import full_ranks, hit_ndcg
 from common.model import ModelConfig, NeuMF, global_state, local_state
 from common.split import temporal_split
-from common.training import TrainConfig
+from common.training import TrainConfig, recency_oversample
 from simulations.arms.centralized import CentralConfig, fit_centralized, train_with_validation
 from simulations.arms.simple import fit_popularity
 
@@ -57,7 +57,16 @@ def test_item_bias_keeps_one_lookup_per_table_and_local_user_rows():
 
 def test_refit_data_adds_exactly_the_validation_items():
     split = clustered_split()
-    users, items = train_with_validation(split)
+    users, items, _ = train_with_validation(split)
     assert len(users) == len(split.train_users) + int((split.val_items >= 0).sum())
     assert not np.isin(users * split.n_items + items,
                        np.flatnonzero(split.test_items >= 0) * split.n_items + split.test_items[split.test_items >= 0]).any()
+
+
+def test_recency_oversample_repeats_each_users_latest_positives():
+    users = np.array([0, 0, 0, 1, 1, 0])
+    stamps = np.array([5, 1, 9, 3, 3, 9])  # user 0's latest: index 2 and 5 (tie kept in given order)
+    rows = recency_oversample(users, stamps, last=2, repeats=2)
+    counts = np.bincount(rows, minlength=len(users))
+    assert counts.tolist() == [1, 1, 3, 3, 3, 3]
+    assert recency_oversample(users, stamps, last=0, repeats=2).tolist() == list(range(6))

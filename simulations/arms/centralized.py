@@ -15,7 +15,7 @@ from common.metrics import full_ranks, hit_ndcg, sampled_ranks
 from common.model import ModelConfig, NeuMF, from_pretrained
 from common.sampling import positive_keys
 from common.split import Split
-from common.training import TrainConfig, embedding_l2, per_example_bce, with_negatives
+from common.training import TrainConfig, embedding_l2, per_example_bce, recency_oversample, with_negatives
 from simulations.arms.base import ArmResult
 from simulations.progress import progress
 
@@ -42,10 +42,11 @@ def model_scores(model: NeuMF) -> np.ndarray:
     return model.score_users(torch.arange(model.n_users)).numpy()
 
 
-def train_with_validation(split: Split) -> tuple[np.ndarray, np.ndarray]:
-    """Train positives plus each user's validation item: the data of the final refit."""
+def train_with_validation(split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train positives plus each user's validation item (users, items, timestamps): the final refit's data."""
     has = np.flatnonzero(split.val_items >= 0)
-    return np.concatenate([split.train_users, has]), np.concatenate([split.train_items, split.val_items[has]])
+    return (np.concatenate([split.train_users, has]), np.concatenate([split.train_items, split.val_items[has]]),
+            np.concatenate([split.train_timestamps, split.val_timestamps[has]]))
 
 
 def train_epoch(model: NeuMF, optimizer: torch.optim.Optimizer, users: np.ndarray, items: np.ndarray,
@@ -73,8 +74,8 @@ def _optimizer(model: NeuMF, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, t
     return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
 
 
-def _train(model: NeuMF, users: np.ndarray, items: np.ndarray, cfg: TrainConfig, seed: int, bar, label: str,
-           split: Split, epochs: int | None = None) -> tuple[NeuMF, dict]:
+def _train(model: NeuMF, users: np.ndarray, items: np.ndarray, stamps: np.ndarray, cfg: TrainConfig, seed: int,
+           bar, label: str, split: Split, epochs: int | None = None) -> tuple[NeuMF, dict]:
     """Train ``model`` on the given positives.
 
     With ``epochs=None``: up to ``cfg.epochs``, keeping the epoch with the best validation NDCG@10 (full
@@ -84,8 +85,10 @@ def _train(model: NeuMF, users: np.ndarray, items: np.ndarray, cfg: TrainConfig,
     rng = np.random.default_rng(seed)
     optimizer, scheduler = _optimizer(model, cfg)
     keys = positive_keys(users, items, model.n_items)
+    epoch_rows = recency_oversample(users, stamps, cfg.recent_last, cfg.recent_repeats)
+    users, items = users[epoch_rows], items[epoch_rows]
     validate = epochs is None
-    best_ndcg, best_hr, best_state, best_epoch, stale = -1.0, 0.0, None, 0, 0
+    best_ndcg, best_state, best_epoch, stale = -1.0, None, 0, 0
     curve, epoch_times = [], []
     task = bar.add_task(label, total=cfg.epochs if validate else epochs)
     for epoch in range(1, (cfg.epochs if validate else epochs) + 1):
@@ -96,11 +99,14 @@ def _train(model: NeuMF, users: np.ndarray, items: np.ndarray, cfg: TrainConfig,
         if not validate:
             bar.update(task, advance=1, description=f"{label}  loss {loss:.4f}")
             continue
-        hr, ndcg = hit_ndcg(full_ranks(model_scores(model), split, "validation", seed))
-        curve.append({"epoch": epoch, "loss": loss, "val_hr@10": hr, "val_ndcg@10": ndcg})
+        scores = model_scores(model)
+        hr, ndcg = hit_ndcg(full_ranks(scores, split, "validation", seed))
+        hr_sampled, _ = hit_ndcg(sampled_ranks(scores, split, "validation", seed))
+        curve.append({"epoch": epoch, "loss": loss, "val_hr@10": hr, "val_ndcg@10": ndcg,
+                      "val_hr@10_sampled": hr_sampled})
         bar.update(task, advance=1, description=f"{label}  loss {loss:.4f}  val NDCG@10 {ndcg:.4f}")
         if ndcg > best_ndcg:
-            best_ndcg, best_hr, best_state, best_epoch, stale = ndcg, hr, copy.deepcopy(model.state_dict()), epoch, 0
+            best_ndcg, best_state, best_epoch, stale = ndcg, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
             if stale >= cfg.patience:
@@ -108,13 +114,13 @@ def _train(model: NeuMF, users: np.ndarray, items: np.ndarray, cfg: TrainConfig,
     info = {"epoch_s_mean": float(np.mean(epoch_times)), "epochs_run": len(epoch_times)}
     if validate:
         model.load_state_dict(best_state)
-        val_sampled, _ = hit_ndcg(sampled_ranks(model_scores(model), split, "validation", seed))
-        info.update({"best_epoch": best_epoch, "val_ndcg@10": best_ndcg, "val_hr@10": best_hr,
-                     "val_hr@10_sampled": val_sampled, "curve": curve})
+        best = curve[best_epoch - 1]
+        info.update({"best_epoch": best_epoch, "val_ndcg@10": best_ndcg, "val_hr@10": best["val_hr@10"],
+                     "val_hr@10_sampled": best["val_hr@10_sampled"], "curve": curve})
     return model, info
 
 
-def _recipe(split: Split, seed: int, config: CentralConfig, users: np.ndarray, items: np.ndarray, bar,
+def _recipe(split: Split, seed: int, config: CentralConfig, data: tuple[np.ndarray, np.ndarray, np.ndarray], bar,
             epochs: dict[str, int] | None = None) -> tuple[NeuMF, dict[str, dict]]:
     """NeuMF from random init, or (``pretrain``) from a GMF-only and an MLP-only model trained first.
 
@@ -126,7 +132,7 @@ def _recipe(split: Split, seed: int, config: CentralConfig, users: np.ndarray, i
     def stage(name: str, cfg_m: ModelConfig, init: NeuMF | None = None) -> NeuMF:
         torch.manual_seed(seed)
         model = init if init is not None else NeuMF(split.n_users, split.n_items, cfg_m)
-        model, infos[name] = _train(model, users, items, cfg, seed, bar, f"centralized {name}", split,
+        model, infos[name] = _train(model, *data, cfg, seed, bar, f"centralized {name}", split,
                                     None if epochs is None else epochs[name])
         return model
 
@@ -143,11 +149,11 @@ def fit_centralized(split: Split, seed: int, config: CentralConfig = CentralConf
     cfg = config.train
     t0 = time.perf_counter()
     with torch_threads(cfg.threads), progress(show) as bar:
-        model, stages = _recipe(split, seed, config, split.train_users, split.train_items, bar)
+        train = (split.train_users, split.train_items, split.train_timestamps)
+        model, stages = _recipe(split, seed, config, train, bar)
         if cfg.refit:
-            users, items = train_with_validation(split)
             epochs = {name: info["best_epoch"] for name, info in stages.items()}
-            model, _ = _recipe(split, seed, config, users, items, bar, epochs)
+            model, _ = _recipe(split, seed, config, train_with_validation(split), bar, epochs)
         scores = model_scores(model)
     final = stages["neumf"]
     info = {"model": config.model.to_dict(), "train": cfg.to_dict(), **final,
