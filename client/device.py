@@ -150,8 +150,10 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
         finally:
             children.stop()  # also ends helpers the SuperNode left behind, which closes the pipe
     reader.join(timeout=5)
-    if code != 0:
-        raise FedrecError(explain_exit(list(tail), s, code))
+    if code == 0:  # a SuperNode only stops by itself when the SuperLink shuts it out (HTTP 401)
+        raise FedrecError("the SuperLink stopped accepting this device while it was connected "
+                          "(its key was unregistered or revoked); ask the operator")
+    raise FedrecError(explain_exit(list(tail), s, code))
 
 
 # --- on-device recommendations -------------------------------------------------------------------
