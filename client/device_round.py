@@ -50,10 +50,10 @@ def _load_embedding(store: DeviceStore, prefix: str, dim: int, seed: int) -> tor
     return torch.from_numpy(np.load(io.BytesIO(raw))).reshape(1, dim)
 
 
-def _save_embedding(store: DeviceStore, prefix: str, weight: torch.Tensor) -> None:
+def embedding_bytes(weight: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     np.save(buf, weight.detach().numpy().astype(np.float32).ravel())
-    store.put_state(prefix + EMBEDDING, buf.getvalue())
+    return buf.getvalue()
 
 
 def device_model(store: DeviceStore, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
@@ -78,11 +78,10 @@ def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_c
         items, labels = make_examples(np.asarray(train, dtype=np.int64), np.asarray(seen, dtype=np.int64), n_items,
                                       cfg.negatives, rng)
         outcome = train_local(model, items, labels, cfg, ledger, round_seed)
-        if not outcome.refused:
-            _save_embedding(store, prefix, model.user_emb.weight)
-            store.put_state(prefix + LEDGER, ledger.to_json())
+        if not outcome.refused:  # one transaction: embedding, ledger and round counter move together
             rounds = int(store.get_state(prefix + ROUNDS) or b"0") + 1
-            store.put_state(prefix + ROUNDS, str(rounds).encode())
+            store.put_states({prefix + EMBEDDING: embedding_bytes(model.user_emb.weight),
+                              prefix + LEDGER: ledger.to_json(), prefix + ROUNDS: str(rounds).encode()})
     return TrainResult(global_state(model), 0 if outcome.refused else len(items), outcome)
 
 

@@ -35,6 +35,7 @@ class LocalConfig:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     epsilon_budget: float = 0.0  # 0 = no budget
+    optimizer: str = "sgd"  # or "adam": scale-free steps help the small, rarely-updated embedding rows
 
     @property
     def sample_rate(self) -> float:
@@ -55,6 +56,14 @@ class LocalOutcome:
     steps: int
     epsilon: float
     refused: bool = False
+
+
+def make_optimizer(model: nn.Module, cfg: LocalConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    raise ValueError(f"local optimizer must be sgd or adam, not {cfg.optimizer!r}")
 
 
 class GroupBCE(nn.Module):
@@ -93,13 +102,16 @@ def _loader(items: torch.Tensor, labels: torch.Tensor, steps_per_epoch: int) -> 
     return DataLoader(TensorDataset(items, labels), batch_sampler=sampler)
 
 
-def _noise_only_step(model: nn.Module, cfg: LocalConfig, expected_batch: float, generator: torch.Generator) -> None:
-    """An empty Poisson batch still releases a noisy step (ghost clipping cannot run on it)."""
+def _noise_only_step(optimizer, cfg: LocalConfig, expected_batch: float, generator: torch.Generator) -> None:
+    """An empty Poisson batch still releases a noisy step (ghost clipping cannot run on it): the wrapped
+    optimizer steps on pure noise, scaled as Opacus scales it for a batch of the expected size."""
     std = cfg.noise_multiplier * cfg.max_grad_norm / expected_batch
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.normal(0.0, std, p.shape, generator=generator), alpha=-cfg.lr)
+    saved = [p.grad for p in optimizer.params]  # Opacus' own bookkeeping expects them back untouched
+    for p in optimizer.params:
+        p.grad = torch.normal(0.0, std, p.shape, generator=generator)
+    optimizer.original_optimizer.step()
+    for p, grad in zip(optimizer.params, saved):
+        p.grad = grad
 
 
 def train_private(
@@ -111,8 +123,9 @@ def train_private(
         if after > cfg.epsilon_budget:
             return LocalOutcome(0.0, 0, ledger.epsilon(cfg.delta), refused=True)
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
     engine = PrivacyEngine(accountant="rdp")
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(model, cfg)
     module, optimizer, criterion, loader = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -124,14 +137,16 @@ def train_private(
         grad_sample_mode="ghost",
         noise_generator=generator,
     )
-    loader.generator = generator
-    expected_batch = max(1.0, len(items) * cfg.sample_rate)
+    # Opacus scales by int(N * q), which is 0 on a device with fewer examples than steps per epoch; the
+    # scale is post-processing (it multiplies clipped sum and noise alike), so any constant >= 1 is safe.
+    optimizer.expected_batch_size = max(1, optimizer.expected_batch_size)
+    expected_batch = optimizer.expected_batch_size
     users = torch.zeros(1, dtype=torch.long)
     total, count, empty = 0.0, 0, 0
     for _ in range(cfg.local_epochs):
         for batch_items, batch_labels in loader:
             if len(batch_items) == 0:
-                _noise_only_step(model, cfg, expected_batch, generator)
+                _noise_only_step(optimizer, cfg, expected_batch, generator)
                 empty += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
@@ -149,7 +164,7 @@ def train_private(
 def train_plain(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, cfg: LocalConfig, seed: int) -> LocalOutcome:
     """The non-private arm: same examples, same number of steps, plain minibatch SGD."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(model, cfg)
     criterion = GroupBCE()
     batch = max(1, -(-len(items) // cfg.steps_per_epoch))
     users = torch.zeros(1, dtype=torch.long)

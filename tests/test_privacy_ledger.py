@@ -62,3 +62,18 @@ def test_private_training_moves_the_model_and_counts_steps():
     out = train_local(model, items, labels, LocalConfig(noise_multiplier=0.8, steps_per_epoch=4, local_epochs=2), ledger, 0)
     assert out.steps == 8 and ledger.steps == 8
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_tiny_device_with_empty_batches_stays_finite(optimizer):
+    """Fewer examples than steps: Opacus' expected batch would be 0 and most Poisson batches are empty."""
+    rng = np.random.default_rng(0)
+    pos = np.array([1, 2])
+    items, labels = make_examples(pos, pos, 20, 2, rng)
+    for seed in range(4):
+        model = NeuMF(1, 20)
+        ledger = PrivacyLedger()
+        out = train_local(model, items, labels, LocalConfig(noise_multiplier=1.0, steps_per_epoch=8, optimizer=optimizer),
+                          ledger, seed)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert out.steps == 8 and ledger.steps == 8  # empty batches are noise-only steps, still counted

@@ -1,0 +1,151 @@
+"""One full-participation DP round over every ML-100K device, against one centralized NeuMF epoch.
+
+    python -m bench.bench_round [--devices 943] [--nodes 2] [--stores DIR]
+
+Measured side by side in one run:
+1. one centralized NeuMF epoch (default centralized settings, 1 torch thread);
+2. one federated DP round through Flower's simulation engine (Ray), all devices, evaluation off, taken
+   from the server's own per-round wall time (engine start-up excluded);
+3. the same round with every device sitting out (device-fraction 0): Flower dispatch + serialization of
+   the global model to each node and back, no device work;
+4. an in-process breakdown of the device work on a sample of devices: store open+decrypt, example
+   building, DP-SGD steps, store write, state copy (the serialization of the reply) and aggregation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from client.device_round import device_model, embedding_bytes
+from client.fleet import local_config, node_devices
+from client.local_training import make_examples, train_local
+from common.config import DEFAULT_CENTRAL, FederatedConfig
+from common.datasets import load_dataset
+from common.keys import create_key_file
+from common.model import ModelConfig, NeuMF, global_state
+from common.privacy import PrivacyLedger
+from common.run_config import merged, model_fields
+from common.sampling import positive_keys
+from common.split import temporal_split
+from common.store import DeviceStore
+from server.federation import initial_state
+from simulations.arms.centralized import train_epoch
+from simulations.federated import FederatedArm, run_config, _run_flower
+from simulations.provision import provision
+
+
+def centralized_epoch(split) -> float:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = NeuMF(split.n_users, split.n_items, ModelConfig())
+    optimizer = torch.optim.Adam(model.parameters(), lr=DEFAULT_CENTRAL.lr)
+    keys = positive_keys(split.train_users, split.train_items, split.n_items)
+    rng = np.random.default_rng(0)
+    train_epoch(model, optimizer, split.train_users, split.train_items, keys, DEFAULT_CENTRAL, rng)  # warm-up
+    t0 = time.perf_counter()
+    train_epoch(model, optimizer, split.train_users, split.train_items, keys, DEFAULT_CENTRAL, rng)
+    return time.perf_counter() - t0
+
+
+def flower_round(arm: FederatedArm, stores: Path, extra: dict, tag: str) -> float:
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{tag}-"))
+    cfg = run_config(arm, stores, stores / "master.key", out, 0)
+    cfg.update({"num-server-rounds": 2, "fraction-evaluate": 0.0, **extra})
+    _run_flower(arm, cfg)
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    shutil.rmtree(out, ignore_errors=True)
+    return rounds[-1]["wall_s"]  # the second round: workers already warm
+
+
+def breakdown(cfg: dict, n: int) -> dict[str, float]:
+    """Seconds per device for each part of a device's round (mean over ``n`` devices)."""
+    torch.set_num_threads(1)
+    refs = node_devices({}, cfg)[:n]
+    local = local_config(cfg)
+    model_cfg = ModelConfig(**{"kind": cfg["model-kind"], "gmf_dim": int(cfg["gmf-dim"]), "mlp_dim": int(cfg["mlp-dim"]),
+                               "layers": tuple(int(x) for x in cfg["layers"].split(","))})
+    params = initial_state(cfg, int(cfg["n-items"]))
+    parts = {"store open + decrypt": 0.0, "examples": 0.0, "DP-SGD steps": 0.0, "store write": 0.0,
+             "reply state copy": 0.0, "aggregation (weighted sum)": 0.0}
+    total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in params.items()}
+    rng = np.random.default_rng(0)
+    for i, ref in enumerate(refs):
+        t = time.perf_counter()
+        store = DeviceStore.open(ref.path, ref.key)
+        train, seen = store.read_events("train").items, store.read_events(None).items
+        model = device_model(store, params, model_cfg, int(cfg["n-items"]), "bench/", 0)
+        parts["store open + decrypt"] += time.perf_counter() - t
+        t = time.perf_counter()
+        items, labels = make_examples(train.astype(np.int64), seen.astype(np.int64), int(cfg["n-items"]), local.negatives, rng)
+        parts["examples"] += time.perf_counter() - t
+        t = time.perf_counter()
+        ledger = PrivacyLedger()
+        train_local(model, items, labels, local, ledger, i)
+        parts["DP-SGD steps"] += time.perf_counter() - t
+        t = time.perf_counter()
+        store.put_states({"bench/user_embedding": embedding_bytes(model.user_emb.weight), "bench/privacy_ledger": ledger.to_json()})
+        store.close()
+        parts["store write"] += time.perf_counter() - t
+        t = time.perf_counter()
+        state = global_state(model)
+        parts["reply state copy"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for k, v in state.items():
+            total[k] += v.double() * len(items)
+        parts["aggregation (weighted sum)"] += time.perf_counter() - t
+    return {k: v / len(refs) for k, v in parts.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=None, help="first N users (default: all)")
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--sample", type=int, default=100, help="devices timed in the in-process breakdown")
+    parser.add_argument("--stores", type=Path, default=None, help="reuse provisioned stores (else a temp dir)")
+    args = parser.parse_args()
+    data = load_dataset("ml-100k")
+    if args.devices:
+        data = data.subset_users(args.devices)
+    split = temporal_split(data, 0)
+    stores = args.stores or Path(tempfile.mkdtemp(prefix="bench-stores-"))
+    if not (stores / "manifest.json").exists():
+        stores.mkdir(parents=True, exist_ok=True)
+        provision(data, split, stores, create_key_file(stores / "master.key"))
+    console = Console()
+    epoch_s = centralized_epoch(split)
+    fed = FederatedConfig(nodes=args.nodes, epsilon=None, noise_multiplier=1.0)
+    arm = FederatedArm("bench", data, stores.parent, fed, ModelConfig(), private=True, show=False)
+    round_s = flower_round(arm, stores, {}, "dp")
+    dispatch_s = flower_round(arm, stores, {"device-fraction": 0.0}, "idle")
+    cfg = merged(run_config(arm, stores, stores / "master.key", stores.parent / "unused", 0))
+    parts = breakdown(cfg, min(args.sample, data.n_users))
+
+    table = Table(title=f"{data.n_users} devices, {args.nodes} simulated SuperNodes, DP-SGD (noise 1.0)")
+    table.add_column("what")
+    table.add_column("seconds", justify="right")
+    table.add_column("x centralized epoch", justify="right")
+    table.add_row("centralized NeuMF epoch", f"{epoch_s:.2f}", "1.00")
+    table.add_row("federated DP round, all devices (Flower simulation)", f"{round_s:.2f}", f"{round_s / epoch_s:.2f}")
+    table.add_row("  of which dispatch (same round, no device trains)", f"{dispatch_s:.2f}", f"{dispatch_s / epoch_s:.2f}")
+    serial = sum(parts.values()) * data.n_users
+    for name, per_device in parts.items():
+        table.add_row(f"  device work: {name} (x{data.n_users} devices, 1 core)", f"{per_device * data.n_users:.2f}",
+                      f"{per_device * data.n_users / epoch_s:.2f}")
+    table.add_row(f"  device work, all parts, 1 core (/{args.nodes} nodes in parallel)", f"{serial:.2f}",
+                  f"{serial / args.nodes / epoch_s:.2f}")
+    console.print(table)
+    console.print(f"ratio round / centralized epoch = {round_s / epoch_s:.2f} (goal <= 3)")
+
+
+if __name__ == "__main__":
+    main()
