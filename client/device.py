@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from client.device_round import EMBEDDING, DeviceRef, device_scores
 from common.errors import FedrecError
-from common.keys import KeyRecipe, load_key_file
+from common.keys import KeyRecipe, derive_device_key, load_key_file
 from common.model import ModelConfig
 from common.processes import Children, flower_env, free_port, terminate_on_sigterm
 from common.store import DeviceStore, peek_header
@@ -36,14 +36,21 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ClientSettings:
-    store: Path
-    key_file: Path
+    """One device (``store`` + ``key_file``) or a gateway serving a provisioned group (``stores_dir`` + ``master_key_file``)."""
+
+    store: Path | None
+    key_file: Path | None
     superlink: str  # HOST:PORT of the SuperLink
     root_cert: Path  # the CA that signed the SuperLink's certificate
-    auth_key: Path  # this device's OpenSSH EC private key (its public half is registered on the server)
+    auth_key: Path  # this node's OpenSSH EC private key (its public half is registered on the server)
     port: int | None = None  # the SuperNode's local Runtime API port; None picks a free one
     max_wait: float | None = None  # give up connecting after this many seconds (None: keep retrying)
-    extra_node_config: str = ""
+    stores_dir: Path | None = None
+    master_key_file: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return f"device {self.store.stem}" if self.store else f"gateway for {self.stores_dir}"
 
 
 def store_key(store: Path, key_file: Path) -> bytes:
@@ -60,14 +67,34 @@ def store_key(store: Path, key_file: Path) -> bytes:
     return recipe.store_key(load_key_file(key_file), header["store_id"])
 
 
+def _check_group(stores_dir: Path, master_key_file: Path) -> None:
+    """A gateway's group: the manifest lists its devices; the first store must open with the master."""
+    try:
+        devices = json.loads((stores_dir / "manifest.json").read_text())["devices"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise FedrecError(f"{stores_dir}/manifest.json: not a provisioned group ({exc})") from None
+    if not devices:
+        raise FedrecError(f"{stores_dir}/manifest.json: no devices")
+    first = devices[0]["device_id"]
+    with DeviceStore.open(stores_dir / "stores" / f"{first}.db", derive_device_key(load_key_file(master_key_file), first)):
+        pass
+
+
 def check_inputs(s: ClientSettings) -> None:
     """Fail before any network traffic, naming the file that is wrong."""
-    for path, flag in ((s.store, "--store"), (s.key_file, "--key-file"), (s.root_cert, "--root-cert"),
-                       (s.auth_key, "--auth-key")):
-        if not path.is_file():
+    single = (s.store, s.key_file) != (None, None)
+    if single == ((s.stores_dir, s.master_key_file) != (None, None)):
+        raise FedrecError("give --store and --key-file (one device) or --stores-dir and --master-key-file (a gateway)")
+    pairs = [(s.root_cert, "--root-cert"), (s.auth_key, "--auth-key")]
+    pairs += [(s.store, "--store"), (s.key_file, "--key-file")] if single else [(s.master_key_file, "--master-key-file")]
+    for path, flag in pairs:
+        if path is None or not path.is_file():
             raise FedrecError(f"{path}: file not found ({flag})")
-    with DeviceStore.open(s.store, store_key(s.store, s.key_file)):
-        pass  # wrong key or a damaged store fails here with the store's own message
+    if single:
+        with DeviceStore.open(s.store, store_key(s.store, s.key_file)):
+            pass  # wrong key or a damaged store fails here with the store's own message
+    else:
+        _check_group(s.stores_dir, s.master_key_file)
     try:
         key = load_ssh_private_key(s.auth_key.read_bytes(), None)
     except (ValueError, UnsupportedAlgorithm):
@@ -83,7 +110,10 @@ def check_inputs(s: ClientSettings) -> None:
 
 
 def supernode_argv(s: ClientSettings, port: int) -> list[str]:
-    node_config = f'store="{s.store.resolve()}" key-file="{s.key_file.resolve()}" {s.extra_node_config}'.strip()
+    if s.store is not None:
+        node_config = f'store="{s.store.resolve()}" key-file="{s.key_file.resolve()}"'
+    else:
+        node_config = f'stores-dir="{s.stores_dir.resolve()}" master-key-file="{s.master_key_file.resolve()}"'
     argv = ["flower-supernode", "--superlink", s.superlink, "--root-certificates", str(s.root_cert.resolve()),
             "--auth-supernode-private-key", str(s.auth_key.resolve()), "--port", str(port),
             "--node-config", node_config]
@@ -129,7 +159,7 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
     port = s.port or free_port()
     children = Children(flower_env())
     tail: deque[str] = deque(maxlen=200)
-    say(f"device {s.store.stem}: SuperNode -> {s.superlink} (TLS, CA {s.root_cert}; auth key {s.auth_key}); "
+    say(f"{s.name}: SuperNode -> {s.superlink} (TLS, CA {s.root_cert}; auth key {s.auth_key}); "
         f"local runtime port {port}")
 
     def pump(stream) -> None:  # the SuperNode's helpers share the pipe: read it apart from waiting

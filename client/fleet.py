@@ -28,11 +28,12 @@ def node_devices(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> list
     if "store" in node_config:
         path = Path(str(node_config["store"]))
         return [DeviceRef(path.stem, path, store_key(path, Path(str(node_config["key-file"]))))]
-    stores_dir = Path(str(cfg["stores-dir"]))
-    if not cfg["stores-dir"] or not (stores_dir / "manifest.json").exists():
+    source = node_config if "stores-dir" in node_config else cfg  # a gateway's node config names its own group
+    stores_dir = Path(str(source["stores-dir"]))
+    if not source["stores-dir"] or not (stores_dir / "manifest.json").exists():
         raise FedrecError(f"node has no 'store' in its node config and {stores_dir}/manifest.json does not exist")
     manifest = json.loads((stores_dir / "manifest.json").read_text())
-    master = load_key_file(str(cfg["master-key-file"]))
+    master = load_key_file(str(source["master-key-file"]))
     part, parts = int(node_config.get("partition-id", 0)), int(node_config.get("num-partitions", 1))
     return [
         DeviceRef(d["device_id"], stores_dir / "stores" / f"{d['device_id']}.db", derive_device_key(master, d["device_id"]))

@@ -206,20 +206,22 @@ def server(
 
 @app.command()
 def client(
-    store: Path = typer.Option(..., help="This device's encrypted store."),
-    key_file: Path = typer.Option(..., help="The store's 32-byte key file."),
+    store: Optional[Path] = typer.Option(None, help="This device's encrypted store."),
+    key_file: Optional[Path] = typer.Option(None, help="The store's 32-byte key file."),
     superlink: str = typer.Option(..., help="SuperLink address HOST:PORT."),
     root_cert: Path = typer.Option(..., help="CA certificate that signed the SuperLink's certificate."),
     auth_key: Path = typer.Option(..., help="This device's private authentication key (`fedrec certs device`)."),
     port: Optional[int] = typer.Option(None, help="Local SuperNode runtime port (default: a free one)."),
     max_wait: Optional[float] = typer.Option(None, help="Give up if the SuperLink is unreachable this many seconds."),
     quiet: bool = typer.Option(False, help="Do not echo the SuperNode's log."),
+    stores_dir: Optional[Path] = typer.Option(None, help="Gateway: a provisioned dir; serve all its devices."),
+    master_key_file: Optional[Path] = typer.Option(None, help="Gateway: the group's master key file."),
 ) -> None:
-    """Run this device as a Flower SuperNode: it trains on its store when the server asks."""
+    """Run this device (or a gateway for a group of devices) as a Flower SuperNode that trains when asked."""
     from client.device import ClientSettings, run_client
 
-    run_client(ClientSettings(store, key_file, superlink, root_cert, auth_key, port, max_wait),
-               say, echo=not quiet)
+    run_client(ClientSettings(store, key_file, superlink, root_cert, auth_key, port, max_wait, stores_dir,
+                              master_key_file), say, echo=not quiet)
 
 
 @app.command()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from client.device import ClientSettings, explain_exit, item_catalogue, store_key
+from client.device import ClientSettings, check_inputs, explain_exit, item_catalogue, store_key
 from common.certs import create_ca, issue_server_cert
 from common.errors import FedrecError
 from common.datasets import from_raw
@@ -61,8 +61,8 @@ def wait_exit(proc, log: Path, timeout: float = WAIT) -> int:
         raise AssertionError(f"still running after {timeout:.0f} s:\n{_read(log)[-3000:]}") from None
 
 
-def tiny_fleet(out: Path) -> list[tuple[Path, Path]]:
-    """Three users over 20 items, provisioned as encrypted stores, each re-keyed onto its own key file."""
+def tiny_provision(out: Path) -> tuple[dict, bytes]:
+    """Three users over 20 items with titles, provisioned as encrypted stores under one master key."""
     users, items, stamps = [], [], []
     for user, first in enumerate((0, 10, 5)):  # together the three users touch all 20 items
         users += [1000 + user] * 10
@@ -70,8 +70,14 @@ def tiny_fleet(out: Path) -> list[tuple[Path, Path]]:
         stamps += list(range(user * 100, user * 100 + 10))
     data = from_raw("tiny", np.array(users), np.array(items), np.array(stamps, dtype=np.int64),
                     np.full(len(users), 4.0, dtype=np.float32), titles={101 + i: f"Film {101 + i}" for i in range(N_ITEMS)})
-    master = os.urandom(32)
-    manifest = json.loads(provision(data, temporal_split(data, 0), out, master).read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    master = create_key_file(out / "master.key")
+    return json.loads(provision(data, temporal_split(data, 0), out, master).read_text()), master
+
+
+def tiny_fleet(out: Path) -> list[tuple[Path, Path]]:
+    """The tiny group with each store re-keyed onto its own key file, as real devices hold them."""
+    manifest, master = tiny_provision(out)
     fleet = []
     for device in manifest["devices"]:
         store, key_file, device_id = out / device["store"], out / f"{device['device_id']}.key", device["device_id"]
@@ -226,3 +232,22 @@ def test_app_run_config_lists_every_key():
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert set(declared) == set(DEFAULTS)
+
+
+def test_node_config_names_one_device_or_a_gateways_group(tmp_path):
+    """`fedrec client --store/--key-file` and `--stores-dir/--master-key-file` both reach the ClientApp's stores."""
+    from client.fleet import node_devices
+    from common.run_config import merged
+
+    manifest, master = tiny_provision(tmp_path)
+    group = node_devices({"stores-dir": str(tmp_path), "master-key-file": str(tmp_path / "master.key")}, merged())
+    assert [ref.device_id for ref in group] == [d["device_id"] for d in manifest["devices"]]
+    store = tmp_path / manifest["devices"][1]["store"]
+    own = create_key_file(tmp_path / "own.key")
+    rotate_key(store, derive_device_key(master, "device-00001"), derive_device_key(own, "device-00001"))
+    (single,) = node_devices({"store": str(store), "key-file": str(tmp_path / "own.key")}, merged())
+    for ref in (group[0], single):
+        with DeviceStore.open(ref.path, ref.key) as opened:
+            assert len(opened.read_events(None)) == 10
+    with pytest.raises(FedrecError, match="--store and --key-file .* or --stores-dir"):
+        check_inputs(ClientSettings(store, None, "h:1", tmp_path / "ca", tmp_path / "k", stores_dir=tmp_path))
