@@ -236,6 +236,15 @@ def run_status(children: Children, run_id: str) -> str:
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
+def startup_failure(link_log: Path, s: ServerSettings) -> str:
+    """Why the SuperLink did not come up, in one line, from its log."""
+    text = link_log.read_text(errors="replace") if link_log.exists() else ""
+    if "address already in use" in text.lower():
+        return f"port {s.port} on {s.host} is already in use (another SuperLink?); choose another --port"
+    errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
+    return f"the SuperLink did not start on port {s.port}: {errors[-1] if errors else 'no error logged'} (see {link_log})"
+
+
 def serve(s: ServerSettings, say: Say) -> None:
     """Start everything, run once, stop everything (also on Ctrl-C / SIGTERM)."""
     s.out.mkdir(parents=True, exist_ok=True)
@@ -252,8 +261,11 @@ def serve(s: ServerSettings, say: Say) -> None:
             ], log=link_log)
             say(f"SuperLink (pid {link.pid}) on {_address(s.host, s.port)}, TLS + SuperNode authentication; "
                 f"log {link_log}")
-            wait_until(lambda: tls_ready(host, s.port, s.ca_cert), s.startup_timeout,
-                       f"SuperLink on port {s.port} (see {link_log})", alive=lambda: link.poll() is None)
+            try:
+                wait_until(lambda: tls_ready(host, s.port, s.ca_cert), s.startup_timeout,
+                           f"SuperLink on port {s.port} (see {link_log})", alive=lambda: link.poll() is None)
+            except FedrecError:
+                raise FedrecError(startup_failure(link_log, s)) from None
             register_devices(children, s.devices, say)
             want = s.wait_for if s.wait_for is not None else len(s.devices)
             if want:
