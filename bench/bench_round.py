@@ -37,7 +37,6 @@ from common.privacy import PrivacyLedger
 from common.run_config import merged, model_fields
 from common.sampling import positive_keys
 from common.split import temporal_split
-from common.store import DeviceStore
 from server.federation import initial_state
 from simulations.arms.centralized import train_epoch
 from simulations.federated import FederatedArm, run_config, _run_flower
@@ -81,7 +80,7 @@ def breakdown(cfg: dict, n: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     for i, ref in enumerate(refs):
         t = time.perf_counter()
-        store = DeviceStore.open(ref.path, ref.key)
+        store = ref.open()
         train, seen = store.read_events("train").items, store.read_events(None).items
         model = device_model(store, params, model_cfg, int(cfg["n-items"]), "bench/", 0)
         parts["store open + decrypt"] += time.perf_counter() - t

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.local_training import LocalConfig, LocalOutcome, make_examples, train_local
+from client.local_training import LocalConfig, LocalOutcome, make_examples, personalize, train_local
 from common.metrics import ranks_from_scores
 from common.model import ModelConfig, NeuMF, global_state
 from common.privacy import PrivacyLedger
 from common.store import DeviceStore
 
-EMBEDDING, LEDGER, ROUNDS = "user_embedding", "privacy_ledger", "rounds"
+EMBEDDING, LEDGER, ROUNDS, SERVING = "user_embedding", "privacy_ledger", "rounds", "serving_embedding"
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ class DeviceRef:
     device_id: str
     path: Path
     key: bytes
+    durable: bool = True  # fsync each commit; a simulated fleet skips it (nothing survives a crash there anyway)
+
+    def open(self) -> DeviceStore:
+        return DeviceStore.open(self.path, self.key, durable=self.durable)
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def device_model(store: DeviceStore, global_params: dict[str, torch.Tensor], mod
 def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
                  cfg: LocalConfig, prefix: str, server_round: int, seed: int) -> TrainResult:
     round_seed = device_seed(seed, server_round, ref.device_id)
-    with DeviceStore.open(ref.path, ref.key) as store:
+    with ref.open() as store:
         train = store.read_events("train").items
         seen = store.read_events(None).items
         ledger = PrivacyLedger.from_json(store.get_state(prefix + LEDGER))
@@ -85,23 +89,57 @@ def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_c
     return TrainResult(global_state(model), 0 if outcome.refused else len(items), outcome)
 
 
+@dataclass(frozen=True)
+class Personalization:
+    steps: int = 20
+    lr: float = 0.01
+    negatives: int = 4
+
+
+def serving_model(store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig,
+                  n_items: int, prefix: str, seed: int, how: Personalization) -> NeuMF:
+    """The model this device serves with: the global model plus its user row refitted on-device."""
+    model = device_model(store, global_params, model_cfg, n_items, prefix, device_seed(seed, 0, device_id))
+    if how.steps > 0:
+        train = store.read_events("train").items.astype(np.int64)
+        seen = store.read_events(None).items.astype(np.int64)
+        rng = np.random.default_rng(device_seed(seed, -2, device_id))
+        items, labels = make_examples(train, seen, n_items, how.negatives, rng)
+        personalize(model, items, labels, how.steps, how.lr)
+    return model
+
+
+def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
+            prefix: str, seed: int, how: Personalization) -> NeuMF:
+    """Personalize for serving and keep the serving row in the store (separate from the training row)."""
+    with ref.open() as store:
+        model = serving_model(store, ref.device_id, global_params, model_cfg, n_items, prefix, seed, how)
+        store.put_states({prefix + SERVING: embedding_bytes(model.user_emb.weight)})
+    return model
+
+
+def serve_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
+                 prefix: str, seed: int, how: Personalization) -> np.ndarray:
+    """The device's serving user row (for the harness, which scores every device in one matrix)."""
+    return _served(ref, global_params, model_cfg, n_items, prefix, seed, how).user_emb.weight.numpy().ravel()
+
+
 def device_scores(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-                  prefix: str, seed: int) -> np.ndarray:
+                  prefix: str, seed: int, how: Personalization = Personalization()) -> np.ndarray:
     """[n_items] scores of this device's user: computed on the device, never sent."""
-    with DeviceStore.open(ref.path, ref.key) as store:
-        model = device_model(store, global_params, model_cfg, n_items, prefix, device_seed(seed, 0, ref.device_id))
+    model = _served(ref, global_params, model_cfg, n_items, prefix, seed, how)
     return model.score_users(torch.zeros(1, dtype=torch.long))[0].numpy()
 
 
 def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-                    prefix: str, stage: str, seed: int) -> int | None:
+                    prefix: str, stage: str, seed: int, how: Personalization) -> int | None:
     """0-based rank of the device's held-out item among its unseen items (None if it has none)."""
-    with DeviceStore.open(ref.path, ref.key) as store:
+    with ref.open() as store:
         target = store.read_events(stage).items
         exclude = [store.read_events("train").items]
         if stage == "test":
             exclude.append(store.read_events("validation").items)
-        model = device_model(store, global_params, model_cfg, n_items, prefix, device_seed(seed, 0, ref.device_id))
+        model = serving_model(store, ref.device_id, global_params, model_cfg, n_items, prefix, seed, how)
     if len(target) == 0:
         return None
     scores = model.score_users(torch.zeros(1, dtype=torch.long))[0].double().numpy()
@@ -113,12 +151,6 @@ def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], mode
     return int(ranks_from_scores(scores[None, :], np.array([target_score]), rng)[0])
 
 
-def user_embedding(ref: DeviceRef, prefix: str, dim: int, seed: int) -> np.ndarray:
-    """The device's user row as it would start its next round (for on-device or harness scoring)."""
-    with DeviceStore.open(ref.path, ref.key) as store:
-        return _load_embedding(store, prefix, dim, device_seed(seed, 0, ref.device_id)).numpy().ravel()
-
-
 def ledger_of(ref: DeviceRef, prefix: str) -> PrivacyLedger:
-    with DeviceStore.open(ref.path, ref.key) as store:
+    with ref.open() as store:
         return PrivacyLedger.from_json(store.get_state(prefix + LEDGER))

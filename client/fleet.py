@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from client.device import store_key
-from client.device_round import DeviceRef, device_seed, evaluate_device, train_device
+from client.device_round import DeviceRef, Personalization, device_seed, evaluate_device, train_device
 from client.local_training import LocalConfig
 from common.errors import FedrecError
 from common.metrics import hit_ndcg
@@ -36,7 +36,8 @@ def node_devices(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> list
     master = load_key_file(str(source["master-key-file"]))
     part, parts = int(node_config.get("partition-id", 0)), int(node_config.get("num-partitions", 1))
     return [
-        DeviceRef(d["device_id"], stores_dir / "stores" / f"{d['device_id']}.db", derive_device_key(master, d["device_id"]))
+        DeviceRef(d["device_id"], stores_dir / "stores" / f"{d['device_id']}.db", derive_device_key(master, d["device_id"]),
+                  durable=False)
         for d in manifest["devices"][part::parts]
     ]
 
@@ -51,7 +52,13 @@ def local_config(cfg: Mapping[str, Any]) -> LocalConfig:
         max_grad_norm=float(cfg["max-grad-norm"]),
         delta=float(cfg["delta"]),
         epsilon_budget=float(cfg["epsilon-budget"]),
+        optimizer=str(cfg["local-optimizer"]),
     )
+
+
+def personalization(cfg: Mapping[str, Any]) -> Personalization:
+    return Personalization(steps=int(cfg["personalize-steps"]), lr=float(cfg["personalize-lr"]),
+                           negatives=int(cfg["negatives"]))
 
 
 def participates(device_id: str, server_round: int, fraction: float, seed: int) -> bool:
@@ -104,7 +111,7 @@ def evaluate_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tens
     ranks = []
     for ref in devices:
         rank = evaluate_device(ref, global_params, model_cfg, int(cfg["n-items"]), str(cfg["state-prefix"]),
-                               str(cfg["eval-stage"]), int(cfg["seed"]))
+                               str(cfg["eval-stage"]), int(cfg["seed"]), personalization(cfg))
         if rank is not None:
             ranks.append(rank)
     hr, ndcg = hit_ndcg(np.asarray(ranks, dtype=np.int64))

@@ -189,3 +189,26 @@ def train_local(
     if cfg.private:
         return train_private(model, items, labels, cfg, ledger, seed)
     return train_plain(model, items, labels, cfg, seed)
+
+
+def personalize(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+    """Fit only the user row to the (frozen) global model, on the device, for serving.
+
+    The result is never uploaded and never feeds a later training round (it lives under its own state
+    name), so it needs no DP: what leaves the device is still only the DP-trained shared update.
+    Without it a device serves with a user row fitted to an older global model (stale after averaging).
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    user = model.user_emb.weight
+    user.requires_grad_(True)
+    optimizer = torch.optim.Adam([user], lr=lr)
+    criterion = GroupBCE()
+    users = torch.zeros(items.shape, dtype=torch.long)
+    model.eval()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        criterion(model(users, items), labels).backward()
+        optimizer.step()
+    user.requires_grad_(False)
+    return user.detach().clone()

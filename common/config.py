@@ -29,8 +29,11 @@ class FederatedConfig:
     fraction_train: float = 1.0  # share of devices that train in a round (each flips a seeded coin)
     local_epochs: int = 1
     steps_per_epoch: int = 8  # DP-SGD sample rate = 1 / steps_per_epoch, the same for every device
-    lr: float = 0.05
+    lr: float = 0.01
+    local_optimizer: str = "adam"  # inside the one DP optimizer (Opacus wraps it)
     negatives: int = 4
+    personalize_steps: int = 20  # on-device refit of the serving user row against the final model
+    personalize_lr: float = 0.01
     strategy: str = "fedavg"
     server_lr: float = 1.0
     server_momentum: float = 0.0

@@ -23,7 +23,7 @@ log = logging.getLogger("fedrec.server")
 RoundCallback = Callable[[int, dict], None]
 
 # Keys the devices need each round; everything else stays on the server.
-DEVICE_KEYS = ("local-epochs", "steps-per-epoch", "lr", "negatives", "noise-multiplier", "max-grad-norm",
+DEVICE_KEYS = ("local-epochs", "steps-per-epoch", "lr", "local-optimizer", "personalize-steps", "personalize-lr", "negatives", "noise-multiplier", "max-grad-norm",
                "epsilon-budget", "delta", "model-kind", "gmf-dim", "mlp-dim", "layers", "n-items", "stores-dir",
                "master-key-file", "state-prefix", "eval-stage", "seed", "device-fraction", "round-offset")
 

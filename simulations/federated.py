@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.device_round import DeviceRef, ledger_of, user_embedding
-from client.fleet import node_devices
+from client.device_round import DeviceRef, ledger_of, serve_device
+from client.fleet import node_devices, personalization
 from common.config import FederatedConfig
 from common.datasets import Interactions
 from common.keys import create_key_file, load_key_file
 from common.model import ModelConfig, NeuMF
 from common.privacy import UNIT
-from common.run_config import merged, model_fields
+from common.run_config import merged, model_config, model_fields
 from common.split import Split
 from server.app import make_server_app
 from simulations.arms.base import ArmResult
@@ -68,6 +68,9 @@ def run_config(arm: FederatedArm, stores: Path, key_file: Path, out_dir: Path, s
         "local-epochs": f.local_epochs,
         "steps-per-epoch": f.steps_per_epoch,
         "lr": f.lr,
+        "local-optimizer": f.local_optimizer,
+        "personalize-steps": f.personalize_steps,
+        "personalize-lr": f.personalize_lr,
         "negatives": f.negatives,
         "strategy": f.strategy,
         "server-lr": f.server_lr,
@@ -124,20 +127,20 @@ def fleet_refs(cfg: dict[str, Any]) -> tuple[list[DeviceRef], dict]:
 
 
 def score_matrix(cfg: dict[str, Any], model_path: Path, n_users: int) -> np.ndarray:
-    """Scores for every user from the final global model and each device's own embedding.
+    """Scores for every user from the final global model and each device's own serving row.
 
     In a real deployment this happens on each device (``fedrec recommend``); the harness holds the
-    simulation's keys so it can evaluate every arm with one code path."""
+    simulation's keys, so it runs the same device code for every device and ranks all arms alike."""
     refs, manifest = fleet_refs(cfg)
-    model_cfg = ModelConfig(kind=cfg["model-kind"], gmf_dim=int(cfg["gmf-dim"]), mlp_dim=int(cfg["mlp-dim"]),
-                            layers=tuple(int(x) for x in str(cfg["layers"]).split(",")))
-    model = NeuMF(n_users, int(cfg["n-items"]), model_cfg)
+    model_cfg = model_config(cfg)
     state = torch.load(model_path, weights_only=True)
     rows = torch.zeros(n_users, model_cfg.embedding_dim)
     index = {d["device_id"]: int(d["user_index"]) for d in manifest["devices"]}
+    how = personalization(cfg)
     for ref in refs:
         rows[index[ref.device_id]] = torch.from_numpy(
-            user_embedding(ref, cfg["state-prefix"], model_cfg.embedding_dim, int(cfg["seed"])))
+            serve_device(ref, state, model_cfg, int(cfg["n-items"]), cfg["state-prefix"], int(cfg["seed"]), how))
+    model = NeuMF(n_users, int(cfg["n-items"]), model_cfg)
     model.load_state_dict({**state, "user_emb.weight": rows})
     return model.score_users(torch.arange(n_users)).numpy()
 
