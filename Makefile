@@ -21,10 +21,16 @@ demo: setup
 	$(BIN)/fedrec simulate --out $(OUT)
 
 test: setup
+	$(BIN)/fedrec data fetch ml-100k
 	$(BIN)/python -m pytest
 
+# Speed and memory targets live here, not in tests; each prints its ratios measured side by side.
 bench: setup
-	$(BIN)/python -m bench.run_all
+	$(BIN)/fedrec data fetch ml-100k
+	$(BIN)/python -m bench.bench_centralized
+	$(BIN)/python -m bench.bench_store
+	$(BIN)/python -m bench.bench_retention
+	$(BIN)/python -m bench.bench_round
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

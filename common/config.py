@@ -25,14 +25,14 @@ from common.training import TrainConfig
 class FederatedConfig:
     """Federation and device-side settings; `fedrec simulate` maps them onto the Flower run config."""
 
-    rounds: int = 20
-    fraction_train: float = 1.0  # share of devices that train in a round (each flips a seeded coin)
+    rounds: int = 30
+    fraction_train: float = 0.25  # share of devices that train in a round (each flips a seeded coin)
     local_epochs: int = 1
     steps_per_epoch: int = 8  # DP-SGD sample rate = 1 / steps_per_epoch, the same for every device
     lr: float = 0.01
     local_optimizer: str = "adam"  # inside the one DP optimizer (Opacus wraps it)
     negatives: int = 4
-    personalize_steps: int = 20  # on-device refit of the serving user row against the final model
+    personalize_steps: int = 50  # on-device refit of the serving user row against the final model
     personalize_lr: float = 0.01
     strategy: str = "fedavg"
     server_lr: float = 1.0
@@ -42,6 +42,7 @@ class FederatedConfig:
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     nodes: int = 2  # simulated SuperNodes (worker processes), each serving a share of the fleet
+    eval_every: int = 10  # on-device validation every N rounds (and after the last)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

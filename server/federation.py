@@ -73,6 +73,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any], on_round: RoundCallback | No
         log.info("resuming from %s at round %d of %d", out_dir / "checkpoint.pt", start_round, total_rounds)
     cfg["round-offset"] = start_round
     strategy = build_strategy(cfg, out_dir / "wire.jsonl")
+    strategy.last_round = total_rounds - start_round
     rounds_log = out_dir / "rounds.jsonl"
     t_last = [time.perf_counter()]
 

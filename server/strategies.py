@@ -47,6 +47,7 @@ class FedrecStrategyMixin:
 
     wire_log: Path | None = None
     eval_every: int = 1
+    last_round: int = 0  # the final round is always evaluated
     last_train_metrics: MetricRecord | None = None
     last_evaluate_metrics: MetricRecord | None = None
 
@@ -90,7 +91,7 @@ class FedrecStrategyMixin:
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        if server_round % self.eval_every:
+        if server_round % self.eval_every and server_round != self.last_round:
             self.last_evaluate_metrics = None
             return []
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]

@@ -86,6 +86,7 @@ def run_config(arm: FederatedArm, stores: Path, key_file: Path, out_dir: Path, s
         "state-prefix": f"{arm.name}/",
         "seed": seed,
         "min-nodes": arm.fed.nodes,
+        "eval-every": arm.fed.eval_every,
         **model_fields(arm.model),
         **arm.extra,
     }

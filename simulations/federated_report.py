@@ -22,8 +22,8 @@ def write_plots(report: dict, run_dir: Path) -> None:
         return
     series = {}
     for name, arm in arms.items():
-        rounds = arm["info"]["rounds"]
-        series[name] = ([r["round"] for r in rounds], [r["evaluate"].get("ndcg@10", np.nan) for r in rounds])
+        rounds = [r for r in arm["info"]["rounds"] if "ndcg@10" in r["evaluate"]]
+        series[name] = ([r["round"] for r in rounds], [r["evaluate"]["ndcg@10"] for r in rounds])
     central = report["arms"].get("centralized", {}).get("info", {}).get("val_ndcg@10")
     if central is not None:
         xs = series[next(iter(series))][0]

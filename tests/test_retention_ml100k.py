@@ -1,4 +1,4 @@
-"""The retention checks of protocol.md on the real ML-100K (skipped where the dataset is not cached).
+"""The retention checks of protocol.md on the real ML-100K (fetched by the conftest fixture).
 
 EASE fitted on the temporal split's train part stands in for `centralized` (a strong arm, seconds to fit).
 """
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from common.datasets import load_dataset
-from common.errors import DataError
 from common.split import temporal_split
 from simulations.arms.simple import fit_ease, fit_popularity, fit_random
 from simulations.retention.engine import GREEDY, popularity_scores, prepare, run_seeds
@@ -21,11 +20,8 @@ SEEDS = (0, 1, 2, 3, 4)
 
 
 @pytest.fixture(scope="module")
-def data():
-    try:
-        return load_dataset("ml-100k")
-    except DataError:
-        pytest.skip("ML-100K not cached: run `fedrec data fetch ml-100k` (or set FEDREC_DATA_DIR)")
+def data(ml100k_dir):
+    return load_dataset("ml-100k", ml100k_dir)
 
 
 @pytest.fixture(scope="module")
