@@ -133,16 +133,17 @@ def _terminate(proc: subprocess.Popen, grace: float) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=grace)
-        _signal([p for p in escaped if _alive(p)], signal.SIGTERM)  # helpers in sessions of their own
+        _signal([p for p in escaped if alive(p)], signal.SIGTERM)  # helpers in sessions of their own
         deadline = time.monotonic() + min(grace, 3.0)
-        while time.monotonic() < deadline and any(_alive(p) for p in escaped):
+        while time.monotonic() < deadline and any(alive(p) for p in escaped):
             time.sleep(0.1)
-        _signal([p for p in escaped if _alive(p)], signal.SIGKILL)
+        _signal([p for p in escaped if alive(p)], signal.SIGKILL)
     if proc.stdout is not None:
         proc.stdout.close()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running (not a zombie awaiting its parent)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

@@ -174,6 +174,12 @@ def register_devices(children: Children, keys: tuple[Path, ...], say: Say) -> di
     return node_ids
 
 
+def record_node_ids(path: Path, node_ids: dict[str, str]) -> None:
+    """Device name -> SuperNode id, kept across restarts: what `flwr supernode unregister` needs."""
+    known = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**known, **node_ids}, indent=1, sort_keys=True) + "\n")
+
+
 def online_nodes(children: Children) -> int:
     reply = _json_tail(flwr(children, ["supernode", "list", CONNECTION, "--format", "json"]).stdout)
     return sum(1 for node in reply.get("nodes", []) if node.get("status") == "online")
@@ -266,7 +272,7 @@ def serve(s: ServerSettings, say: Say) -> None:
                            f"SuperLink on port {s.port} (see {link_log})", alive=lambda: link.poll() is None)
             except FedrecError:
                 raise FedrecError(startup_failure(link_log, s)) from None
-            register_devices(children, s.devices, say)
+            record_node_ids(s.state_dir / "devices.json", register_devices(children, s.devices, say))
             want = s.wait_for if s.wait_for is not None else len(s.devices)
             if want:
                 say(f"waiting for {want} device(s) to connect (fedrec client ... --superlink HOST:{s.port})")

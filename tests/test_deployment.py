@@ -26,7 +26,7 @@ from common.datasets import from_raw
 from common.keys import create_key_file, derive_device_key
 from common.model import is_local
 from common.privacy import PrivacyLedger
-from common.processes import Children, _alive, descendants, flower_env, free_port
+from common.processes import Children, alive, descendants, flower_env, free_port
 from common.split import temporal_split
 from common.store import DeviceStore, rotate_key
 from server.launcher import connect_host, parse_run_config, run_config_arg
@@ -96,7 +96,7 @@ def children():
     tops = [proc.pid for proc in group.procs.values()]
     group.stop(grace=15)
     time.sleep(1)
-    survivors = [pid for pid in tops + below if _alive(pid)]
+    survivors = [pid for pid in tops + below if alive(pid)]
     assert not survivors, f"processes left behind: {survivors}"
 
 
@@ -124,6 +124,7 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
     server_log = tmp_path / "server.log"
     wait_for_text(server_log, "waiting for 3 device(s)", server)
     assert "registered device device-2" in _read(server_log)
+    assert set(json.loads((out / "superlink" / "devices.json").read_text())) == {"device-0", "device-1", "device-2"}
 
     def client(name: str, store: Path, key: Path, ca: Path, auth: Path):
         return fedrec(name, "client", "--store", str(store), "--key-file", str(key), "--superlink",
