@@ -226,13 +226,14 @@ def test_run_config_round_trips_through_flowers_parser():
 
 
 def test_app_run_config_lists_every_key():
-    """`flwr run --run-config` may only override keys the App's pyproject declares."""
+    """`flwr run --run-config` may only override keys the App's pyproject declares, and the values declared
+    there are what a deployed ServerApp sees: they must be the defaults the simulation uses."""
     import tomllib
 
     from common.run_config import DEFAULTS
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert set(declared) == set(DEFAULTS)
+    assert declared == DEFAULTS
 
 
 def test_node_config_names_one_device_or_a_gateways_group(tmp_path):
