@@ -29,6 +29,7 @@ from common.errors import FedrecError
 from common.keys import KeyRecipe, derive_device_key, load_key_file
 from common.model import ModelConfig
 from common.processes import Children, flower_env, free_port, terminate_on_sigterm
+from common.run_config import DEFAULTS, merged
 from common.store import DeviceStore, peek_header
 
 Say = Callable[[str], None]
@@ -197,8 +198,8 @@ class Recommendation:
     score: float
 
 
-def load_global_model(model: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, int]:
-    """``global_model.pt`` and the ``model.json`` beside it (architecture and catalogue size)."""
+def load_global_model(model: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, int, dict]:
+    """``global_model.pt`` and the ``model.json`` beside it (architecture, catalogue size, run config)."""
     info_path = model.with_name("model.json")
     if not model.is_file():
         raise FedrecError(f"{model}: global model not found (--model)")
@@ -212,7 +213,8 @@ def load_global_model(model: Path) -> tuple[dict[str, torch.Tensor], ModelConfig
     except (KeyError, TypeError, ValueError) as exc:
         raise FedrecError(f"{info_path}: unreadable model description ({exc})") from None
     state = torch.load(model, weights_only=True, map_location="cpu")
-    return state, config, n_items
+    run_config = {k: v for k, v in dict(info.get("config") or {}).items() if k in DEFAULTS}
+    return state, config, n_items, merged(run_config)
 
 
 def find_manifest(store: Path, manifest: Path | None) -> Path | None:
@@ -258,16 +260,21 @@ def item_catalogue(manifest: Path | None, n_items: int) -> tuple[list[str], dict
 
 
 def recommend(store: Path, key_file: Path, model: Path, k: int = 10, manifest: Path | None = None,
-              state_prefix: str = "", seed: int = 0) -> list[Recommendation]:
-    """Top-k unseen items for the store's user, computed on the device from its own user embedding."""
-    state, config, n_items = load_global_model(model)
+              state_prefix: str | None = None) -> list[Recommendation]:
+    """Top-k unseen items for the store's user, served on the device as the federated evaluation serves it:
+    its user row refitted on-device against the global model (the run's personalize-* settings)."""
+    from client.fleet import personalization  # not at the top: client.fleet imports this module
+
+    state, config, n_items, cfg = load_global_model(model)
+    prefix = str(cfg["state-prefix"]) if state_prefix is None else state_prefix
     ref = DeviceRef(store.stem, store, store_key(store, key_file))
-    with DeviceStore.open(store, ref.key) as opened:
-        if opened.get_state(state_prefix + EMBEDDING) is None:
-            raise FedrecError(f"{store}: no {state_prefix + EMBEDDING!r} in the store: the device has not trained "
-                              f"yet (or give the --state-prefix it trained under)")
+    with ref.open() as opened:
+        if opened.get_state(prefix + EMBEDDING) is None:
+            raise FedrecError(f"{store}: no {prefix + EMBEDDING!r} in the store: the device has not trained "
+                              f"in this run (or give the --state-prefix it trained under)")
         seen = np.asarray(opened.read_events(None).items, dtype=np.int64)
-    scores = device_scores(ref, state, config, n_items, state_prefix, seed).astype(np.float64)
+    scores = device_scores(ref, state, config, n_items, prefix, int(cfg["seed"]), personalization(cfg))
+    scores = scores.astype(np.float64)
     scores[seen] = -np.inf
     ids, titles = item_catalogue(find_manifest(store, manifest), n_items)
     top = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]

@@ -231,7 +231,7 @@ def recommend(
     model: Path = typer.Option(..., help="global_model.pt (model.json beside it)."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="How many items."),
     manifest: Optional[Path] = typer.Option(None, help="Provisioning manifest with the item catalogue (default: found beside the store)."),
-    state_prefix: str = typer.Option("", help="State-name prefix the device trained under (e.g. federated_dp/)."),
+    state_prefix: Optional[str] = typer.Option(None, help="State-name prefix the device trained under (default: the run's)."),
 ) -> None:
     """Top-k unseen items for this device's user, computed on the device."""
     from client.device import recommend as top_k
