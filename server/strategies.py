@@ -74,6 +74,9 @@ class FedrecStrategyMixin:
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
+        if not any(m.has_content() for m in replies):
+            reasons = sorted({m.error.reason for m in replies if m.has_error()}) or ["no replies"]
+            raise FedrecError(f"round {server_round}: no node replied with an update ({'; '.join(reasons)[:500]})")
         self._log_wire(server_round, "up", [m.content["arrays"] for m in replies if m.has_content()])
         useful = [m for m in replies if not m.has_content() or float(m.content["metrics"]["num-examples"]) > 0]
         idle = [m for m in replies if m not in useful]

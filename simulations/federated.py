@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,9 @@ def _run_flower(arm: FederatedArm, cfg: dict[str, Any]) -> dict:
                                    f"{ev.get('ndcg@10', 0):.4f}  eps {eps:.2f}")
 
         server_app = make_server_app(cfg, on_round=on_round, results=results)
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
+        logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation notice, per-round logs
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=arm.fed.nodes,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                        "init_args": {"num_cpus": arm.fed.nodes, "include_dashboard": False,

@@ -137,6 +137,7 @@ def provision(
         "n_users": split.n_users,
         "n_items": split.n_items,
         "item_ids": [_plain(i) for i in data.item_ids],
+        "item_titles": {str(_plain(data.item_ids[i])): t for i, t in sorted(data.item_titles.items())},  # original id -> title
         "key": {"recipe": recipe.to_dict(), "master_key_id": key_id(master_key),
                 "key_file": str(key_file) if key_file else None,
                 "device_keys": "HKDF-SHA256(master, info='device:' + device_id) (simulation only)"},
