@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "steps-per-epoch": 8,
     "lr": 0.01,
     "local-optimizer": "adam",
-    "personalize-steps": 50,
+    "personalize-steps": 20,
     "personalize-lr": 0.01,
     "negatives": 4,
     "noise-multiplier": 0.0,
