@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common.datasets import load_dataset
@@ -31,7 +32,12 @@ from common.training import TrainConfig
 from simulations.arms.centralized import CentralConfig, fit_centralized
 
 # The starting point: the old defaults, with a batch of 1024 (1.5-2x faster epochs) and a larger lr to match.
-START: dict = {"batch_size": 1024, "lr": 3e-3, "epochs": 40, "patience": 5, "refit": False}
+# Spelled out in full so the search does not drift when the defaults it found are adopted.
+START: dict = {"kind": "neumf", "gmf_dim": 32, "mlp_dim": 32, "layers": (64, 32, 16), "dropout": 0.0,
+               "item_bias": False, "init_std": 0.01,
+               "batch_size": 1024, "lr": 3e-3, "epochs": 40, "patience": 5, "negatives": 4, "weight_decay": 0.0,
+               "lr_decay": 1.0, "emb_l2": 0.0, "recent_last": 0, "recent_repeats": 0, "pretrain": False,
+               "refit": False, "threads": 1}
 
 # (axis name, values); a value is a dict of ModelConfig and/or TrainConfig fields. The refit on
 # train+validation is not an axis: validation cannot judge it (it trains on the validation item), so the
@@ -45,7 +51,6 @@ AXES: list[tuple[str, list[dict]]] = [
     ("dims", [{"gmf_dim": 32, "mlp_dim": 32, "layers": (64, 32, 16)},
               {"gmf_dim": 64, "mlp_dim": 64, "layers": (128, 64, 32)}]),
     ("lr", [{"lr": 3e-3}, {"lr": 1e-3}]),
-    ("pretrain", [{"pretrain": False}, {"pretrain": True}]),
 ]
 
 QUICK_AXES: list[tuple[str, list[dict]]] = [
@@ -68,7 +73,7 @@ def build(settings: dict) -> CentralConfig:
 
 def describe(settings: dict, base: dict) -> str:
     """Only what differs from the starting point, so the table stays readable."""
-    diff = {k: v for k, v in settings.items() if base.get(k, _default(k)) != v}
+    diff = {k: v for k, v in settings.items() if base.get(k) != v}
     return " ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in sorted(diff.items())) or "start"
 
 
@@ -76,11 +81,6 @@ def canonical(settings: dict) -> str:
     """The full configuration as text, so that equal configurations spelled differently are fitted once."""
     cfg = build(settings)
     return json.dumps({"model": cfg.model.to_dict(), "train": cfg.train.to_dict()}, sort_keys=True, default=list)
-
-
-def _default(key: str):
-    cfg = CentralConfig()
-    return getattr(cfg.model, key) if key in MODEL_FIELDS else getattr(cfg.train, key)
 
 
 def evaluate_config(settings: dict, splits: dict, seeds: list[int]) -> dict:
@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--users", type=int, default=None, help="Keep the first N users.")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="A search.csv of an interrupted run: configurations found there are not refitted.")
     parser.add_argument("--quick", action="store_true", help="Tiny grid on 200 users, 8 epochs.")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -130,7 +132,11 @@ def main() -> None:
 
     best, best_val = dict(start), -1.0
     seen: dict[str, dict] = {}
+    if args.resume is not None:
+        with args.resume.open(newline="") as fh:
+            seen = {row["settings"]: {c: float(row[c]) for c in COLUMNS} for row in csv.DictReader(fh)}
     table_rows: list[tuple[str, str, dict]] = []
+    logged: set[str] = set()
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["axis", "config", *COLUMNS, "settings"])
@@ -139,14 +145,16 @@ def main() -> None:
             for value in values:
                 settings = {**best, **value}
                 key = canonical(settings)
-                if key not in seen:  # the current best reappears on every axis: fit it once
-                    seen[key] = evaluate_config(settings, splits, seeds)
+                if key not in logged:  # the current best recurs on every axis: fit and list it once
+                    if key not in seen:  # not already in the --resume file
+                        seen[key] = evaluate_config(settings, splits, seeds)
+                    logged.add(key)
                     metrics = seen[key]
                     name = describe(settings, start)
                     writer.writerow([axis, name, *(f"{metrics[c]:.4f}" for c in COLUMNS), key])
                     fh.flush()
                     table_rows.append((axis, name, metrics))
-                    console.print(f"[{axis}] {name}: " + "  ".join(f"{c} {metrics[c]:.4f}" for c in COLUMNS[:6])
+                    console.print(escape(f"[{axis}] {name}: ") + "  ".join(f"{c} {metrics[c]:.4f}" for c in COLUMNS[:6])
                                   + f"  epoch {metrics['best_epoch']:.0f}  {metrics['epoch_s']:.2f} s/epoch")
                 metrics = seen[key]
                 if metrics["val_ndcg@10"] > axis_val:

@@ -20,11 +20,11 @@ class ModelConfig:
     """Architecture; ``kind`` is 'neumf', 'mlp' (the seed's embedding-MLP) or 'gmf'."""
 
     kind: str = "neumf"
-    gmf_dim: int = 32
-    mlp_dim: int = 32
-    layers: tuple[int, ...] = (64, 32, 16)
+    gmf_dim: int = 64  # dims and item_bias: chosen by validation in bench/neumf_search.py
+    mlp_dim: int = 64
+    layers: tuple[int, ...] = (128, 64, 32)
     dropout: float = 0.0
-    item_bias: bool = False  # one extra item-table column added to the logit (popularity prior)
+    item_bias: bool = True  # one extra item-table column added to the logit (popularity prior)
     init_std: float = 0.01
 
     def __post_init__(self) -> None:
