@@ -132,14 +132,18 @@ def device_scores(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_
 
 
 def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-                    prefix: str, stage: str, seed: int, how: Personalization) -> int | None:
-    """0-based rank of the device's held-out item among its unseen items (None if it has none)."""
+                    prefix: str, stage: str, seed: int, how: Personalization, keep_serving: bool = False) -> int | None:
+    """0-based rank of the device's held-out item among its unseen items (None if it has none).
+
+    ``keep_serving`` (the final evaluation) also stores the refitted serving row for ``fedrec recommend``."""
     with ref.open() as store:
         target = store.read_events(stage).items
         exclude = [store.read_events("train").items]
         if stage == "test":
             exclude.append(store.read_events("validation").items)
         model = serving_model(store, ref.device_id, global_params, model_cfg, n_items, prefix, seed, how)
+        if keep_serving:
+            store.put_states({prefix + SERVING: embedding_bytes(model.user_emb.weight)})
     if len(target) == 0:
         return None
     scores = model.score_users(torch.zeros(1, dtype=torch.long))[0].double().numpy()
@@ -149,6 +153,13 @@ def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], mode
     scores[tgt] = target_score
     rng = np.random.default_rng(device_seed(seed, -1, ref.device_id))
     return int(ranks_from_scores(scores[None, :], np.array([target_score]), rng)[0])
+
+
+def serving_row(ref: DeviceRef, prefix: str) -> np.ndarray | None:
+    """The serving row the device stored at the final evaluation (None if it has not stored one)."""
+    with ref.open() as store:
+        raw = store.get_state(prefix + SERVING)
+    return None if raw is None else np.load(io.BytesIO(raw))
 
 
 def ledger_of(ref: DeviceRef, prefix: str) -> PrivacyLedger:

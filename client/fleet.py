@@ -111,7 +111,8 @@ def evaluate_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tens
     ranks = []
     for ref in devices:
         rank = evaluate_device(ref, global_params, model_cfg, int(cfg["n-items"]), str(cfg["state-prefix"]),
-                               str(cfg["eval-stage"]), int(cfg["seed"]), personalization(cfg))
+                               str(cfg["eval-stage"]), int(cfg["seed"]), personalization(cfg),
+                               keep_serving=bool(int(cfg["keep-serving"])))
         if rank is not None:
             ranks.append(rank)
     hr, ndcg = hit_ndcg(np.asarray(ranks, dtype=np.int64))

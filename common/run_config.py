@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "gmf-dim": 32,
     "mlp-dim": 32,
     "layers": "64,32,16",
+    "item-bias": True,
+    "init-std": 0.01,
     "n-items": 0,
     "out-dir": "",
     "stores-dir": "",
@@ -42,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "state-prefix": "",
     "eval-stage": "validation",
     "eval-every": 10,
+    "keep-serving": 0,  # set by the server on the final evaluation: devices store their serving row
     "seed": 0,
     "min-nodes": 1,
     "round-offset": 0,
@@ -64,9 +67,9 @@ def merged(*configs: Mapping[str, Any]) -> dict[str, Any]:
 def model_config(cfg: Mapping[str, Any]) -> ModelConfig:
     layers = tuple(int(x) for x in str(cfg["layers"]).split(",") if x.strip())
     return ModelConfig(kind=str(cfg["model-kind"]), gmf_dim=int(cfg["gmf-dim"]), mlp_dim=int(cfg["mlp-dim"]),
-                       layers=layers)
+                       layers=layers, item_bias=bool(cfg["item-bias"]), init_std=float(cfg["init-std"]))
 
 
 def model_fields(model: ModelConfig) -> dict[str, Any]:
     return {"model-kind": model.kind, "gmf-dim": model.gmf_dim, "mlp-dim": model.mlp_dim,
-            "layers": ",".join(str(x) for x in model.layers)}
+            "layers": ",".join(str(x) for x in model.layers), "item-bias": model.item_bias, "init-std": model.init_std}

@@ -24,8 +24,8 @@ RoundCallback = Callable[[int, dict], None]
 
 # Keys the devices need each round; everything else stays on the server.
 DEVICE_KEYS = ("local-epochs", "steps-per-epoch", "lr", "local-optimizer", "personalize-steps", "personalize-lr", "negatives", "noise-multiplier", "max-grad-norm",
-               "epsilon-budget", "delta", "model-kind", "gmf-dim", "mlp-dim", "layers", "n-items", "stores-dir",
-               "master-key-file", "state-prefix", "eval-stage", "seed", "device-fraction", "round-offset")
+               "epsilon-budget", "delta", "model-kind", "gmf-dim", "mlp-dim", "layers", "item-bias", "init-std", "n-items", "stores-dir",
+               "master-key-file", "state-prefix", "eval-stage", "seed", "device-fraction", "round-offset", "keep-serving")
 
 
 def resolve_privacy(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class FedrecStrategyMixin:
         if server_round % self.eval_every and server_round != self.last_round:
             self.last_evaluate_metrics = None
             return []
+        if server_round == self.last_round:
+            config = ConfigRecord({**dict(config), "keep-serving": 1})
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):

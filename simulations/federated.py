@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.device_round import DeviceRef, ledger_of, serve_device
+from client.device_round import DeviceRef, ledger_of, serve_device, serving_row
 from client.fleet import node_devices, personalization
 from common.config import FederatedConfig
 from common.datasets import Interactions
@@ -140,9 +140,11 @@ def score_matrix(cfg: dict[str, Any], model_path: Path, n_users: int) -> np.ndar
     rows = torch.zeros(n_users, model_cfg.embedding_dim)
     index = {d["device_id"]: int(d["user_index"]) for d in manifest["devices"]}
     how = personalization(cfg)
-    for ref in refs:
-        rows[index[ref.device_id]] = torch.from_numpy(
-            serve_device(ref, state, model_cfg, int(cfg["n-items"]), cfg["state-prefix"], int(cfg["seed"]), how))
+    for ref in refs:  # rows stored by the devices at the final evaluation; refit here only where missing
+        row = serving_row(ref, cfg["state-prefix"])
+        if row is None:
+            row = serve_device(ref, state, model_cfg, int(cfg["n-items"]), cfg["state-prefix"], int(cfg["seed"]), how)
+        rows[index[ref.device_id]] = torch.from_numpy(row)
     model = NeuMF(n_users, int(cfg["n-items"]), model_cfg)
     model.load_state_dict({**state, "user_emb.weight": rows})
     return model.score_users(torch.arange(n_users)).numpy()

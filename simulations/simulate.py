@@ -25,7 +25,7 @@ def build_experiment(cfg: FedrecConfig, arms: list[str], dataset: str, out: Path
     fitters = central_fitters(central, cfg, show=show)
 
     def federated(name: str, fed, private: bool):
-        arm = FederatedArm(name=name, data=data, run_dir=Path(out), fed=fed, model=cfg.model, private=private,
+        arm = FederatedArm(name=name, data=data, run_dir=Path(out), fed=fed, model=cfg.federated_model, private=private,
                            primary_seed=seeds[0], show=show)
         return lambda split, seed: fit_federated(arm, split, seed)
 

@@ -32,7 +32,8 @@ def provisioned(tmp_path, data, seed=0):
 def test_two_rounds_on_flower_simulation_engine(tmp_path, tiny):
     data = tiny.subset_users(6)
     split = temporal_split(data, 0)
-    fed = FederatedConfig(rounds=2, steps_per_epoch=4, epsilon=None, noise_multiplier=1.0, nodes=2, lr=0.1)
+    fed = FederatedConfig(rounds=2, fraction_train=1.0, steps_per_epoch=4, epsilon=None, noise_multiplier=1.0, nodes=2,
+                          personalize_steps=3)
     arm = FederatedArm("federated_dp", data, tmp_path, fed, SMALL, private=True, show=False)
     result = fit_federated(arm, split, 0)
 
@@ -56,7 +57,7 @@ def test_two_rounds_on_flower_simulation_engine(tmp_path, tiny):
     for entry in up:
         assert set(entry["arrays"]) == names and entry["same_names_in_all"]
         assert not any(name.startswith("user_emb") for name in entry["arrays"])
-        assert entry["arrays"]["item_emb.weight"]["shape"] == [data.n_items, SMALL.embedding_dim]
+        assert entry["arrays"]["item_emb.weight"]["shape"] == list(NeuMF(1, data.n_items, SMALL).item_emb.weight.shape)
 
     assert result.scores.shape == (data.n_users, data.n_items)
     assert (tmp_path / "privacy" / "federated_dp_ledger.csv").exists()
@@ -67,7 +68,7 @@ def test_gateway_aggregate_equals_per_device_fedavg(tmp_path, tiny):
     data = tiny.subset_users(3)
     stores = provisioned(tmp_path, data)
     cfg = merged({"n-items": data.n_items, "stores-dir": str(stores), "master-key-file": str(stores / "master.key"),
-                  "noise-multiplier": 0.0, "steps-per-epoch": 2, **model_fields(SMALL)})
+                  "noise-multiplier": 0.0, "steps-per-epoch": 2, "device-fraction": 1.0, **model_fields(SMALL)})
     params = initial_state(cfg, data.n_items)
     devices = node_devices({}, cfg)
     together, metrics = train_fleet(devices, params, SMALL, {**cfg, "state-prefix": "a/"}, 1)
