@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FEDREC = [sys.executable, "-m", "simulations.cli"]
 N_ITEMS, ROUNDS, STEPS = 20, 2, 2
 RUN_CONFIG = (f'n-items={N_ITEMS} gmf-dim=4 mlp-dim=4 layers="8,4" local-epochs=1 steps-per-epoch={STEPS} '
-              f"negatives=2 noise-multiplier=1.0 max-grad-norm=1.0 lr=0.05 seed=0")
+              f"negatives=2 device-fraction=1.0 personalize-steps=3 noise-multiplier=1.0 max-grad-norm=1.0 lr=0.05 seed=0")
 WAIT = 240.0  # upper bound for any single wait; the whole run takes about a minute on 2 cores
 
 
