@@ -29,7 +29,7 @@ from rich.table import Table
 from client.device_round import device_model, embedding_bytes
 from client.fleet import local_config, node_devices
 from client.local_training import make_examples, train_local
-from common.config import DEFAULT_CENTRAL, FederatedConfig
+from common.config import DEFAULT_CENTRAL, FEDERATED_MODEL, FederatedConfig
 from common.datasets import load_dataset
 from common.keys import create_key_file
 from common.model import ModelConfig, NeuMF, global_state
@@ -122,8 +122,8 @@ def main() -> None:
         provision(data, split, stores, create_key_file(stores / "master.key"))
     console = Console()
     epoch_s = centralized_epoch(split)
-    fed = FederatedConfig(nodes=args.nodes, epsilon=None, noise_multiplier=1.0)
-    arm = FederatedArm("bench", data, stores.parent, fed, ModelConfig(), private=True, show=False)
+    fed = FederatedConfig(nodes=args.nodes, epsilon=None, noise_multiplier=1.0, fraction_train=1.0)
+    arm = FederatedArm("bench", data, stores.parent, fed, FEDERATED_MODEL, private=True, show=False)
     round_s = flower_round(arm, stores, {}, "dp")
     dispatch_s = flower_round(arm, stores, {"device-fraction": 0.0}, "idle")
     cfg = merged(run_config(arm, stores, stores / "master.key", stores.parent / "unused", 0))

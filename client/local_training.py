@@ -9,6 +9,7 @@ embedding simply is not uploaded.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.model import NeuMF
 from common.privacy import PrivacyLedger
+
+
+# Opacus' notices that fire on every device round: secure RNG off (documented in docs/simulate.md) and
+# ghost clipping's backward hooks on modules whose inputs need no gradient (the embeddings).
+warnings.filterwarnings("ignore", message="Secure RNG turned off")
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 @dataclass(frozen=True)
