@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from client.local_training import LocalConfig, LocalOutcome, make_examples, personalize, train_local
+from common.errors import FedrecError
 from common.metrics import ranks_from_scores
 from common.model import ModelConfig, NeuMF, global_state
 from common.privacy import PrivacyLedger
@@ -51,7 +52,11 @@ def _load_embedding(store: DeviceStore, prefix: str, dim: int, seed: int) -> tor
     if raw is None:
         gen = torch.Generator().manual_seed(seed)
         return torch.randn(1, dim, generator=gen) * 0.01
-    return torch.from_numpy(np.load(io.BytesIO(raw))).reshape(1, dim)
+    row = np.load(io.BytesIO(raw))
+    if row.size != dim:
+        raise FedrecError(f"{store.path}: state {prefix + EMBEDDING!r} has {row.size} values but the model's user row "
+                          f"has {dim}: this store was trained with another model config (use another state prefix)")
+    return torch.from_numpy(row).reshape(1, dim)
 
 
 def embedding_bytes(weight: torch.Tensor) -> bytes:
