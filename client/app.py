@@ -44,27 +44,30 @@ def _setup() -> None:
     torch.set_num_threads(1)  # one core per ClientApp; the simulation runs several side by side
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def _reply(msg: Message, context: Context, what: str, work) -> Message:
+    """Reply with ``work(cfg, devices)`` for this node's devices; any failure becomes an error reply."""
     _setup()
     try:
         cfg = _settings(msg, context)
         devices = node_devices(context.node_config, cfg)
+        return Message(content=work(cfg, devices), reply_to=msg)
+    except Exception as exc:  # noqa: BLE001 - reported to the server instead of hanging the run
+        return _error_reply(msg, context, what, exc)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    def work(cfg: dict, devices) -> RecordDict:
         params = _global_params(msg)
         mean, metrics = train_fleet(devices, params, model_config(cfg), cfg, int(msg.content["config"]["server-round"]) + int(cfg["round-offset"]))
-        content = RecordDict({"arrays": ArrayRecord(mean), "metrics": MetricRecord(metrics)})
-        return Message(content=content, reply_to=msg)
-    except Exception as exc:  # noqa: BLE001 - reported to the server instead of hanging the run
-        return _error_reply(msg, context, "train", exc)
+        return RecordDict({"arrays": ArrayRecord(mean), "metrics": MetricRecord(metrics)})
+
+    return _reply(msg, context, "train", work)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    _setup()
-    try:
-        cfg = _settings(msg, context)
-        devices = node_devices(context.node_config, cfg)
-        metrics = evaluate_fleet(devices, _global_params(msg), model_config(cfg), cfg)
-        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
-    except Exception as exc:  # noqa: BLE001
-        return _error_reply(msg, context, "evaluate", exc)
+    def work(cfg: dict, devices) -> RecordDict:
+        return RecordDict({"metrics": MetricRecord(evaluate_fleet(devices, _global_params(msg), model_config(cfg), cfg))})
+
+    return _reply(msg, context, "evaluate", work)
