@@ -18,12 +18,6 @@ CENTRAL_ARMS: dict[str, Callable[..., ArmResult]] = {
 }
 
 
-def fit_arm(name: str, split: Split, seed: int, **kwargs) -> ArmResult:
-    if name not in CENTRAL_ARMS:
-        raise FedrecError(f"unknown arm {name!r}: choose from {', '.join(CENTRAL_ARMS)}")
-    return CENTRAL_ARMS[name](split, seed, **kwargs)
-
-
 def central_fitters(names: list[str], config, show: bool = True) -> dict[str, Callable[[Split, int], ArmResult]]:
     """Bind each named arm to its settings so the experiment only passes (split, seed)."""
     from simulations.arms.centralized import CentralConfig
