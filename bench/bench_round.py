@@ -34,7 +34,7 @@ from common.datasets import load_dataset
 from common.keys import create_key_file
 from common.model import ModelConfig, NeuMF, global_state
 from common.privacy import PrivacyLedger
-from common.run_config import merged, model_fields
+from common.run_config import merged
 from common.sampling import positive_keys
 from common.split import temporal_split
 from server.federation import initial_state

@@ -180,6 +180,14 @@ def export_ledgers(cfg: dict[str, Any], path: Path) -> dict:
     }
 
 
+def _round_summary(entry: dict) -> dict:
+    """A round for report.json: the per-device epsilon list (in rounds.jsonl) shrinks to its max and median."""
+    eps = entry.pop("epsilons", [])
+    entry["epsilon_max"] = float(np.max(eps)) if eps else 0.0
+    entry["epsilon_median"] = float(np.median(eps)) if eps else 0.0
+    return entry
+
+
 def fit_federated(arm: FederatedArm, split: Split, seed: int) -> ArmResult:
     primary = seed == arm.primary_seed
     stores, key_file = stores_for(arm, split, seed, primary)
@@ -190,7 +198,7 @@ def fit_federated(arm: FederatedArm, split: Split, seed: int) -> ArmResult:
     results = _run_flower(arm, cfg)
     cfg = results["config"]
     scores = score_matrix(cfg, Path(results["model"]), arm.data.n_users)
-    rounds = [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = [_round_summary(json.loads(line)) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
     info: dict[str, Any] = {"federated": arm.fed.to_dict(), "run_config": cfg, "rounds": rounds,
                             "model_dir": str(out_dir.relative_to(arm.run_dir))}
     if arm.private:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from simulations.plots import curves
 
 
@@ -34,9 +32,7 @@ def write_plots(report: dict, run_dir: Path) -> None:
     if private:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for name, arm in private.items():
-            eps = arm["info"]["rounds"][-1]["epsilons"] if arm["info"]["rounds"] else []
-            eps = _ledger_epsilons(run_dir, arm) or eps
-            ax.hist(eps, bins=30, alpha=0.6, label=name)
+            ax.hist(_ledger_epsilons(run_dir, arm), bins=30, alpha=0.6, label=name)
         ax.set_xlabel("cumulative epsilon per device (record-level, RDP)")
         ax.set_ylabel("devices")
         ax.set_title("per-device privacy spent")

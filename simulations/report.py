@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 ACC_KEYS = ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from common.config import FedrecConfig
 from simulations.arms.registry import central_fitters
-from simulations.experiment import Experiment, load, run
+from simulations.experiment import Experiment, load
 from simulations.federated import FederatedArm, fit_federated
 
 FEDERATED_ARMS = ("federated", "federated_dp")
