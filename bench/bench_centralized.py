@@ -17,13 +17,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from common.config import DEFAULT_CENTRAL
-from common.datasets import load_dataset
-from common.metrics import full_ranks, sampled_ranks
-from common.model import ModelConfig, NeuMF
-from common.sampling import positive_keys
-from common.split import temporal_split
-from simulations.arms.centralized import model_scores, train_epoch
+from fedrec.common.config import DEFAULT_CENTRAL
+from fedrec.common.datasets import load_dataset
+from fedrec.common.metrics import full_ranks, sampled_ranks
+from fedrec.common.model import ModelConfig, NeuMF
+from fedrec.common.sampling import positive_keys
+from fedrec.common.split import temporal_split
+from fedrec.simulations.arms.centralized import model_scores, train_epoch
 
 
 def best_of(fn, repeats: int) -> float:

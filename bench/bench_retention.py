@@ -18,14 +18,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from common.datasets import load_dataset
-from common.split import temporal_split
-from simulations.arms.simple import ease_weights, fit_popularity, fit_random
-from simulations.retention.engine import build_policies, popularity_scores, prepare, run_seed
-from simulations.retention.mf import MFConfig
-from simulations.retention.oracle_checks import ease_checks, mf_checks
-from simulations.retention.reference import simulate_loop
-from simulations.retention.simulator import BETAS, draw, simulate
+from fedrec.common.datasets import load_dataset
+from fedrec.common.split import temporal_split
+from fedrec.simulations.arms.simple import ease_weights, fit_popularity, fit_random
+from fedrec.simulations.retention.engine import build_policies, popularity_scores, prepare, run_seed
+from fedrec.simulations.retention.mf import MFConfig
+from fedrec.simulations.retention.oracle_checks import ease_checks, mf_checks
+from fedrec.simulations.retention.reference import simulate_loop
+from fedrec.simulations.retention.simulator import BETAS, draw, simulate
 
 BUDGET_S = 60.0
 

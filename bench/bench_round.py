@@ -26,21 +26,21 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from client.device_round import device_model, embedding_bytes
-from client.fleet import local_config, node_devices
-from client.local_training import make_examples, train_local
-from common.config import DEFAULT_CENTRAL, FEDERATED_MODEL, FederatedConfig
-from common.datasets import load_dataset
-from common.keys import create_key_file
-from common.model import ModelConfig, NeuMF, global_state
-from common.privacy import PrivacyLedger
-from common.run_config import merged
-from common.sampling import positive_keys
-from common.split import temporal_split
-from server.federation import initial_state
-from simulations.arms.centralized import train_epoch
-from simulations.federated import FederatedArm, run_config, _run_flower
-from simulations.provision import provision
+from fedrec.client.device_round import device_model, embedding_bytes
+from fedrec.client.fleet import local_config, node_devices
+from fedrec.client.local_training import make_examples, train_local
+from fedrec.common.config import DEFAULT_CENTRAL, FEDERATED_MODEL, FederatedConfig
+from fedrec.common.datasets import load_dataset
+from fedrec.common.keys import create_key_file
+from fedrec.common.model import ModelConfig, NeuMF, global_state
+from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.run_config import merged
+from fedrec.common.sampling import positive_keys
+from fedrec.common.split import temporal_split
+from fedrec.server.federation import initial_state
+from fedrec.simulations.arms.centralized import train_epoch
+from fedrec.simulations.federated import FederatedArm, run_config, _run_flower
+from fedrec.simulations.provision import provision
 
 
 def centralized_epoch(split) -> float:

@@ -27,10 +27,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from common.datasets import load_dataset
-from common.split import temporal_split
-from common.store import _SCHEMA, DeviceStore, decode_chunk, encode_chunk, make_chunk
-from simulations.provision import device_jobs, provision
+from fedrec.common.datasets import load_dataset
+from fedrec.common.split import temporal_split
+from fedrec.common.store import _SCHEMA, DeviceStore, decode_chunk, encode_chunk, make_chunk
+from fedrec.simulations.provision import device_jobs, provision
 
 KEY = bytes(range(32))
 TARGET_LOAD_MS, TARGET_PROVISION_S, TARGET_RATIO = 5.0, 10.0, 3.0

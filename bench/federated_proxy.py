@@ -21,14 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from client.local_training import LocalConfig, make_examples, train_local
-from common.datasets import load_dataset
-from common.metrics import full_ranks, hit_ndcg
-from common.model import ModelConfig, NeuMF, global_state
-from common.privacy import PrivacyLedger
-from common.sampling import positive_keys
-from common.split import temporal_split
-from common.training import with_negatives
+from fedrec.client.local_training import LocalConfig, make_examples, train_local
+from fedrec.common.datasets import load_dataset
+from fedrec.common.metrics import full_ranks, hit_ndcg
+from fedrec.common.model import ModelConfig, NeuMF, global_state
+from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.sampling import positive_keys
+from fedrec.common.split import temporal_split
+from fedrec.common.training import with_negatives
 
 DEFAULTS = {"rounds": 30, "fraction": 0.25, "strategy": "fedavg", "server_lr": 1.0, "eta": 0.01, "tau": 1e-3,
             "optimizer": "adam", "lr": 0.01, "steps_per_epoch": 8, "local_epochs": 1, "negatives": 4,

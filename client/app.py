@@ -14,9 +14,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.fleet import evaluate_fleet, node_devices, train_fleet
-from common.model import is_local
-from common.run_config import merged, model_config
+from fedrec.client.fleet import evaluate_fleet, node_devices, train_fleet
+from fedrec.common.model import is_local
+from fedrec.common.run_config import merged, model_config
 
 app = ClientApp()
 log = logging.getLogger("fedrec.client")

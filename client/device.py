@@ -24,13 +24,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from client.device_round import EMBEDDING, DeviceRef, device_scores
-from common.errors import FedrecError
-from common.keys import KeyRecipe, derive_device_key, load_key_file
-from common.model import ModelConfig
-from common.processes import Children, flower_env, free_port, terminate_on_sigterm
-from common.run_config import DEFAULTS, merged
-from common.store import DeviceStore, peek_header
+from fedrec.client.device_round import EMBEDDING, DeviceRef, device_scores
+from fedrec.common.errors import FedrecError
+from fedrec.common.keys import KeyRecipe, derive_device_key, load_key_file
+from fedrec.common.model import ModelConfig
+from fedrec.common.processes import Children, flower_env, free_port, terminate_on_sigterm
+from fedrec.common.run_config import DEFAULTS, merged
+from fedrec.common.store import DeviceStore, peek_header
 
 Say = Callable[[str], None]
 
@@ -231,8 +231,8 @@ def find_manifest(store: Path, manifest: Path | None) -> Path | None:
 
 def _dataset_titles(name: str) -> dict[str, str]:
     """Titles by original item id from a locally cached copy of the dataset, if this machine has one."""
-    from common.datasets import load_dataset
-    from common.fetch import dataset_dir
+    from fedrec.common.datasets import load_dataset
+    from fedrec.common.fetch import dataset_dir
 
     if not name or not dataset_dir(name).exists():
         return {}
@@ -263,7 +263,7 @@ def recommend(store: Path, key_file: Path, model: Path, k: int = 10, manifest: P
               state_prefix: str | None = None) -> list[Recommendation]:
     """Top-k unseen items for the store's user, served on the device as the federated evaluation serves it:
     its user row refitted on-device against the global model (the run's personalize-* settings)."""
-    from client.fleet import personalization  # not at the top: client.fleet imports this module
+    from fedrec.client.fleet import personalization  # not at the top: client.fleet imports this module
 
     state, config, n_items, cfg = load_global_model(model)
     prefix = str(cfg["state-prefix"]) if state_prefix is None else state_prefix

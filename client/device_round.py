@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.local_training import LocalConfig, LocalOutcome, make_examples, personalize, train_local
-from common.errors import FedrecError
-from common.metrics import ranks_from_scores
-from common.model import ModelConfig, NeuMF, global_state
-from common.privacy import PrivacyLedger
-from common.store import DeviceStore
+from fedrec.client.local_training import LocalConfig, LocalOutcome, make_examples, personalize, train_local
+from fedrec.common.errors import FedrecError
+from fedrec.common.metrics import ranks_from_scores
+from fedrec.common.model import ModelConfig, NeuMF, global_state
+from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.store import DeviceStore
 
 EMBEDDING, LEDGER, ROUNDS, SERVING = "user_embedding", "privacy_ledger", "rounds", "serving_embedding"
 

@@ -14,13 +14,13 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from client.device import store_key
-from client.device_round import DeviceRef, Personalization, device_seed, evaluate_device, train_device
-from client.local_training import LocalConfig
-from common.errors import FedrecError
-from common.metrics import hit_ndcg
-from common.keys import derive_device_key, load_key_file
-from common.model import ModelConfig
+from fedrec.client.device import store_key
+from fedrec.client.device_round import DeviceRef, Personalization, device_seed, evaluate_device, train_device
+from fedrec.client.local_training import LocalConfig
+from fedrec.common.errors import FedrecError
+from fedrec.common.metrics import hit_ndcg
+from fedrec.common.keys import derive_device_key, load_key_file
+from fedrec.common.model import ModelConfig
 
 
 def node_devices(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[DeviceRef]:

@@ -19,8 +19,8 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.model import NeuMF
-from common.privacy import PrivacyLedger
+from fedrec.common.model import NeuMF
+from fedrec.common.privacy import PrivacyLedger
 
 
 # Opacus' notices that fire on every device round: secure RNG off (documented in docs/simulate.md) and

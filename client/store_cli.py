@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.errors import FedrecError
-from common.keys import KeyRecipe, create_key_file, load_key_file, passphrase_from_env
-from common.store import DeviceStore, peek_header, rotate_key
+from fedrec.common.errors import FedrecError
+from fedrec.common.keys import KeyRecipe, create_key_file, load_key_file, passphrase_from_env
+from fedrec.common.store import DeviceStore, peek_header, rotate_key
 
 store_app = typer.Typer(no_args_is_help=True, help="Inspect and re-key encrypted device stores.")
 out = Console()

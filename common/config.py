@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.errors import FedrecError
-from common.model import ModelConfig
-from common.training import TrainConfig
+from fedrec.common.errors import FedrecError
+from fedrec.common.model import ModelConfig
+from fedrec.common.training import TrainConfig
 
 
 @dataclass(frozen=True)

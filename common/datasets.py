@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import DataError
-from common.fetch import dataset_dir, KNOWN_DATASETS
+from fedrec.common.errors import DataError
+from fedrec.common.fetch import dataset_dir, KNOWN_DATASETS
 
 
 @dataclass(frozen=True)

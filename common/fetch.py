@@ -17,7 +17,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from common.errors import DataError
+from fedrec.common.errors import DataError
 
 DATA_DIR_ENV = "FEDREC_DATA_DIR"
 KNOWN_DATASETS = ("ml-100k", "ml-1m")

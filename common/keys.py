@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from common.errors import FedrecError
+from fedrec.common.errors import FedrecError
 
 KEY_BYTES = 32
 SALT_BYTES = 16

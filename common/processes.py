@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from common.errors import FedrecError
+from fedrec.common.errors import FedrecError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

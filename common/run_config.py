@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from common.errors import FedrecError
-from common.model import ModelConfig
+from fedrec.common.errors import FedrecError
+from fedrec.common.model import ModelConfig
 
 DEFAULTS: dict[str, Any] = {
     "num-server-rounds": 30,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from common.datasets import Interactions
+from fedrec.common.datasets import Interactions
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from common.errors import FedrecError
-from common.keys import KEY_BYTES, KeyRecipe, hkdf, key_id
+from fedrec.common.errors import FedrecError
+from fedrec.common.keys import KEY_BYTES, KeyRecipe, hkdf, key_id
 
 FORMAT = "fedrec-device-store"
 SCHEMA_VERSION = 1

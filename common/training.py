@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.sampling import sample_negatives
+from fedrec.common.sampling import sample_negatives
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from typing import Any, Mapping
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.run_config import merged
-from server.federation import RoundCallback, run_federation
+from fedrec.common.run_config import merged
+from fedrec.server.federation import RoundCallback, run_federation
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None, on_round: RoundCallback | None = None,

@@ -12,12 +12,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from common.errors import FedrecError
-from common.model import NeuMF, global_state
-from common.privacy import noise_for_budget
-from common.run_config import model_config
-from server.checkpoint import load_checkpoint, save_checkpoint, save_final_model
-from server.strategies import build_strategy
+from fedrec.common.errors import FedrecError
+from fedrec.common.model import NeuMF, global_state
+from fedrec.common.privacy import noise_for_budget
+from fedrec.common.run_config import model_config
+from fedrec.server.checkpoint import load_checkpoint, save_checkpoint, save_final_model
+from fedrec.server.strategies import build_strategy
 
 log = logging.getLogger("fedrec.server")
 RoundCallback = Callable[[int, dict], None]

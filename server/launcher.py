@@ -23,9 +23,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from common.certs import CA_CERT, SERVER_CERT, SERVER_KEY, DEVICE_PUB_SUFFIX
-from common.errors import FedrecError
-from common.processes import Children, flower_env, terminate_on_sigterm, wait_until
+from fedrec.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY, DEVICE_PUB_SUFFIX
+from fedrec.common.errors import FedrecError
+from fedrec.common.processes import Children, flower_env, terminate_on_sigterm, wait_until
 
 CONNECTION = "fedrec"  # the connection name in $FLWR_HOME/config.toml
 APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: the project holding pyproject.toml

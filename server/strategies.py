@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
-from common.errors import FedrecError
+from fedrec.common.errors import FedrecError
 
 LIST_KEYS = ("epsilons",)
 SUM_KEYS = ("num-examples", "devices", "refused")

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from common.errors import FedrecError
+from fedrec.common.errors import FedrecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Privacy-preserving federated recommender.")
@@ -31,7 +31,7 @@ def data_fetch(
     data_dir: Optional[Path] = typer.Option(None, help="Cache dir (default $FEDREC_DATA_DIR or ~/.cache/fedrec/data)."),
 ) -> None:
     """Download (or find) a dataset, verify its checksum and cache it."""
-    from common.fetch import fetch
+    from fedrec.common.fetch import fetch
 
     target = fetch(dataset, data_dir)
     err.print(f"{dataset} ready in {target}")
@@ -52,9 +52,9 @@ def data_provision(
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Split per user (protocol.md) and write one encrypted store per device plus a manifest (no content)."""
-    from common.split import temporal_split
-    from simulations.experiment import load
-    from simulations.provision import master_secret, provision
+    from fedrec.common.split import temporal_split
+    from fedrec.simulations.experiment import load
+    from fedrec.simulations.provision import master_secret, provision
 
     master, recipe, recorded = master_secret(out, key_file, passphrase_env)
     data = load(dataset, str(data_dir) if data_dir else None, users)
@@ -63,7 +63,7 @@ def data_provision(
     err.print(f"wrote {data.n_users} device stores and {manifest}")
 
 
-from client.store_cli import store_app  # noqa: E402
+from fedrec.client.store_cli import store_app  # noqa: E402
 
 app.add_typer(store_app, name="store")
 # --- end issue 3 -----------------------------------------------------------------------------------
@@ -81,9 +81,9 @@ def baseline(
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Centralized arms (random, popularity, EASE, NeuMF) under protocol.md; writes a run dir."""
-    from common.config import load_config
-    from simulations.arms.registry import central_fitters
-    from simulations.experiment import Experiment, run
+    from fedrec.common.config import load_config
+    from fedrec.simulations.arms.registry import central_fitters
+    from fedrec.simulations.experiment import Experiment, run
 
     cfg = load_config(config)
     fitters = central_fitters(parse_list(arms), cfg, show=not quiet)
@@ -110,9 +110,9 @@ def simulate(
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Federated arms through Flower's simulation engine beside the centralized arms; writes a run dir."""
-    from common.config import load_config
-    from simulations.experiment import run
-    from simulations.simulate import build_experiment
+    from fedrec.common.config import load_config
+    from fedrec.simulations.experiment import run
+    from fedrec.simulations.simulate import build_experiment
 
     cfg = load_config(config, {"federated": {"rounds": rounds, "epsilon": epsilon, "delta": delta}})
     exp = build_experiment(cfg, parse_list(arms), dataset, out, parse_list(seeds, int),
@@ -140,7 +140,7 @@ def certs_init(
     force: bool = typer.Option(False, help="Replace an existing CA (every device must then get the new ca.crt)."),
 ) -> None:
     """Create a CA and a server certificate valid for every --server-name and --ip."""
-    from common.certs import create_ca, create_device_keys, issue_server_cert
+    from fedrec.common.certs import create_ca, create_device_keys, issue_server_cert
 
     create_ca(out, overwrite=force)
     pki = issue_server_cert(out, server_name, ip)
@@ -158,7 +158,7 @@ def certs_server(
     ip: list[str] = typer.Option([], help="IP address (repeatable)."),
 ) -> None:
     """Reissue the server certificate (rotation, or new names) from the existing CA."""
-    from common.certs import issue_server_cert
+    from fedrec.common.certs import issue_server_cert
 
     pki = issue_server_cert(out, server_name, ip)
     say(f"server certificate {pki.cert} + key {pki.key} for {', '.join(server_name + ip)}; restart the server")
@@ -170,7 +170,7 @@ def certs_device(
     out: Path = typer.Option(..., help="Certificates directory."),
 ) -> None:
     """Create authentication key pairs for devices (EC P-384, OpenSSH format, as SuperNodes read them)."""
-    from common.certs import create_device_keys
+    from fedrec.common.certs import create_device_keys
 
     for name in names:
         keys = create_device_keys(out, name)
@@ -196,7 +196,7 @@ def server(
     manifest: Optional[Path] = typer.Option(None, help="Provisioning manifest: sets n-items (the catalogue size)."),
 ) -> None:
     """Start a SuperLink (TLS, device authentication), register device keys, run federated training."""
-    from server.launcher import APP_DIR, parse_run_config, serve, settings
+    from fedrec.server.launcher import APP_DIR, parse_run_config, serve, settings
 
     s = settings(certs, ca_cert, cert, key, devices, out, state_dir, run_config=parse_run_config(run_config),
                  rounds=rounds, manifest=manifest, host=host, port=port, wait_for=wait_for, startup_timeout=timeout,
@@ -218,7 +218,7 @@ def client(
     master_key_file: Optional[Path] = typer.Option(None, help="Gateway: the group's master key file."),
 ) -> None:
     """Run this device (or a gateway for a group of devices) as a Flower SuperNode that trains when asked."""
-    from client.device import ClientSettings, run_client
+    from fedrec.client.device import ClientSettings, run_client
 
     run_client(ClientSettings(store, key_file, superlink, root_cert, auth_key, port, max_wait, stores_dir,
                               master_key_file), say, echo=not quiet)
@@ -234,7 +234,7 @@ def recommend(
     state_prefix: Optional[str] = typer.Option(None, help="State-name prefix the device trained under (default: the run's)."),
 ) -> None:
     """Top-k unseen items for this device's user, computed on the device."""
-    from client.device import recommend as top_k
+    from fedrec.client.device import recommend as top_k
 
     for rec in top_k(store, key_file, model, k, manifest, state_prefix):
         print(f"{rec.rank + 1:>3}  {rec.item_id:>8}  {rec.score:8.3f}  {rec.title or ''}".rstrip())
@@ -252,7 +252,7 @@ def retention(
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Simulated long-term retention of every arm (protocol.md); updates report.json, report.md and plots."""
-    from simulations.retention.cli_entry import retention_for_run_dir
+    from fedrec.simulations.retention.cli_entry import retention_for_run_dir
 
     print(retention_for_run_dir(run_dir, parse_list(seeds, int), str(data_dir) if data_dir else None, not quiet,
                                 dataset))
@@ -282,7 +282,7 @@ def audit(
     """Privacy audit: epsilon spent (re-checked), what crosses the wire, what rests on devices, what attacks learn."""
     import json
 
-    from simulations.audit.run import AuditOptions, audit as run_audit, headline
+    from fedrec.simulations.audit.run import AuditOptions, audit as run_audit, headline
 
     opts = AuditOptions(stores=stores, data=dataset, data_dir=str(data_dir) if data_dir else None,
                         skip=tuple(parse_list(skip)), shadows=shadows, shadow_epochs=shadow_epochs,

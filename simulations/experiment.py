@@ -10,14 +10,14 @@ from typing import Callable
 
 from rich.console import Console
 
-from common.datasets import Interactions, load_dataset
-from common.metrics import evaluate_scores
-from common.split import Split, temporal_split
-from simulations.arms.base import ArmResult
-from simulations.plots import accuracy_bars
-from simulations.report import render
-from simulations.rundir import RunDir, git_commit
-from simulations.stats import summarize_runs
+from fedrec.common.datasets import Interactions, load_dataset
+from fedrec.common.metrics import evaluate_scores
+from fedrec.common.split import Split, temporal_split
+from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.plots import accuracy_bars
+from fedrec.simulations.report import render
+from fedrec.simulations.rundir import RunDir, git_commit
+from fedrec.simulations.stats import summarize_runs
 
 Fitter = Callable[[Split, int], ArmResult]
 
@@ -95,7 +95,7 @@ def run(exp: Experiment) -> dict:
     report["meta"]["wall_s"] = time.perf_counter() - t0
     run_dir.write_report(report, render(report))
     if exp.retention:
-        from simulations.retention import run_retention
+        from fedrec.simulations.retention import run_retention
 
         report = run_retention(run_dir.path, data, show=exp.show)
     return report

@@ -18,18 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.device_round import DeviceRef, ledger_of, serve_device, serving_row
-from client.fleet import node_devices, personalization
-from common.config import FederatedConfig
-from common.datasets import Interactions
-from common.keys import create_key_file, load_key_file
-from common.model import ModelConfig, NeuMF
-from common.privacy import UNIT
-from common.run_config import merged, model_config, model_fields
-from common.split import Split
-from server.app import make_server_app
-from simulations.arms.base import ArmResult
-from simulations.progress import progress
+from fedrec.client.device_round import DeviceRef, ledger_of, serve_device, serving_row
+from fedrec.client.fleet import node_devices, personalization
+from fedrec.common.config import FederatedConfig
+from fedrec.common.datasets import Interactions
+from fedrec.common.keys import create_key_file, load_key_file
+from fedrec.common.model import ModelConfig, NeuMF
+from fedrec.common.privacy import UNIT
+from fedrec.common.run_config import merged, model_config, model_fields
+from fedrec.common.split import Split
+from fedrec.server.app import make_server_app
+from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.progress import progress
 
 
 @dataclass
@@ -49,7 +49,7 @@ class FederatedArm:
 
 def stores_for(arm: FederatedArm, split: Split, seed: int, primary: bool) -> tuple[Path, Path]:
     """Provisioned stores for this seed's split (one set per seed; reused by every arm of the run)."""
-    from simulations.provision import provision
+    from fedrec.simulations.provision import provision
 
     stores = arm.run_dir / ("stores" if primary else f"stores-seed{seed}")
     key_file = stores / "master.key"
@@ -98,7 +98,7 @@ def _run_flower(arm: FederatedArm, cfg: dict[str, Any]) -> dict:
     """Flower's simulation engine (Ray), nodes = worker processes, each serving a share of devices."""
     from flwr.simulation import run_simulation
 
-    from client.app import app as client_app
+    from fedrec.client.app import app as client_app
 
     results: dict = {}
     with progress(arm.show) as bar:

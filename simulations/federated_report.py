@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulations.plots import curves
+from fedrec.simulations.plots import curves
 
 
 def _fed_arms(report: dict) -> dict[str, dict]:

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common.datasets import Interactions
-from common.errors import DataError
-from common.keys import KeyRecipe, create_key_file, derive_device_key, key_id, load_key_file, passphrase_from_env
-from common.split import Split
-from common.store import DeviceStore, write_store
-from simulations.progress import progress
+from fedrec.common.datasets import Interactions
+from fedrec.common.errors import DataError
+from fedrec.common.keys import KeyRecipe, create_key_file, derive_device_key, key_id, load_key_file, passphrase_from_env
+from fedrec.common.split import Split
+from fedrec.common.store import DeviceStore, write_store
+from fedrec.simulations.progress import progress
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "fedrec-provision"

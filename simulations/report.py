@@ -58,7 +58,7 @@ def header_section(report: dict) -> str:
 
 
 def render(report: dict) -> str:
-    from simulations import report_sections
+    from fedrec.simulations import report_sections
 
     parts = [header_section(report), accuracy_section(report)]
     for section in report_sections.extra_sections():

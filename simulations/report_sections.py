@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from simulations import federated_report
-from simulations.retention import report_section
+from fedrec.simulations import federated_report
+from fedrec.simulations.retention import report_section
 
 
 def extra_sections() -> list[Callable[[dict], str]]:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.datasets import Interactions
-from common.metrics import top_k
-from common.split import Split
+from fedrec.common.datasets import Interactions
+from fedrec.common.metrics import top_k
+from fedrec.common.split import Split
 
 TOP_N = 50
 
@@ -62,7 +62,7 @@ class RunDir:
 
     def read_report(self) -> dict:
         if not self.report_json.exists():
-            from common.errors import FedrecError
+            from fedrec.common.errors import FedrecError
 
             raise FedrecError(f"{self.report_json}: not found (is {self.path} a fedrec run dir?)")
         return json.loads(self.report_json.read_text())

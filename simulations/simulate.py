@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from common.config import FedrecConfig
-from simulations.arms.registry import central_fitters
-from simulations.experiment import Experiment, load
-from simulations.federated import FederatedArm, fit_federated
+from fedrec.common.config import FedrecConfig
+from fedrec.simulations.arms.registry import central_fitters
+from fedrec.simulations.experiment import Experiment, load
+from fedrec.simulations.federated import FederatedArm, fit_federated
 
 FEDERATED_ARMS = ("federated", "federated_dp")
 DEFAULT_ARMS = ("random", "popularity", "ease", "centralized", *FEDERATED_ARMS)
@@ -46,7 +46,7 @@ def add_sweep(epsilons: list[float], fed_epsilon: float | None):
     """Report step: accuracy at each budget (and without DP) as a table and a plot."""
 
     def step(report: dict, run_dir: Path) -> None:
-        from simulations.plots import curves
+        from fedrec.simulations.plots import curves
 
         arms = report["arms"]
         rows = []
@@ -76,6 +76,6 @@ def add_sweep(epsilons: list[float], fed_epsilon: float | None):
 
 
 def add_federated_plots(report: dict, run_dir: Path) -> None:
-    from simulations.federated_report import write_plots
+    from fedrec.simulations.federated_report import write_plots
 
     write_plots(report, run_dir)

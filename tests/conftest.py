@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.datasets import Interactions, from_raw
+from fedrec.common.datasets import Interactions, from_raw
 
 
 def synthetic_log(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed: int = 0) -> Interactions:
@@ -33,8 +33,8 @@ def tiny() -> Interactions:
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
     """The cached ML-100K (fetched by `fedrec data fetch`); skipped only where it cannot be fetched."""
-    from common.errors import DataError
-    from common.fetch import default_data_dir, fetch
+    from fedrec.common.errors import DataError
+    from fedrec.common.fetch import default_data_dir, fetch
 
     try:
         fetch("ml-100k")

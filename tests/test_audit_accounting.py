@@ -6,9 +6,9 @@ import csv
 
 import pytest
 
-from common.errors import DataError
-from common.privacy import PrivacyLedger
-from simulations.audit.accounting import TOLERANCE, check_ledger, read_ledger
+from fedrec.common.errors import DataError
+from fedrec.common.privacy import PrivacyLedger
+from fedrec.simulations.audit.accounting import TOLERANCE, check_ledger, read_ledger
 
 DELTA = 1e-5
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from common.keys import create_key_file
-from common.split import temporal_split
-from simulations.audit.at_rest import audit_stores, user_needles
-from simulations.provision import provision
+from fedrec.common.keys import create_key_file
+from fedrec.common.split import temporal_split
+from fedrec.simulations.audit.at_rest import audit_stores, user_needles
+from fedrec.simulations.provision import provision
 
 
 def provisioned(tmp_path, data):

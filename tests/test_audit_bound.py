@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import optimize, stats
 
-from simulations.audit.bound import ceiling, epsilon_lower_bound, p_value
+from fedrec.simulations.audit.bound import ceiling, epsilon_lower_bound, p_value
 
 
 def logit(q: float) -> float:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.local_training import LocalConfig
-from common.model import ModelConfig
-from common.split import temporal_split
-from simulations.arms.base import ArmResult
-from simulations.audit.bound import ceiling
-from simulations.audit.canary import canary_audit, evaluate_guesses, guesses, plan_canaries, with_canaries
-from simulations.audit.inprocess import InProcessConfig, fit_inprocess
+from fedrec.client.local_training import LocalConfig
+from fedrec.common.model import ModelConfig
+from fedrec.common.split import temporal_split
+from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.audit.bound import ceiling
+from fedrec.simulations.audit.canary import canary_audit, evaluate_guesses, guesses, plan_canaries, with_canaries
+from fedrec.simulations.audit.inprocess import InProcessConfig, fit_inprocess
 
 
 def test_included_canaries_and_only_those_are_trained_on(tiny):

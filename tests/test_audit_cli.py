@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from simulations.cli import app
+from fedrec.simulations.cli import app
 
 SMALL = """
 [model]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.model import ModelConfig
-from common.split import temporal_split
-from common.training import TrainConfig
-from simulations.arms.centralized import CentralConfig
-from simulations.audit.attack_metrics import attack_summary, auc, tpr_at_fpr
-from simulations.audit.mia import attack_arm, keep_matrix, mia_candidates, train_shadow, train_shadows
+from fedrec.common.model import ModelConfig
+from fedrec.common.split import temporal_split
+from fedrec.common.training import TrainConfig
+from fedrec.simulations.arms.centralized import CentralConfig
+from fedrec.simulations.audit.attack_metrics import attack_summary, auc, tpr_at_fpr
+from fedrec.simulations.audit.mia import attack_arm, keep_matrix, mia_candidates, train_shadow, train_shadows
 
 MEMORIZE = CentralConfig(model=ModelConfig(gmf_dim=16, mlp_dim=16, layers=(32, 16)),
                          train=TrainConfig(batch_size=64, lr=0.02, negatives=4))

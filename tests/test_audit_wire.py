@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 
-from common.model import ModelConfig, NeuMF, global_state
-from simulations.audit.wire import audit_wire, audit_wire_log
+from fedrec.common.model import ModelConfig, NeuMF, global_state
+from fedrec.simulations.audit.wire import audit_wire, audit_wire_log
 
 CFG = ModelConfig(gmf_dim=4, mlp_dim=4, layers=(8, 4))
 N_ITEMS = 30

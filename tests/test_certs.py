@@ -13,8 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from common.certs import create_ca, create_device_keys, device_public_keys, issue_server_cert
-from common.errors import FedrecError
+from fedrec.common.certs import create_ca, create_device_keys, device_public_keys, issue_server_cert
+from fedrec.common.errors import FedrecError
 
 
 @pytest.fixture()

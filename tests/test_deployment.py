@@ -19,21 +19,21 @@ import numpy as np
 import pytest
 import torch
 
-from client.device import ClientSettings, check_inputs, explain_exit, item_catalogue, store_key
-from common.certs import create_ca, issue_server_cert
-from common.errors import FedrecError
-from common.datasets import from_raw
-from common.keys import create_key_file, derive_device_key
-from common.model import is_local
-from common.privacy import PrivacyLedger
-from common.processes import Children, alive, descendants, flower_env, free_port
-from common.split import temporal_split
-from common.store import DeviceStore, rotate_key
-from server.launcher import connect_host, parse_run_config, run_config_arg
-from simulations.provision import provision
+from fedrec.client.device import ClientSettings, check_inputs, explain_exit, item_catalogue, store_key
+from fedrec.common.certs import create_ca, issue_server_cert
+from fedrec.common.errors import FedrecError
+from fedrec.common.datasets import from_raw
+from fedrec.common.keys import create_key_file, derive_device_key
+from fedrec.common.model import is_local
+from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.processes import Children, alive, descendants, flower_env, free_port
+from fedrec.common.split import temporal_split
+from fedrec.common.store import DeviceStore, rotate_key
+from fedrec.server.launcher import connect_host, parse_run_config, run_config_arg
+from fedrec.simulations.provision import provision
 
 ROOT = Path(__file__).resolve().parent.parent
-FEDREC = [sys.executable, "-m", "simulations.cli"]
+FEDREC = [sys.executable, "-m", "fedrec.simulations.cli"]
 N_ITEMS, ROUNDS, STEPS = 20, 2, 2
 RUN_CONFIG = (f'n-items={N_ITEMS} gmf-dim=4 mlp-dim=4 layers="8,4" local-epochs=1 steps-per-epoch={STEPS} '
               f"negatives=2 device-fraction=1.0 personalize-steps=3 noise-multiplier=1.0 max-grad-norm=1.0 lr=0.05 seed=0")
@@ -230,7 +230,7 @@ def test_app_run_config_lists_every_key():
     there are what a deployed ServerApp sees: they must be the defaults the simulation uses."""
     import tomllib
 
-    from common.run_config import DEFAULTS
+    from fedrec.common.run_config import DEFAULTS
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert declared == DEFAULTS
@@ -238,8 +238,8 @@ def test_app_run_config_lists_every_key():
 
 def test_node_config_names_one_device_or_a_gateways_group(tmp_path):
     """`fedrec client --store/--key-file` and `--stores-dir/--master-key-file` both reach the ClientApp's stores."""
-    from client.fleet import node_devices
-    from common.run_config import merged
+    from fedrec.client.fleet import node_devices
+    from fedrec.common.run_config import merged
 
     manifest, master = tiny_provision(tmp_path)
     group = node_devices({"stores-dir": str(tmp_path), "master-key-file": str(tmp_path / "master.key")}, merged())

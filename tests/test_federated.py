@@ -7,16 +7,16 @@ import json
 import numpy as np
 import torch
 
-from client.device_round import ledger_of
-from client.fleet import node_devices, train_fleet
-from common.config import FederatedConfig
-from common.keys import create_key_file
-from common.model import ModelConfig, NeuMF, global_names
-from common.run_config import merged, model_fields
-from common.split import temporal_split
-from server.federation import initial_state
-from simulations.federated import FederatedArm, fit_federated
-from simulations.provision import provision
+from fedrec.client.device_round import ledger_of
+from fedrec.client.fleet import node_devices, train_fleet
+from fedrec.common.config import FederatedConfig
+from fedrec.common.keys import create_key_file
+from fedrec.common.model import ModelConfig, NeuMF, global_names
+from fedrec.common.run_config import merged, model_fields
+from fedrec.common.split import temporal_split
+from fedrec.server.federation import initial_state
+from fedrec.simulations.federated import FederatedArm, fit_federated
+from fedrec.simulations.provision import provision
 
 SMALL = ModelConfig(gmf_dim=8, mlp_dim=8, layers=(16, 8))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import FedrecError
-from common.keys import (
+from fedrec.common.errors import FedrecError
+from fedrec.common.keys import (
     KeyFileError,
     KeyRecipe,
     create_key_file,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.datasets import from_raw
-from common.metrics import evaluate_scores, full_ranks, hit_ndcg, sampled_ranks, top_k
-from common.split import temporal_split
+from fedrec.common.datasets import from_raw
+from fedrec.common.metrics import evaluate_scores, full_ranks, hit_ndcg, sampled_ranks, top_k
+from fedrec.common.split import temporal_split
 
 
 def two_users():

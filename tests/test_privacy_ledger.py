@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from client.local_training import LocalConfig, make_examples, train_local
-from common.model import NeuMF
-from common.privacy import PrivacyLedger, noise_for_budget
+from fedrec.client.local_training import LocalConfig, make_examples, train_local
+from fedrec.common.model import NeuMF
+from fedrec.common.privacy import PrivacyLedger, noise_for_budget
 
 
 def test_cumulative_epsilon_exceeds_any_single_round():

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.datasets import load_dataset
-from common.plaintext_scan import ENCODINGS, scan_bytes, scan_file
-from common.split import temporal_split
-from common.store import DeviceStore, encode_chunk, make_chunk
-from simulations.cli import main
-from simulations.provision import device_key_for, load_manifest, open_device, provision
+from fedrec.common.datasets import load_dataset
+from fedrec.common.plaintext_scan import ENCODINGS, scan_bytes, scan_file
+from fedrec.common.split import temporal_split
+from fedrec.common.store import DeviceStore, encode_chunk, make_chunk
+from fedrec.simulations.cli import main
+from fedrec.simulations.provision import device_key_for, load_manifest, open_device, provision
 
 MASTER = bytes(range(7, 39))
 
@@ -235,7 +235,7 @@ def test_cli_error_is_one_line_in_a_real_process(tmp_path: Path) -> None:
     key.write_bytes(bytes(32))
     key.chmod(0o600)
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "simulations.cli", "store", "inspect", str(store), "--key-file", str(key)],
+    proc = subprocess.run([sys.executable, "-m", "fedrec.simulations.cli", "store", "inspect", str(store), "--key-file", str(key)],
                           capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error:") and "truncated" in proc.stderr

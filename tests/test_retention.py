@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from common.datasets import from_raw
-from simulations.retention.gaps import GapHistogram, GapModel, fit_gaps
-from simulations.retention.mf import MFConfig, fit_biased_mf
-from simulations.retention.observed import active_days, observed_retention, observed_survival
-from simulations.retention.oracles import top_share
-from simulations.retention.propensity import BetaPrior, fit_beta
-from simulations.retention.reference import simulate_loop
-from simulations.retention.simulator import NEVER, UserModel, draw, metrics, simulate
-from simulations.retention.slates import ranked_unseen, slate_satisfaction
+from fedrec.common.datasets import from_raw
+from fedrec.simulations.retention.gaps import GapHistogram, GapModel, fit_gaps
+from fedrec.simulations.retention.mf import MFConfig, fit_biased_mf
+from fedrec.simulations.retention.observed import active_days, observed_retention, observed_survival
+from fedrec.simulations.retention.oracles import top_share
+from fedrec.simulations.retention.propensity import BetaPrior, fit_beta
+from fedrec.simulations.retention.reference import simulate_loop
+from fedrec.simulations.retention.simulator import NEVER, UserModel, draw, metrics, simulate
+from fedrec.simulations.retention.slates import ranked_unseen, slate_satisfaction
 
 DAY = 86_400
 

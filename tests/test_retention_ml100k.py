@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.datasets import load_dataset
-from common.split import temporal_split
-from simulations.arms.simple import fit_ease, fit_popularity, fit_random
-from simulations.retention.engine import GREEDY, popularity_scores, prepare, run_seeds
-from simulations.retention.observed import active_days, observed_retention
-from simulations.retention.summary import (CALIBRATION_TOLERANCE, check_calibration, check_identical_at_zero,
+from fedrec.common.datasets import load_dataset
+from fedrec.common.split import temporal_split
+from fedrec.simulations.arms.simple import fit_ease, fit_popularity, fit_random
+from fedrec.simulations.retention.engine import GREEDY, popularity_scores, prepare, run_seeds
+from fedrec.simulations.retention.observed import active_days, observed_retention
+from fedrec.simulations.retention.summary import (CALIBRATION_TOLERANCE, check_calibration, check_identical_at_zero,
                                            check_monotone, check_ordering, intervals, means)
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -85,8 +85,8 @@ def test_satisfaction_ordering_or_a_stated_reason(study):
 
 
 def test_oracles_beat_chance_on_held_out_data(data):
-    from simulations.retention.mf import MFConfig
-    from simulations.retention.oracle_checks import ease_checks, mf_checks
+    from fedrec.simulations.retention.mf import MFConfig
+    from fedrec.simulations.retention.oracle_checks import ease_checks, mf_checks
 
     mf = mf_checks(data, MFConfig(), seed=0)
     assert mf["rmse"] < mf["rmse_bias_only"] < 1.0

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from common.datasets import load_csv
-from common.errors import FedrecError
-from simulations.cli import app
-from simulations.retention import run_retention
+from fedrec.common.datasets import load_csv
+from fedrec.common.errors import FedrecError
+from fedrec.simulations.cli import app
+from fedrec.simulations.retention import run_retention
 
 DAY = 86_400
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from common.datasets import from_raw
-from common.sampling import is_positive, positive_keys, sample_negatives
-from common.split import temporal_split
+from fedrec.common.datasets import from_raw
+from fedrec.common.sampling import is_positive, positive_keys, sample_negatives
+from fedrec.common.split import temporal_split
 
 
 def test_last_is_test_second_last_is_validation(tiny):

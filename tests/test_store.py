@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import FedrecError
-from common.keys import KeyRecipe
-from common.store import (
+from fedrec.common.errors import FedrecError
+from fedrec.common.keys import KeyRecipe
+from fedrec.common.store import (
     DeletedRowError,
     DeviceStore,
     ForeignRowError,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.store import DeviceStore, WrongKeyError
+from fedrec.common.store import DeviceStore, WrongKeyError
 
 KEY = bytes(range(32))
 NEW_KEY = bytes(range(100, 132))
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    from common.store import DeviceStore
+    from fedrec.common.store import DeviceStore
     path, key = sys.argv[1], bytes(range(32))
     with DeviceStore.open(path, key) as store:
         for batch in range(100000):
@@ -75,7 +75,7 @@ def test_sigkill_mid_append_keeps_every_committed_event(tmp_path: Path, kill_aft
 
 ROTATOR = textwrap.dedent("""
     import os, signal, sys
-    import common.store as store
+    import fedrec.common.store as store
     path, stage, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     calls = {"n": 0}
     def step(name):
@@ -107,7 +107,7 @@ def test_sigkill_mid_rotation_leaves_old_or_new_store(tmp_path: Path, stage: str
         assert store.read_events().items.tolist() == want
         assert store.get_state("privacy_ledger") == b"ledger"
     if not rotated:  # and the rotation can simply be run again
-        from common.store import rotate_key
+        from fedrec.common.store import rotate_key
 
         rotate_key(path, KEY, NEW_KEY)
         with DeviceStore.open(path, NEW_KEY) as store:

@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.plaintext_scan import scan_file
-from common.store import SPLITS, DeviceStore, rotate_key
+from fedrec.common.plaintext_scan import scan_file
+from fedrec.common.store import SPLITS, DeviceStore, rotate_key
 
 KEY = bytes(range(32))
 NEW_KEY = bytes(range(50, 82))

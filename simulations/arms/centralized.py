@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from common.metrics import full_ranks, hit_ndcg, sampled_ranks
-from common.model import ModelConfig, NeuMF, from_pretrained
-from common.sampling import positive_keys
-from common.split import Split
-from common.training import TrainConfig, embedding_l2, per_example_bce, recency_oversample, with_negatives
-from simulations.arms.base import ArmResult
-from simulations.progress import progress
+from fedrec.common.metrics import full_ranks, hit_ndcg, sampled_ranks
+from fedrec.common.model import ModelConfig, NeuMF, from_pretrained
+from fedrec.common.sampling import positive_keys
+from fedrec.common.split import Split
+from fedrec.common.training import TrainConfig, embedding_l2, per_example_bce, recency_oversample, with_negatives
+from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.progress import progress
 
 
 @dataclass(frozen=True)

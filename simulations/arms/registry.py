@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from common.errors import FedrecError
-from common.split import Split
-from simulations.arms.base import ArmResult
-from simulations.arms.centralized import fit_centralized
-from simulations.arms.simple import fit_ease, fit_popularity, fit_random
+from fedrec.common.errors import FedrecError
+from fedrec.common.split import Split
+from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.arms.centralized import fit_centralized
+from fedrec.simulations.arms.simple import fit_ease, fit_popularity, fit_random
 
 CENTRAL_ARMS: dict[str, Callable[..., ArmResult]] = {
     "random": fit_random,
@@ -20,7 +20,7 @@ CENTRAL_ARMS: dict[str, Callable[..., ArmResult]] = {
 
 def central_fitters(names: list[str], config, show: bool = True) -> dict[str, Callable[[Split, int], ArmResult]]:
     """Bind each named arm to its settings so the experiment only passes (split, seed)."""
-    from simulations.arms.centralized import CentralConfig
+    from fedrec.simulations.arms.centralized import CentralConfig
 
     fitters = {}
     for name in names:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.metrics import full_ranks, hit_ndcg
-from common.split import Split
-from simulations.arms.base import ArmResult
+from fedrec.common.metrics import full_ranks, hit_ndcg
+from fedrec.common.split import Split
+from fedrec.simulations.arms.base import ArmResult
 
 EASE_LAMBDAS = (100.0, 200.0, 300.0, 500.0, 800.0)
 

@@ -19,7 +19,7 @@ import numpy as np
 from dp_accounting.rdp import RdpAccountant
 from opacus.accountants import RDPAccountant
 
-from common.errors import DataError
+from fedrec.common.errors import DataError
 
 TOLERANCE = 0.01
 LEDGER_COLUMNS = ("device_id", "noise_multiplier", "sample_rate", "steps", "epsilon")

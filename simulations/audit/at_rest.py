@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.datasets import Interactions
-from common.errors import DataError
-from common.plaintext_scan import scan_file
-from common.split import Split
+from fedrec.common.datasets import Interactions
+from fedrec.common.errors import DataError
+from fedrec.common.plaintext_scan import scan_file
+from fedrec.common.split import Split
 
 KEY_MODE = 0o600
 

@@ -20,10 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from common.datasets import Interactions
-from common.split import Split
-from simulations.arms.base import ArmResult
-from simulations.audit.bound import ceiling, epsilon_lower_bound
+from fedrec.common.datasets import Interactions
+from fedrec.common.split import Split
+from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.audit.bound import ceiling, epsilon_lower_bound
 
 CANARY_ITEM_ID_BASE = "canary-"  # original ids of the fresh canary items (never clash with dataset ids)
 

@@ -14,13 +14,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from client.local_training import LocalConfig
-from common.config import FedrecConfig, load_config
-from common.datasets import Interactions
-from common.split import Split
-from simulations.arms.base import ArmResult
-from simulations.audit.canary import CanaryTrainer
-from simulations.audit.inprocess import InProcessConfig, fit_inprocess
+from fedrec.client.local_training import LocalConfig
+from fedrec.common.config import FedrecConfig, load_config
+from fedrec.common.datasets import Interactions
+from fedrec.common.split import Split
+from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.audit.canary import CanaryTrainer
+from fedrec.simulations.audit.inprocess import InProcessConfig, fit_inprocess
 
 TRAINERS = ("harness", "inprocess")
 
@@ -41,7 +41,7 @@ def inprocess_trainer(cfg: FedrecConfig, private: bool, rounds: int) -> CanaryTr
 
 def harness_trainer(cfg: FedrecConfig, private: bool, rounds: int, work_dir: Path, show: bool) -> CanaryTrainer:
     """fit_federated in a scratch run dir (its stores, models and ledgers are deleted afterwards)."""
-    from simulations.federated import FederatedArm, fit_federated
+    from fedrec.simulations.federated import FederatedArm, fit_federated
 
     fed = dataclasses.replace(cfg.federated, rounds=rounds)
     name = "federated_dp" if private else "federated"

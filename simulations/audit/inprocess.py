@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from client.local_training import LocalConfig, make_examples, train_local
-from common.datasets import Interactions
-from common.model import ModelConfig, NeuMF, global_state
-from common.privacy import UNIT, PrivacyLedger, noise_for_budget
-from common.split import Split
-from simulations.arms.base import ArmResult
+from fedrec.client.local_training import LocalConfig, make_examples, train_local
+from fedrec.common.datasets import Interactions
+from fedrec.common.model import ModelConfig, NeuMF, global_state
+from fedrec.common.privacy import UNIT, PrivacyLedger, noise_for_budget
+from fedrec.common.split import Split
+from fedrec.simulations.arms.base import ArmResult
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.model import NeuMF
-from common.sampling import positive_keys
-from common.split import Split
-from common.training import TrainConfig
-from simulations.arms.centralized import CentralConfig, torch_threads, train_epoch
-from simulations.audit.attack_metrics import attack_summary
+from fedrec.common.model import NeuMF
+from fedrec.common.sampling import positive_keys
+from fedrec.common.split import Split
+from fedrec.common.training import TrainConfig
+from fedrec.simulations.arms.centralized import CentralConfig, torch_threads, train_epoch
+from fedrec.simulations.audit.attack_metrics import attack_summary
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulations.plots import plt
+from fedrec.simulations.plots import plt
 
 
 def epsilon_histogram(per_arm: dict[str, dict], path: Path) -> Path:

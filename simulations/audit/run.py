@@ -9,21 +9,21 @@ from pathlib import Path
 
 from rich.console import Console
 
-from common.errors import DataError
-from common.split import temporal_split
-from simulations.arms.centralized import CentralConfig
-from simulations.audit import plots
-from simulations.audit.accounting import check_ledger, read_ledger
-from simulations.audit.at_rest import audit_stores
-from simulations.audit.canary import canary_audit
-from simulations.audit.canary_runs import canary_trainer, run_config_of
-from simulations.audit.mia import attack_arm, mia_candidates, train_shadows
-from simulations.audit.report_text import render_audit
-from simulations.audit.rundata import AuditedRun, open_run
-from simulations.audit.wire import audit_wire
-from simulations.experiment import load
-from simulations.progress import progress
-from simulations.rundir import atomic_write_text, git_commit
+from fedrec.common.errors import DataError
+from fedrec.common.split import temporal_split
+from fedrec.simulations.arms.centralized import CentralConfig
+from fedrec.simulations.audit import plots
+from fedrec.simulations.audit.accounting import check_ledger, read_ledger
+from fedrec.simulations.audit.at_rest import audit_stores
+from fedrec.simulations.audit.canary import canary_audit
+from fedrec.simulations.audit.canary_runs import canary_trainer, run_config_of
+from fedrec.simulations.audit.mia import attack_arm, mia_candidates, train_shadows
+from fedrec.simulations.audit.report_text import render_audit
+from fedrec.simulations.audit.rundata import AuditedRun, open_run
+from fedrec.simulations.audit.wire import audit_wire
+from fedrec.simulations.experiment import load
+from fedrec.simulations.progress import progress
+from fedrec.simulations.rundir import atomic_write_text, git_commit
 
 SECTIONS = ("accounting", "wire", "at_rest", "mia", "canary")
 PRIMARY_DP_ARM = "federated_dp"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common.datasets import Interactions
-from common.errors import DataError
-from common.split import Split, temporal_split
-from simulations.experiment import load
-from simulations.rundir import RunDir
+from fedrec.common.datasets import Interactions
+from fedrec.common.errors import DataError
+from fedrec.common.split import Split, temporal_split
+from fedrec.simulations.experiment import load
+from fedrec.simulations.rundir import RunDir
 
 MIA_ARMS = ("centralized", "federated", "federated_dp")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import DataError
-from common.model import LOCAL_PREFIX, ModelConfig, NeuMF
+from fedrec.common.errors import DataError
+from fedrec.common.model import LOCAL_PREFIX, ModelConfig, NeuMF
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 

@@ -4,6 +4,6 @@ MovieLens holds no signal on how recommendations change whether users return, so
 under a stated user model, calibrated on the dataset's own return behaviour.
 """
 
-from simulations.retention.run import run_retention
+from fedrec.simulations.retention.run import run_retention
 
 __all__ = ["run_retention"]

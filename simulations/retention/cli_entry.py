@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.errors import DataError, FedrecError
-from simulations.retention.report_section import tables
-from simulations.retention.run import run_retention
+from fedrec.common.errors import DataError, FedrecError
+from fedrec.simulations.retention.report_section import tables
+from fedrec.simulations.retention.run import run_retention
 
 
 def retention_for_run_dir(run_dir: Path, seeds: list[int], data_dir: str | None, show: bool = True,
                           dataset: str | None = None) -> str:
     """Returns the printed tables (markdown, so they paste into docs unchanged)."""
-    from simulations.experiment import load
-    from simulations.rundir import RunDir
+    from fedrec.simulations.experiment import load
+    from fedrec.simulations.rundir import RunDir
 
     report_path = Path(run_dir) / "report.json"
     if not report_path.is_file():

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.datasets import Interactions
-from simulations.retention.gaps import fit_gaps
-from simulations.retention.observed import active_days, observed_retention, observed_survival
-from simulations.retention.oracles import Oracle, ease_oracle, has_ratings, interacted, mf_oracle
-from simulations.retention.propensity import fit_beta
-from simulations.retention.simulator import BETAS, UserModel, draw, metrics, simulate
-from simulations.retention.slates import slate_satisfaction
+from fedrec.common.datasets import Interactions
+from fedrec.simulations.retention.gaps import fit_gaps
+from fedrec.simulations.retention.observed import active_days, observed_retention, observed_survival
+from fedrec.simulations.retention.oracles import Oracle, ease_oracle, has_ratings, interacted, mf_oracle
+from fedrec.simulations.retention.propensity import fit_beta
+from fedrec.simulations.retention.simulator import BETAS, UserModel, draw, metrics, simulate
+from fedrec.simulations.retention.slates import slate_satisfaction
 
 GREEDY = "oracle_greedy"
 POPULARITY = "popularity"

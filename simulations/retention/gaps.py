@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import DataError
-from simulations.retention.observed import COHORT_FOLLOW_UP, ActiveDays
+from fedrec.common.errors import DataError
+from fedrec.simulations.retention.observed import COHORT_FOLLOW_UP, ActiveDays
 
 
 @dataclass(frozen=True)

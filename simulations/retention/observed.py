@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.datasets import Interactions
+from fedrec.common.datasets import Interactions
 
 SECONDS_PER_DAY = 86_400
 COHORT_FOLLOW_UP = 30  # days of follow-up a user needs to count in the observed d1/d7/d30

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.datasets import Interactions
-from simulations.retention.mf import MFConfig, fit_biased_mf
-from simulations.retention.oracles import EASE_ORACLE_LAMBDA, RELEVANT_RATING, TOP_SHARE, ease_scores
+from fedrec.common.datasets import Interactions
+from fedrec.simulations.retention.mf import MFConfig, fit_biased_mf
+from fedrec.simulations.retention.oracles import EASE_ORACLE_LAMBDA, RELEVANT_RATING, TOP_SHARE, ease_scores
 
 HOLDOUT_SHARE = 0.1
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.datasets import Interactions
-from simulations.arms.simple import ease_weights
-from simulations.retention.mf import MFConfig, fit_biased_mf
+from fedrec.common.datasets import Interactions
+from fedrec.simulations.arms.simple import ease_weights
+from fedrec.simulations.retention.mf import MFConfig, fit_biased_mf
 
 EASE_ORACLE_LAMBDA = 300.0  # middle of the 100-500 range protocol.md reports as best on ML-100K
 RELEVANT_RATING = 4.0

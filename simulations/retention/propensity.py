@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, special, stats
 
-from common.errors import DataError
-from simulations.retention.gaps import GapModel
-from simulations.retention.observed import ActiveDays
+from fedrec.common.errors import DataError
+from fedrec.simulations.retention.gaps import GapModel
+from fedrec.simulations.retention.observed import ActiveDays
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, logit
 
-from simulations.retention.simulator import NEVER, Draws, UserModel
+from fedrec.simulations.retention.simulator import NEVER, Draws, UserModel
 
 
 def simulate_user(sat: np.ndarray, s_ref: float, beta: float, pi: float, uniforms: np.ndarray, gaps: np.ndarray,

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from common.datasets import Interactions
-from common.errors import FedrecError
-from simulations.report import render
-from simulations.retention.engine import GREEDY, POPULARITY, Setup, popularity_scores, prepare, run_seeds
-from simulations.retention.oracle_checks import ease_checks, mf_checks
-from simulations.retention.mf import MFConfig
-from simulations.retention.slates import K
-from simulations.retention.summary import summarize
-from simulations.retention.survival_plot import survival_png
-from simulations.rundir import RunDir
+from fedrec.common.datasets import Interactions
+from fedrec.common.errors import FedrecError
+from fedrec.simulations.report import render
+from fedrec.simulations.retention.engine import GREEDY, POPULARITY, Setup, popularity_scores, prepare, run_seeds
+from fedrec.simulations.retention.oracle_checks import ease_checks, mf_checks
+from fedrec.simulations.retention.mf import MFConfig
+from fedrec.simulations.retention.slates import K
+from fedrec.simulations.retention.summary import summarize
+from fedrec.simulations.retention.survival_plot import survival_png
+from fedrec.simulations.rundir import RunDir
 
 SEEDS = (0, 1, 2, 3, 4)
 REFERENCE = "centralized"

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit, logit
 
-from simulations.retention.gaps import GapModel
-from simulations.retention.propensity import BetaPrior
+from fedrec.simulations.retention.gaps import GapModel
+from fedrec.simulations.retention.propensity import BetaPrior
 
 HORIZON = 60
 BETAS = (0.0, 0.5, 2.0, 5.0)

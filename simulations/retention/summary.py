@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulations.retention.engine import GREEDY, POPULARITY
-from simulations.stats import mean_ci
+from fedrec.simulations.retention.engine import GREEDY, POPULARITY
+from fedrec.simulations.stats import mean_ci
 
 METRICS = ("d1", "d7", "d30", "active_days", "satisfaction")
 RETENTION_METRICS = ("d1", "d7", "d30", "active_days")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simulations.plots import plt
-from simulations.retention.engine import GREEDY
+from fedrec.simulations.plots import plt
+from fedrec.simulations.retention.engine import GREEDY
 
 
 def survival_png(curves: dict[str, dict[str, np.ndarray]], observed: list[float], n_observed: int,
