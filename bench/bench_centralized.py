@@ -54,7 +54,7 @@ def main() -> None:
     sampled_s = best_of(lambda: sampled_ranks(scores, split, "test", 0), args.repeats)
 
     torch.manual_seed(0)
-    cfg = DEFAULT_CENTRAL
+    cfg = DEFAULT_CENTRAL.train
     model = NeuMF(split.n_users, split.n_items, ModelConfig())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     score_s = best_of(lambda: model_scores(model), args.repeats)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +29,19 @@ from rich.console import Console
 from rich.table import Table
 
 from fedrec.client.device_round import device_model, embedding_bytes
-from fedrec.client.fleet import local_config, node_devices
+from fedrec.client.fleet import node_devices
 from fedrec.client.local_training import make_examples, train_local
-from fedrec.common.config import DEFAULT_CENTRAL, FEDERATED_MODEL, FederatedConfig
+from fedrec.common.config import DEFAULT_CENTRAL, FederationConfig, PrivacyConfig
 from fedrec.common.datasets import load_dataset
+from fedrec.common.instructions import resolve_privacy
 from fedrec.common.keys import create_key_file
 from fedrec.common.model import ModelConfig, NeuMF, global_state
 from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.run_config import merged
 from fedrec.common.sampling import positive_keys
 from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state
 from fedrec.simulations.arms.centralized import train_epoch
-from fedrec.simulations.federated import FederatedArm, run_config, _run_flower
+from fedrec.simulations.federated import FederatedArm, _run_flower, arm_config
 from fedrec.simulations.provision import provision
 
 
@@ -47,33 +49,33 @@ def centralized_epoch(split) -> float:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = NeuMF(split.n_users, split.n_items, ModelConfig())
-    optimizer = torch.optim.Adam(model.parameters(), lr=DEFAULT_CENTRAL.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=DEFAULT_CENTRAL.train.lr)
     keys = positive_keys(split.train_users, split.train_items, split.n_items)
     rng = np.random.default_rng(0)
-    train_epoch(model, optimizer, split.train_users, split.train_items, keys, DEFAULT_CENTRAL, rng)  # warm-up
+    train_epoch(model, optimizer, split.train_users, split.train_items, keys, DEFAULT_CENTRAL.train, rng)  # warm-up
     t0 = time.perf_counter()
-    train_epoch(model, optimizer, split.train_users, split.train_items, keys, DEFAULT_CENTRAL, rng)
+    train_epoch(model, optimizer, split.train_users, split.train_items, keys, DEFAULT_CENTRAL.train, rng)
     return time.perf_counter() - t0
 
 
-def flower_round(arm: FederatedArm, stores: Path, extra: dict, tag: str) -> float:
+def flower_round(arm: FederatedArm, stores: Path, participation: float, tag: str) -> float:
     out = Path(tempfile.mkdtemp(prefix=f"bench-{tag}-"))
-    cfg = run_config(arm, stores, stores / "master.key", out, 0)
-    cfg.update({"num-server-rounds": 2, "fraction-evaluate": 0.0, **extra})
+    cfg = arm_config(arm, stores, stores / "master.key", out, 0)
+    cfg = replace(cfg, server=replace(cfg.server, rounds=2, eval_every=10),
+                  device=replace(cfg.device, participation=participation))
     _run_flower(arm, cfg)
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     shutil.rmtree(out, ignore_errors=True)
     return rounds[-1]["wall_s"]  # the second round: workers already warm
 
 
-def breakdown(cfg: dict, n: int) -> dict[str, float]:
+def breakdown(cfg: FederationConfig, n: int) -> dict[str, float]:
     """Seconds per device for each part of a device's round (mean over ``n`` devices)."""
     torch.set_num_threads(1)
-    refs = node_devices({}, cfg)[:n]
-    local = local_config(cfg)
-    model_cfg = ModelConfig(**{"kind": cfg["model-kind"], "gmf_dim": int(cfg["gmf-dim"]), "mlp_dim": int(cfg["mlp-dim"]),
-                               "layers": tuple(int(x) for x in cfg["layers"].split(","))})
-    params = initial_state(cfg, int(cfg["n-items"]))
+    device = cfg.device
+    refs = node_devices({}, device.fleet)[:n]
+    privacy = resolve_privacy(cfg.privacy, device, cfg.server.rounds)
+    params = initial_state(device)
     parts = {"store open + decrypt": 0.0, "examples": 0.0, "DP-SGD steps": 0.0, "store write": 0.0,
              "reply state copy": 0.0, "aggregation (weighted sum)": 0.0}
     total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in params.items()}
@@ -82,14 +84,15 @@ def breakdown(cfg: dict, n: int) -> dict[str, float]:
         t = time.perf_counter()
         store = ref.open()
         train, seen = store.read_events("train").items, store.read_events(None).items
-        model = device_model(store, params, model_cfg, int(cfg["n-items"]), "bench/", 0)
+        model = device_model(store, ref.device_id, params, replace(device, state_prefix="bench/"))
         parts["store open + decrypt"] += time.perf_counter() - t
         t = time.perf_counter()
-        items, labels = make_examples(train.astype(np.int64), seen.astype(np.int64), int(cfg["n-items"]), local.negatives, rng)
+        items, labels = make_examples(train.astype(np.int64), seen.astype(np.int64), device.n_items,
+                                      device.training.negatives, rng)
         parts["examples"] += time.perf_counter() - t
         t = time.perf_counter()
         ledger = PrivacyLedger()
-        train_local(model, items, labels, local, ledger, i)
+        train_local(model, items, labels, device.training, replace(privacy, budget=math.inf), ledger, i)
         parts["DP-SGD steps"] += time.perf_counter() - t
         t = time.perf_counter()
         store.put_states({"bench/user_embedding": embedding_bytes(model.user_emb.weight), "bench/privacy_ledger": ledger.to_json()})
@@ -122,14 +125,14 @@ def main() -> None:
         provision(data, split, stores, create_key_file(stores / "master.key"))
     console = Console()
     epoch_s = centralized_epoch(split)
-    fed = FederatedConfig(nodes=args.nodes, epsilon=None, noise_multiplier=1.0, fraction_train=1.0)
-    arm = FederatedArm("bench", data, stores.parent, fed, FEDERATED_MODEL, private=True, show=False)
-    round_s = flower_round(arm, stores, {}, "dp")
-    dispatch_s = flower_round(arm, stores, {"device-fraction": 0.0}, "idle")
-    cfg = merged(run_config(arm, stores, stores / "master.key", stores.parent / "unused", 0))
+    fed = FederationConfig(privacy=PrivacyConfig(mechanism="local"))
+    arm = FederatedArm("bench", data, stores.parent, fed, nodes=args.nodes, show=False)
+    round_s = flower_round(arm, stores, 1.0, "dp")
+    dispatch_s = flower_round(arm, stores, 1e-9, "idle")
+    cfg = arm_config(arm, stores, stores / "master.key", stores.parent / "unused", 0)
     parts = breakdown(cfg, min(args.sample, data.n_users))
 
-    table = Table(title=f"{data.n_users} devices, {args.nodes} simulated SuperNodes, DP-SGD (noise 1.0)")
+    table = Table(title=f"{data.n_users} devices, {args.nodes} simulated SuperNodes, DP-SGD (epsilon {fed.privacy.epsilon:g})")
     table.add_column("what")
     table.add_column("seconds", justify="right")
     table.add_column("x centralized epoch", justify="right")

@@ -14,6 +14,7 @@ with `fedrec simulate`; this script only makes the search cheap (one process, in
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
@@ -21,8 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedrec.client.local_training import LocalConfig, make_examples, train_local
+from fedrec.client.local_training import make_examples, train_local
+from fedrec.common.config import LocalTraining
 from fedrec.common.datasets import load_dataset
+from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.model import ModelConfig, NeuMF, global_state
 from fedrec.common.privacy import PrivacyLedger
@@ -70,9 +73,9 @@ def main() -> None:
     users = torch.randn(n_users, model_cfg.embedding_dim) * 0.01
     m = {k: torch.zeros_like(v) for k, v in glob.items()}
     v = {k: torch.zeros_like(x) for k, x in glob.items()}
-    local = LocalConfig(lr=args["lr"], steps_per_epoch=args["steps_per_epoch"], local_epochs=args["local_epochs"],
-                        negatives=args["negatives"], noise_multiplier=args["noise"], max_grad_norm=args["clip"],
-                        optimizer=args["optimizer"])
+    local = LocalTraining(lr=args["lr"], steps_per_epoch=args["steps_per_epoch"], epochs=args["local_epochs"],
+                          negatives=args["negatives"], optimizer=args["optimizer"])
+    privacy = DevicePrivacy(args["noise"], args["clip"], budget=math.inf)  # the proxy accounts nothing
     rng = np.random.default_rng(args["seed"])
     t0 = time.time()
     for rnd in range(1, args["rounds"] + 1):
@@ -82,7 +85,7 @@ def main() -> None:
             model = NeuMF(1, n_items, model_cfg)
             model.load_state_dict({**glob, "user_emb.weight": users[u : u + 1]})
             items, labels = make_examples(positives[u], seen[u], n_items, local.negatives, rng)
-            out = train_local(model, items, labels, local, PrivacyLedger(), int(rnd * 100_000 + u))
+            out = train_local(model, items, labels, local, privacy, PrivacyLedger(), int(rnd * 100_000 + u))
             users[u] = model.user_emb.weight.detach()[0]
             for k, x in global_state(model).items():
                 total[k] += x.double() * len(items)

@@ -24,12 +24,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedrec.common.config import CentralConfig
 from fedrec.common.datasets import load_dataset
-from fedrec.common.metrics import evaluate_scores, hit_ndcg, sampled_ranks
+from fedrec.common.metrics import evaluate_scores
 from fedrec.common.model import ModelConfig
 from fedrec.common.split import temporal_split
 from fedrec.common.training import TrainConfig
-from fedrec.simulations.arms.centralized import CentralConfig, fit_centralized
+from fedrec.simulations.arms.centralized import fit_centralized
 
 # The starting point: the old defaults, with a batch of 1024 (1.5-2x faster epochs) and a larger lr to match.
 # Spelled out in full so the search does not drift when the defaults it found are adopted.

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 
 import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedrec.client.device_round import DeviceRef
 from fedrec.client.fleet import evaluate_fleet, node_devices, train_fleet
+from fedrec.common.errors import FedrecError
+from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.model import is_local
-from fedrec.common.run_config import merged, model_config
 
 app = ClientApp()
 log = logging.getLogger("fedrec.client")
 
 
-def _settings(msg: Message, context: Context) -> dict:
-    sent = dict(msg.content["config"]) if "config" in msg.content else {}
-    return merged(context.run_config, sent)
+def _instructions(msg: Message) -> DeviceInstructions:
+    """Only what the server sent: the device section whole, the privacy mechanism, this round's facts."""
+    if "config" not in msg.content:
+        raise FedrecError("the server sent no config record")
+    return DeviceInstructions.from_config(dict(msg.content["config"]))
 
 
 def _global_params(msg: Message) -> dict[str, torch.Tensor]:
@@ -44,22 +49,24 @@ def _setup() -> None:
     torch.set_num_threads(1)  # one core per ClientApp; the simulation runs several side by side
 
 
-def _reply(msg: Message, context: Context, what: str, work) -> Message:
-    """Reply with ``work(cfg, devices)`` for this node's devices; any failure becomes an error reply."""
+Work = Callable[[DeviceInstructions, list[DeviceRef]], RecordDict]
+
+
+def _reply(msg: Message, context: Context, what: str, work: Work) -> Message:
+    """Reply with ``work(task, devices)`` for this node's devices; any failure becomes an error reply."""
     _setup()
     try:
-        cfg = _settings(msg, context)
-        devices = node_devices(context.node_config, cfg)
-        return Message(content=work(cfg, devices), reply_to=msg)
+        task = _instructions(msg)
+        devices = node_devices(context.node_config, task.device.fleet)
+        return Message(content=work(task, devices), reply_to=msg)
     except Exception as exc:  # noqa: BLE001 - reported to the server instead of hanging the run
         return _error_reply(msg, context, what, exc)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    def work(cfg: dict, devices) -> RecordDict:
-        params = _global_params(msg)
-        mean, metrics = train_fleet(devices, params, model_config(cfg), cfg, int(msg.content["config"]["server-round"]) + int(cfg["round-offset"]))
+    def work(task: DeviceInstructions, devices: list[DeviceRef]) -> RecordDict:
+        mean, metrics = train_fleet(devices, _global_params(msg), task)
         return RecordDict({"arrays": ArrayRecord(mean), "metrics": MetricRecord(metrics)})
 
     return _reply(msg, context, "train", work)
@@ -67,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    def work(cfg: dict, devices) -> RecordDict:
-        return RecordDict({"metrics": MetricRecord(evaluate_fleet(devices, _global_params(msg), model_config(cfg), cfg))})
+    def work(task: DeviceInstructions, devices: list[DeviceRef]) -> RecordDict:
+        return RecordDict({"metrics": MetricRecord(evaluate_fleet(devices, _global_params(msg), task))})
 
     return _reply(msg, context, "evaluate", work)

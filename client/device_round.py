@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedrec.client.local_training import LocalConfig, LocalOutcome, make_examples, personalize, train_local
+from fedrec.client.local_training import LocalOutcome, make_examples, personalize, train_local
+from fedrec.common.config import DeviceConfig
 from fedrec.common.errors import FedrecError
+from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.metrics import ranks_from_scores
-from fedrec.common.model import ModelConfig, NeuMF, global_state
+from fedrec.common.model import NeuMF, global_state
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.store import DeviceStore
 
@@ -65,28 +67,30 @@ def embedding_bytes(weight: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def device_model(store: DeviceStore, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-                 prefix: str, seed: int) -> NeuMF:
+def device_model(store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor],
+                 device: DeviceConfig) -> NeuMF:
     """A fresh model per round (Opacus cannot wrap a module twice) with this device's own user row."""
-    model = NeuMF(1, n_items, model_cfg)
+    model = NeuMF(1, device.n_items, device.model)
     state = dict(global_params)
-    state["user_emb.weight"] = _load_embedding(store, prefix, model_cfg.embedding_dim, seed)
+    state["user_emb.weight"] = _load_embedding(store, device.state_prefix, device.model.embedding_dim,
+                                               device_seed(device.seed, 0, device_id))
     model.load_state_dict(state)
     return model
 
 
-def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-                 cfg: LocalConfig, prefix: str, server_round: int, seed: int) -> TrainResult:
-    round_seed = device_seed(seed, server_round, ref.device_id)
+def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: DeviceInstructions) -> TrainResult:
+    device, training, privacy = task.device, task.device.training, task.privacy
+    prefix = device.state_prefix
+    round_seed = device_seed(device.seed, task.round.number, ref.device_id)
     with ref.open() as store:
         train = store.read_events("train").items
         seen = store.read_events(None).items
         ledger = PrivacyLedger.from_json(store.get_state(prefix + LEDGER))
-        model = device_model(store, global_params, model_cfg, n_items, prefix, device_seed(seed, 0, ref.device_id))
+        model = device_model(store, ref.device_id, global_params, device)
         rng = np.random.default_rng(round_seed)
-        items, labels = make_examples(np.asarray(train, dtype=np.int64), np.asarray(seen, dtype=np.int64), n_items,
-                                      cfg.negatives, rng)
-        outcome = train_local(model, items, labels, cfg, ledger, round_seed)
+        items, labels = make_examples(np.asarray(train, dtype=np.int64), np.asarray(seen, dtype=np.int64),
+                                      device.n_items, training.negatives, rng)
+        outcome = train_local(model, items, labels, training, privacy, ledger, round_seed)
         if not outcome.refused:  # one transaction: embedding, ledger and round counter move together
             rounds = int(store.get_state(prefix + ROUNDS) or b"0") + 1
             store.put_states({prefix + EMBEDDING: embedding_bytes(model.user_emb.weight),
@@ -94,61 +98,53 @@ def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_c
     return TrainResult(global_state(model), 0 if outcome.refused else len(items), outcome)
 
 
-@dataclass(frozen=True)
-class Personalization:
-    steps: int = 20
-    lr: float = 0.01
-    negatives: int = 4
-
-
-def serving_model(store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig,
-                  n_items: int, prefix: str, seed: int, how: Personalization) -> NeuMF:
+def serving_model(store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor],
+                  device: DeviceConfig) -> NeuMF:
     """The model this device serves with: the global model plus its user row refitted on-device."""
-    model = device_model(store, global_params, model_cfg, n_items, prefix, device_seed(seed, 0, device_id))
-    if how.steps > 0:
+    model = device_model(store, device_id, global_params, device)
+    serving = device.serving
+    if serving.refit_steps > 0:
         train = store.read_events("train").items.astype(np.int64)
         seen = store.read_events(None).items.astype(np.int64)
-        rng = np.random.default_rng(device_seed(seed, -2, device_id))
-        items, labels = make_examples(train, seen, n_items, how.negatives, rng)
-        personalize(model, items, labels, how.steps, how.lr)
+        rng = np.random.default_rng(device_seed(device.seed, -2, device_id))
+        items, labels = make_examples(train, seen, device.n_items, device.training.negatives, rng)
+        personalize(model, items, labels, serving.refit_steps, serving.refit_lr)
     return model
 
 
-def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-            prefix: str, seed: int, how: Personalization) -> NeuMF:
+def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> NeuMF:
     """Personalize for serving and keep the serving row in the store (separate from the training row)."""
     with ref.open() as store:
-        model = serving_model(store, ref.device_id, global_params, model_cfg, n_items, prefix, seed, how)
-        store.put_states({prefix + SERVING: embedding_bytes(model.user_emb.weight)})
+        model = serving_model(store, ref.device_id, global_params, device)
+        store.put_states({device.state_prefix + SERVING: embedding_bytes(model.user_emb.weight)})
     return model
 
 
-def serve_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-                 prefix: str, seed: int, how: Personalization) -> np.ndarray:
+def serve_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> np.ndarray:
     """The device's serving user row (for the harness, which scores every device in one matrix)."""
-    return _served(ref, global_params, model_cfg, n_items, prefix, seed, how).user_emb.weight.numpy().ravel()
+    return _served(ref, global_params, device).user_emb.weight.numpy().ravel()
 
 
-def device_scores(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-                  prefix: str, seed: int, how: Personalization = Personalization()) -> np.ndarray:
+def device_scores(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> np.ndarray:
     """[n_items] scores of this device's user: computed on the device, never sent."""
-    model = _served(ref, global_params, model_cfg, n_items, prefix, seed, how)
+    model = _served(ref, global_params, device)
     return model.score_users(torch.zeros(1, dtype=torch.long))[0].numpy()
 
 
-def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-                    prefix: str, stage: str, seed: int, how: Personalization, keep_serving: bool = False) -> int | None:
+def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig,
+                    keep_serving: bool = False) -> int | None:
     """0-based rank of the device's held-out item among its unseen items (None if it has none).
 
     ``keep_serving`` (the final evaluation) also stores the refitted serving row for ``fedrec recommend``."""
+    stage = device.eval_stage
     with ref.open() as store:
         target = store.read_events(stage).items
         exclude = [store.read_events("train").items]
         if stage == "test":
             exclude.append(store.read_events("validation").items)
-        model = serving_model(store, ref.device_id, global_params, model_cfg, n_items, prefix, seed, how)
+        model = serving_model(store, ref.device_id, global_params, device)
         if keep_serving:
-            store.put_states({prefix + SERVING: embedding_bytes(model.user_emb.weight)})
+            store.put_states({device.state_prefix + SERVING: embedding_bytes(model.user_emb.weight)})
     if len(target) == 0:
         return None
     scores = model.score_users(torch.zeros(1, dtype=torch.long))[0].double().numpy()
@@ -156,7 +152,7 @@ def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], mode
     target_score = scores[tgt]
     scores[np.concatenate(exclude).astype(np.int64)] = -np.inf
     scores[tgt] = target_score
-    rng = np.random.default_rng(device_seed(seed, -1, ref.device_id))
+    rng = np.random.default_rng(device_seed(device.seed, -1, ref.device_id))
     return int(ranks_from_scores(scores[None, :], np.array([target_score]), rng)[0])
 
 

@@ -7,58 +7,38 @@ the devices themselves, so grouping devices per node changes dispatch cost, not 
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedrec.client.device import store_key
-from fedrec.client.device_round import DeviceRef, Personalization, device_seed, evaluate_device, train_device
-from fedrec.client.local_training import LocalConfig
+from fedrec.client.device_round import DeviceRef, device_seed, evaluate_device, train_device
+from fedrec.client.store_key import store_key
+from fedrec.common.config import Fleet
 from fedrec.common.errors import FedrecError
-from fedrec.common.metrics import hit_ndcg
+from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.keys import derive_device_key, load_key_file
-from fedrec.common.model import ModelConfig
+from fedrec.common.manifest import load_manifest
+from fedrec.common.metrics import hit_ndcg
 
 
-def node_devices(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[DeviceRef]:
-    """Deployment: node config names one store and its key. Simulation: the node's share of a fleet."""
+def node_devices(node_config: Mapping[str, Any], fleet: Fleet) -> list[DeviceRef]:
+    """Deployment: node config names one store and its key (or a gateway's group). Simulation: the node's
+    share of the fleet the server named."""
     if "store" in node_config:
         path = Path(str(node_config["store"]))
         return [DeviceRef(path.stem, path, store_key(path, Path(str(node_config["key-file"]))))]
-    source = node_config if "stores-dir" in node_config else cfg  # a gateway's node config names its own group
-    stores_dir = Path(str(source["stores-dir"]))
-    if not source["stores-dir"] or not (stores_dir / "manifest.json").exists():
-        raise FedrecError(f"node has no 'store' in its node config and {stores_dir}/manifest.json does not exist")
-    manifest = json.loads((stores_dir / "manifest.json").read_text())
-    master = load_key_file(str(source["master-key-file"]))
+    if "stores-dir" in node_config:  # a gateway's node config names its own group
+        fleet = Fleet(str(node_config["stores-dir"]), str(node_config["master-key-file"]))
+    if not fleet.stores_dir:
+        raise FedrecError("node has no 'store' in its node config and the server named no fleet (device.fleet.stores_dir)")
+    manifest = load_manifest(fleet.stores_dir)
+    master = load_key_file(fleet.master_key_file)
     part, parts = int(node_config.get("partition-id", 0)), int(node_config.get("num-partitions", 1))
-    return [
-        DeviceRef(d["device_id"], stores_dir / "stores" / f"{d['device_id']}.db", derive_device_key(master, d["device_id"]),
-                  durable=False)
-        for d in manifest["devices"][part::parts]
-    ]
-
-
-def local_config(cfg: Mapping[str, Any]) -> LocalConfig:
-    return LocalConfig(
-        local_epochs=int(cfg["local-epochs"]),
-        steps_per_epoch=int(cfg["steps-per-epoch"]),
-        lr=float(cfg["lr"]),
-        negatives=int(cfg["negatives"]),
-        noise_multiplier=float(cfg["noise-multiplier"]),
-        max_grad_norm=float(cfg["max-grad-norm"]),
-        delta=float(cfg["delta"]),
-        epsilon_budget=float(cfg["epsilon-budget"]),
-        optimizer=str(cfg["local-optimizer"]),
-    )
-
-
-def personalization(cfg: Mapping[str, Any]) -> Personalization:
-    return Personalization(steps=int(cfg["personalize-steps"]), lr=float(cfg["personalize-lr"]),
-                           negatives=int(cfg["negatives"]))
+    return [DeviceRef(d.device_id, manifest.store_path(d), derive_device_key(master, d.device_id), durable=False)
+            for d in manifest.devices[part::parts]]
 
 
 def participates(device_id: str, server_round: int, fraction: float, seed: int) -> bool:
@@ -68,18 +48,16 @@ def participates(device_id: str, server_round: int, fraction: float, seed: int) 
     return np.random.default_rng(device_seed(seed, server_round, "sample:" + device_id)).random() < fraction
 
 
-def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor], model_cfg: ModelConfig,
-                cfg: Mapping[str, Any], server_round: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor],
+                task: DeviceInstructions) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train every participating device; return the example-weighted mean of their global params."""
-    local = local_config(cfg)
-    seed, prefix = int(cfg["seed"]), str(cfg["state-prefix"])
-    n_items = int(cfg["n-items"])
+    device = task.device
     total: dict[str, torch.Tensor] = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_params.items()}
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
     for ref in devices:
-        if not participates(ref.device_id, server_round, float(cfg["device-fraction"]), seed):
+        if not participates(ref.device_id, task.round.number, device.participation, device.seed):
             continue
-        result = train_device(ref, global_params, model_cfg, n_items, local, prefix, server_round, seed)
+        result = train_device(ref, global_params, task)
         epsilons.append(result.outcome.epsilon)
         if result.outcome.refused:
             refused += 1
@@ -106,13 +84,11 @@ def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor]
     return mean, metrics
 
 
-def evaluate_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor], model_cfg: ModelConfig,
-                   cfg: Mapping[str, Any]) -> dict[str, Any]:
+def evaluate_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor],
+                   task: DeviceInstructions) -> dict[str, Any]:
     ranks = []
     for ref in devices:
-        rank = evaluate_device(ref, global_params, model_cfg, int(cfg["n-items"]), str(cfg["state-prefix"]),
-                               str(cfg["eval-stage"]), int(cfg["seed"]), personalization(cfg),
-                               keep_serving=bool(int(cfg["keep-serving"])))
+        rank = evaluate_device(ref, global_params, task.device, keep_serving=task.round.final)
         if rank is not None:
             ranks.append(rank)
     hr, ndcg = hit_ndcg(np.asarray(ranks, dtype=np.int64))

@@ -19,42 +19,15 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedrec.common.config import LocalTraining
+from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import NeuMF
 from fedrec.common.privacy import PrivacyLedger
-
 
 # Opacus' notices that fire on every device round: secure RNG off (documented in docs/simulate.md) and
 # ghost clipping's backward hooks on modules whose inputs need no gradient (the embeddings).
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-
-
-@dataclass(frozen=True)
-class LocalConfig:
-    """Device-side settings of one round; ``sample_rate`` = 1 / steps_per_epoch for every device alike,
-    so every device that trains the same rounds has the same accountant history."""
-
-    local_epochs: int = 1
-    steps_per_epoch: int = 8
-    lr: float = 0.05
-    negatives: int = 4
-    noise_multiplier: float = 0.0  # 0 = no DP
-    max_grad_norm: float = 1.0
-    delta: float = 1e-5
-    epsilon_budget: float = 0.0  # 0 = no budget
-    optimizer: str = "sgd"  # or "adam": scale-free steps help the small, rarely-updated embedding rows
-
-    @property
-    def sample_rate(self) -> float:
-        return 1.0 / self.steps_per_epoch
-
-    @property
-    def steps(self) -> int:
-        return self.local_epochs * self.steps_per_epoch
-
-    @property
-    def private(self) -> bool:
-        return self.noise_multiplier > 0
 
 
 @dataclass(frozen=True)
@@ -65,12 +38,10 @@ class LocalOutcome:
     refused: bool = False
 
 
-def make_optimizer(model: nn.Module, cfg: LocalConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    raise ValueError(f"local optimizer must be sgd or adam, not {cfg.optimizer!r}")
+def make_optimizer(model: nn.Module, training: LocalTraining) -> torch.optim.Optimizer:
+    if training.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=training.lr)
+    return torch.optim.SGD(model.parameters(), lr=training.lr)
 
 
 class GroupBCE(nn.Module):
@@ -109,10 +80,10 @@ def _loader(items: torch.Tensor, labels: torch.Tensor, steps_per_epoch: int) -> 
     return DataLoader(TensorDataset(items, labels), batch_sampler=sampler)
 
 
-def _noise_only_step(optimizer, cfg: LocalConfig, expected_batch: float, generator: torch.Generator) -> None:
+def _noise_only_step(optimizer, privacy: DevicePrivacy, expected_batch: float, generator: torch.Generator) -> None:
     """An empty Poisson batch still releases a noisy step (ghost clipping cannot run on it): the wrapped
     optimizer steps on pure noise, scaled as Opacus scales it for a batch of the expected size."""
-    std = cfg.noise_multiplier * cfg.max_grad_norm / expected_batch
+    std = privacy.noise_multiplier * privacy.max_grad_norm / expected_batch
     saved = [p.grad for p in optimizer.params]  # Opacus' own bookkeeping expects them back untouched
     for p in optimizer.params:
         p.grad = torch.normal(0.0, std, p.shape, generator=generator)
@@ -122,24 +93,24 @@ def _noise_only_step(optimizer, cfg: LocalConfig, expected_batch: float, generat
 
 
 def train_private(
-    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, cfg: LocalConfig, ledger: PrivacyLedger, seed: int
+    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining, privacy: DevicePrivacy,
+    ledger: PrivacyLedger, seed: int
 ) -> LocalOutcome:
     """DP-SGD with Opacus (RDP accountant, Poisson sampling, ghost clipping); the ledger composes."""
-    if cfg.epsilon_budget > 0:
-        after = ledger.epsilon_if(cfg.noise_multiplier, cfg.sample_rate, cfg.steps, cfg.delta)
-        if after > cfg.epsilon_budget:
-            return LocalOutcome(0.0, 0, ledger.epsilon(cfg.delta), refused=True)
+    after = ledger.epsilon_if(privacy.noise_multiplier, training.sample_rate, training.steps, privacy.delta)
+    if after > privacy.budget:
+        return LocalOutcome(0.0, 0, ledger.epsilon(privacy.delta), refused=True)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
     engine = PrivacyEngine(accountant="rdp")
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, training)
     module, optimizer, criterion, loader = engine.make_private(
         module=model,
         optimizer=optimizer,
-        data_loader=_loader(items, labels, cfg.steps_per_epoch),
+        data_loader=_loader(items, labels, training.steps_per_epoch),
         criterion=GroupBCE(),
-        noise_multiplier=cfg.noise_multiplier,
-        max_grad_norm=cfg.max_grad_norm,
+        noise_multiplier=privacy.noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm,
         poisson_sampling=True,
         grad_sample_mode="ghost",
         noise_generator=generator,
@@ -150,10 +121,10 @@ def train_private(
     expected_batch = optimizer.expected_batch_size
     users = torch.zeros(1, dtype=torch.long)
     total, count, empty = 0.0, 0, 0
-    for _ in range(cfg.local_epochs):
+    for _ in range(training.epochs):
         for batch_items, batch_labels in loader:
             if len(batch_items) == 0:
-                _noise_only_step(optimizer, cfg, expected_batch, generator)
+                _noise_only_step(optimizer, privacy, expected_batch, generator)
                 empty += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
@@ -163,20 +134,21 @@ def train_private(
             total += float(loss.detach()) * len(batch_items)
             count += len(batch_items)
     steps = sum(n for _, _, n in engine.accountant.history) + empty
-    ledger.record(cfg.noise_multiplier, cfg.sample_rate, steps)
+    ledger.record(privacy.noise_multiplier, training.sample_rate, steps)
     module._close()
-    return LocalOutcome(total / max(count, 1), steps, ledger.epsilon(cfg.delta))
+    return LocalOutcome(total / max(count, 1), steps, ledger.epsilon(privacy.delta))
 
 
-def train_plain(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, cfg: LocalConfig, seed: int) -> LocalOutcome:
+def train_plain(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining,
+                seed: int) -> LocalOutcome:
     """The non-private arm: same examples, same number of steps, plain minibatch SGD."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, training)
     criterion = GroupBCE()
-    batch = max(1, -(-len(items) // cfg.steps_per_epoch))
+    batch = max(1, -(-len(items) // training.steps_per_epoch))
     users = torch.zeros(1, dtype=torch.long)
     total, count, steps = 0.0, 0, 0
-    for _ in range(cfg.local_epochs):
+    for _ in range(training.epochs):
         order = torch.randperm(len(items), generator=generator)
         for start in range(0, len(items), batch):
             idx = order[start : start + batch]
@@ -191,11 +163,12 @@ def train_plain(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, cfg: Lo
 
 
 def train_local(
-    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, cfg: LocalConfig, ledger: PrivacyLedger, seed: int
+    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining, privacy: DevicePrivacy,
+    ledger: PrivacyLedger, seed: int
 ) -> LocalOutcome:
-    if cfg.private:
-        return train_private(model, items, labels, cfg, ledger, seed)
-    return train_plain(model, items, labels, cfg, seed)
+    if privacy.private:
+        return train_private(model, items, labels, training, privacy, ledger, seed)
+    return train_plain(model, items, labels, training, seed)
 
 
 def personalize(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, steps: int, lr: float) -> torch.Tensor:

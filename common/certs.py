@@ -64,7 +64,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _validity(days: int) -> tuple[dt.datetime, dt.datetime]:
-    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)  # tolerate small clock skew
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)  # tolerate small clock skew
     return start, start + dt.timedelta(days=days)
 
 

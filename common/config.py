@@ -1,117 +1,239 @@
-"""The one config format: TOML with one table per concern, every key validated against a dataclass.
+"""Every fedrec setting, defined once: a tree of frozen dataclasses.
 
-```toml
-[model]        # common.model.ModelConfig (centralized NeuMF)
-[federated_model]  # common.model.ModelConfig for the federated arms
-[central]      # common.training.TrainConfig for the centralized NeuMF arm
-[federated]    # FederatedConfig
-```
-Unknown tables or keys are errors that name the file and the key.
+Each other form is derived from this tree by ``fedrec.common.settings``: the TOML file (``--config``,
+tables named after the tree's branches: ``[central.model]``, ``[federation.device.training]``, ...),
+the Flower run config (flat dotted keys, pyproject's ``[tool.flwr.app.config]`` is
+``flatten(FederationConfig())``), the instructions a server sends its devices each round, and the
+report's ``meta.config``. Ranges are checked where the field is defined.
+
+    FedrecConfig
+    ├── central: CentralConfig          the centralized NeuMF arm (and centralized_dp)
+    │   ├── model: ModelConfig
+    │   └── train: TrainConfig
+    ├── federation: FederationConfig    = the Flower run config of one federated run
+    │   ├── server: ServerConfig        rounds, evaluation, where the run writes
+    │   │   └── strategy: StrategyConfig
+    │   ├── privacy: PrivacyConfig      what the operator promises; the server derives DevicePrivacy
+    │   └── device: DeviceConfig        sent whole to every device, every round
+    │       ├── model: ModelConfig
+    │       ├── training: LocalTraining
+    │       ├── serving: Serving
+    │       └── fleet: Fleet
+    └── simulation: SimulationConfig    how the harness runs Flower's simulation engine
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedrec.common.errors import FedrecError
+from fedrec.common.files import read_text
 from fedrec.common.model import ModelConfig
+from fedrec.common.settings import from_flat, from_nested, require, to_nested
 from fedrec.common.training import TrainConfig
+
+OPTIMIZERS = ("sgd", "adam")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam")
+MECHANISMS = ("none", "local")  # local = record-level DP-SGD on each device (Opacus)
+EVAL_STAGES = ("validation", "test")
+
+
+def _fraction(value: float, name: str) -> None:
+    require(0.0 < value <= 1.0, name, f"must be in (0, 1], got {value}")
+
+
+def _positive(value: float, name: str) -> None:
+    require(value > 0, name, f"must be > 0, got {value}")
+
+
+def _one_of(value: str, choices: tuple[str, ...], name: str) -> None:
+    require(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
-class FederatedConfig:
-    """Federation and device-side settings; `fedrec simulate` maps them onto the Flower run config."""
+class CentralConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
-    rounds: int = 30
-    fraction_train: float = 0.25  # share of devices that train in a round (each flips a seeded coin)
-    local_epochs: int = 1
-    steps_per_epoch: int = 8  # DP-SGD sample rate = 1 / steps_per_epoch, the same for every device
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """One device's training in a round; the same recipe on every device, so every device that trains
+    the same rounds has the same accountant history."""
+
+    epochs: int = 1
+    steps_per_epoch: int = 8  # the DP-SGD sample rate is 1 / steps_per_epoch
     lr: float = 0.01
-    local_optimizer: str = "adam"  # inside the one DP optimizer (Opacus wraps it)
+    optimizer: str = "adam"  # inside the one DP optimizer (Opacus wraps it)
     negatives: int = 4
-    personalize_steps: int = 20  # on-device refit of the serving user row against the final model
-    personalize_lr: float = 0.01
-    strategy: str = "fedavg"
-    server_lr: float = 1.0
-    server_momentum: float = 0.0
-    epsilon: float | None = 8.0  # budget for federated_dp; None = use noise_multiplier as given
-    delta: float = 1e-5
-    noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0
-    nodes: int = 2  # simulated SuperNodes (worker processes), each serving a share of the fleet
-    eval_every: int = 10  # on-device validation every N rounds (and after the last)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.steps_per_epoch >= 1, "steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
+        _positive(self.lr, "lr")
+        _one_of(self.optimizer, OPTIMIZERS, "optimizer")
+        require(self.negatives >= 1, "negatives", f"must be >= 1, got {self.negatives}")
+
+    @property
+    def sample_rate(self) -> float:
+        return 1.0 / self.steps_per_epoch
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The on-device refit of the serving user row against the final model: never uploaded, never fed
+    into a training round, so it needs no DP."""
+
+    refit_steps: int = 20
+    refit_lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        require(self.refit_steps >= 0, "refit_steps", f"must be >= 0, got {self.refit_steps}")
+        _positive(self.refit_lr, "refit_lr")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Where a simulated node finds its share of a provisioned fleet (empty for a one-device SuperNode,
+    whose node config names its own store)."""
+
+    stores_dir: str = ""
+    master_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    model: ModelConfig = ModelConfig(gmf_dim=32, mlp_dim=32, layers=(64, 32, 16))
+    training: LocalTraining = field(default_factory=LocalTraining)
+    serving: Serving = field(default_factory=Serving)
+    fleet: Fleet = field(default_factory=Fleet)
+    participation: float = 0.25  # each device's own seeded coin per round (Poisson device sampling)
+    n_items: int = 0  # catalogue size (public); 0 = read from the fleet's manifest by the server
+    seed: int = 0
+    state_prefix: str = ""  # device-store state names are prefixed, so arms sharing a store stay apart
+    eval_stage: str = "validation"
+
+    def __post_init__(self) -> None:
+        _fraction(self.participation, "participation")
+        require(self.n_items >= 0, "n_items", f"must be >= 0, got {self.n_items}")
+        _one_of(self.eval_stage, EVAL_STAGES, "eval_stage")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """A Flower strategy (flwr.serverapp.strategy) and its server-side optimizer."""
+
+    name: str = "fedavg"
+    server_lr: float = 1.0  # FedAvgM's server learning rate, FedAdam's eta
+    server_momentum: float = 0.0  # FedAvgM
+    tau: float = 1e-3  # FedAdam's adaptivity (Flower's default)
+    node_fraction: float = 1.0  # share of SuperNodes asked to train each round (Flower's fraction_train)
+    node_fraction_evaluate: float = 1.0
+    min_nodes: int = 1
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, STRATEGIES, "name")
+        _positive(self.server_lr, "server_lr")
+        require(0.0 <= self.server_momentum < 1.0, "server_momentum", f"must be in [0, 1), got {self.server_momentum}")
+        _positive(self.tau, "tau")
+        _fraction(self.node_fraction, "node_fraction")
+        _fraction(self.node_fraction_evaluate, "node_fraction_evaluate")
+        require(self.min_nodes >= 1, "min_nodes", f"must be >= 1, got {self.min_nodes}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    rounds: int = 30
+    eval_every: int = 10  # on-device validation every N rounds, and after the last
+    out_dir: str = ""  # checkpoints, rounds.jsonl, wire.jsonl, the final model
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def __post_init__(self) -> None:
+        require(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")
+        require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """The guarantee the operator promises. For ``local`` every device runs DP-SGD with the noise set so
+    that a device training in the planned number of rounds ends at ``epsilon`` (record-level, per device),
+    and refuses any round that would take it past ``epsilon``."""
+
+    mechanism: str = "local"
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    calibration_quantile: float = 1.0  # plan for the device at this quantile of rounds taken (1 = every round)
+
+    def __post_init__(self) -> None:
+        _one_of(self.mechanism, MECHANISMS, "mechanism")
+        _positive(self.epsilon, "epsilon")
+        require(0.0 < self.delta < 1.0, "delta", f"must be in (0, 1), got {self.delta}")
+        _positive(self.max_grad_norm, "max_grad_norm")
+        _fraction(self.calibration_quantile, "calibration_quantile")
+
+    @property
+    def private(self) -> bool:
+        return self.mechanism != "none"
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """One federated run: the Flower App's run config."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    nodes: int = 2  # simulated SuperNodes (worker processes), each serving a share of the fleet
+
+    def __post_init__(self) -> None:
+        require(self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}")
 
 
 # Chosen by validation NDCG@10 in bench/neumf_search.py (docs/neumf-search.md), then refit on train+validation.
-DEFAULT_CENTRAL = TrainConfig(epochs=40, batch_size=1024, lr=3e-3, negatives=8, patience=5, emb_l2=1e-2,
-                              recent_last=5, recent_repeats=2, refit=True)
-
-
-# Federated rounds pay for every parameter on every device (DP noise makes each update dense), so the
-# federated arms default to a smaller NeuMF than the centralized arm; set [federated_model] to compare
-# like with like.
-FEDERATED_MODEL = ModelConfig(gmf_dim=32, mlp_dim=32, layers=(64, 32, 16))
+DEFAULT_CENTRAL = CentralConfig(train=TrainConfig(epochs=40, batch_size=1024, lr=3e-3, negatives=8, patience=5,
+                                                  emb_l2=1e-2, recent_last=5, recent_repeats=2, refit=True))
 
 
 @dataclass(frozen=True)
 class FedrecConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    federated_model: ModelConfig = FEDERATED_MODEL
-    central: TrainConfig = DEFAULT_CENTRAL
-    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    central: CentralConfig = DEFAULT_CENTRAL
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
-    def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "central": self.central.to_dict(), "federated": self.federated.to_dict(),
-                "federated_model": self.federated_model.to_dict()}
+    def to_dict(self) -> dict[str, Any]:
+        return to_nested(self)
 
 
-def _build(cls: type, table: dict[str, Any], where: str, base: Any = None) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise FedrecError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
-    values = dataclasses.asdict(base) if base is not None else {}
-    for key, value in table.items():
-        if key == "layers":
-            value = tuple(value)
-        values[key] = value
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise FedrecError(f"{where}: {exc}") from None
-
-
-def load_config(path: str | Path | None = None, overrides: dict[str, dict] | None = None) -> FedrecConfig:
-    """Defaults, then the TOML file, then command-line overrides (one dict per table)."""
-    raw: dict[str, dict] = {}
-    source = "defaults"
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> FedrecConfig:
+    """Defaults, then the TOML file, then command-line overrides (flat dotted keys; None = not given)."""
+    cfg = FedrecConfig()
     if path is not None:
         path = Path(path)
-        source = str(path)
+        text = read_text(path, "the config file")
         try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise FedrecError(f"{path}: config file not found") from None
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise FedrecError(f"{path}: invalid TOML ({exc})") from None
-    for table, values in (overrides or {}).items():
-        raw.setdefault(table, {}).update({k: v for k, v in values.items() if v is not None})
-    known = {"model": ModelConfig, "central": TrainConfig, "federated": FederatedConfig, "federated_model": ModelConfig}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise FedrecError(f"{source}: unknown table(s) [{'], ['.join(unknown)}]; known: {', '.join(known)}")
-    defaults = FedrecConfig()
-    return FedrecConfig(
-        model=_build(ModelConfig, raw.get("model", {}), f"{source} [model]", defaults.model),
-        federated_model=_build(ModelConfig, raw.get("federated_model", {}), f"{source} [federated_model]",
-                               defaults.federated_model),
-        central=_build(TrainConfig, raw.get("central", {}), f"{source} [central]", defaults.central),
-        federated=_build(FederatedConfig, raw.get("federated", {}), f"{source} [federated]", defaults.federated),
-    )
+        cfg = from_nested(FedrecConfig, raw, str(path), cfg)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        cfg = from_flat(FedrecConfig, given, "command line", complete=False, base=cfg)
+    return cfg
+
+
+def config_from_report(meta_config: Mapping[str, Any], source: str) -> FedrecConfig:
+    """The settings a report was made with (``meta.config`` is ``FedrecConfig.to_dict()``), checked."""
+    return from_nested(FedrecConfig, meta_config, source)

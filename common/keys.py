@@ -111,7 +111,7 @@ class KeyRecipe:
     p: int = SCRYPT_P
 
     @classmethod
-    def for_passphrase(cls, per_device: bool = False) -> "KeyRecipe":
+    def for_passphrase(cls, per_device: bool = False) -> KeyRecipe:
         return cls(source="passphrase", per_device=per_device, salt=os.urandom(SALT_BYTES))
 
     def secret(self, key_file: str | Path | None = None, passphrase: str | None = None) -> bytes:
@@ -134,7 +134,7 @@ class KeyRecipe:
         return out
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "KeyRecipe":
+    def from_dict(cls, raw: dict) -> KeyRecipe:
         try:
             source = raw["source"]
             if source not in ("key", "passphrase"):

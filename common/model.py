@@ -7,10 +7,12 @@ once per forward. Parameters named ``user_emb.*`` are local: they never leave a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from fedrec.common.settings import require
 
 LOCAL_PREFIX = "user_emb."
 
@@ -28,8 +30,11 @@ class ModelConfig:
     init_std: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.kind not in ("neumf", "mlp", "gmf"):
-            raise ValueError(f"model kind must be neumf, mlp or gmf, not {self.kind!r}")
+        require(self.kind in ("neumf", "mlp", "gmf"), "kind", f"must be neumf, mlp or gmf, not {self.kind!r}")
+        require(self.gmf_dim >= 1 and self.mlp_dim >= 1, "gmf_dim" if self.gmf_dim < 1 else "mlp_dim", "must be >= 1")
+        require(all(width >= 1 for width in self.layers), "layers", f"widths must be >= 1, got {self.layers}")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
 
     @property
     def uses_gmf(self) -> bool:
@@ -77,11 +82,10 @@ class NeuMF(nn.Module):
             head += config.gmf_dim
         self.output = nn.Linear(head, 1)
 
-    def _split(self, emb: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _split(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GMF and MLP halves of a row; a half the model does not use is empty and never read."""
         g = self.config.gmf_dim if self.config.uses_gmf else 0
-        gmf = emb[..., :g] if self.config.uses_gmf else None
-        mlp = emb[..., g : self.config.embedding_dim] if self.config.uses_mlp else None
-        return gmf, mlp
+        return emb[..., :g], emb[..., g : self.config.embedding_dim]
 
     def _bias(self, item_rows: torch.Tensor) -> torch.Tensor | float:
         return item_rows[..., -1] if self.config.item_bias else 0.0
@@ -110,7 +114,8 @@ class NeuMF(nn.Module):
             u_gmf, u_mlp = self._split(self.user_emb(users[start : start + chunk]))
             parts = []
             if self.config.uses_mlp:
-                first: nn.Linear = self.tower[0]
+                first = self.tower[0]
+                assert isinstance(first, nn.Linear)
                 w_u, w_i = first.weight[:, : self.config.mlp_dim], first.weight[:, self.config.mlp_dim :]
                 h = (u_mlp @ w_u.T)[:, None, :] + (item_mlp @ w_i.T)[None, :, :] + first.bias
                 parts.append(self.tower[1:](h))

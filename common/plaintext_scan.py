@@ -20,9 +20,9 @@ A clean scan says these encodings are absent; it says nothing about others (vari
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -91,11 +91,11 @@ def _hash_rows(rows: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _windows(sequences: Sequence[Sequence[int]], run: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _windows(sequences: Sequence[Sequence[int] | np.ndarray], run: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Every ``run`` consecutive distinct entries of every sequence, as words of ``width`` bytes, and their hashes."""
     rows = []
-    for seq in sequences:
-        seq = np.asarray(seq, dtype=np.int64)
+    for given in sequences:
+        seq = np.asarray(given, dtype=np.int64)
         if len(seq) < run:
             continue
         win = np.lib.stride_tricks.sliding_window_view(seq, run)
@@ -114,7 +114,8 @@ def _windows(sequences: Sequence[Sequence[int]], run: int, width: int) -> tuple[
     return words, _hash_rows(words)
 
 
-def _run_findings(path, encoding, words, offsets, step, valid, windows) -> list[Finding]:
+def _run_findings(path: str, encoding: str, words: np.ndarray, offsets: np.ndarray, step: int, valid: np.ndarray | None,
+                  windows: tuple[np.ndarray, np.ndarray]) -> list[Finding]:
     """Offsets where ``run`` words spaced ``step`` apart equal one of the windows."""
     rows, keys = windows
     run = rows.shape[1]
@@ -167,9 +168,9 @@ def scan_bytes(
     return found
 
 
-def _signed(word: np.uint64, values: list[int]) -> int:
+def _signed(raw: np.uint64, values: list[int]) -> int:
     """Report the needle as given (a negative needle is found as its two's-complement word)."""
-    word = int(word)
+    word = int(raw)
     for v in map(int, values):
         if v % (1 << 64) == word or v % (1 << 32) == word:
             return int(v)

@@ -49,7 +49,7 @@ class PrivacyLedger:
         return json.dumps({"accountant": "rdp", "history": self.history}).encode()
 
     @classmethod
-    def from_json(cls, data: bytes | None) -> "PrivacyLedger":
+    def from_json(cls, data: bytes | None) -> PrivacyLedger:
         if not data:
             return cls()
         raw = json.loads(data)

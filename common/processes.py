@@ -100,7 +100,7 @@ class Children:
         except FileNotFoundError:
             raise FedrecError(f"{argv[0]}: command not found (is flwr installed in this environment?)") from None
         finally:
-            if log is not None and not capture and hasattr(out, "close"):
+            if log is not None and not capture and out is not None and not isinstance(out, int):
                 out.close()
         self.procs[name] = proc
         return proc

@@ -21,12 +21,13 @@ import json
 import os
 import sqlite3
 import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -145,7 +146,8 @@ def decode_chunk(blob: bytes) -> _Chunk:
     return _Chunk(SPLITS[split], etype, items, stamps, values)
 
 
-def make_chunk(items, timestamps, values=None, event_type: str = "rating", split: str = "train") -> _Chunk:
+def make_chunk(items: ArrayLike, timestamps: ArrayLike, values: ArrayLike | None = None, event_type: str = "rating",
+               split: str = "train") -> _Chunk:
     """Validate one append's arguments into a chunk (equal-length 1-D arrays, known split)."""
     if split not in _SPLIT_CODE:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -162,7 +164,7 @@ def make_chunk(items, timestamps, values=None, event_type: str = "rating", split
     return _Chunk(split, event_type, items, stamps, vals)
 
 
-def _int_array(raw, name: str) -> np.ndarray:
+def _int_array(raw: ArrayLike, name: str) -> np.ndarray:
     arr = np.asarray(raw)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional")
@@ -273,7 +275,7 @@ class DeviceStore:
 
     def __init__(self, path: Path, conn: sqlite3.Connection, key: bytes, meta: dict[str, str]) -> None:
         self.path = path
-        self._conn = conn
+        self._conn: sqlite3.Connection | None = conn
         self._meta = meta
         self.store_id: str = meta["store_id"]
         self.recipe = KeyRecipe.from_dict(json.loads(meta["key_recipe"]))
@@ -288,7 +290,7 @@ class DeviceStore:
     @classmethod
     def create(
         cls, path: str | Path, key: bytes, store_id: str, *, recipe: KeyRecipe | None = None, durable: bool = True
-    ) -> "DeviceStore":
+    ) -> DeviceStore:
         """A new empty store; refuses to overwrite. ``recipe`` records (publicly) how the key was made."""
         path = Path(path)
         if path.exists():
@@ -299,7 +301,7 @@ class DeviceStore:
     @classmethod
     def open(
         cls, path: str | Path, key: bytes, *, witness: bool = True, min_generation: int = 0, durable: bool = True
-    ) -> "DeviceStore":
+    ) -> DeviceStore:
         """Open and verify every row; raises the specific ``StoreError`` subclass for what is wrong.
 
         ``witness``: compare with (and update) the ``.witness`` sidecar. ``min_generation``: refuse a
@@ -332,10 +334,10 @@ class DeviceStore:
             raise
         return store
 
-    def __enter__(self) -> "DeviceStore":
+    def __enter__(self) -> DeviceStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -402,13 +404,14 @@ class DeviceStore:
     def verify(self) -> None:
         """Full integrity check from disk: SQLite's page check, then every row decrypted and accounted for."""
         with _sqlite_errors(self.path):
-            problems = [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
+            problems = [r[0] for r in self._require_open().execute("PRAGMA integrity_check")]
             if problems != ["ok"]:
                 raise TamperedError(f"{self.path}: SQLite integrity check failed: {problems[0]}")
             self._load()
 
     # ----------------------------------------------------------------- writing
-    def append_events(self, items, timestamps, values=None, event_type: str = "rating", split: str = "train") -> None:
+    def append_events(self, items: ArrayLike, timestamps: ArrayLike, values: ArrayLike | None = None,
+                      event_type: str = "rating", split: str = "train") -> None:
         """Append one batch of events in one transaction (one encrypted chunk)."""
         self.append_batches([dict(items=items, timestamps=timestamps, values=values, event_type=event_type,
                                   split=split)])
@@ -559,7 +562,7 @@ class DeviceStore:
         except FileNotFoundError:
             seen = None
         except (ValueError, KeyError, TypeError):
-            raise RollbackError(f"{wpath}: unreadable witness; delete it only if you trust this copy of the store")
+            raise RollbackError(f"{wpath}: unreadable witness; delete it only if you trust this copy of the store") from None
         if seen is not None:
             if seen_id != self.store_id:
                 raise RollbackError(f"{self.path}: the witness belongs to store {seen_id!r}, the file is "
@@ -606,7 +609,8 @@ def peek_header(path: str | Path) -> dict[str, str]:
             conn.close()
 
 
-def _write_head(conn, sealer: _Sealer, meta, origin: bytes, head: _Head, insert: bool) -> str:
+def _write_head(conn: sqlite3.Connection, sealer: _Sealer, meta: Mapping[str, str], origin: bytes, head: _Head,
+                insert: bool) -> str:
     plain = json.dumps({"generation": head.generation, "chunks": head.chunks, "state": head.state}).encode()
     nonce, ct = sealer.seal(_head_place(meta), plain)
     if insert:
@@ -634,7 +638,7 @@ def _build(
     state: dict[str, tuple[int, bytes]],
     durable: bool,
     witness: bool = True,
-    on_row=None,
+    on_row: Callable[[int], None] | None = None,
 ) -> None:
     """Write a whole store in one transaction (creation and key rotation): it exists complete or not at all."""
     if len(key) != KEY_BYTES:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedrec.common.sampling import sample_negatives
+from fedrec.common.model import NeuMF
+from fedrec.common.settings import require
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,14 @@ class TrainConfig:
     pretrain: bool = False  # NeuMF starts from a GMF-only and an MLP-only model trained first (He et al.)
     refit: bool = False  # after early stopping, retrain on train+validation for the best epoch count
     threads: int = 1  # torch intra-op threads for the centralized fit; small batches gain nothing from more
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "negatives", "patience"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("weight_decay", "emb_l2", "recent_last", "recent_repeats", "threads"):
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0.0 < self.lr_decay <= 1.0, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +73,7 @@ def recency_oversample(users: np.ndarray, timestamps: np.ndarray, last: int, rep
     return np.concatenate([index, np.tile(recent, repeats)])
 
 
-def embedding_l2(model: nn.Module, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+def embedding_l2(model: NeuMF, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """Per-example squared norm of the user and item rows a batch uses (not for Opacus: a second lookup)."""
     return model.user_emb(users).pow(2).sum(-1) + model.item_emb(items).pow(2).sum(-1)
 

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.common.run_config import merged
-from fedrec.server.federation import RoundCallback, run_federation
+from fedrec.common.config import FederationConfig
+from fedrec.common.settings import from_flat
+from fedrec.server.federation import FederationResult, RoundCallback, run_federation
 
 
-def make_server_app(overrides: Mapping[str, Any] | None = None, on_round: RoundCallback | None = None,
-                    results: dict | None = None) -> ServerApp:
-    """A ServerApp whose run config is the App's run config plus ``overrides`` (the harness's settings)."""
+def make_server_app(config: FederationConfig | None = None, on_round: RoundCallback | None = None,
+                    results: list[FederationResult] | None = None) -> ServerApp:
+    """A ServerApp for ``config``, or (``flwr run``, ``fedrec server``) for the App's run config."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        outcome = run_federation(grid, merged(context.run_config, overrides or {}), on_round)
+        cfg = config or from_flat(FederationConfig, dict(context.run_config), "run config")
+        outcome = run_federation(grid, cfg, on_round)
         if results is not None:
-            results.update(outcome)
+            results.append(outcome)
 
     return server_app
 

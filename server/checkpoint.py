@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from fedrec.common.model_file import MODEL_INFO
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -36,5 +38,5 @@ def load_checkpoint(out_dir: Path) -> dict | None:
 def save_final_model(out_dir: Path, state: dict[str, torch.Tensor], model_info: dict) -> Path:
     """``global_model.pt`` (global params only) beside ``model.json`` (architecture and catalogue size)."""
     atomic_torch_save(state, out_dir / "global_model.pt")
-    (out_dir / "model.json").write_text(json.dumps(model_info, indent=2) + "\n")
+    (out_dir / MODEL_INFO).write_text(json.dumps(model_info, indent=2) + "\n")
     return out_dir / "global_model.pt"

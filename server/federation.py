@@ -5,75 +5,67 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from fedrec.common.config import DeviceConfig, FederationConfig
 from fedrec.common.errors import FedrecError
+from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, resolve_privacy
+from fedrec.common.manifest import is_provisioned, load_manifest
 from fedrec.common.model import NeuMF, global_state
-from fedrec.common.privacy import noise_for_budget
-from fedrec.common.run_config import model_config
+from fedrec.common.settings import to_nested
 from fedrec.server.checkpoint import load_checkpoint, save_checkpoint, save_final_model
 from fedrec.server.strategies import build_strategy
 
 log = logging.getLogger("fedrec.server")
 RoundCallback = Callable[[int, dict], None]
 
-# Keys the devices need each round; everything else stays on the server.
-DEVICE_KEYS = ("local-epochs", "steps-per-epoch", "lr", "local-optimizer", "personalize-steps", "personalize-lr", "negatives", "noise-multiplier", "max-grad-norm",
-               "epsilon-budget", "delta", "model-kind", "gmf-dim", "mlp-dim", "layers", "item-bias", "init-std", "n-items", "stores-dir",
-               "master-key-file", "state-prefix", "eval-stage", "seed", "device-fraction", "round-offset", "keep-serving")
+@dataclass(frozen=True)
+class FederationResult:
+    model: Path  # global_model.pt (model.json beside it)
+    config: FederationConfig  # resolved: n_items read from the manifest
+    privacy: DevicePrivacy  # the mechanism every device ran
 
 
-def resolve_privacy(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``epsilon`` > 0 sets the noise so a device in every planned round ends at most at epsilon."""
-    cfg = dict(cfg)
-    if float(cfg["epsilon"]) > 0:
-        steps = int(cfg["local-epochs"]) * int(cfg["steps-per-epoch"]) * int(cfg["num-server-rounds"])
-        cfg["noise-multiplier"] = noise_for_budget(float(cfg["epsilon"]), float(cfg["delta"]),
-                                                   1.0 / int(cfg["steps-per-epoch"]), steps)
-        if float(cfg["epsilon-budget"]) <= 0:
-            cfg["epsilon-budget"] = float(cfg["epsilon"])
-    return cfg
+def resolve_items(device: DeviceConfig) -> DeviceConfig:
+    """The catalogue size: given, or from the fleet's manifest (public)."""
+    if device.n_items > 0:
+        return device
+    if device.fleet.stores_dir and is_provisioned(device.fleet.stores_dir):
+        return replace(device, n_items=load_manifest(device.fleet.stores_dir).n_items)
+    raise FedrecError("run config: set device.n_items (catalogue size) or device.fleet.stores_dir with a manifest")
 
 
-def resolve_items(cfg: dict[str, Any]) -> int:
-    n_items = int(cfg["n-items"])
-    manifest = Path(str(cfg["stores-dir"])) / "manifest.json"
-    if n_items <= 0 and cfg["stores-dir"] and manifest.exists():
-        n_items = int(json.loads(manifest.read_text())["n_items"])
-    if n_items <= 0:
-        raise FedrecError("run config: set n-items (catalogue size) or stores-dir with a manifest")
-    return n_items
-
-
-def initial_state(cfg: dict[str, Any], n_items: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(int(cfg["seed"]))
-    return global_state(NeuMF(1, n_items, model_config(cfg)))
+def initial_state(device: DeviceConfig) -> dict[str, torch.Tensor]:
+    torch.manual_seed(device.seed)
+    return global_state(NeuMF(1, device.n_items, device.model))
 
 
 def _scalars(record: MetricRecord | None) -> dict:
     return {k: v for k, v in (record or {}).items() if not isinstance(v, list)}
 
 
-def run_federation(grid: Grid, cfg: dict[str, Any], on_round: RoundCallback | None = None) -> dict:
-    """Train for the configured rounds, checkpointing each; resume from ``out-dir`` if a checkpoint is there."""
-    cfg = resolve_privacy(cfg)
-    cfg["n-items"] = n_items = resolve_items(cfg)
-    out_dir = Path(str(cfg["out-dir"]) or "fedrec-server")
+def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | None = None) -> FederationResult:
+    """Train for the configured rounds, checkpointing each; resume from ``out_dir`` if a checkpoint is there."""
+    cfg = replace(cfg, device=resolve_items(cfg.device))
+    privacy = resolve_privacy(cfg.privacy, cfg.device, cfg.server.rounds)
+    out_dir = Path(cfg.server.out_dir or "fedrec-server")
     out_dir.mkdir(parents=True, exist_ok=True)
-    total_rounds = int(cfg["num-server-rounds"])
+    total_rounds = cfg.server.rounds
     checkpoint = load_checkpoint(out_dir)
     start_round = int(checkpoint["round"]) if checkpoint else 0
-    state = checkpoint["state"] if checkpoint else initial_state(cfg, n_items)
+    state = checkpoint["state"] if checkpoint else initial_state(cfg.device)
     if checkpoint:
         log.info("resuming from %s at round %d of %d", out_dir / "checkpoint.pt", start_round, total_rounds)
-    cfg["round-offset"] = start_round
-    strategy = build_strategy(cfg, out_dir / "wire.jsonl")
-    strategy.last_round = total_rounds - start_round
+    strategy = build_strategy(cfg.server.strategy, cfg.device.training.lr, DeviceInstructions(cfg.device, privacy),
+                              round_offset=start_round, last_round=total_rounds - start_round,
+                              eval_every=cfg.server.eval_every, wire_log=out_dir / "wire.jsonl")
+    resolved = {"federation": to_nested(cfg), "privacy": to_nested(privacy)}
     rounds_log = out_dir / "rounds.jsonl"
     t_last = [time.perf_counter()]
 
@@ -81,7 +73,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any], on_round: RoundCallback | No
         if server_round == 0:
             return None
         absolute = start_round + server_round
-        save_checkpoint(out_dir, absolute, arrays.to_torch_state_dict(), {"config": cfg})
+        save_checkpoint(out_dir, absolute, arrays.to_torch_state_dict(), resolved)
         entry = {
             "round": absolute,
             "wall_s": time.perf_counter() - t_last[0],
@@ -99,14 +91,10 @@ def run_federation(grid: Grid, cfg: dict[str, Any], on_round: RoundCallback | No
 
     remaining = total_rounds - start_round
     final = state
-    if remaining > 0:
-        train_config = ConfigRecord({k: cfg[k] for k in DEVICE_KEYS})
+    if remaining > 0:  # the mixin writes each round's config from the instructions
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(state), num_rounds=remaining,
-                                train_config=train_config, evaluate_config=ConfigRecord(dict(train_config)),
                                 evaluate_fn=after_round)
         final = result.arrays.to_torch_state_dict()
-    model_info = {"model": model_config(cfg).to_dict(), "n_items": n_items, "rounds": total_rounds,
-                  "noise_multiplier": float(cfg["noise-multiplier"]), "config": cfg}
-    path = save_final_model(out_dir, final, model_info)
+    path = save_final_model(out_dir, final, resolved)
     log.info("final global model written to %s (checkpoints in %s)", path, out_dir)
-    return {"model": path, "config": cfg}
+    return FederationResult(path, cfg, privacy)

@@ -18,17 +18,20 @@ import ssl
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
 
-from fedrec.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY, DEVICE_PUB_SUFFIX
+from fedrec.common.certs import CA_CERT, DEVICE_PUB_SUFFIX, SERVER_CERT, SERVER_KEY
+from fedrec.common.config import FederationConfig, StrategyConfig, load_config
 from fedrec.common.errors import FedrecError
+from fedrec.common.manifest import load_manifest
 from fedrec.common.processes import Children, flower_env, terminate_on_sigterm, wait_until
+from fedrec.common.settings import flatten, from_flat
+from fedrec.server.flower_app import write_app
 
 CONNECTION = "fedrec"  # the connection name in $FLWR_HOME/config.toml
-APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: the project holding pyproject.toml
 BIND_ALL = {"", "0.0.0.0", "::"}
 
 Say = Callable[[str], None]
@@ -46,16 +49,21 @@ class ServerSettings:
     state_dir: Path  # FLWR_HOME, the SuperLink database and logs
     host: str = "0.0.0.0"
     port: int = 9092
-    run_config: dict[str, object] = field(default_factory=dict)
+    federation: FederationConfig = field(default_factory=FederationConfig)
     wait_for: int | None = None  # online devices before the run starts (default: all registered)
     startup_timeout: float = 120.0
-    app_dir: Path = APP_DIR
+    app_dir: Path | None = None  # a Flower App of one's own; default: the one written into state_dir
+
+    @property
+    def run_config(self) -> dict[str, object]:
+        return flatten(self.federation)
 
 
 def settings(certs: Path | None, ca_cert: Path | None, cert: Path | None, key: Path | None,
-             devices: list[Path], out: Path, state_dir: Path | None, run_config: dict[str, object],
-             rounds: int | None = None, manifest: Path | None = None, **rest) -> ServerSettings:
-    """Fill paths from a ``fedrec certs`` directory (each overridable for a PKI of one's own) and the run config."""
+             devices: list[Path], out: Path, state_dir: Path | None, federation: FederationConfig,
+             manifest: Path | None = None, **rest) -> ServerSettings:
+    """Fill paths from a ``fedrec certs`` directory (each overridable for a PKI of one's own) and resolve
+    what the server alone knows into the run config: where it writes, the catalogue size, whom to wait for."""
     def pick(given: Path | None, name: str, flag: str) -> Path:
         path = given or (certs / name if certs else None)
         if path is None:
@@ -73,21 +81,19 @@ def settings(certs: Path | None, ca_cert: Path | None, cert: Path | None, key: P
         else:
             raise FedrecError(f"{path}: no such device public key or directory (--devices)")
     out = out.resolve()
-    run_config = dict(run_config)
-    if rounds is not None:
-        run_config["num-server-rounds"] = rounds
-    if manifest is not None and "n-items" not in run_config:  # the catalogue size is public; the server needs it
-        try:
-            run_config["n-items"] = int(json.loads(manifest.read_text())["n_items"])
-        except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise FedrecError(f"{manifest}: cannot read n_items from the manifest ({exc})") from None
-    run_config["out-dir"] = str(out)  # absolute: the ServerApp runs in another process and directory
+    device = federation.device
+    if manifest is not None and device.n_items == 0:  # the catalogue size is public; the server needs it
+        device = replace(device, n_items=load_manifest(manifest.parent).n_items)
     # Sample every device we wait for, not whichever subset happens to be connected when a round starts.
     wait_for = rest.get("wait_for")
-    run_config.setdefault("min-nodes", max(1, wait_for if wait_for is not None else len(keys)))
+    strategy = federation.server.strategy
+    if strategy.min_nodes == StrategyConfig().min_nodes:
+        strategy = replace(strategy, min_nodes=max(1, wait_for if wait_for is not None else len(keys)))
+    server = replace(federation.server, out_dir=str(out), strategy=strategy)  # absolute: the ServerApp runs elsewhere
+    federation = replace(federation, server=server, device=device)
     return ServerSettings(ca_cert=pick(ca_cert, CA_CERT, "--ca-cert"), cert=pick(cert, SERVER_CERT, "--cert"),
                           key=pick(key, SERVER_KEY, "--key"), devices=tuple(p.resolve() for p in keys), out=out,
-                          state_dir=(state_dir or out / "superlink").resolve(), run_config=run_config, **rest)
+                          state_dir=(state_dir or out / "superlink").resolve(), federation=federation, **rest)
 
 
 def connect_host(cert: Path, bind_host: str) -> str:
@@ -214,10 +220,20 @@ def parse_run_config(text: str | None) -> dict[str, object]:
         raise FedrecError(f"--run-config {text!r}: {getattr(exc, 'message', exc)}") from None
 
 
+def federation_config(config_file: Path | None, run_config: str | None, rounds: int | None) -> FederationConfig:
+    """The ``[federation.*]`` tables of a fedrec TOML config, then ``--run-config`` and ``--rounds``."""
+    federation = load_config(config_file).federation
+    overrides = parse_run_config(run_config)
+    if rounds is not None:
+        overrides["server.rounds"] = rounds
+    return from_flat(FederationConfig, overrides, "--run-config", complete=False, base=federation)
+
+
 def stream_run(children: Children, s: ServerSettings, say: Say) -> str | None:
     """Submit the run and echo its log until it ends; returns the run id."""
-    argv = ["flwr", "run", str(s.app_dir), CONNECTION, "--stream", "--run-config", run_config_arg(s.run_config)]
-    proc = children.start("flwr-run", argv, capture=True, cwd=s.app_dir)
+    app_dir = s.app_dir or write_app(s.state_dir / "app", s.federation)
+    argv = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", run_config_arg(s.run_config)]
+    proc = children.start("flwr-run", argv, capture=True, cwd=app_dir)
     run_id = None
     log = (s.state_dir / "run.log").open("a")
     try:

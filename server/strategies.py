@@ -5,14 +5,17 @@ budget) dropped before averaging, and per-device epsilons collected instead of a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
+from fedrec.common.config import StrategyConfig
 from fedrec.common.errors import FedrecError
+from fedrec.common.instructions import DeviceInstructions, RoundInfo
 
 LIST_KEYS = ("epsilons",)
 SUM_KEYS = ("num-examples", "devices", "refused")
@@ -43,13 +46,20 @@ def _array_stats(arrays: ArrayRecord) -> dict:
 
 
 class FedrecStrategyMixin:
-    """Mixed in front of a Flower strategy; ``wire_log`` is a JSONL path or None."""
+    """Mixed in front of a Flower strategy. Every message carries ``instructions`` with this round's facts
+    (absolute round number, final-evaluation flag); ``wire_log`` is a JSONL path or None."""
 
+    instructions: DeviceInstructions = DeviceInstructions()
+    round_offset: int = 0  # rounds a resumed run already has behind it
     wire_log: Path | None = None
     eval_every: int = 1
-    last_round: int = 0  # the final round is always evaluated
+    last_round: int = 0  # the final round (of this start) is always evaluated
     last_train_metrics: MetricRecord | None = None
     last_evaluate_metrics: MetricRecord | None = None
+
+    def _config(self, server_round: int, final: bool) -> ConfigRecord:
+        info = RoundInfo(number=self.round_offset + server_round, final=final)
+        return ConfigRecord(replace(self.instructions, round=info).to_config())
 
     def _log_wire(self, server_round: int, direction: str, arrays_list: list[ArrayRecord]) -> None:
         if self.wire_log is None or not arrays_list:
@@ -68,6 +78,7 @@ class FedrecStrategyMixin:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        config = self._config(server_round, final=False)
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._log_wire(server_round, "down", [m.content["arrays"] for m in messages])
         return messages
@@ -97,8 +108,7 @@ class FedrecStrategyMixin:
         if server_round % self.eval_every and server_round != self.last_round:
             self.last_evaluate_metrics = None
             return []
-        if server_round == self.last_round:
-            config = ConfigRecord({**dict(config), "keep-serving": 1})
+        config = self._config(server_round, final=server_round == self.last_round)
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
@@ -107,28 +117,30 @@ class FedrecStrategyMixin:
         return metrics
 
 
-STRATEGIES = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam}
+STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam}
 
 
-def build_strategy(cfg: dict, wire_log: Path | None) -> FedAvg:
-    name = str(cfg["strategy"]).lower()
-    if name not in STRATEGIES:
-        raise FedrecError(f"run config strategy: unknown {name!r}; choose from {', '.join(STRATEGIES)}")
-    base = STRATEGIES[name]
-    common = dict(
-        fraction_train=float(cfg["fraction-train"]),
-        fraction_evaluate=float(cfg["fraction-evaluate"]),
-        min_train_nodes=int(cfg["min-nodes"]),
-        min_evaluate_nodes=int(cfg["min-nodes"]),
-        min_available_nodes=int(cfg["min-nodes"]),
+def build_strategy(cfg: StrategyConfig, local_lr: float, instructions: DeviceInstructions, *, round_offset: int,
+                   last_round: int, eval_every: int, wire_log: Path | None) -> FedAvg:
+    """The named Flower strategy with fedrec's mixin in front (names are checked by StrategyConfig)."""
+    base = STRATEGIES[cfg.name]
+    kwargs: dict = dict(
+        fraction_train=cfg.node_fraction,
+        fraction_evaluate=cfg.node_fraction_evaluate,
+        min_train_nodes=cfg.min_nodes,
+        min_evaluate_nodes=cfg.min_nodes,
+        min_available_nodes=cfg.min_nodes,
         train_metrics_aggr_fn=aggregate_train_metrics,
     )
-    if name == "fedavgm":
-        common.update(server_learning_rate=float(cfg["server-lr"]), server_momentum=float(cfg["server-momentum"]))
-    elif name == "fedadam":
-        common.update(eta=float(cfg["server-lr"]), eta_l=float(cfg["lr"]))
+    if cfg.name == "fedavgm":
+        kwargs.update(server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum)
+    elif cfg.name == "fedadam":
+        kwargs.update(eta=cfg.server_lr, eta_l=local_lr, tau=cfg.tau)
     strategy_cls = type(f"Fedrec{base.__name__}", (FedrecStrategyMixin, base), {})
-    strategy = strategy_cls(**common)
+    strategy = strategy_cls(**kwargs)
+    strategy.instructions = instructions
+    strategy.round_offset = round_offset
+    strategy.last_round = last_round
+    strategy.eval_every = eval_every
     strategy.wire_log = wire_log
-    strategy.eval_every = max(1, int(cfg["eval-every"]))
     return strategy

@@ -11,23 +11,26 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedrec.client.device_round import DeviceRef, ledger_of, serve_device, serving_row
-from fedrec.client.fleet import node_devices, personalization
-from fedrec.common.config import FederatedConfig
+from fedrec.client.device_round import ledger_of, serve_device, serving_row
+from fedrec.client.fleet import node_devices
+from fedrec.common.config import FederationConfig, Fleet
 from fedrec.common.datasets import Interactions
+from fedrec.common.errors import FedrecError
 from fedrec.common.keys import create_key_file, load_key_file
-from fedrec.common.model import ModelConfig, NeuMF
+from fedrec.common.manifest import is_provisioned, load_manifest
+from fedrec.common.model import NeuMF
 from fedrec.common.privacy import UNIT
-from fedrec.common.run_config import merged, model_config, model_fields
+from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
 from fedrec.server.app import make_server_app
+from fedrec.server.federation import FederationResult
 from fedrec.simulations.arms.base import ArmResult
 from fedrec.simulations.progress import progress
 
@@ -39,12 +42,10 @@ class FederatedArm:
     name: str
     data: Interactions
     run_dir: Path
-    fed: FederatedConfig
-    model: ModelConfig
-    private: bool
+    federation: FederationConfig  # this arm's settings (privacy.mechanism says whether it is private)
+    nodes: int = 2
     primary_seed: int = 0
     show: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def stores_for(arm: FederatedArm, split: Split, seed: int, primary: bool) -> tuple[Path, Path]:
@@ -53,56 +54,31 @@ def stores_for(arm: FederatedArm, split: Split, seed: int, primary: bool) -> tup
 
     stores = arm.run_dir / ("stores" if primary else f"stores-seed{seed}")
     key_file = stores / "master.key"
-    if not (stores / "manifest.json").exists():
+    if not is_provisioned(stores):
         stores.mkdir(parents=True, exist_ok=True)
         master = load_key_file(key_file) if key_file.exists() else create_key_file(key_file)
         provision(arm.data, split, stores, master, key_file=key_file, show=arm.show)
     return stores, key_file
 
 
-def run_config(arm: FederatedArm, stores: Path, key_file: Path, out_dir: Path, seed: int) -> dict[str, Any]:
-    f = arm.fed
-    cfg = {
-        "num-server-rounds": f.rounds,
-        "fraction-train": 1.0,
-        "device-fraction": f.fraction_train,
-        "local-epochs": f.local_epochs,
-        "steps-per-epoch": f.steps_per_epoch,
-        "lr": f.lr,
-        "local-optimizer": f.local_optimizer,
-        "personalize-steps": f.personalize_steps,
-        "personalize-lr": f.personalize_lr,
-        "negatives": f.negatives,
-        "strategy": f.strategy,
-        "server-lr": f.server_lr,
-        "server-momentum": f.server_momentum,
-        "delta": f.delta,
-        "max-grad-norm": f.max_grad_norm,
-        "noise-multiplier": f.noise_multiplier if arm.private else 0.0,
-        "epsilon": (f.epsilon or 0.0) if arm.private else 0.0,
-        "n-items": arm.data.n_items,
-        "out-dir": str(out_dir),
-        "stores-dir": str(stores),
-        "master-key-file": str(key_file),
-        "state-prefix": f"{arm.name}/",
-        "seed": seed,
-        "min-nodes": arm.fed.nodes,
-        "eval-every": arm.fed.eval_every,
-        **model_fields(arm.model),
-        **arm.extra,
-    }
-    return merged(cfg)
+def arm_config(arm: FederatedArm, stores: Path, key_file: Path, out_dir: Path, seed: int) -> FederationConfig:
+    """The arm's settings with what this run decides: its fleet, its out dir, its seed, its state names."""
+    f = arm.federation
+    device = replace(f.device, fleet=Fleet(str(stores), str(key_file)), n_items=arm.data.n_items, seed=seed,
+                     state_prefix=f"{arm.name}/")
+    server = replace(f.server, out_dir=str(out_dir), strategy=replace(f.server.strategy, min_nodes=arm.nodes))
+    return replace(f, server=server, device=device)
 
 
-def _run_flower(arm: FederatedArm, cfg: dict[str, Any]) -> dict:
+def _run_flower(arm: FederatedArm, cfg: FederationConfig) -> FederationResult:
     """Flower's simulation engine (Ray), nodes = worker processes, each serving a share of devices."""
     from flwr.simulation import run_simulation
 
     from fedrec.client.app import app as client_app
 
-    results: dict = {}
+    results: list[FederationResult] = []
     with progress(arm.show) as bar:
-        task = bar.add_task(f"{arm.name}", total=int(cfg["num-server-rounds"]))
+        task = bar.add_task(f"{arm.name}", total=cfg.server.rounds)
 
         def on_round(server_round: int, entry: dict) -> None:
             ev, tr = entry["evaluate"], entry["train"]
@@ -115,53 +91,48 @@ def _run_flower(arm: FederatedArm, cfg: dict[str, Any]) -> dict:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
         logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation notice, per-round logs
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=arm.fed.nodes,
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=arm.nodes,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": arm.fed.nodes, "include_dashboard": False,
+                                       "init_args": {"num_cpus": arm.nodes, "include_dashboard": False,
                                                      "logging_level": "error", "log_to_driver": False}})
-    if "model" not in results:
-        raise RuntimeError(f"{arm.name}: the federated run ended without a final model (see the Flower log above)")
-    return results
+    if not results:
+        raise FedrecError(f"{arm.name}: the federated run ended without a final model (see the Flower log above)")
+    return results[0]
 
 
-def fleet_refs(cfg: dict[str, Any]) -> tuple[list[DeviceRef], dict]:
-    manifest = json.loads((Path(cfg["stores-dir"]) / "manifest.json").read_text())
-    return node_devices({}, cfg), manifest
-
-
-def score_matrix(cfg: dict[str, Any], model_path: Path, n_users: int) -> np.ndarray:
+def score_matrix(cfg: FederationConfig, model_path: Path, n_users: int) -> np.ndarray:
     """Scores for every user from the final global model and each device's own serving row.
 
     In a real deployment this happens on each device (``fedrec recommend``); the harness holds the
     simulation's keys, so it runs the same device code for every device and ranks all arms alike."""
-    refs, manifest = fleet_refs(cfg)
-    model_cfg = model_config(cfg)
+    device = cfg.device
+    manifest = load_manifest(device.fleet.stores_dir)
+    refs = node_devices({}, device.fleet)
     state = torch.load(model_path, weights_only=True)
-    rows = torch.zeros(n_users, model_cfg.embedding_dim)
-    index = {d["device_id"]: int(d["user_index"]) for d in manifest["devices"]}
-    how = personalization(cfg)
+    rows = torch.zeros(n_users, device.model.embedding_dim)
+    index = {d.device_id: d.user_index for d in manifest.devices}
     for ref in refs:  # rows stored by the devices at the final evaluation; refit here only where missing
-        row = serving_row(ref, cfg["state-prefix"])
+        row = serving_row(ref, device.state_prefix)
         if row is None:
-            row = serve_device(ref, state, model_cfg, int(cfg["n-items"]), cfg["state-prefix"], int(cfg["seed"]), how)
+            row = serve_device(ref, state, device)
         rows[index[ref.device_id]] = torch.from_numpy(row)
-    model = NeuMF(n_users, int(cfg["n-items"]), model_cfg)
+    model = NeuMF(n_users, device.n_items, device.model)
     model.load_state_dict({**state, "user_emb.weight": rows})
     return model.score_users(torch.arange(n_users)).numpy()
 
 
-def export_ledgers(cfg: dict[str, Any], path: Path) -> dict:
+def export_ledgers(result: FederationResult, path: Path) -> dict:
     """privacy/<arm>_ledger.csv: one row per accountant history entry, the device's epsilon on each."""
-    refs, _ = fleet_refs(cfg)
-    delta = float(cfg["delta"])
+    device, privacy = result.config.device, result.privacy
+    refs = node_devices({}, device.fleet)
     epsilons, steps = [], []
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["device_id", "noise_multiplier", "sample_rate", "steps", "epsilon"])
         for ref in refs:
-            ledger = ledger_of(ref, cfg["state-prefix"])
-            eps = ledger.epsilon(delta)
+            ledger = ledger_of(ref, device.state_prefix)
+            eps = ledger.epsilon(privacy.delta)
             epsilons.append(eps)
             steps.append(ledger.steps)
             for sigma, q, n in ledger.history:
@@ -169,12 +140,12 @@ def export_ledgers(cfg: dict[str, Any], path: Path) -> dict:
     return {
         "epsilon_max": float(np.max(epsilons)),
         "epsilon_median": float(np.median(epsilons)),
-        "delta": delta,
-        "noise_multiplier": float(cfg["noise-multiplier"]),
-        "sample_rate": 1.0 / int(cfg["steps-per-epoch"]),
+        "delta": privacy.delta,
+        "noise_multiplier": privacy.noise_multiplier,
+        "sample_rate": device.training.sample_rate,
         "steps": int(max(steps)),
         "unit": UNIT,
-        "epsilon_budget": float(cfg["epsilon-budget"]),
+        "epsilon_budget": privacy.budget,
         "accountant": "rdp (opacus)",
         "ledger": str(path.name),
     }
@@ -194,14 +165,12 @@ def fit_federated(arm: FederatedArm, split: Split, seed: int) -> ArmResult:
     out_dir = arm.run_dir / "models" / (arm.name if primary else f"{arm.name}-seed{seed}")
     for stale in ("checkpoint.pt", "rounds.jsonl", "wire.jsonl"):
         (out_dir / stale).unlink(missing_ok=True)  # a fresh arm, not a resume
-    cfg = run_config(arm, stores, key_file, out_dir, seed)
-    results = _run_flower(arm, cfg)
-    cfg = results["config"]
-    scores = score_matrix(cfg, Path(results["model"]), arm.data.n_users)
+    result = _run_flower(arm, arm_config(arm, stores, key_file, out_dir, seed))
+    scores = score_matrix(result.config, result.model, arm.data.n_users)
     rounds = [_round_summary(json.loads(line)) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
-    info: dict[str, Any] = {"federated": arm.fed.to_dict(), "run_config": cfg, "rounds": rounds,
-                            "model_dir": str(out_dir.relative_to(arm.run_dir))}
-    if arm.private:
+    info: dict[str, Any] = {"federation": to_nested(result.config), "device_privacy": to_nested(result.privacy),
+                            "rounds": rounds, "model_dir": str(out_dir.relative_to(arm.run_dir))}
+    if result.privacy.private:
         name = arm.name if primary else f"{arm.name}-seed{seed}"
-        info["privacy"] = export_ledgers(cfg, arm.run_dir / "privacy" / f"{name}_ledger.csv")
+        info["privacy"] = export_ledgers(result, arm.run_dir / "privacy" / f"{name}_ledger.csv")
     return ArmResult(arm.name, scores, info)

@@ -63,10 +63,12 @@ def markdown(report: dict) -> str:
     lines.append("| arm | rounds | strategy | device fraction | local lr | noise multiplier | final val NDCG@10 |")
     lines.append("| --- | --- | --- | --- | --- | --- | --- |")
     for name, arm in arms.items():
-        cfg = arm["info"]["run_config"]
+        fed, noise = arm["info"]["federation"], arm["info"]["device_privacy"]["noise_multiplier"]
+        server, device = fed["server"], fed["device"]
         last = arm["info"]["rounds"][-1]["evaluate"].get("ndcg@10", float("nan")) if arm["info"]["rounds"] else float("nan")
-        lines.append(f"| {name} | {cfg['num-server-rounds']} | {cfg['strategy']} (server lr {cfg['server-lr']}) | "
-                     f"{cfg['device-fraction']} | {cfg['lr']} | {cfg['noise-multiplier']:.3f} | {last:.4f} |")
+        lines.append(f"| {name} | {server['rounds']} | {server['strategy']['name']} (server lr "
+                     f"{server['strategy']['server_lr']}) | {device['participation']} | {device['training']['lr']} | "
+                     f"{noise:.3f} | {last:.4f} |")
     lines += ["", "![per-round accuracy](federated_rounds.png)", ""]
     private = {n: a for n, a in arms.items() if "privacy" in a}
     if private:

@@ -14,13 +14,12 @@ id), so one master secret opens the whole simulated fleet. Real devices generate
 (``common.keys.create_key_file``) and no master exists.
 
 API for the harness: ``provision(data, split, out, master_key)`` -> manifest path;
-``load_manifest(dir)`` -> dict; ``device_key_for(master, device_id)`` -> store key;
+``fedrec.common.manifest.load_manifest(dir)`` reads the manifest back; ``device_key_for(master, device_id)`` -> store key;
 ``open_device(dir, master, device_id)`` -> open ``DeviceStore``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -30,12 +29,10 @@ import numpy as np
 from fedrec.common.datasets import Interactions
 from fedrec.common.errors import DataError
 from fedrec.common.keys import KeyRecipe, create_key_file, derive_device_key, key_id, load_key_file, passphrase_from_env
+from fedrec.common.manifest import STORES, DeviceEntry, Manifest, is_provisioned, store_relpath
 from fedrec.common.split import Split
 from fedrec.common.store import DeviceStore, write_store
 from fedrec.simulations.progress import progress
-
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "fedrec-provision"
 
 
 def device_id_for(user_index: int) -> str:
@@ -114,8 +111,8 @@ def provision(
     forced on. ``key_file`` is recorded as a path only.
     """
     out = Path(out)
-    stores = out / "stores"
-    if (out / MANIFEST).exists() or (stores.exists() and any(stores.iterdir())):
+    stores = out / STORES
+    if is_provisioned(out) or (stores.exists() and any(stores.iterdir())):
         raise DataError(f"{out}: already provisioned; choose a new --out or delete it")
     stores.mkdir(parents=True, exist_ok=True)
     recipe = KeyRecipe(**{**(recipe or KeyRecipe()).__dict__, "per_device": True})
@@ -125,27 +122,15 @@ def provision(
         counts = {name: 0 for name in ("train", "validation", "test")}
         for batch in batches:
             counts[batch["split"]] += len(batch["items"])
-        devices.append({"device_id": device_id, "user_index": user, "user_id": _plain(data.user_ids[user]),
-                        "store": str(path.relative_to(out)), "counts": counts})
+        devices.append(DeviceEntry(device_id, user, _plain(data.user_ids[user]), str(path.relative_to(out)), counts))
     _run_jobs(jobs, master_key, recipe, workers, show)
     os.sync()  # one flush for all stores instead of one fsync each; the manifest comes after
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "version": 1,
-        "dataset": data.name,
-        "split_seed": split.seed,
-        "n_users": split.n_users,
-        "n_items": split.n_items,
-        "item_ids": [_plain(i) for i in data.item_ids],
-        "item_titles": {str(_plain(data.item_ids[i])): t for i, t in sorted(data.item_titles.items())},  # original id -> title
-        "key": {"recipe": recipe.to_dict(), "master_key_id": key_id(master_key),
-                "key_file": str(key_file) if key_file else None,
-                "device_keys": "HKDF-SHA256(master, info='device:' + device_id) (simulation only)"},
-        "devices": devices,
-    }
-    path = out / MANIFEST
-    path.write_text(json.dumps(manifest, indent=1))
-    return path
+    key = {"recipe": recipe.to_dict(), "master_key_id": key_id(master_key),
+           "key_file": str(key_file) if key_file else None,
+           "device_keys": "HKDF-SHA256(master, info='device:' + device_id) (simulation only)"}
+    titles = {str(_plain(data.item_ids[i])): t for i, t in sorted(data.item_titles.items())}
+    return Manifest(out, data.name, split.seed, split.n_users, split.n_items, tuple(_plain(i) for i in data.item_ids),
+                    titles, key, tuple(devices)).write()
 
 
 def _run_jobs(jobs: list, master: bytes, recipe: KeyRecipe, workers: int, show: bool) -> None:
@@ -166,26 +151,9 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def load_manifest(directory: str | Path) -> dict:
-    """The manifest of a provisioned dir, checked for the fields the harness relies on."""
-    path = Path(directory) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found (run `fedrec data provision` first)") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise DataError(f"{path}: not a fedrec provisioning manifest")
-    for field in ("n_items", "item_ids", "devices", "key"):
-        if field not in manifest:
-            raise DataError(f"{path}: field {field!r} missing")
-    return manifest
-
-
 def open_device(directory: str | Path, master: bytes, device_id: str) -> DeviceStore:
     """Open one simulated device's store (verifies it)."""
-    return DeviceStore.open(Path(directory) / "stores" / f"{device_id}.db", device_key_for(master, device_id))
+    return DeviceStore.open(Path(directory) / store_relpath(device_id), device_key_for(master, device_id))
 
 
 def master_secret(out: Path, key_file: Path | None, passphrase_env: str | None) -> tuple[bytes, KeyRecipe, Path | None]:

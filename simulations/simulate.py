@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import replace
 from pathlib import Path
 
-from fedrec.common.config import FedrecConfig
+from fedrec.common.config import FedrecConfig, PrivacyConfig
 from fedrec.simulations.arms.registry import central_fitters
 from fedrec.simulations.experiment import Experiment, load
 from fedrec.simulations.federated import FederatedArm, fit_federated
@@ -24,25 +24,25 @@ def build_experiment(cfg: FedrecConfig, arms: list[str], dataset: str, out: Path
     central = [a for a in arms if a not in FEDERATED_ARMS]
     fitters = central_fitters(central, cfg, show=show)
 
-    def federated(name: str, fed, private: bool):
-        arm = FederatedArm(name=name, data=data, run_dir=Path(out), fed=fed, model=cfg.federated_model, private=private,
-                           primary_seed=seeds[0], show=show)
+    def federated(name: str, privacy: PrivacyConfig):
+        arm = FederatedArm(name=name, data=data, run_dir=Path(out), federation=replace(cfg.federation, privacy=privacy),
+                           nodes=cfg.simulation.nodes, primary_seed=seeds[0], show=show)
         return lambda split, seed: fit_federated(arm, split, seed)
 
+    privacy = cfg.federation.privacy
     for name in arms:
         if name in FEDERATED_ARMS:
-            fitters[name] = federated(name, cfg.federated, name == "federated_dp")
+            fitters[name] = federated(name, replace(privacy, mechanism="local" if name == "federated_dp" else "none"))
     for eps in sweep:
-        fed = dataclasses.replace(cfg.federated, epsilon=eps)
-        fitters[sweep_arm_name(eps)] = federated(sweep_arm_name(eps), fed, True)
+        fitters[sweep_arm_name(eps)] = federated(sweep_arm_name(eps), replace(privacy, mechanism="local", epsilon=eps))
     post = [add_federated_plots]
     if sweep or "federated_dp" in arms:
-        post.insert(0, add_sweep(sweep, cfg.federated.epsilon))
+        post.insert(0, add_sweep(sweep, privacy.epsilon))
     return Experiment(dataset=dataset, out=Path(out), fitters=fitters, seeds=seeds, data_dir=data_dir, users=users,
                       config=cfg.to_dict(), show=show, data=data, post=post)
 
 
-def add_sweep(epsilons: list[float], fed_epsilon: float | None):
+def add_sweep(epsilons: list[float], fed_epsilon: float):
     """Report step: accuracy at each budget (and without DP) as a table and a plot."""
 
     def step(report: dict, run_dir: Path) -> None:

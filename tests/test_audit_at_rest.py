@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from fedrec.common.keys import create_key_file
+from fedrec.common.manifest import load_manifest
 from fedrec.common.split import temporal_split
 from fedrec.simulations.audit.at_rest import audit_stores, user_needles
 from fedrec.simulations.provision import provision
@@ -29,8 +30,8 @@ def test_encrypted_stores_scan_clean(tmp_path, tiny):
 def test_plaintext_store_and_readable_key_are_flagged(tmp_path, tiny):
     data = tiny.subset_users(5)
     stores, split = provisioned(tmp_path, data)
-    manifest = json.loads((stores / "manifest.json").read_text())
-    leaky = stores / manifest["devices"][2]["store"]
+    manifest = load_manifest(stores)
+    leaky = stores / manifest.devices[2].store
     stamps, sequences = user_needles(data, split, 2)
     leaky.write_text(json.dumps({"history": sequences[0], "when": stamps}))  # what a naive app would store
     (stores / "master.key").chmod(0o644)

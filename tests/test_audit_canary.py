@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from fedrec.client.local_training import LocalConfig
+from fedrec.common.config import DeviceConfig, FederationConfig, LocalTraining, PrivacyConfig, ServerConfig
 from fedrec.common.model import ModelConfig
 from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.base import ArmResult
 from fedrec.simulations.audit.bound import ceiling
 from fedrec.simulations.audit.canary import canary_audit, evaluate_guesses, guesses, plan_canaries, with_canaries
-from fedrec.simulations.audit.inprocess import InProcessConfig, fit_inprocess
+from fedrec.simulations.audit.inprocess import fit_inprocess
 
 
 def test_included_canaries_and_only_those_are_trained_on(tiny):
@@ -59,8 +61,11 @@ def test_audit_trains_once_on_the_canary_split(tiny):
 
 
 # Few devices, aggressive local training: a configuration in which the non-private arm memorizes.
-LEAKY = dict(rounds=5, local=LocalConfig(local_epochs=4, steps_per_epoch=2, lr=3.0, negatives=1),
-             model=ModelConfig(kind="gmf", gmf_dim=8))
+LEAKY = FederationConfig(
+    server=ServerConfig(rounds=5),
+    privacy=PrivacyConfig(epsilon=1.0),
+    device=DeviceConfig(model=ModelConfig(kind="gmf", gmf_dim=8), participation=1.0,
+                        training=LocalTraining(epochs=4, steps_per_epoch=2, lr=3.0, optimizer="sgd", negatives=1)))
 
 
 def test_the_audit_sees_a_leak_without_dp_and_stays_below_epsilon_with_it(tiny):
@@ -68,8 +73,8 @@ def test_the_audit_sees_a_leak_without_dp_and_stays_below_epsilon_with_it(tiny):
     split = temporal_split(data, 0)
     results = {}
     for private in (False, True):
-        cfg = InProcessConfig(**LEAKY, epsilon=1.0)
-        train = lambda d, s, seed, cfg=cfg, p=private: fit_inprocess(d, s, seed, cfg, p)  # noqa: E731
+        cfg = replace(LEAKY, privacy=replace(LEAKY.privacy, mechanism="local" if private else "none"))
+        train = lambda d, s, seed, cfg=cfg: fit_inprocess(d, s, seed, cfg)  # noqa: E731
         results[private] = canary_audit(data, split, train, m=64, k=16, seed=0, delta=1e-5)
     no_dp, dp = results[False], results[True]
     assert no_dp["epsilon_lower_bound"] > 0.8, no_dp

@@ -9,23 +9,27 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedrec.simulations.cli import app
+from fedrec.simulations.main import app
 
 SMALL = """
-[model]
+[central.model]
 gmf_dim = 8
 mlp_dim = 8
 layers = [16, 8]
 
-[central]
+[central.train]
 epochs = 3
 batch_size = 64
 
-[federated]
+[federation.server]
 rounds = 2
+
+[federation.privacy]
+epsilon = 4.0
+
+[federation.device.training]
 steps_per_epoch = 4
 lr = 0.1
-epsilon = 4.0
 """
 
 

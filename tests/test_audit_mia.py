@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedrec.common.config import CentralConfig
 from fedrec.common.model import ModelConfig
 from fedrec.common.split import temporal_split
 from fedrec.common.training import TrainConfig
-from fedrec.simulations.arms.centralized import CentralConfig
 from fedrec.simulations.audit.attack_metrics import attack_summary, auc, tpr_at_fpr
 from fedrec.simulations.audit.mia import attack_arm, keep_matrix, mia_candidates, train_shadow, train_shadows
 

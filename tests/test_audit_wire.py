@@ -7,7 +7,9 @@ import json
 
 import numpy as np
 
+from fedrec.common.config import DeviceConfig, FederationConfig
 from fedrec.common.model import ModelConfig, NeuMF, global_state
+from fedrec.common.settings import to_nested
 from fedrec.simulations.audit.wire import audit_wire, audit_wire_log
 
 CFG = ModelConfig(gmf_dim=4, mlp_dim=4, layers=(8, 4))
@@ -16,7 +18,8 @@ N_ITEMS = 30
 
 def model_json(tmp_path):
     path = tmp_path / "model.json"
-    path.write_text(json.dumps({"model": CFG.to_dict(), "n_items": N_ITEMS}))
+    config = FederationConfig(device=DeviceConfig(model=CFG, n_items=N_ITEMS))
+    path.write_text(json.dumps({"federation": to_nested(config)}))
     return path
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedrec.common.config import CentralConfig
 from fedrec.common.datasets import from_raw
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.model import ModelConfig, NeuMF, global_state, local_state
 from fedrec.common.split import temporal_split
 from fedrec.common.training import TrainConfig, recency_oversample
-from fedrec.simulations.arms.centralized import CentralConfig, fit_centralized, train_with_validation
+from fedrec.simulations.arms.centralized import fit_centralized, train_with_validation
 from fedrec.simulations.arms.simple import fit_popularity
 
 GROUPS, USERS_PER_GROUP, ITEMS_PER_GROUP, PER_USER = 4, 20, 12, 8

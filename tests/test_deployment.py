@@ -19,24 +19,30 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.client.device import ClientSettings, check_inputs, explain_exit, item_catalogue, store_key
+from fedrec.client.recommend import item_catalogue
+from fedrec.client.store_key import store_key
+from fedrec.client.supernode import ClientSettings, check_inputs, explain_exit
 from fedrec.common.certs import create_ca, issue_server_cert
-from fedrec.common.errors import FedrecError
+from fedrec.common.config import FederationConfig, Fleet
 from fedrec.common.datasets import from_raw
+from fedrec.common.errors import FedrecError
 from fedrec.common.keys import create_key_file, derive_device_key
+from fedrec.common.manifest import Manifest, load_manifest
 from fedrec.common.model import is_local
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.processes import Children, alive, descendants, flower_env, free_port
+from fedrec.common.settings import flatten
 from fedrec.common.split import temporal_split
 from fedrec.common.store import DeviceStore, rotate_key
 from fedrec.server.launcher import connect_host, parse_run_config, run_config_arg
 from fedrec.simulations.provision import provision
 
 ROOT = Path(__file__).resolve().parent.parent
-FEDREC = [sys.executable, "-m", "fedrec.simulations.cli"]
+FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
 N_ITEMS, ROUNDS, STEPS = 20, 2, 2
-RUN_CONFIG = (f'n-items={N_ITEMS} gmf-dim=4 mlp-dim=4 layers="8,4" local-epochs=1 steps-per-epoch={STEPS} '
-              f"negatives=2 device-fraction=1.0 personalize-steps=3 noise-multiplier=1.0 max-grad-norm=1.0 lr=0.05 seed=0")
+RUN_CONFIG = (f'device.n_items={N_ITEMS} device.model.gmf_dim=4 device.model.mlp_dim=4 device.model.layers="8,4" '
+              f"device.training.steps_per_epoch={STEPS} device.training.negatives=2 device.participation=1.0 "
+              f"device.serving.refit_steps=3 privacy.epsilon=8.0 device.training.lr=0.05 device.seed=0")
 WAIT = 240.0  # upper bound for any single wait; the whole run takes about a minute on 2 cores
 
 
@@ -72,15 +78,16 @@ def tiny_provision(out: Path) -> tuple[dict, bytes]:
                     np.full(len(users), 4.0, dtype=np.float32), titles={101 + i: f"Film {101 + i}" for i in range(N_ITEMS)})
     out.mkdir(parents=True, exist_ok=True)
     master = create_key_file(out / "master.key")
-    return json.loads(provision(data, temporal_split(data, 0), out, master).read_text()), master
+    provision(data, temporal_split(data, 0), out, master)
+    return load_manifest(out), master
 
 
 def tiny_fleet(out: Path) -> list[tuple[Path, Path]]:
     """The tiny group with each store re-keyed onto its own key file, as real devices hold them."""
     manifest, master = tiny_provision(out)
     fleet = []
-    for device in manifest["devices"]:
-        store, key_file, device_id = out / device["store"], out / f"{device['device_id']}.key", device["device_id"]
+    for device in manifest.devices:
+        store, key_file, device_id = manifest.store_path(device), out / f"{device.device_id}.key", device.device_id
         own = create_key_file(key_file)  # what `fedrec store rotate-key --new-key-file` does, in-process
         rotate_key(store, derive_device_key(master, device_id), derive_device_key(own, device_id))
         fleet.append((store, key_file))
@@ -103,7 +110,7 @@ def children():
 @pytest.mark.e2e
 def test_tls_federation_with_authenticated_devices(tmp_path, children):
     certs, out, fleet = tmp_path / "certs", tmp_path / "server", tmp_path / "fleet"
-    app_dir = os.environ.get("FEDREC_E2E_APP", str(ROOT))
+    app = ["--app", os.environ["FEDREC_E2E_APP"]] if "FEDREC_E2E_APP" in os.environ else []  # default: the App written by `fedrec server`
 
     def fedrec(name: str, *args: str):
         return children.start(name, [*FEDREC, *args], log=tmp_path / f"{name}.log", cwd=ROOT)
@@ -120,7 +127,7 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
     pubs = [str(certs / "devices" / f"device-{i}.pub") for i in range(3)]
     server = fedrec("server", "server", "--certs", str(certs), *sum([["--devices", p] for p in pubs], []),
                     "--out", str(out), "--host", "127.0.0.1", "--port", str(port), "--rounds", str(ROUNDS),
-                    "--run-config", RUN_CONFIG, "--timeout", str(WAIT), "--app", app_dir)
+                    "--run-config", RUN_CONFIG, "--timeout", str(WAIT), *app)
     server_log = tmp_path / "server.log"
     wait_for_text(server_log, "waiting for 3 device(s)", server)
     assert "registered device device-2" in _read(server_log)
@@ -150,20 +157,22 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
     # 5. The final global model: global parameters only, the architecture beside it, a checkpoint per round.
     state = torch.load(out / "global_model.pt", weights_only=True)
     info = json.loads((out / "model.json").read_text())
-    assert info["n_items"] == N_ITEMS and state["item_emb.weight"].shape[0] == N_ITEMS
+    assert info["federation"]["device"]["n_items"] == N_ITEMS and state["item_emb.weight"].shape[0] == N_ITEMS
+    noise = info["privacy"]["noise_multiplier"]
+    assert noise > 0 and info["federation"]["device"]["model"]["layers"] == [8, 4]
     assert state and not any(is_local(k) for k in state)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == ROUNDS
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
     assert all(torch.isfinite(v).all() for v in state.values()) and checkpoint.keys() == state.keys()
 
-    # 6. Each device's ledger counts both rounds (record-level DP, noise 1.0), its embedding stayed local.
+    # 6. Each device's ledger counts both rounds (record-level DP, the noise the server set), its embedding stayed local.
     for (store, key), i in zip(stores, range(3)):
         children.stop_one(f"device-{i}")
         with DeviceStore.open(store, store_key(store, key)) as opened:
             ledger = PrivacyLedger.from_json(opened.get_state("privacy_ledger"))
             assert int(opened.get_state("rounds")) == ROUNDS
             assert opened.get_state("user_embedding") is not None
-        assert ledger.steps == ROUNDS * STEPS and ledger.history[0][0] == 1.0
+        assert ledger.steps == ROUNDS * STEPS and ledger.history[0][0] == noise
         assert 0 < ledger.epsilon(1e-5) < float("inf")
 
     # 7. On-device recommendations: original item ids, nothing the user has seen (titles: test_device.py).
@@ -200,8 +209,7 @@ def test_refusals_become_one_line(flower_says, expected):
 
 
 def test_catalogue_ids_and_titles(tmp_path):
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"item_ids": [7, 9, 11], "item_titles": {"9": "Heat (1995)"}}))
+    manifest = Manifest(tmp_path, "tiny", 0, 0, 3, (7, 9, 11), {"9": "Heat (1995)"}, {}, ())
     assert item_catalogue(manifest, 3) == (["7", "9", "11"], {1: "Heat (1995)"})
     with pytest.raises(FedrecError, match="catalogue has 3 items but the model scores 4"):
         item_catalogue(manifest, 4)
@@ -218,36 +226,28 @@ def test_cli_connects_by_a_name_the_certificate_covers(tmp_path):
 
 
 def test_run_config_round_trips_through_flowers_parser():
-    config = parse_run_config('layers="8,4" lr=0.05 num-server-rounds=2 out-dir="/tmp/a b" strategy="fedavg"')
-    assert config == {"layers": "8,4", "lr": 0.05, "num-server-rounds": 2, "out-dir": "/tmp/a b", "strategy": "fedavg"}
+    config = parse_run_config('device.model.layers="8,4" device.training.lr=0.05 server.rounds=2 '
+                              'server.out_dir="/tmp/a b" server.strategy.name="fedavg"')
+    assert config == {"device.model.layers": "8,4", "device.training.lr": 0.05, "server.rounds": 2,
+                      "server.out_dir": "/tmp/a b", "server.strategy.name": "fedavg"}
     assert parse_run_config(run_config_arg(config)) == config
+    whole = flatten(FederationConfig())
+    assert parse_run_config(run_config_arg(whole)) == whole
     with pytest.raises(FedrecError, match="--run-config"):
         parse_run_config("lr=")
-
-
-def test_app_run_config_lists_every_key():
-    """`flwr run --run-config` may only override keys the App's pyproject declares, and the values declared
-    there are what a deployed ServerApp sees: they must be the defaults the simulation uses."""
-    import tomllib
-
-    from fedrec.common.run_config import DEFAULTS
-
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert declared == DEFAULTS
 
 
 def test_node_config_names_one_device_or_a_gateways_group(tmp_path):
     """`fedrec client --store/--key-file` and `--stores-dir/--master-key-file` both reach the ClientApp's stores."""
     from fedrec.client.fleet import node_devices
-    from fedrec.common.run_config import merged
 
     manifest, master = tiny_provision(tmp_path)
-    group = node_devices({"stores-dir": str(tmp_path), "master-key-file": str(tmp_path / "master.key")}, merged())
-    assert [ref.device_id for ref in group] == [d["device_id"] for d in manifest["devices"]]
-    store = tmp_path / manifest["devices"][1]["store"]
+    group = node_devices({"stores-dir": str(tmp_path), "master-key-file": str(tmp_path / "master.key")}, Fleet())
+    assert [ref.device_id for ref in group] == [d.device_id for d in manifest.devices]
+    store = manifest.store_path(manifest.devices[1])
     own = create_key_file(tmp_path / "own.key")
     rotate_key(store, derive_device_key(master, "device-00001"), derive_device_key(own, "device-00001"))
-    (single,) = node_devices({"store": str(store), "key-file": str(tmp_path / "own.key")}, merged())
+    (single,) = node_devices({"store": str(store), "key-file": str(tmp_path / "own.key")}, Fleet())
     for ref in (group[0], single):
         with DeviceStore.open(ref.path, ref.key) as opened:
             assert len(opened.read_events(None)) == 10

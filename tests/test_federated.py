@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from fedrec.client.device_round import ledger_of
 from fedrec.client.fleet import node_devices, train_fleet
-from fedrec.common.config import FederatedConfig
+from fedrec.common.config import (
+    DeviceConfig,
+    FederationConfig,
+    Fleet,
+    LocalTraining,
+    PrivacyConfig,
+    ServerConfig,
+    Serving,
+)
+from fedrec.common.instructions import DeviceInstructions, RoundInfo
 from fedrec.common.keys import create_key_file
 from fedrec.common.model import ModelConfig, NeuMF, global_names
-from fedrec.common.run_config import merged, model_fields
+from fedrec.common.settings import from_nested
 from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state
 from fedrec.simulations.federated import FederatedArm, fit_federated
@@ -32,21 +42,22 @@ def provisioned(tmp_path, data, seed=0):
 def test_two_rounds_on_flower_simulation_engine(tmp_path, tiny):
     data = tiny.subset_users(6)
     split = temporal_split(data, 0)
-    fed = FederatedConfig(rounds=2, fraction_train=1.0, steps_per_epoch=4, epsilon=None, noise_multiplier=1.0, nodes=2,
-                          personalize_steps=3)
-    arm = FederatedArm("federated_dp", data, tmp_path, fed, SMALL, private=True, show=False)
+    fed = FederationConfig(server=ServerConfig(rounds=2), privacy=PrivacyConfig(mechanism="local", epsilon=8.0),
+                           device=DeviceConfig(model=SMALL, participation=1.0, training=LocalTraining(steps_per_epoch=4),
+                                               serving=Serving(refit_steps=3)))
+    arm = FederatedArm("federated_dp", data, tmp_path, fed, nodes=2, show=False)
     result = fit_federated(arm, split, 0)
 
-    cfg = result.info["run_config"]
+    cfg = from_nested(FederationConfig, result.info["federation"], "report")
     model_dir = tmp_path / result.info["model_dir"]
     final = torch.load(model_dir / "global_model.pt", weights_only=True)
-    start = initial_state(cfg, data.n_items)
+    start = initial_state(cfg.device)
     assert set(final) == set(start)
     assert any(not torch.allclose(final[k], start[k]) for k in final), "global model did not change"
 
     # every device trained both rounds: its ledger holds 2 rounds of steps and it persisted in the store
-    for ref in node_devices({}, cfg):
-        assert ledger_of(ref, cfg["state-prefix"]).steps == 2 * 4
+    for ref in node_devices({}, cfg.device.fleet):
+        assert ledger_of(ref, cfg.device.state_prefix).steps == 2 * 4
     privacy = result.info["privacy"]
     assert privacy["steps"] == 8 and privacy["epsilon_max"] > 0
 
@@ -67,12 +78,16 @@ def test_gateway_aggregate_equals_per_device_fedavg(tmp_path, tiny):
     """A node serving three devices replies with exactly the example-weighted mean of their updates."""
     data = tiny.subset_users(3)
     stores = provisioned(tmp_path, data)
-    cfg = merged({"n-items": data.n_items, "stores-dir": str(stores), "master-key-file": str(stores / "master.key"),
-                  "noise-multiplier": 0.0, "steps-per-epoch": 2, "device-fraction": 1.0, **model_fields(SMALL)})
-    params = initial_state(cfg, data.n_items)
-    devices = node_devices({}, cfg)
-    together, metrics = train_fleet(devices, params, SMALL, {**cfg, "state-prefix": "a/"}, 1)
-    singles = [train_fleet([d], params, SMALL, {**cfg, "state-prefix": "b/"}, 1) for d in devices]
+    device = DeviceConfig(model=SMALL, n_items=data.n_items, participation=1.0,
+                          fleet=Fleet(str(stores), str(stores / "master.key")), training=LocalTraining(steps_per_epoch=2))
+    params = initial_state(device)
+    devices = node_devices({}, device.fleet)
+
+    def task(prefix: str) -> DeviceInstructions:
+        return DeviceInstructions(replace(device, state_prefix=prefix), round=RoundInfo(number=1))
+
+    together, metrics = train_fleet(devices, params, task("a/"))
+    singles = [train_fleet([d], params, task("b/")) for d in devices]
     weights = np.array([m["num-examples"] for _, m in singles], dtype=float)
     assert metrics["num-examples"] == weights.sum()
     for name in params:

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.client.local_training import LocalConfig, make_examples, train_local
+from fedrec.client.local_training import make_examples, train_local
+from fedrec.common.config import LocalTraining
+from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import NeuMF
 from fedrec.common.privacy import PrivacyLedger, noise_for_budget
 
@@ -43,9 +45,9 @@ def test_device_refuses_past_budget():
     pos = rng.choice(50, 20, replace=False)
     items, labels = make_examples(pos, pos, 50, 2, rng)
     budget = PrivacyLedger([(1.0, 0.25, 12)]).epsilon(1e-5) + 1e-9  # exactly three rounds of 4 steps fit
-    cfg = LocalConfig(noise_multiplier=1.0, epsilon_budget=budget, steps_per_epoch=4)
+    training, privacy = LocalTraining(steps_per_epoch=4, lr=0.05, optimizer="sgd"), DevicePrivacy(1.0, budget=budget)
     ledger = PrivacyLedger()
-    outcomes = [train_local(NeuMF(1, 50), items, labels, cfg, ledger, seed) for seed in range(6)]
+    outcomes = [train_local(NeuMF(1, 50), items, labels, training, privacy, ledger, seed) for seed in range(6)]
     assert [o.refused for o in outcomes] == [False, False, False, True, True, True]
     assert ledger.steps == 12 and ledger.epsilon(1e-5) <= budget
     assert outcomes[-1].epsilon == pytest.approx(ledger.epsilon(1e-5))
@@ -59,7 +61,8 @@ def test_private_training_moves_the_model_and_counts_steps():
     model = NeuMF(1, 30)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ledger = PrivacyLedger()
-    out = train_local(model, items, labels, LocalConfig(noise_multiplier=0.8, steps_per_epoch=4, local_epochs=2), ledger, 0)
+    out = train_local(model, items, labels, LocalTraining(epochs=2, steps_per_epoch=4, lr=0.05, optimizer="sgd"),
+                      DevicePrivacy(0.8, budget=1e9), ledger, 0)
     assert out.steps == 8 and ledger.steps == 8
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -73,7 +76,7 @@ def test_tiny_device_with_empty_batches_stays_finite(optimizer):
     for seed in range(4):
         model = NeuMF(1, 20)
         ledger = PrivacyLedger()
-        out = train_local(model, items, labels, LocalConfig(noise_multiplier=1.0, steps_per_epoch=8, optimizer=optimizer),
-                          ledger, seed)
+        out = train_local(model, items, labels, LocalTraining(steps_per_epoch=8, lr=0.05, optimizer=optimizer),
+                          DevicePrivacy(1.0, budget=1e9), ledger, seed)
         assert all(torch.isfinite(p).all() for p in model.parameters())
         assert out.steps == 8 and ledger.steps == 8  # empty batches are noise-only steps, still counted

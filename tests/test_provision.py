@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from fedrec.common.datasets import load_dataset
+from fedrec.common.manifest import load_manifest
 from fedrec.common.plaintext_scan import ENCODINGS, scan_bytes, scan_file
 from fedrec.common.split import temporal_split
 from fedrec.common.store import DeviceStore, encode_chunk, make_chunk
-from fedrec.simulations.cli import main
-from fedrec.simulations.provision import device_key_for, load_manifest, open_device, provision
+from fedrec.simulations.main import main
+from fedrec.simulations.provision import device_key_for, open_device, provision
 
 MASTER = bytes(range(7, 39))
 
@@ -49,14 +50,15 @@ def user_history(split, user: int) -> tuple[np.ndarray, np.ndarray]:
 def test_manifest_holds_ids_and_counts_only(fleet: Path, ml100k) -> None:
     data, split = ml100k
     manifest = load_manifest(fleet)
-    assert manifest["n_items"] == 1682 == len(manifest["item_ids"]) and manifest["n_users"] == 943
-    assert manifest["item_ids"] == data.item_ids.tolist()
-    devices = manifest["devices"]
-    assert len(devices) == 943 == len({d["device_id"] for d in devices})
-    assert sum(sum(d["counts"].values()) for d in devices) == len(data) == 100_000
-    assert all(d["counts"]["validation"] == d["counts"]["test"] == 1 for d in devices)
-    assert set(devices[0]) == {"device_id", "user_index", "user_id", "store", "counts"}
-    assert manifest["key"]["key_file"] is None and manifest["key"]["recipe"]["per_device"] is True
+    assert manifest.n_items == 1682 == len(manifest.item_ids) and manifest.n_users == 943
+    assert list(manifest.item_ids) == data.item_ids.tolist()
+    devices = manifest.devices
+    assert len(devices) == 943 == len({d.device_id for d in devices})
+    assert sum(sum(d.counts.values()) for d in devices) == len(data) == 100_000
+    assert all(d.counts["validation"] == d.counts["test"] == 1 for d in devices)
+    raw = json.loads((fleet / "manifest.json").read_text())
+    assert set(raw["devices"][0]) == {"device_id", "user_index", "user_id", "store", "counts"}
+    assert manifest.key["key_file"] is None and manifest.key["recipe"]["per_device"] is True
     text = (fleet / "manifest.json").read_bytes()
     assert MASTER not in text and MASTER.hex().encode() not in text
     assert sorted(p.name for p in (fleet / "stores").glob("*.db")) == sorted(f"{d['device_id']}.db" for d in devices)
@@ -65,41 +67,41 @@ def test_manifest_holds_ids_and_counts_only(fleet: Path, ml100k) -> None:
 def test_stores_hold_each_users_split(fleet: Path, ml100k) -> None:
     data, split = ml100k
     manifest = load_manifest(fleet)
-    for device in manifest["devices"][::97]:
-        user = device["user_index"]
-        with open_device(fleet, MASTER, device["device_id"]) as store:
-            assert store.store_id == device["device_id"]
+    for device in manifest.devices[::97]:
+        user = device.user_index
+        with open_device(fleet, MASTER, device.device_id) as store:
+            assert store.store_id == device.device_id
             train = store.read_events("train")
             mask = split.train_users == user
             assert train.items.tolist() == split.train_items[mask].tolist()
             assert train.timestamps.tolist() == split.train_timestamps[mask].tolist()
             assert store.read_events("validation").items.tolist() == [split.val_items[user]]
             assert store.read_events("test").items.tolist() == [split.test_items[user]]
-            assert store.counts() == device["counts"]
+            assert store.counts() == device.counts
             # ratings came along as values: compare with the log
             log = data.users == user
             rating = dict(zip(zip(data.items[log].tolist(), data.timestamps[log].tolist()), data.ratings[log].tolist()))
             everything = store.read_events(None)
             assert everything.values.tolist() == [rating[(i, t)] for i, t in
                                                   zip(everything.items.tolist(), everything.timestamps.tolist())]
-    other = manifest["devices"][1]["device_id"]
+    other = manifest.devices[1].device_id
     with pytest.raises(Exception, match="wrong key"):
-        DeviceStore.open(fleet / "stores" / f"{manifest['devices'][0]['device_id']}.db", device_key_for(MASTER, other))
+        DeviceStore.open(fleet / "stores" / f"{manifest.devices[0].device_id}.db", device_key_for(MASTER, other))
 
 
 def test_scan_finds_no_user_data_in_any_of_943_stores(fleet: Path, ml100k) -> None:
     data, split = ml100k
     manifest = load_manifest(fleet)
-    item_ids = np.asarray(manifest["item_ids"])
+    item_ids = np.asarray(manifest.item_ids)
     scanned = 0
-    for device in manifest["devices"]:
-        items, stamps = user_history(split, device["user_index"])
+    for device in manifest.devices:
+        items, stamps = user_history(split, device.user_index)
         original = item_ids[items]
         sequences = [items, np.sort(items), original, np.sort(original)]
-        store = fleet / device["store"]
+        store = fleet / device.store
         findings = [f for path in sorted(store.parent.glob(f"{store.name}*"))  # the store and any side files
                     for f in scan_bytes(path.read_bytes(), stamps, sequences, path=str(path))]
-        assert findings == [], (device["device_id"], findings[:3])
+        assert findings == [], (device.device_id, findings[:3])
         scanned += 1
     assert scanned == 943
 
@@ -167,14 +169,14 @@ def test_cli_provision_inspect_rotate(tmp_path: Path, monkeypatch, capsys, ml100
                           "--users", "6", "--key-file", str(key), "--quiet")
     assert code == 0, err
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["key"]["key_file"] == str(key) and len(manifest["devices"]) == 6
-    store = out / manifest["devices"][2]["store"]
+    manifest = load_manifest(out)
+    assert manifest.key["key_file"] == str(key) and len(manifest.devices) == 6
+    store = out / manifest.devices[2].store
 
     code, stdout, _ = fedrec(monkeypatch, capsys, "store", "inspect", str(store), "--key-file", str(key), "--json")
     info = json.loads(stdout)
     assert code == 0 and info["integrity"] == "ok" and info["schema_version"] == 1 and "events_shown" not in info
-    assert info["events"] == manifest["devices"][2]["counts"]
+    assert info["events"] == manifest.devices[2].counts
     code, stdout, _ = fedrec(monkeypatch, capsys, "store", "inspect", str(store), "--key-file", str(key), "--json",
                              "--decrypt", "--limit", "0")
     assert code == 0 and len(json.loads(stdout)["events_shown"]) == sum(info["events"].values())
@@ -214,8 +216,8 @@ def test_cli_passphrase_fleet(tmp_path: Path, monkeypatch, capsys, ml100k_dir) -
                           "--passphrase-env", "FLEET_PASS", "--quiet")
     assert code == 0, err
     manifest = load_manifest(out)
-    assert manifest["key"]["recipe"]["source"] == "passphrase" and not (out / "master.key").exists()
-    store = str(out / manifest["devices"][0]["store"])
+    assert manifest.key["recipe"]["source"] == "passphrase" and not (out / "master.key").exists()
+    store = str(out / manifest.devices[0].store)
     assert fedrec(monkeypatch, capsys, "store", "inspect", store, "--passphrase-env", "FLEET_PASS")[0] == 0
     code, _, err = fedrec(monkeypatch, capsys, "store", "inspect", store)
     assert code == 1 and "--passphrase-env" in err
@@ -235,7 +237,7 @@ def test_cli_error_is_one_line_in_a_real_process(tmp_path: Path) -> None:
     key.write_bytes(bytes(32))
     key.chmod(0o600)
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "fedrec.simulations.cli", "store", "inspect", str(store), "--key-file", str(key)],
+    proc = subprocess.run([sys.executable, "-m", "fedrec.simulations.main", "store", "inspect", str(store), "--key-file", str(key)],
                           capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error:") and "truncated" in proc.stderr

@@ -13,8 +13,15 @@ from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.simple import fit_ease, fit_popularity, fit_random
 from fedrec.simulations.retention.engine import GREEDY, popularity_scores, prepare, run_seeds
 from fedrec.simulations.retention.observed import active_days, observed_retention
-from fedrec.simulations.retention.summary import (CALIBRATION_TOLERANCE, check_calibration, check_identical_at_zero,
-                                           check_monotone, check_ordering, intervals, means)
+from fedrec.simulations.retention.summary import (
+    CALIBRATION_TOLERANCE,
+    check_calibration,
+    check_identical_at_zero,
+    check_monotone,
+    check_ordering,
+    intervals,
+    means,
+)
 
 SEEDS = (0, 1, 2, 3, 4)
 
@@ -77,7 +84,7 @@ def test_satisfaction_ordering_or_a_stated_reason(study):
     _, _, mean, _ = study
     ordering = check_ordering(mean, reference="ease")
     assert set(ordering) == {"mf", "ease"}
-    for oracle, c in ordering.items():
+    for _oracle, c in ordering.items():
         sat = c["satisfaction"]
         assert sat[GREEDY] >= max(sat.values()) and sat["random"] == min(sat.values())
         assert c["holds"] or c["why_not"]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fedrec.common.datasets import load_csv
 from fedrec.common.errors import FedrecError
-from fedrec.simulations.cli import app
+from fedrec.simulations.main import app
 from fedrec.simulations.retention import run_retention
 
 DAY = 86_400

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedrec.common.datasets import from_raw
 from fedrec.common.sampling import is_positive, positive_keys, sample_negatives

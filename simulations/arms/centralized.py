@@ -6,11 +6,11 @@ import copy
 import dataclasses
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from fedrec.common.config import CentralConfig
 from fedrec.common.metrics import full_ranks, hit_ndcg, sampled_ranks
 from fedrec.common.model import ModelConfig, NeuMF, from_pretrained
 from fedrec.common.sampling import positive_keys
@@ -18,12 +18,6 @@ from fedrec.common.split import Split
 from fedrec.common.training import TrainConfig, embedding_l2, per_example_bce, recency_oversample, with_negatives
 from fedrec.simulations.arms.base import ArmResult
 from fedrec.simulations.progress import progress
-
-
-@dataclass(frozen=True)
-class CentralConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 @contextmanager

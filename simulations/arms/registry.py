@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
+from fedrec.common.config import FedrecConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.split import Split
 from fedrec.simulations.arms.base import ArmResult
@@ -18,17 +19,14 @@ CENTRAL_ARMS: dict[str, Callable[..., ArmResult]] = {
 }
 
 
-def central_fitters(names: list[str], config, show: bool = True) -> dict[str, Callable[[Split, int], ArmResult]]:
+def central_fitters(names: list[str], config: FedrecConfig, show: bool = True) -> dict[str, Callable[[Split, int], ArmResult]]:
     """Bind each named arm to its settings so the experiment only passes (split, seed)."""
-    from fedrec.simulations.arms.centralized import CentralConfig
-
     fitters = {}
     for name in names:
         if name not in CENTRAL_ARMS:
             raise FedrecError(f"unknown arm {name!r}: choose from {', '.join(CENTRAL_ARMS)}")
         if name == "centralized":
-            central = CentralConfig(model=config.model, train=config.central)
-            fitters[name] = lambda split, seed, c=central: fit_centralized(split, seed, c, show=show)
+            fitters[name] = lambda split, seed, c=config.central: fit_centralized(split, seed, c, show=show)
         else:
             fitters[name] = CENTRAL_ARMS[name]
     return fitters

@@ -8,7 +8,6 @@ the owner only. A clean scan rules out those encodings, not every conceivable on
 
 from __future__ import annotations
 
-import json
 import stat
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from fedrec.common.datasets import Interactions
 from fedrec.common.errors import DataError
+from fedrec.common.manifest import load_manifest
 from fedrec.common.plaintext_scan import scan_file
 from fedrec.common.split import Split
 
@@ -49,19 +49,14 @@ def key_file_problems(paths: list[Path]) -> list[str]:
 
 def audit_stores(stores_dir: Path, data: Interactions, split: Split, show=None) -> dict:
     """Scan every device store listed in ``stores_dir/manifest.json``; check every key file under it."""
-    manifest_path = stores_dir / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{manifest_path}: not found (no provisioned stores to audit)") from None
+    manifest = load_manifest(stores_dir)
     findings, scanned = [], 0
-    devices = manifest.get("devices", [])
-    for device in devices:
-        user = int(device["user_index"])
+    for device in manifest.devices:
+        user = device.user_index
         if user >= split.n_users:
-            raise DataError(f"{manifest_path}: device {device['device_id']} has user_index {user}, "
+            raise DataError(f"{stores_dir / 'manifest.json'}: device {device.device_id} has user_index {user}, "
                             f"the run has {split.n_users} users")
-        path = stores_dir / device.get("store", f"stores/{device['device_id']}.db")
+        path = manifest.store_path(device)
         if not path.exists():
             findings.append(f"{path}: listed in the manifest but missing")
             continue
@@ -72,7 +67,7 @@ def audit_stores(stores_dir: Path, data: Interactions, split: Split, show=None) 
         if show is not None:
             show()
     keys = sorted(stores_dir.rglob("*.key"))
-    recorded = (manifest.get("key") or {}).get("key_file")
+    recorded = manifest.key.get("key_file")
     if recorded and Path(recorded).exists() and Path(recorded).resolve() not in {k.resolve() for k in keys}:
         keys.append(Path(recorded))
     key_problems = key_file_problems(keys)

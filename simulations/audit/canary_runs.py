@@ -1,55 +1,59 @@
-"""Retrain a finished run's federated arm with canaries, under the run's own config, kept small.
+"""Retrain a finished run's federated arm with canaries, under the audited arm's own resolved settings.
 
 ``fedrec audit`` cannot insert canaries into a run that already happened, so it trains the arm again on
-the first ``users`` users of the run's data (the run's split seed, model, federated settings and
-epsilon budget, so the noise is calibrated as in the run) with canaries added. Two trainers:
-``harness`` is the real thing (Flower simulation engine, encrypted stores, the device code), and
-``inprocess`` runs the same device training code in one process (fast; see inprocess.py).
+the first ``users`` users of the run's data with canaries added: the same model, local training,
+privacy mechanism, strategy and (unless told otherwise) rounds as recorded for the audited arm in
+report.json, so the noise is calibrated as in the run. Two trainers: ``harness`` is the real thing
+(Flower simulation engine, encrypted stores, the device code), and ``inprocess`` runs the same device
+training code in one process (fast; see inprocess.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from fedrec.client.local_training import LocalConfig
-from fedrec.common.config import FedrecConfig, load_config
+from fedrec.common.config import FederationConfig, FedrecConfig, config_from_report
 from fedrec.common.datasets import Interactions
+from fedrec.common.settings import from_nested
 from fedrec.common.split import Split
 from fedrec.simulations.arms.base import ArmResult
 from fedrec.simulations.audit.canary import CanaryTrainer
-from fedrec.simulations.audit.inprocess import InProcessConfig, fit_inprocess
+from fedrec.simulations.audit.inprocess import fit_inprocess
 
 TRAINERS = ("harness", "inprocess")
 
 
 def run_config_of(report: dict) -> FedrecConfig:
-    """The run's settings, validated like a TOML config (report meta.config holds the same tables)."""
-    return load_config(None, overrides=report["meta"].get("config", {}))
+    """The run's settings, validated like a TOML config (report meta.config is ``FedrecConfig.to_dict()``)."""
+    return config_from_report(report["meta"].get("config", {}), "report.json meta.config")
 
 
-def inprocess_trainer(cfg: FedrecConfig, private: bool, rounds: int) -> CanaryTrainer:
-    fed = cfg.federated
-    local = LocalConfig(local_epochs=fed.local_epochs, steps_per_epoch=fed.steps_per_epoch, lr=fed.lr,
-                        negatives=fed.negatives, noise_multiplier=fed.noise_multiplier,
-                        max_grad_norm=fed.max_grad_norm, delta=fed.delta)
-    ip = InProcessConfig(rounds=rounds, local=local, model=cfg.model, epsilon=fed.epsilon)
-    return lambda data, split, seed: fit_inprocess(data, split, seed, ip, private)
+def audited_federation(report: dict, arm: str, rounds: int | None) -> FederationConfig:
+    """The arm's resolved settings as it ran (report.json ``arms.<arm>.info.federation``), else the run's
+    configured ones; ``rounds`` overrides the number of rounds."""
+    recorded = report["arms"].get(arm, {}).get("info", {}).get("federation")
+    if recorded is not None:
+        federation = from_nested(FederationConfig, recorded, f"report.json arms.{arm}.info.federation")
+    else:
+        federation = run_config_of(report).federation
+        federation = replace(federation, privacy=replace(federation.privacy,
+                                                         mechanism="local" if arm == "federated_dp" else "none"))
+    if rounds is not None:
+        federation = replace(federation, server=replace(federation.server, rounds=rounds))
+    return federation
 
 
-def harness_trainer(cfg: FedrecConfig, private: bool, rounds: int, work_dir: Path, show: bool) -> CanaryTrainer:
+def harness_trainer(federation: FederationConfig, name: str, nodes: int, work_dir: Path, show: bool) -> CanaryTrainer:
     """fit_federated in a scratch run dir (its stores, models and ledgers are deleted afterwards)."""
     from fedrec.simulations.federated import FederatedArm, fit_federated
-
-    fed = dataclasses.replace(cfg.federated, rounds=rounds)
-    name = "federated_dp" if private else "federated"
 
     def train(data: Interactions, split: Split, seed: int) -> ArmResult:
         scratch = Path(tempfile.mkdtemp(prefix=f"canary-{name}-", dir=work_dir))
         try:
-            arm = FederatedArm(name=name, data=data, run_dir=scratch, fed=fed, model=cfg.model, private=private,
+            arm = FederatedArm(name=name, data=data, run_dir=scratch, federation=federation, nodes=nodes,
                                primary_seed=seed, show=show)
             return fit_federated(arm, split, seed)
         finally:
@@ -58,9 +62,10 @@ def harness_trainer(cfg: FedrecConfig, private: bool, rounds: int, work_dir: Pat
     return train
 
 
-def canary_trainer(kind: str, cfg: FedrecConfig, private: bool, rounds: int, work_dir: Path, show: bool) -> CanaryTrainer:
+def canary_trainer(kind: str, federation: FederationConfig, name: str, nodes: int, work_dir: Path,
+                   show: bool) -> CanaryTrainer:
     if kind == "harness":
-        return harness_trainer(cfg, private, rounds, work_dir, show)
+        return harness_trainer(federation, name, nodes, work_dir, show)
     if kind == "inprocess":
-        return inprocess_trainer(cfg, private, rounds)
+        return lambda data, split, seed: fit_inprocess(data, split, seed, federation)
     raise ValueError(f"canary trainer must be one of {', '.join(TRAINERS)}, not {kind!r}")

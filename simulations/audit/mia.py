@@ -21,11 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedrec.common.config import CentralConfig
 from fedrec.common.model import NeuMF
 from fedrec.common.sampling import positive_keys
 from fedrec.common.split import Split
 from fedrec.common.training import TrainConfig
-from fedrec.simulations.arms.centralized import CentralConfig, torch_threads, train_epoch
+from fedrec.simulations.arms.centralized import torch_threads, train_epoch
 from fedrec.simulations.audit.attack_metrics import attack_summary
 
 

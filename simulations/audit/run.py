@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 
 from fedrec.common.errors import DataError
 from fedrec.common.split import temporal_split
-from fedrec.simulations.arms.centralized import CentralConfig
 from fedrec.simulations.audit import plots
 from fedrec.simulations.audit.accounting import check_ledger, read_ledger
 from fedrec.simulations.audit.at_rest import audit_stores
 from fedrec.simulations.audit.canary import canary_audit
-from fedrec.simulations.audit.canary_runs import canary_trainer, run_config_of
+from fedrec.simulations.audit.canary_runs import audited_federation, canary_trainer, run_config_of
 from fedrec.simulations.audit.mia import attack_arm, mia_candidates, train_shadows
 from fedrec.simulations.audit.report_text import render_audit
 from fedrec.simulations.audit.rundata import AuditedRun, open_run
@@ -81,11 +80,11 @@ def mia_section(run: AuditedRun, opts: AuditOptions, console: Console) -> tuple[
     central = run.report["arms"].get("centralized", {}).get("info", {})
     if opts.shadows > 0:
         cfg = run_config_of(run.report)
-        epochs = opts.shadow_epochs or int(central.get("best_epoch") or cfg.central.epochs)
+        epochs = opts.shadow_epochs or int(central.get("best_epoch") or cfg.central.train.epochs)
         console.print(f"LiRA: {opts.shadows} shadow trainings of the centralized arm, {epochs} epochs each")
         with progress(opts.show) as bar:
             task = bar.add_task("shadow models", total=opts.shadows)
-            shadows = train_shadows(run.split, cands, CentralConfig(model=cfg.model, train=cfg.central), opts.shadows,
+            shadows = train_shadows(run.split, cands, cfg.central, opts.shadows,
                                     epochs, run.seed, on_done=lambda: bar.advance(task))
     out, curves = {}, {}
     for arm in arms:
@@ -101,19 +100,21 @@ def mia_section(run: AuditedRun, opts: AuditOptions, console: Console) -> tuple[
 
 
 def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dict:
-    cfg = run_config_of(run.report)
-    rounds = opts.canary_rounds or cfg.federated.rounds
+    nodes = run_config_of(run.report).simulation.nodes
     data = load(opts.data or run.report["meta"]["dataset"], opts.data_dir,
                 min(opts.canary_users, run.data.n_users))
     split = temporal_split(data, run.seed)
-    delta = cfg.federated.delta
     out = {}
-    variants = [("federated_dp", True)] + ([("federated", False)] if opts.canary_contrast else [])
-    for name, private in variants:
+    variants = ["federated_dp"] + (["federated"] if opts.canary_contrast else [])
+    audited = audited_federation(run.report, "federated_dp", opts.canary_rounds)
+    rounds, delta = audited.server.rounds, audited.privacy.delta
+    for name in variants:
+        federation = audited if name == "federated_dp" else replace(
+            audited, privacy=replace(audited.privacy, mechanism="none"))
         console.print(f"canary audit: {name}, {opts.canaries} canaries on {data.n_users} users, {rounds} rounds "
                       f"({opts.canary_trainer} trainer)")
         t0 = time.perf_counter()
-        train = canary_trainer(opts.canary_trainer, cfg, private, rounds, run.path, opts.show)
+        train = canary_trainer(opts.canary_trainer, federation, name, nodes, run.path, opts.show)
         result = canary_audit(data, split, train, opts.canaries, opts.canary_guesses, run.seed, delta, opts.confidence)
         result["wall_s"] = time.perf_counter() - t0
         console.print(f"  {name}: {result['correct']}/{result['guesses']} guesses correct -> epsilon >= "

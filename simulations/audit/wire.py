@@ -14,20 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.common.errors import DataError
-from fedrec.common.model import LOCAL_PREFIX, ModelConfig, NeuMF
+from fedrec.common.model import LOCAL_PREFIX, NeuMF
+from fedrec.common.model_file import read_model_config
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def expected_arrays(model_json: Path) -> dict[str, dict]:
     """Name -> {shape, dtype} of every global parameter of the run's model (from its model.json)."""
-    try:
-        spec = json.loads(model_json.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{model_json}: not found (the federated arm's model description)") from None
-    model_fields = dict(spec["model"])
-    model_fields["layers"] = tuple(model_fields.get("layers", ()))
-    model = NeuMF(1, int(spec["n_items"]), ModelConfig(**model_fields))
+    device = read_model_config(model_json).device
+    model = NeuMF(1, device.n_items, device.model)
     return {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
             for name, t in model.state_dict().items() if not name.startswith(LOCAL_PREFIX)}
 

@@ -1,36 +1,31 @@
-"""The device runtime: `fedrec client` (a SuperNode for one device) and `fedrec recommend` (on-device top-k).
+"""`fedrec client`: this device (or a gateway for a provisioned group) as a Flower SuperNode.
 
-`fedrec client` checks what it can before connecting (the store opens with the key, the auth key is an
-EC key, the CA file parses), then runs ``flower-supernode`` with TLS and SuperNode authentication and
-node config ``store=... key-file=...``, which ``client.app`` reads. Flower reports a refused
-connection as a multi-line exit message; this module turns the known causes into one line that says
-what to fix.
+It checks what it can before connecting (the store opens with the key, the auth key is an EC key, the
+CA file parses), then runs ``flower-supernode`` with TLS and SuperNode authentication and node config
+``store=... key-file=...``, which ``fedrec.client.app`` reads. Flower reports a refused connection as a
+multi-line exit message; this module turns the known causes into one line that says what to fix.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-import torch
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from fedrec.client.device_round import EMBEDDING, DeviceRef, device_scores
+from fedrec.client.store_key import store_key
 from fedrec.common.errors import FedrecError
-from fedrec.common.keys import KeyRecipe, derive_device_key, load_key_file
-from fedrec.common.model import ModelConfig
+from fedrec.common.keys import derive_device_key, load_key_file
+from fedrec.common.manifest import load_manifest
 from fedrec.common.processes import Children, flower_env, free_port, terminate_on_sigterm
-from fedrec.common.run_config import DEFAULTS, merged
-from fedrec.common.store import DeviceStore, peek_header
+from fedrec.common.store import DeviceStore
 
 Say = Callable[[str], None]
 
@@ -54,30 +49,13 @@ class ClientSettings:
         return f"device {self.store.stem}" if self.store else f"gateway for {self.stores_dir}"
 
 
-def store_key(store: Path, key_file: Path) -> bytes:
-    """The store key from the device's key file, via the store's public recipe.
-
-    A provisioned store derives its key from a secret and its device id; handing a device its own
-    secret is ``fedrec store rotate-key STORE --key-file master.key --new-key-file device.key``.
-    """
-    header = peek_header(store)
-    recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
-    if recipe.source != "key":
-        raise FedrecError(f"{store}: protected by a passphrase; a device needs a key file "
-                          f"(fedrec store rotate-key {store} --passphrase-env VAR --new-key-file FILE)")
-    return recipe.store_key(load_key_file(key_file), header["store_id"])
-
-
 def _check_group(stores_dir: Path, master_key_file: Path) -> None:
     """A gateway's group: the manifest lists its devices; the first store must open with the master."""
-    try:
-        devices = json.loads((stores_dir / "manifest.json").read_text())["devices"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise FedrecError(f"{stores_dir}/manifest.json: not a provisioned group ({exc})") from None
-    if not devices:
+    manifest = load_manifest(stores_dir)
+    if not manifest.devices:
         raise FedrecError(f"{stores_dir}/manifest.json: no devices")
-    first = devices[0]["device_id"]
-    with DeviceStore.open(stores_dir / "stores" / f"{first}.db", derive_device_key(load_key_file(master_key_file), first)):
+    first = manifest.devices[0]
+    with DeviceStore.open(manifest.store_path(first), derive_device_key(load_key_file(master_key_file), first.device_id)):
         pass
 
 
@@ -185,97 +163,3 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
         raise FedrecError("the SuperLink stopped accepting this device while it was connected "
                           "(its key was unregistered or revoked); ask the operator")
     raise FedrecError(explain_exit(list(tail), s, code))
-
-
-# --- on-device recommendations -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    rank: int
-    item_id: str  # the dataset's original id
-    title: str | None
-    score: float
-
-
-def load_global_model(model: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, int, dict]:
-    """``global_model.pt`` and the ``model.json`` beside it (architecture, catalogue size, run config)."""
-    info_path = model.with_name("model.json")
-    if not model.is_file():
-        raise FedrecError(f"{model}: global model not found (--model)")
-    if not info_path.is_file():
-        raise FedrecError(f"{info_path}: model.json not found beside the global model")
-    try:
-        info = json.loads(info_path.read_text())
-        arch = dict(info["model"])
-        arch["layers"] = tuple(arch.get("layers", ()))
-        config, n_items = ModelConfig(**arch), int(info["n_items"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FedrecError(f"{info_path}: unreadable model description ({exc})") from None
-    state = torch.load(model, weights_only=True, map_location="cpu")
-    run_config = {k: v for k, v in dict(info.get("config") or {}).items() if k in DEFAULTS}
-    return state, config, n_items, merged(run_config)
-
-
-def find_manifest(store: Path, manifest: Path | None) -> Path | None:
-    """The provisioning manifest (item catalogue): given, or next to the store's directory."""
-    if manifest is not None:
-        if not manifest.is_file():
-            raise FedrecError(f"{manifest}: manifest not found (--manifest)")
-        return manifest
-    for candidate in (store.parent / "manifest.json", store.parent.parent / "manifest.json"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _dataset_titles(name: str) -> dict[str, str]:
-    """Titles by original item id from a locally cached copy of the dataset, if this machine has one."""
-    from fedrec.common.datasets import load_dataset
-    from fedrec.common.fetch import dataset_dir
-
-    if not name or not dataset_dir(name).exists():
-        return {}
-    data = load_dataset(name)
-    return {str(data.item_ids[i]): title for i, title in data.item_titles.items()}
-
-
-def item_catalogue(manifest: Path | None, n_items: int) -> tuple[list[str], dict[int, str]]:
-    """Dense index -> original item id and title (manifest ``item_ids`` / ``item_titles``, else the dataset)."""
-    if manifest is None:
-        return [str(i) for i in range(n_items)], {}
-    try:
-        raw = json.loads(manifest.read_text())
-        ids = [str(x) for x in raw["item_ids"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FedrecError(f"{manifest}: no item catalogue (item_ids) in the manifest ({exc})") from None
-    if len(ids) != n_items:
-        raise FedrecError(f"{manifest}: catalogue has {len(ids)} items but the model scores {n_items}")
-    given = raw.get("item_titles")
-    if isinstance(given, list):
-        return ids, {i: str(t) for i, t in enumerate(given) if t}
-    by_id = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else _dataset_titles(
-        str(raw.get("dataset", "")))
-    return ids, {i: by_id[x] for i, x in enumerate(ids) if x in by_id}
-
-
-def recommend(store: Path, key_file: Path, model: Path, k: int = 10, manifest: Path | None = None,
-              state_prefix: str | None = None) -> list[Recommendation]:
-    """Top-k unseen items for the store's user, served on the device as the federated evaluation serves it:
-    its user row refitted on-device against the global model (the run's personalize-* settings)."""
-    from fedrec.client.fleet import personalization  # not at the top: client.fleet imports this module
-
-    state, config, n_items, cfg = load_global_model(model)
-    prefix = str(cfg["state-prefix"]) if state_prefix is None else state_prefix
-    ref = DeviceRef(store.stem, store, store_key(store, key_file))
-    with ref.open() as opened:
-        if opened.get_state(prefix + EMBEDDING) is None:
-            raise FedrecError(f"{store}: no {prefix + EMBEDDING!r} in the store: the device has not trained "
-                              f"in this run (or give the --state-prefix it trained under)")
-        seen = np.asarray(opened.read_events(None).items, dtype=np.int64)
-    scores = device_scores(ref, state, config, n_items, prefix, int(cfg["seed"]), personalization(cfg))
-    scores = scores.astype(np.float64)
-    scores[seen] = -np.inf
-    ids, titles = item_catalogue(find_manifest(store, manifest), n_items)
-    top = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]
-    return [Recommendation(rank, ids[i], titles.get(int(i)), float(scores[i])) for rank, i in enumerate(top)]

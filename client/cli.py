@@ -1,0 +1,50 @@
+"""The device's commands: `fedrec client` (a SuperNode), `fedrec recommend` (on-device top-k), `fedrec store`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedrec.client.store_cli import store_app
+from fedrec.common.cli import say
+
+app = typer.Typer()
+app.add_typer(store_app, name="store")
+
+
+@app.command()
+def client(
+    store: Optional[Path] = typer.Option(None, help="This device's encrypted store."),
+    key_file: Optional[Path] = typer.Option(None, help="The store's 32-byte key file."),
+    superlink: str = typer.Option(..., help="SuperLink address HOST:PORT."),
+    root_cert: Path = typer.Option(..., help="CA certificate that signed the SuperLink's certificate."),
+    auth_key: Path = typer.Option(..., help="This device's private authentication key (`fedrec certs device`)."),
+    port: Optional[int] = typer.Option(None, help="Local SuperNode runtime port (default: a free one)."),
+    max_wait: Optional[float] = typer.Option(None, help="Give up if the SuperLink is unreachable this many seconds."),
+    quiet: bool = typer.Option(False, help="Do not echo the SuperNode's log."),
+    stores_dir: Optional[Path] = typer.Option(None, help="Gateway: a provisioned dir; serve all its devices."),
+    master_key_file: Optional[Path] = typer.Option(None, help="Gateway: the group's master key file."),
+) -> None:
+    """Run this device (or a gateway for a group of devices) as a Flower SuperNode that trains when asked."""
+    from fedrec.client.supernode import ClientSettings, run_client
+
+    run_client(ClientSettings(store, key_file, superlink, root_cert, auth_key, port, max_wait, stores_dir,
+                              master_key_file), say, echo=not quiet)
+
+
+@app.command()
+def recommend(
+    store: Path = typer.Option(..., help="This device's encrypted store."),
+    key_file: Path = typer.Option(..., help="The store's key file."),
+    model: Path = typer.Option(..., help="global_model.pt (model.json beside it)."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="How many items."),
+    manifest: Optional[Path] = typer.Option(None, help="Provisioning manifest with the item catalogue (default: found beside the store)."),
+    state_prefix: Optional[str] = typer.Option(None, help="State-name prefix the device trained under (default: the run's)."),
+) -> None:
+    """Top-k unseen items for this device's user, computed on the device."""
+    from fedrec.client.recommend import recommend as top_k
+
+    for rec in top_k(store, key_file, model, k, manifest, state_prefix):
+        print(f"{rec.rank + 1:>3}  {rec.item_id:>8}  {rec.score:8.3f}  {rec.title or ''}".rstrip())
