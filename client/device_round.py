@@ -83,13 +83,13 @@ def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: D
     prefix = device.state_prefix
     round_seed = device_seed(device.seed, task.round.number, ref.device_id)
     with ref.open() as store:
-        train = store.read_events("train").items
-        seen = store.read_events(None).items
+        train = np.asarray(store.read_events("train").items, dtype=np.int64)
         ledger = PrivacyLedger.from_json(store.get_state(prefix + LEDGER))
         model = device_model(store, ref.device_id, global_params, device)
         rng = np.random.default_rng(round_seed)
-        items, labels = make_examples(np.asarray(train, dtype=np.int64), np.asarray(seen, dtype=np.int64),
-                                      device.n_items, training.negatives, rng)
+        # Training never looks at the held-out items; under DP negatives depend on nothing but the record.
+        avoid = None if privacy.private else train
+        items, labels = make_examples(train, avoid, device.n_items, training.negatives, rng)
         outcome = train_local(model, items, labels, training, privacy, ledger, round_seed)
         if not outcome.refused:  # one transaction: embedding, ledger and round counter move together
             rounds = int(store.get_state(prefix + ROUNDS) or b"0") + 1
@@ -99,23 +99,29 @@ def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: D
 
 
 def serving_model(store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor],
-                  device: DeviceConfig) -> NeuMF:
-    """The model this device serves with: the global model plus its user row refitted on-device."""
+                  device: DeviceConfig, known: tuple[str, ...] = ("train",)) -> NeuMF:
+    """The model this device serves with: the global model plus its user row refitted on-device on the
+    ``known`` part of its history (never uploaded, never fed into training, so it needs no DP)."""
     model = device_model(store, device_id, global_params, device)
     serving = device.serving
     if serving.refit_steps > 0:
-        train = store.read_events("train").items.astype(np.int64)
-        seen = store.read_events(None).items.astype(np.int64)
+        positives = np.concatenate([store.read_events(stage).items for stage in known]).astype(np.int64)
         rng = np.random.default_rng(device_seed(device.seed, -2, device_id))
-        items, labels = make_examples(train, seen, device.n_items, device.training.negatives, rng)
+        items, labels = make_examples(positives, positives, device.n_items, device.training.negatives, rng)
         personalize(model, items, labels, serving.refit_steps, serving.refit_lr)
     return model
+
+
+# What a device knows when it serves: after training, its whole history up to now (the next item it
+# picks is the one it is being served for). Validating against its validation item uses the train part.
+SERVES_ON = ("train", "validation")
+KNOWN_BEFORE = {"validation": ("train",), "test": SERVES_ON}
 
 
 def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> NeuMF:
     """Personalize for serving and keep the serving row in the store (separate from the training row)."""
     with ref.open() as store:
-        model = serving_model(store, ref.device_id, global_params, device)
+        model = serving_model(store, ref.device_id, global_params, device, SERVES_ON)
         store.put_states({device.state_prefix + SERVING: embedding_bytes(model.user_emb.weight)})
     return model
 
@@ -133,18 +139,21 @@ def device_scores(ref: DeviceRef, global_params: dict[str, torch.Tensor], device
 
 def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig,
                     keep_serving: bool = False) -> int | None:
-    """0-based rank of the device's held-out item among its unseen items (None if it has none).
+    """0-based rank of the device's held-out item among its unseen items (None if it has none), served
+    with the user row refitted on what the device knew before that item.
 
-    ``keep_serving`` (the final evaluation) also stores the refitted serving row for ``fedrec recommend``."""
+    ``keep_serving`` (the final evaluation) also stores the serving row refitted on everything the device
+    knows, for the next step (``fedrec recommend``, the harness's test ranking)."""
     stage = device.eval_stage
+    known = KNOWN_BEFORE[stage]
     with ref.open() as store:
         target = store.read_events(stage).items
-        exclude = [store.read_events("train").items]
-        if stage == "test":
-            exclude.append(store.read_events("validation").items)
-        model = serving_model(store, ref.device_id, global_params, device)
+        exclude = [store.read_events(part).items for part in known]
+        model = serving_model(store, ref.device_id, global_params, device, known)
         if keep_serving:
-            store.put_states({device.state_prefix + SERVING: embedding_bytes(model.user_emb.weight)})
+            serving = model if known == SERVES_ON else serving_model(store, ref.device_id, global_params, device,
+                                                                      SERVES_ON)
+            store.put_states({device.state_prefix + SERVING: embedding_bytes(serving.user_emb.weight)})
     if len(target) == 0:
         return None
     scores = model.score_users(torch.zeros(1, dtype=torch.long))[0].double().numpy()

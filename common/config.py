@@ -171,7 +171,10 @@ class PrivacyConfig:
     epsilon: float = 8.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    calibration_quantile: float = 1.0  # plan for the device at this quantile of rounds taken (1 = every round)
+    # The noise is planned for the device at this quantile of the rounds a device takes (each device
+    # flips its own coin, so that is Binomial(rounds, participation)); 1 = a device in every round.
+    # At the median most devices end near epsilon; those that would go past it sit the last rounds out.
+    calibration_quantile: float = 0.5
 
     def __post_init__(self) -> None:
         _one_of(self.mechanism, MECHANISMS, "mechanism")

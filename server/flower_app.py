@@ -29,3 +29,13 @@ def write_app(directory: Path, config: FederationConfig) -> Path:
                "tool": {"flwr": {"app": app_section(config)}}}
     (directory / "pyproject.toml").write_text(tomli_w.dumps(project))
     return directory
+
+
+def run_config_toml(config: FederationConfig = FederationConfig()) -> str:
+    """The body of pyproject's ``[tool.flwr.app.config]``: one bare dotted key per line (TOML reads it as
+    nested tables, which Flower flattens back to the same dotted key)."""
+    return "".join(f"{key} = {tomli_w.dumps({'v': value})[4:]}" for key, value in flatten(config).items())
+
+
+if __name__ == "__main__":  # python -m fedrec.server.flower_app: the section to paste into pyproject.toml
+    print(run_config_toml(), end="")
