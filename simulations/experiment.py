@@ -47,7 +47,7 @@ def run(exp: Experiment) -> dict:
     console = Console(stderr=True, quiet=not exp.show)
     t0 = time.perf_counter()
     data = exp.data if exp.data is not None else load(exp.dataset, exp.data_dir, exp.users)
-    run_dir = RunDir(exp.out)
+    run_dir = RunDir.fresh(exp.out)
     per_arm: dict[str, list[dict]] = {name: [] for name in exp.fitters}
     info: dict[str, dict] = {}
     for seed in exp.seeds:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.common.datasets import Interactions
+from fedrec.common.errors import FedrecError
 from fedrec.common.metrics import top_k
 from fedrec.common.split import Split
 
@@ -56,14 +57,27 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
 
+    @classmethod
+    def fresh(cls, path: str | Path) -> "RunDir":
+        """A run dir for a new run: refused if ``path`` holds anything, so that a re-run after a crash never
+        mixes with the dead run's stores, ledgers (its privacy spending) or checkpoints."""
+        path = Path(path)
+        if path.is_dir() and any(path.iterdir()):
+            raise FedrecError(f"{path}: already holds a run (finished or interrupted); give a fresh --out "
+                              f"(a harness run cannot be resumed: its devices' ledgers would mix two runs)")
+        if path.exists() and not path.is_dir():
+            raise FedrecError(f"{path}: exists and is not a directory (--out)")
+        try:
+            return cls(path)
+        except OSError as exc:
+            raise FedrecError(f"{path}: cannot create the run dir ({exc.strerror})") from None
+
     @property
     def report_json(self) -> Path:
         return self.path / "report.json"
 
     def read_report(self) -> dict:
         if not self.report_json.exists():
-            from fedrec.common.errors import FedrecError
-
             raise FedrecError(f"{self.report_json}: not found (is {self.path} a fedrec run dir?)")
         return json.loads(self.report_json.read_text())
 
