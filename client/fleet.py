@@ -22,6 +22,7 @@ from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.manifest import load_manifest
 from fedrec.common.metrics import hit_ndcg
+from fedrec.common.replies import allowed_keys
 
 
 def node_devices(node_config: Mapping[str, Any], fleet: Fleet) -> list[DeviceRef]:
@@ -50,8 +51,9 @@ def participates(device_id: str, server_round: int, fraction: float, seed: int) 
 
 def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor],
                 task: DeviceInstructions) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train every participating device; return the example-weighted mean of their global params."""
-    device = task.device
+    """Train every participating device; return the weighted mean of their global params: by example
+    count without DP (FedAvg), one weight per device under DP (the count would reveal history lengths)."""
+    device, private = task.device, task.privacy.private
     total: dict[str, torch.Tensor] = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_params.items()}
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
     for ref in devices:
@@ -62,12 +64,13 @@ def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor]
         if result.outcome.refused:
             refused += 1
             continue
-        n = result.num_examples
+        n = 1 if private else result.num_examples
         for k, v in result.state.items():
             total[k] += v.double() * n
         weight += n
         loss_sum += result.outcome.loss * n
         steps = max(steps, result.outcome.steps)
+    trained = len(epsilons) - refused
     if weight:
         mean = {k: (v / weight).to(global_params[k].dtype) for k, v in total.items()}
     else:
@@ -75,13 +78,13 @@ def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor]
     metrics = {
         "num-examples": weight,
         "train-loss": loss_sum / weight if weight else 0.0,
-        "devices": len(epsilons) - refused,
+        "devices": trained,
         "refused": refused,
         "steps-max": steps,
         "epsilon-max": max(epsilons, default=0.0),
         "epsilons": [float(e) for e in epsilons],
     }
-    return mean, metrics
+    return mean, {k: metrics[k] for k in allowed_keys("train", private)}
 
 
 def evaluate_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor],
@@ -92,4 +95,5 @@ def evaluate_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tens
         if rank is not None:
             ranks.append(rank)
     hr, ndcg = hit_ndcg(np.asarray(ranks, dtype=np.int64))
-    return {"num-examples": len(ranks), "hr@10": hr, "ndcg@10": ndcg}
+    metrics = {"num-examples": len(ranks), "hr@10": hr, "ndcg@10": ndcg}
+    return {k: metrics[k] for k in allowed_keys("evaluate", task.privacy.private)}

@@ -8,6 +8,7 @@ grace period, and any descendant that escaped into another session is found by w
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -20,6 +21,40 @@ from pathlib import Path
 from typing import IO
 
 from fedrec.common.errors import FedrecError
+from fedrec.common.reaper import children_by_parent, start_time
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True if something listens on (or holds) ``host:port``: binding it fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers do not count
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@contextmanager
+def exclusive(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` for the block; a second holder is refused in one line."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise FedrecError(f"{lock_file.parent}: another {what} (pid {holder}) is using it; stop it first") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,23 +78,9 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     return env
 
 
-def _children_by_parent() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # the command name may contain spaces
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
-    tree, found, todo = _children_by_parent(), [], [pid]
+    tree, found, todo = children_by_parent(), [], [pid]
     while todo:
         for child in tree.get(todo.pop(), []):
             found.append(child)
@@ -76,11 +97,23 @@ def _signal(pids: list[int], sig: int) -> None:
 
 
 class Children:
-    """The processes one command started; ``stop()`` ends all of them and is safe to call twice."""
+    """The processes one command started; ``stop()`` ends all of them and is safe to call twice. Should
+    the command die without stopping them (SIGKILL, a crash), its reaper (``fedrec.common.reaper``)
+    ends them."""
 
     def __init__(self, env: dict[str, str]):
         self.env = env
         self.procs: dict[str, subprocess.Popen] = {}
+        self._reaper: subprocess.Popen | None = None
+
+    def _watch(self, pid: int) -> None:
+        if self._reaper is None or self._reaper.poll() is not None:
+            self._reaper = subprocess.Popen([sys.executable, "-m", "fedrec.common.reaper", str(os.getpid())],
+                                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, start_new_session=True)
+        assert self._reaper.stdin is not None
+        self._reaper.stdin.write(f"{pid}\n".encode())
+        self._reaper.stdin.flush()
 
     def start(self, name: str, argv: list[str], log: Path | None = None, capture: bool = False,
               cwd: Path | None = None) -> subprocess.Popen:
@@ -103,6 +136,7 @@ class Children:
             if log is not None and not capture and out is not None and not isinstance(out, int):
                 out.close()
         self.procs[name] = proc
+        self._watch(proc.pid)
         return proc
 
     def stop_one(self, name: str, grace: float = 10.0) -> None:
@@ -113,6 +147,14 @@ class Children:
     def stop(self, grace: float = 10.0) -> None:
         for name in reversed(list(self.procs)):
             self.stop_one(name, grace)
+        if self._reaper is not None and self._reaper.stdin is not None:
+            try:
+                self._reaper.stdin.write(b"done\n")
+                self._reaper.stdin.close()
+            except BrokenPipeError:
+                pass
+            self._reaper.wait(timeout=grace)
+            self._reaper = None
 
 
 def _terminate(proc: subprocess.Popen, grace: float) -> None:
@@ -144,11 +186,7 @@ def _terminate(proc: subprocess.Popen, grace: float) -> None:
 
 def alive(pid: int) -> bool:
     """Running (not a zombie awaiting its parent)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    return start_time(pid) is not None
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from fedrec.common.certs import CA_CERT, DEVICE_PUB_SUFFIX, SERVER_CERT, SERVER_
 from fedrec.common.config import FederationConfig, StrategyConfig, load_config
 from fedrec.common.errors import FedrecError
 from fedrec.common.manifest import load_manifest
-from fedrec.common.processes import Children, flower_env, terminate_on_sigterm, wait_until
+from fedrec.common.processes import Children, exclusive, flower_env, port_in_use, terminate_on_sigterm, wait_until
 from fedrec.common.settings import flatten, from_flat
 from fedrec.server.flower_app import write_app
 
@@ -272,6 +272,14 @@ def serve(s: ServerSettings, say: Say) -> None:
     s.out.mkdir(parents=True, exist_ok=True)
     s.state_dir.mkdir(parents=True, exist_ok=True)
     host = connect_host(s.cert, s.host)
+    with exclusive(s.state_dir / "server.lock", "fedrec server"):
+        if port_in_use(s.host, s.port):
+            raise FedrecError(f"port {s.port} on {s.host} is in use (another SuperLink, or one left by a killed "
+                              f"server?): stop it or choose another --port")
+        _serve(s, host, say)
+
+
+def _serve(s: ServerSettings, host: str, say: Say) -> None:
     children = Children(flower_env(write_flwr_config(s, host)))
     link_log = s.state_dir / "superlink.log"
     with terminate_on_sigterm():

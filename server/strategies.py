@@ -61,18 +61,22 @@ class FedrecStrategyMixin:
         info = RoundInfo(number=self.round_offset + server_round, final=final)
         return ConfigRecord(replace(self.instructions, round=info).to_config())
 
-    def _log_wire(self, server_round: int, direction: str, arrays_list: list[ArrayRecord]) -> None:
-        if self.wire_log is None or not arrays_list:
+    def _log_wire(self, server_round: int, direction: str, arrays_list: list[ArrayRecord],
+                  metrics: list[MetricRecord] | None = None) -> None:
+        """One line per round and direction: array names, shapes and sizes, and every metric key replied."""
+        if self.wire_log is None or not (arrays_list or metrics):
             return
-        stats = _array_stats(arrays_list[0])
+        stats = _array_stats(arrays_list[0]) if arrays_list else {}
         line = {
             "round": server_round,
             "direction": direction,
             "arrays": stats,
-            "n_messages": len(arrays_list),
+            "n_messages": len(arrays_list or metrics or []),
             "bytes_total": sum(sum(len(a.data) for a in arrs.values()) for arrs in arrays_list),
             "same_names_in_all": all(set(a.keys()) == set(stats) for a in arrays_list),
         }
+        if metrics is not None:
+            line["metric_keys"] = sorted({key for record in metrics for key in record})
         with self.wire_log.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
 
@@ -88,7 +92,9 @@ class FedrecStrategyMixin:
         if not any(m.has_content() for m in replies):
             reasons = sorted({m.error.reason for m in replies if m.has_error()}) or ["no replies"]
             raise FedrecError(f"round {server_round}: no node replied with an update ({'; '.join(reasons)[:500]})")
-        self._log_wire(server_round, "up", [m.content["arrays"] for m in replies if m.has_content()])
+        answered = [m for m in replies if m.has_content()]
+        self._log_wire(server_round, "up", [m.content["arrays"] for m in answered],
+                       [m.content["metrics"] for m in answered])
         useful = [m for m in replies if not m.has_content() or float(m.content["metrics"]["num-examples"]) > 0]
         idle = [m for m in replies if m not in useful]
         arrays, metrics = (None, None)
@@ -112,6 +118,8 @@ class FedrecStrategyMixin:
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        self._log_wire(server_round, "evaluate", [], [m.content["metrics"] for m in replies if m.has_content()])
         metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
         self.last_evaluate_metrics = metrics
         return metrics

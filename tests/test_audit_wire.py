@@ -8,6 +8,8 @@ import json
 import numpy as np
 
 from fedrec.common.config import DeviceConfig, FederationConfig
+from fedrec.common.instructions import DevicePrivacy
+from fedrec.common.replies import EVALUATE_PRIVATE, TRAIN_PRIVATE
 from fedrec.common.model import ModelConfig, NeuMF, global_state
 from fedrec.common.settings import to_nested
 from fedrec.simulations.audit.wire import audit_wire, audit_wire_log
@@ -16,10 +18,11 @@ CFG = ModelConfig(gmf_dim=4, mlp_dim=4, layers=(8, 4))
 N_ITEMS = 30
 
 
-def model_json(tmp_path):
+def model_json(tmp_path, private: bool = True):
     path = tmp_path / "model.json"
     config = FederationConfig(device=DeviceConfig(model=CFG, n_items=N_ITEMS))
-    path.write_text(json.dumps({"federation": to_nested(config)}))
+    privacy = DevicePrivacy(1.1, budget=8.0) if private else DevicePrivacy()
+    path.write_text(json.dumps({"federation": to_nested(config), "privacy": to_nested(privacy)}))
     return path
 
 
@@ -29,7 +32,9 @@ def clean_entries(rounds: int = 2) -> list[dict]:
               for name, t in global_state(NeuMF(1, N_ITEMS, CFG)).items()}
     return [{"round": r, "direction": d, "arrays": copy.deepcopy(arrays), "n_messages": 3,
              "bytes_total": 3 * sum(a["bytes"] for a in arrays.values()), "same_names_in_all": True}
-            for r in range(1, rounds + 1) for d in ("down", "up")]
+            for r in range(1, rounds + 1) for d in ("down", "up")] + [
+        {"round": rounds, "direction": "evaluate", "arrays": {}, "n_messages": 3, "bytes_total": 0,
+         "same_names_in_all": True, "metric_keys": list(EVALUATE_PRIVATE)}]
 
 
 def write_log(tmp_path, entries) -> object:
@@ -47,7 +52,8 @@ def test_clean_log_passes(tmp_path):
 
 def leaks(tmp_path, mutate) -> list[str]:
     entries = clean_entries()
-    mutate(entries[-1]["arrays"], entries[-1])
+    last_up = [e for e in entries if e["direction"] == "up"][-1]
+    mutate(last_up["arrays"], last_up)
     result = audit_wire_log(write_log(tmp_path, entries), model_json(tmp_path))
     assert not result["ok"]
     return result["problems"]
@@ -87,6 +93,19 @@ def test_compressed_or_partial_updates_are_flagged(tmp_path):
     def mixed(arrays, entry):
         entry["same_names_in_all"] = False
     assert any("different array names" in p for p in leaks(tmp_path, mixed))
+
+
+def test_reply_metrics_off_the_allow_list_are_flagged(tmp_path):
+    entries = clean_entries()
+    entries[1]["metric_keys"] = [*TRAIN_PRIVATE, "train-loss"]  # depends on the user's data
+    entries[-1]["metric_keys"] = ["hr@10", "ndcg@10", "num-examples"]  # a one-device node's held-out rank
+    result = audit_wire_log(write_log(tmp_path, entries), model_json(tmp_path, private=True))
+    assert not result["ok"]
+    assert any("round 1 up: reply metric(s) train-loss" in p for p in result["problems"])
+    assert any("evaluate: reply metric(s) hr@10, ndcg@10" in p for p in result["problems"])
+    # the same keys are what a non-private run is allowed to say
+    plain = audit_wire_log(write_log(tmp_path, entries), model_json(tmp_path, private=False))
+    assert plain["ok"], plain["problems"]
 
 
 def test_no_log_is_not_ok():

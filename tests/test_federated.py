@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fedrec.client.device_round import ledger_of
-from fedrec.client.fleet import node_devices, train_fleet
+from fedrec.client.fleet import evaluate_fleet, node_devices, train_fleet
 from fedrec.common.config import (
     DeviceConfig,
     FederationConfig,
@@ -19,7 +19,8 @@ from fedrec.common.config import (
     ServerConfig,
     Serving,
 )
-from fedrec.common.instructions import DeviceInstructions, RoundInfo
+from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
+from fedrec.common.replies import EVALUATE_PRIVATE, TRAIN_PRIVATE
 from fedrec.common.keys import create_key_file
 from fedrec.common.model import ModelConfig, NeuMF, global_names
 from fedrec.common.settings import from_nested
@@ -93,3 +94,25 @@ def test_gateway_aggregate_equals_per_device_fedavg(tmp_path, tiny):
     for name in params:
         expected = sum(w * s[name].double() for w, (s, _) in zip(weights, singles)) / weights.sum()
         assert torch.allclose(together[name].double(), expected, atol=1e-6)
+
+
+def test_private_replies_weigh_devices_equally_and_carry_only_public_counts(tmp_path, tiny):
+    """Under DP a reply's weight is the number of devices (not their history lengths), and its metrics
+    are exactly the private allow-list."""
+    data = tiny.subset_users(3)
+    stores = provisioned(tmp_path, data)
+    device = DeviceConfig(model=SMALL, n_items=data.n_items, participation=1.0,
+                          fleet=Fleet(str(stores), str(stores / "master.key")), training=LocalTraining(steps_per_epoch=2))
+    privacy = DevicePrivacy(1.0, budget=100.0)
+    params = initial_state(device)
+    devices = node_devices({}, device.fleet)
+
+    def task(prefix: str) -> DeviceInstructions:
+        return DeviceInstructions(replace(device, state_prefix=prefix), privacy, RoundInfo(number=1))
+
+    together, metrics = train_fleet(devices, params, task("a/"))
+    singles = [train_fleet([d], params, task("b/")) for d in devices]
+    assert tuple(metrics) == TRAIN_PRIVATE and metrics["num-examples"] == 3 == metrics["devices"]
+    assert all(m["num-examples"] == 1 for _, m in singles)
+    evaluated = evaluate_fleet(devices, params, task("a/"))
+    assert tuple(evaluated) == EVALUATE_PRIVATE

@@ -15,7 +15,8 @@ import numpy as np
 
 from fedrec.common.errors import DataError
 from fedrec.common.model import LOCAL_PREFIX, NeuMF
-from fedrec.common.model_file import read_model_config
+from fedrec.common.model_file import read_model_config, read_model_privacy
+from fedrec.common.replies import allowed_keys
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -28,9 +29,24 @@ def expected_arrays(model_json: Path) -> dict[str, dict]:
             for name, t in model.state_dict().items() if not name.startswith(LOCAL_PREFIX)}
 
 
+def check_metric_keys(entry: dict, private: bool) -> list[str]:
+    """Reply metrics outside the declared allow-list (``fedrec.common.replies``) of the run's mechanism."""
+    direction = entry.get("direction")
+    if direction not in ("up", "evaluate"):
+        return []
+    allowed = allowed_keys("train" if direction == "up" else "evaluate", private)
+    extra = sorted(set(entry.get("metric_keys", [])) - set(allowed))
+    if not extra:
+        return []
+    return [f"round {entry.get('round')} {direction}: reply metric(s) {', '.join(extra)} are not on the "
+            f"allow-list of {'a private' if private else 'a non-private'} run ({', '.join(allowed)})"]
+
+
 def check_line(entry: dict, expected: dict[str, dict]) -> list[str]:
     """Every problem with one round-direction of the log, as readable sentences."""
     where = f"round {entry.get('round')} {entry.get('direction')}"
+    if entry.get("direction") == "evaluate":
+        return []  # evaluation replies carry metrics only (checked by check_metric_keys)
     arrays: dict[str, dict] = entry.get("arrays", {})
     problems = []
     for name, meta in arrays.items():
@@ -60,13 +76,15 @@ def check_line(entry: dict, expected: dict[str, dict]) -> list[str]:
 
 def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
     expected = expected_arrays(model_json)
+    private = read_model_privacy(model_json).private
     try:
         lines = [json.loads(x) for x in wire_log.read_text().splitlines() if x.strip()]
     except FileNotFoundError:
         raise DataError(f"{wire_log}: not found (the server's wire log)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{wire_log}:{exc.lineno}: not JSON") from None
-    problems = [p for entry in lines for p in check_line(entry, expected)]
+    problems = [p for entry in lines for p in check_line(entry, expected) + check_metric_keys(entry, private)]
+    keys = sorted({k for e in lines for k in e.get("metric_keys", [])})
     seen: dict[str, dict] = {}
     for entry in lines:
         for name, meta in entry.get("arrays", {}).items():
@@ -80,6 +98,8 @@ def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
         "bytes_up": by_direction["up"],
         "bytes_down": by_direction["down"],
         "arrays": seen,
+        "metric_keys": keys,
+        "private": private,
         "problems": problems[:50] if lines else [f"{wire_log}: empty log"],
     }
 
