@@ -136,6 +136,7 @@ def provision(
         "split_seed": split.seed,
         "n_users": split.n_users,
         "n_items": split.n_items,
+        "duplicates_merged": data.n_merged,  # repeated (user, item) rows merged into their latest (protocol.md)
         "item_ids": [_plain(i) for i in data.item_ids],
         "item_titles": {str(_plain(data.item_ids[i])): t for i, t in sorted(data.item_titles.items())},  # original id -> title
         "key": {"recipe": recipe.to_dict(), "master_key_id": key_id(master_key),
