@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,11 +18,21 @@ class CliResult:
     stderr: str
 
 
-def run_cli(*args: str, user: int | None = None, timeout: float = 300) -> CliResult:
-    """``python -m fedrec.simulations.cli ARGS`` in a fresh process (``user``: run under that uid)."""
+def obey_permissions() -> list[str]:
+    """A command prefix under which file modes hold even for root (which otherwise writes anywhere)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only directory cannot be simulated")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def run_cli(*args: str, obey_modes: bool = False, timeout: float = 300) -> CliResult:
+    """``python -m fedrec.simulations.cli ARGS`` in a fresh process, as a user would run it."""
     env = {**os.environ, "COLUMNS": "80", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "fedrec.simulations.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, user=user)
+    prefix = obey_permissions() if obey_modes else []
+    proc = subprocess.run([*prefix, sys.executable, "-m", "fedrec.simulations.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -39,3 +50,19 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> str:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def flip(blob: bytes, at: int) -> bytes:
+    """``blob`` with the lowest bit of byte ``at`` inverted."""
+    return blob[:at] + bytes([blob[at] ^ 0x01]) + blob[at + 1:]
+
+
+def small_model_state(seed: int = 0):
+    """A global NeuMF state (30 items) and its architecture, as the server checkpoints it."""
+    import torch
+
+    from fedrec.common.model import ModelConfig, NeuMF, global_state
+
+    torch.manual_seed(seed)
+    config = ModelConfig(gmf_dim=4, mlp_dim=4, layers=(8, 4))
+    return global_state(NeuMF(1, 30, config)), config
