@@ -26,11 +26,12 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from fedrec.client.device_round import EMBEDDING, DeviceRef, device_scores
 from fedrec.common.errors import FedrecError
-from fedrec.common.keys import KeyRecipe, derive_device_key, load_key_file
+from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.model import ModelConfig
+from fedrec.common.model_files import matches, read_torch_file
 from fedrec.common.processes import Children, flower_env, free_port, terminate_on_sigterm
 from fedrec.common.run_config import DEFAULTS, merged
-from fedrec.common.store import DeviceStore, peek_header
+from fedrec.common.store import DeviceStore, header_recipe, peek_header
 
 Say = Callable[[str], None]
 
@@ -61,7 +62,7 @@ def store_key(store: Path, key_file: Path) -> bytes:
     secret is ``fedrec store rotate-key STORE --key-file master.key --new-key-file device.key``.
     """
     header = peek_header(store)
-    recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
+    recipe = header_recipe(header, store)
     if recipe.source != "key":
         raise FedrecError(f"{store}: protected by a passphrase; a device needs a key file "
                           f"(fedrec store rotate-key {store} --passphrase-env VAR --new-key-file FILE)")
@@ -212,7 +213,10 @@ def load_global_model(model: Path) -> tuple[dict[str, torch.Tensor], ModelConfig
         config, n_items = ModelConfig(**arch), int(info["n_items"])
     except (KeyError, TypeError, ValueError) as exc:
         raise FedrecError(f"{info_path}: unreadable model description ({exc})") from None
-    state = torch.load(model, weights_only=True, map_location="cpu")
+    state = read_torch_file(model, "copy it again from the server's out dir")
+    if not matches(state, info.get("sha256")):
+        raise FedrecError(f"{model}: content does not match the SHA-256 digest in {info_path} "
+                          "(altered, damaged, or not the model that model.json describes)")
     run_config = {k: v for k, v in dict(info.get("config") or {}).items() if k in DEFAULTS}
     return state, config, n_items, merged(run_config)
 

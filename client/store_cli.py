@@ -14,7 +14,7 @@ from rich.table import Table
 
 from fedrec.common.errors import FedrecError
 from fedrec.common.keys import KeyRecipe, create_key_file, load_key_file, passphrase_from_env
-from fedrec.common.store import DeviceStore, peek_header, rotate_key
+from fedrec.common.store import DeviceStore, header_recipe, peek_header, rotate_key
 
 store_app = typer.Typer(no_args_is_help=True, help="Inspect and re-key encrypted device stores.")
 out = Console()
@@ -36,7 +36,7 @@ class _Keys:
 
     def for_store(self, path: Path) -> bytes:
         header = peek_header(path)
-        recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
+        recipe = header_recipe(header, path)
         cache_key = recipe.salt if recipe.source == "passphrase" else b"key-file"
         if cache_key not in self._secrets:
             self._secrets[cache_key] = recipe.secret(key_file=self.key_file, passphrase=self.passphrase)
@@ -112,7 +112,7 @@ def rotate(
     for file in files:
         old_key = old_keys.for_store(file)
         header = peek_header(file)
-        old_recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
+        old_recipe = header_recipe(header, file)
         recipe = KeyRecipe(**{**base.__dict__, "per_device": old_recipe.per_device})
         generation = rotate_key(file, old_key, recipe.store_key(new_secret, header["store_id"]), recipe)
         err.print(f"rotated {file} (generation {generation})")

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from fedrec.common.datasets import Interactions, load_dataset
 from fedrec.common.errors import FedrecError
+from fedrec.common.paths import writable_dir
 from fedrec.common.metrics import evaluate_scores
 from fedrec.common.split import Split, temporal_split
 from fedrec.simulations.arms.base import ArmResult
@@ -47,6 +48,7 @@ def run(exp: Experiment) -> dict:
     """Fit every arm for every seed; the first seed's split, recommendations and scores go to disk."""
     console = Console(stderr=True, quiet=not exp.show)
     t0 = time.perf_counter()
+    writable_dir(exp.out, "--out")  # fail before fitting, not after
     data = exp.data if exp.data is not None else load(exp.dataset, exp.data_dir, exp.users)
     if data.n_merged:
         console.print(f"{data.name}: {data.n_merged} repeated (user, item) rows merged into their latest "
