@@ -56,8 +56,8 @@ def data_provision(
     from fedrec.simulations.experiment import load
     from fedrec.simulations.provision import master_secret, provision
 
+    data = load(dataset, str(data_dir) if data_dir else None, users)  # bad data fails before a key is made
     master, recipe, recorded = master_secret(out, key_file, passphrase_env)
-    data = load(dataset, str(data_dir) if data_dir else None, users)
     manifest = provision(data, temporal_split(data, seed), out, master, recipe=recipe, key_file=recorded,
                          workers=workers, show=not quiet)
     err.print(f"wrote {data.n_users} device stores and {manifest}")

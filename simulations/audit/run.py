@@ -154,7 +154,7 @@ def not_applicable(reason: str) -> dict:
 def _at_rest_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dict:
     stores = opts.stores or run.path / "stores"
     if opts.stores is None and not any(run.model_dir(arm) for arm in run.report["arms"]):
-        return not_applicable("no federated arm in this run, so no device stores (give --stores DIR to scan some)")
+        return not_applicable("no federated arm in this run, so no device stores; --stores DIR scans others")
     console.print(f"  scanning {stores}")
     if not (stores / "manifest.json").exists():
         raise DataError(f"{stores}/manifest.json: not found, no stores to scan (--stores DIR)")

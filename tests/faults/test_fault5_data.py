@@ -128,7 +128,7 @@ def test_cli_refuses_overflow_with_one_line(tmp_path, cli, value, message):
     out = tmp_path / "prov"
     result = cli("data", "provision", "--dataset", str(path), "--out", str(out), "--quiet")
     assert_one_line_error(result, str(path) + message)
-    assert not (out / "manifest.json").exists()
+    assert not out.exists()  # refused before anything was written, not even a key file
 
 
 def test_cli_refuses_non_utf8_and_manifest_ids_keep_their_type(tmp_path, cli):
