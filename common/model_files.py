@@ -38,7 +38,7 @@ def read_torch_file(path: Path, hint: str):
     except FileNotFoundError:
         raise ModelFileError(f"{path}: not found") from None
     except Exception as exc:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
         raise ModelFileError(f"{path}: unreadable, truncated or damaged ({reason}); {hint}") from None
 
 

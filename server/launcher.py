@@ -25,7 +25,9 @@ from cryptography import x509
 
 from fedrec.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY, DEVICE_PUB_SUFFIX
 from fedrec.common.errors import FedrecError
+from fedrec.common.paths import writable_dir
 from fedrec.common.processes import Children, flower_env, terminate_on_sigterm, wait_until
+from fedrec.server.checkpoint import load_checkpoint
 
 CONNECTION = "fedrec"  # the connection name in $FLWR_HOME/config.toml
 APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: the project holding pyproject.toml
@@ -253,7 +255,8 @@ def startup_failure(link_log: Path, s: ServerSettings) -> str:
 
 def serve(s: ServerSettings, say: Say) -> None:
     """Start everything, run once, stop everything (also on Ctrl-C / SIGTERM)."""
-    s.out.mkdir(parents=True, exist_ok=True)
+    writable_dir(s.out, "--out")
+    checkpoint = load_checkpoint(s.out)  # a damaged checkpoint is refused here, before any process starts
     s.state_dir.mkdir(parents=True, exist_ok=True)
     host = connect_host(s.cert, s.host)
     children = Children(flower_env(write_flwr_config(s, host)))
@@ -278,7 +281,7 @@ def serve(s: ServerSettings, say: Say) -> None:
                 say(f"waiting for {want} device(s) to connect (fedrec client ... --superlink HOST:{s.port})")
                 wait_until(lambda: online_nodes(children) >= want, s.startup_timeout, f"{want} devices online",
                            interval=2.0, alive=lambda: link.poll() is None)
-            if (s.out / "checkpoint.pt").exists():
+            if checkpoint is not None:
                 say(f"found {s.out / 'checkpoint.pt'}: the run continues from its round")
             say(f"starting the run; checkpoints go to {s.out / 'checkpoint.pt'}, "
                 f"the final model to {s.out / 'global_model.pt'} (+ model.json)")

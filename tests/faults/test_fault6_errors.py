@@ -125,6 +125,18 @@ def test_truncated_checkpoint_is_one_line(tmp_path):
         assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
 
 
+def test_server_refuses_a_truncated_checkpoint_before_starting(tmp_path, cli):
+    assert cli("certs", "init", "--out", str(tmp_path / "certs"), "--ip", "127.0.0.1", "--devices", "1").code == 0
+    state, _ = small_model_state()
+    path = save_checkpoint(tmp_path / "out", 2, state, {"config": {}})
+    truncated = path.read_bytes()[:1000]
+    path.write_bytes(truncated)
+    result = cli("server", "--certs", str(tmp_path / "certs"), "--out", str(tmp_path / "out"), "--port", "19123")
+    line = assert_one_line_error(result, f"{path}: unreadable, truncated or damaged", "delete it to start the run over")
+    assert "SuperLink" not in result.stderr and len(line) < 300
+    assert path.read_bytes() == truncated  # refused, not replaced: the operator decides
+
+
 def test_truncated_global_model_through_the_cli(tmp_path, cli):
     state, config = small_model_state()
     model = save_final_model(tmp_path, state, {"model": config.to_dict(), "n_items": 30, "config": {}})
