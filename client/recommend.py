@@ -6,14 +6,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fedrec.client.device_round import EMBEDDING, DeviceRef, device_scores
 from fedrec.client.store_key import store_key
-from fedrec.common.config import FederationConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.manifest import Manifest, load_manifest
-from fedrec.common.model_file import MODEL_INFO, read_model_config
+from fedrec.common.model_files import load_global_model
 
 
 @dataclass(frozen=True)
@@ -22,15 +20,6 @@ class Recommendation:
     item_id: str  # the dataset's original id
     title: str | None
     score: float
-
-
-def load_global_model(model: Path) -> tuple[dict[str, torch.Tensor], FederationConfig]:
-    """``global_model.pt`` and the ``model.json`` beside it (the run's resolved settings)."""
-    if not model.is_file():
-        raise FedrecError(f"{model}: global model not found (--model)")
-    config = read_model_config(model.with_name(MODEL_INFO))
-    state = torch.load(model, weights_only=True, map_location="cpu")
-    return state, config
 
 
 def find_manifest(store: Path, manifest: Path | None) -> Path | None:
@@ -72,8 +61,8 @@ def recommend(store: Path, key_file: Path, model: Path, k: int = 10, manifest: P
               state_prefix: str | None = None) -> list[Recommendation]:
     """Top-k unseen items for the store's user, served on the device as the federated evaluation serves it:
     its user row refitted on-device against the global model (the run's ``device.serving`` settings)."""
-    state, config = load_global_model(model)
-    device = config.device if state_prefix is None else replace(config.device, state_prefix=state_prefix)
+    state, info = load_global_model(model)
+    device = info.federation.device if state_prefix is None else replace(info.federation.device, state_prefix=state_prefix)
     prefix, n_items = device.state_prefix, device.n_items
     ref = DeviceRef(store.stem, store, store_key(store, key_file))
     with ref.open() as opened:

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedrec.common.errors import FedrecError
-from fedrec.common.keys import KeyRecipe, create_key_file, load_key_file, passphrase_from_env
-from fedrec.common.store import DeviceStore, peek_header, rotate_key
+from fedrec.common.keys import KeyRecipe, create_key_file, key_id, load_key_file, passphrase_from_env
+from fedrec.common.store import DeviceStore, header_recipe, peek_header, rotate_key
 
 store_app = typer.Typer(no_args_is_help=True, help="Inspect and re-key encrypted device stores.")
 out = Console()
@@ -36,11 +36,26 @@ class _Keys:
 
     def for_store(self, path: Path) -> bytes:
         header = peek_header(path)
-        recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
+        recipe = header_recipe(header, path)
         cache_key = recipe.salt if recipe.source == "passphrase" else b"key-file"
         if cache_key not in self._secrets:
             self._secrets[cache_key] = recipe.secret(key_file=self.key_file, passphrase=self.passphrase)
         return recipe.store_key(self._secrets[cache_key], header["store_id"])
+
+
+def _say(line: str) -> None:
+    """One line per store, never wrapped or styled: paths stay whole for whoever reads or parses them."""
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _already_under(new_keys: _Keys, path: Path) -> bool:
+    """Whether the store's key already comes from the new secret (its recipe names the new secret's kind
+    and the key it gives matches the store's fingerprint)."""
+    header = peek_header(path)
+    wanted = "key" if new_keys.key_file is not None else "passphrase"
+    if header_recipe(header, path).source != wanted:
+        return False
+    return key_id(new_keys.for_store(path)) == header["key_id"]
 
 
 @store_app.command("inspect")
@@ -98,6 +113,8 @@ def rotate(
 
     A store provisioned from a master secret stays per-device: its new key is derived from the new secret
     and its device id, so rotating a fleet's stores with one new key file keeps them under one master.
+    Re-running an interrupted rotation with the same arguments resumes it: stores already under the new
+    key are recognised and skipped.
     """
     if (new_key_file is None) == (new_passphrase_env is None):
         raise FedrecError("give exactly one of --new-key-file or --new-passphrase-env")
@@ -109,10 +126,14 @@ def rotate(
     else:
         base = KeyRecipe.for_passphrase()
         new_secret = base.secret(passphrase=new_passphrase)
+    new_keys = _Keys(new_key_file, new_passphrase_env)
     for file in files:
+        if _already_under(new_keys, file):
+            _say(f"skipped {file}: already under the new key (rotated by an earlier run)")
+            continue
         old_key = old_keys.for_store(file)
         header = peek_header(file)
-        old_recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
+        old_recipe = header_recipe(header, file)
         recipe = KeyRecipe(**{**base.__dict__, "per_device": old_recipe.per_device})
         generation = rotate_key(file, old_key, recipe.store_key(new_secret, header["store_id"]), recipe)
-        err.print(f"rotated {file} (generation {generation})")
+        _say(f"rotated {file} (generation {generation})")

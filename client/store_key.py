@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fedrec.common.errors import FedrecError
-from fedrec.common.keys import KeyRecipe, load_key_file
-from fedrec.common.store import peek_header
+from fedrec.common.keys import load_key_file
+from fedrec.common.store import header_recipe, peek_header
 
 
 def store_key(store: Path, key_file: Path) -> bytes:
@@ -17,7 +16,7 @@ def store_key(store: Path, key_file: Path) -> bytes:
     secret is ``fedrec store rotate-key STORE --key-file master.key --new-key-file device.key``.
     """
     header = peek_header(store)
-    recipe = KeyRecipe.from_dict(json.loads(header["key_recipe"]))
+    recipe = header_recipe(header, store)
     if recipe.source != "key":
         raise FedrecError(f"{store}: protected by a passphrase; a device needs a key file "
                           f"(fedrec store rotate-key {store} --passphrase-env VAR --new-key-file FILE)")

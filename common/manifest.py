@@ -39,6 +39,7 @@ class Manifest:
     item_titles: dict[str, str]  # original item id (as text) -> title
     key: dict[str, Any]
     devices: tuple[DeviceEntry, ...]
+    duplicates_merged: int = 0  # repeated (user, item) rows merged into their latest (protocol.md)
 
     def store_path(self, device: DeviceEntry) -> Path:
         return self.directory / device.store
@@ -77,7 +78,7 @@ def load_manifest(directory: str | Path) -> Manifest:
         return Manifest(directory, str(raw.get("dataset", "")), int(raw.get("split_seed", 0)),
                         int(raw.get("n_users", len(devices))), int(raw["n_items"]), tuple(raw["item_ids"]),
                         {str(k): str(v) for k, v in dict(raw.get("item_titles") or {}).items()},
-                        dict(raw["key"]), devices)
+                        dict(raw["key"]), devices, int(raw.get("duplicates_merged", 0)))
     except KeyError as exc:
         raise DataError(f"{path}: field {exc.args[0]!r} missing") from None
     except (TypeError, ValueError, AttributeError) as exc:

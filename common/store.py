@@ -254,6 +254,9 @@ def _connect(path: Path, create: bool, durable: bool = True) -> sqlite3.Connecti
     # FULL: a commit is on disk before the witness records its generation, so a power cut cannot make
     # the witness newer than the file (which would read as a rollback).
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+    # Copy every commit into the database file at once: the -wal then never holds the only copy of a
+    # commit for longer than the commit itself, so losing it (deleted after a crash) loses at most that one.
+    conn.execute("PRAGMA wal_autocheckpoint=1")
     return conn
 
 
@@ -278,7 +281,7 @@ class DeviceStore:
         self._conn: sqlite3.Connection | None = conn
         self._meta = meta
         self.store_id: str = meta["store_id"]
-        self.recipe = KeyRecipe.from_dict(json.loads(meta["key_recipe"]))
+        self.recipe = header_recipe(meta, path)
         self._sealer = _Sealer(key, self.store_id)
         self._origin = _origin(self.store_id)
         self._chunks: list[_Chunk] = []
@@ -593,7 +596,21 @@ def read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
     for field in ("store_id", "key_id", "key_recipe"):
         if field not in meta:
             raise TamperedError(f"{path}: header field {field!r} is missing")
+    _parse_recipe(meta["key_recipe"], path)
     return meta
+
+
+def _parse_recipe(text: str, path: Path) -> KeyRecipe:
+    try:
+        return KeyRecipe.from_dict(json.loads(text))
+    except (ValueError, FedrecError):  # JSONDecodeError is a ValueError; from_dict raises KeyFileError
+        raise TamperedError(f"{path}: header field 'key_recipe' is unreadable (altered or damaged): "
+                            "the store cannot say how its key is made") from None
+
+
+def header_recipe(header: Mapping[str, str], path: str | Path) -> KeyRecipe:
+    """The key recipe of a header from ``peek_header`` (already checked there)."""
+    return _parse_recipe(header["key_recipe"], Path(path))
 
 
 def peek_header(path: str | Path) -> dict[str, str]:

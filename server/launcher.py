@@ -27,8 +27,10 @@ from fedrec.common.certs import CA_CERT, DEVICE_PUB_SUFFIX, SERVER_CERT, SERVER_
 from fedrec.common.config import FederationConfig, StrategyConfig, load_config
 from fedrec.common.errors import FedrecError
 from fedrec.common.manifest import load_manifest
+from fedrec.common.paths import writable_dir
 from fedrec.common.processes import Children, exclusive, flower_env, port_in_use, terminate_on_sigterm, wait_until
 from fedrec.common.settings import flatten, from_flat
+from fedrec.server.checkpoint import load_checkpoint
 from fedrec.server.flower_app import write_app
 
 CONNECTION = "fedrec"  # the connection name in $FLWR_HOME/config.toml
@@ -269,17 +271,18 @@ def startup_failure(link_log: Path, s: ServerSettings) -> str:
 
 def serve(s: ServerSettings, say: Say) -> None:
     """Start everything, run once, stop everything (also on Ctrl-C / SIGTERM)."""
-    s.out.mkdir(parents=True, exist_ok=True)
+    writable_dir(s.out, "--out")
+    checkpoint = load_checkpoint(s.out)  # a damaged checkpoint is refused here, before any process starts
     s.state_dir.mkdir(parents=True, exist_ok=True)
     host = connect_host(s.cert, s.host)
     with exclusive(s.state_dir / "server.lock", "fedrec server"):
         if port_in_use(s.host, s.port):
             raise FedrecError(f"port {s.port} on {s.host} is in use (another SuperLink, or one left by a killed "
                               f"server?): stop it or choose another --port")
-        _serve(s, host, say)
+        _serve(s, host, say, resuming=checkpoint is not None)
 
 
-def _serve(s: ServerSettings, host: str, say: Say) -> None:
+def _serve(s: ServerSettings, host: str, say: Say, resuming: bool) -> None:
     children = Children(flower_env(write_flwr_config(s, host)))
     link_log = s.state_dir / "superlink.log"
     with terminate_on_sigterm():
@@ -302,7 +305,7 @@ def _serve(s: ServerSettings, host: str, say: Say) -> None:
                 say(f"waiting for {want} device(s) to connect (fedrec client ... --superlink HOST:{s.port})")
                 wait_until(lambda: online_nodes(children) >= want, s.startup_timeout, f"{want} devices online",
                            interval=2.0, alive=lambda: link.poll() is None)
-            if (s.out / "checkpoint.pt").exists():
+            if resuming:
                 say(f"found {s.out / 'checkpoint.pt'}: the run continues from its round")
             say(f"starting the run; checkpoints go to {s.out / 'checkpoint.pt'}, "
                 f"the final model to {s.out / 'global_model.pt'} (+ model.json)")

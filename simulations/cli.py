@@ -58,8 +58,8 @@ def data_provision(
     from fedrec.simulations.experiment import load
     from fedrec.simulations.provision import master_secret, provision
 
+    data = load(dataset, str(data_dir) if data_dir else None, users)  # bad data fails before a key is made
     master, recipe, recorded = master_secret(out, key_file, passphrase_env)
-    data = load(dataset, str(data_dir) if data_dir else None, users)
     manifest = provision(data, temporal_split(data, seed), out, master, recipe=recipe, key_file=recorded,
                          workers=workers, show=not quiet)
     err.print(f"wrote {data.n_users} device stores and {manifest}")
@@ -74,6 +74,7 @@ def baseline(
     config: Optional[Path] = typer.Option(None, help="TOML config (model and training settings)."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
     users: Optional[int] = typer.Option(None, min=3, help="Keep only the first N users (quick runs)."),
+    retention: bool = typer.Option(True, help="Run the retention simulator after the accuracy arms."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Centralized arms (random, popularity, EASE, NeuMF) under protocol.md; writes a run dir."""
@@ -84,7 +85,8 @@ def baseline(
     cfg = load_config(config)
     fitters = central_fitters(parse_list(arms), cfg, show=not quiet)
     exp = Experiment(dataset=dataset, out=out, fitters=fitters, seeds=parse_list(seeds, int),
-                     data_dir=str(data_dir) if data_dir else None, users=users, config=cfg.to_dict(), show=not quiet)
+                     data_dir=str(data_dir) if data_dir else None, users=users, config=cfg.to_dict(), show=not quiet,
+                     retention=retention)
     report = run(exp)
     err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
 

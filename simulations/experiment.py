@@ -11,6 +11,8 @@ from typing import Callable
 from rich.console import Console
 
 from fedrec.common.datasets import Interactions, load_dataset
+from fedrec.common.errors import FedrecError
+from fedrec.common.paths import writable_dir
 from fedrec.common.metrics import evaluate_scores
 from fedrec.common.split import Split, temporal_split
 from fedrec.simulations.arms.base import ArmResult
@@ -46,7 +48,11 @@ def run(exp: Experiment) -> dict:
     """Fit every arm for every seed; the first seed's split, recommendations and scores go to disk."""
     console = Console(stderr=True, quiet=not exp.show)
     t0 = time.perf_counter()
+    writable_dir(exp.out, "--out")  # fail before fitting, not after
     data = exp.data if exp.data is not None else load(exp.dataset, exp.data_dir, exp.users)
+    if data.n_merged:
+        console.print(f"{data.name}: {data.n_merged} repeated (user, item) rows merged into their latest "
+                      "occurrence (protocol.md)", markup=False, highlight=False)
     run_dir = RunDir.fresh(exp.out)
     per_arm: dict[str, list[dict]] = {name: [] for name in exp.fitters}
     info: dict[str, dict] = {}
@@ -79,6 +85,7 @@ def run(exp: Experiment) -> dict:
             "n_users": data.n_users,
             "n_items": data.n_items,
             "n_interactions": len(data),
+            "duplicates_merged": data.n_merged,  # repeated (user, item) rows merged into their latest (protocol.md)
             "users": exp.users,
             "seed": exp.seeds[0],
             "seeds": exp.seeds,
@@ -92,10 +99,24 @@ def run(exp: Experiment) -> dict:
     accuracy_bars(arms, run_dir.path / "accuracy.png")
     for step in exp.post:
         step(report, run_dir.path)
+    if not exp.retention:
+        report["retention"] = {"skipped": "not requested (--no-retention)"}
     report["meta"]["wall_s"] = time.perf_counter() - t0
     run_dir.write_report(report, render(report))
     if exp.retention:
-        from fedrec.simulations.retention import run_retention
-
-        report = run_retention(run_dir.path, data, show=exp.show)
+        report = retention_or_skip(run_dir, report, data, exp.show, console)
     return report
+
+
+def retention_or_skip(run_dir: RunDir, report: dict, data: Interactions, show: bool, console: Console) -> dict:
+    """Retention as the last stage; when the data cannot support it (e.g. no user ever returns), the
+    report says so and keeps every other section, instead of the whole run failing."""
+    from fedrec.simulations.retention import run_retention
+
+    try:
+        return run_retention(run_dir.path, data, show=show)
+    except FedrecError as exc:
+        console.print(f"retention skipped: {exc}", markup=False, highlight=False)
+        report["retention"] = {"skipped": str(exc)}
+        run_dir.write_report(report, render(report))
+        return report

@@ -26,6 +26,7 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.keys import create_key_file, load_key_file
 from fedrec.common.manifest import is_provisioned, load_manifest
 from fedrec.common.model import NeuMF
+from fedrec.common.model_files import load_global_model
 from fedrec.common.privacy import UNIT
 from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
@@ -108,7 +109,7 @@ def score_matrix(cfg: FederationConfig, model_path: Path, n_users: int) -> np.nd
     device = cfg.device
     manifest = load_manifest(device.fleet.stores_dir)
     refs = node_devices({}, device.fleet)
-    state = torch.load(model_path, weights_only=True)
+    state, _ = load_global_model(model_path)
     rows = torch.zeros(n_users, device.model.embedding_dim)
     index = {d.device_id: d.user_index for d in manifest.devices}
     for ref in refs:  # rows stored by the devices at the final evaluation; refit here only where missing

@@ -30,6 +30,7 @@ from fedrec.common.datasets import Interactions
 from fedrec.common.errors import DataError
 from fedrec.common.keys import KeyRecipe, create_key_file, derive_device_key, key_id, load_key_file, passphrase_from_env
 from fedrec.common.manifest import STORES, DeviceEntry, Manifest, is_provisioned, store_relpath
+from fedrec.common.paths import writable_dir
 from fedrec.common.split import Split
 from fedrec.common.store import DeviceStore, write_store
 from fedrec.simulations.progress import progress
@@ -114,7 +115,7 @@ def provision(
     stores = out / STORES
     if is_provisioned(out) or (stores.exists() and any(stores.iterdir())):
         raise DataError(f"{out}: already provisioned; choose a new --out or delete it")
-    stores.mkdir(parents=True, exist_ok=True)
+    writable_dir(stores, "--out")
     recipe = KeyRecipe(**{**(recipe or KeyRecipe()).__dict__, "per_device": True})
     jobs = device_jobs(data, split, stores)
     devices = []
@@ -130,7 +131,7 @@ def provision(
            "device_keys": "HKDF-SHA256(master, info='device:' + device_id) (simulation only)"}
     titles = {str(_plain(data.item_ids[i])): t for i, t in sorted(data.item_titles.items())}
     return Manifest(out, data.name, split.seed, split.n_users, split.n_items, tuple(_plain(i) for i in data.item_ids),
-                    titles, key, tuple(devices)).write()
+                    titles, key, tuple(devices), duplicates_merged=data.n_merged).write()
 
 
 def _run_jobs(jobs: list, master: bytes, recipe: KeyRecipe, workers: int, show: bool) -> None:
@@ -162,11 +163,11 @@ def master_secret(out: Path, key_file: Path | None, passphrase_env: str | None) 
     ``out/master.key`` (convenient for simulation only: it sits next to what it protects)."""
     if key_file is not None and passphrase_env is not None:
         raise DataError("give either --key-file or --passphrase-env, not both")
+    writable_dir(out, "--out")  # before a key file is made for a fleet that cannot be written
     if passphrase_env is not None:
         recipe = KeyRecipe.for_passphrase(per_device=True)
         return recipe.secret(passphrase=passphrase_from_env(passphrase_env)), recipe, None
     if key_file is None:
-        out.mkdir(parents=True, exist_ok=True)
         key_file = out / "master.key"
     master = load_key_file(key_file) if key_file.exists() else create_key_file(key_file)
     return master, KeyRecipe(source="key", per_device=True), key_file

@@ -41,7 +41,8 @@ def header_section(report: dict) -> str:
         [
             f"# fedrec report: {meta['dataset']}",
             "",
-            f"- users {meta['n_users']}, items {meta['n_items']}, interactions {meta.get('n_interactions', '?')}",
+            f"- users {meta['n_users']}, items {meta['n_items']}, interactions {meta.get('n_interactions', '?')}"
+            f" (repeated user-item rows merged into their latest: {meta.get('duplicates_merged', 0)})",
             f"- seed {meta['seed']} (all seeds: {meta.get('seeds', [meta['seed']])}), commit `{meta['git_commit']}`, "
             f"wall time {meta['wall_s']:.1f} s",
             f"- command: `{meta.get('command', '')}`",

@@ -93,12 +93,16 @@ class RunDir:
             self._write_csv(self.path / "split" / f"{stage}.csv", ["user_id", "item_id"], rows)
 
     def write_recommendations(self, arm: str, scores: np.ndarray, split: Split, data: Interactions) -> Path:
-        """Top 50 per user for the test step (train and validation items excluded), original ids."""
-        best = top_k(scores, split.seen_matrix("test"), min(TOP_N, split.n_items))
+        """Top 50 per user for the test step (train and validation items excluded), original ids; a user
+        with fewer than 50 unseen items gets only those (a small catalogue must not pad with seen items)."""
+        seen = split.seen_matrix("test")
+        best = top_k(scores, seen, min(TOP_N, split.n_items))
         n_users, k = best.shape
-        users = np.repeat(data.user_ids, k)
-        ranks = np.tile(np.arange(k), n_users)
-        items = data.item_ids[best.ravel()]
+        unseen = split.n_items - np.diff(seen.indptr)
+        keep = (np.arange(k)[None, :] < unseen[:, None]).ravel()
+        users = np.repeat(data.user_ids, k)[keep]
+        ranks = np.tile(np.arange(k), n_users)[keep]
+        items = data.item_ids[best.ravel()[keep]]
         path = self.path / "recommendations" / f"{arm}.csv"
         self._write_csv(path, ["user_id", "rank", "item_id"], zip(users.tolist(), ranks.tolist(), items.tolist()))
         return path

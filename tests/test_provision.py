@@ -61,7 +61,7 @@ def test_manifest_holds_ids_and_counts_only(fleet: Path, ml100k) -> None:
     assert manifest.key["key_file"] is None and manifest.key["recipe"]["per_device"] is True
     text = (fleet / "manifest.json").read_bytes()
     assert MASTER not in text and MASTER.hex().encode() not in text
-    assert sorted(p.name for p in (fleet / "stores").glob("*.db")) == sorted(f"{d['device_id']}.db" for d in devices)
+    assert sorted(p.name for p in (fleet / "stores").glob("*.db")) == sorted(f"{d.device_id}.db" for d in devices)
 
 
 def test_stores_hold_each_users_split(fleet: Path, ml100k) -> None:

@@ -13,16 +13,26 @@ def _f(x, digits: int = 3) -> str:
     return str(x)
 
 
+def status(section: dict) -> str | None:
+    """"skipped (reason)" or "not applicable (reason)" for a section that did not run, else None."""
+    if "skipped" in section:
+        return f"skipped ({section['skipped']})"
+    if "not_applicable" in section:
+        return f"not applicable ({section['not_applicable']})"
+    return None
+
+
 def _verdicts(a: dict) -> list[str]:
     lines = ["| check | result |", "| --- | --- |"]
-    if "accounting" in a:
-        acc = a["accounting"]
-        lines.append(f"| accounting: ledgers agree with an independent accountant (within 1%) | {_f(acc.get('agree'))} |")
-    if "wire" in a:
-        lines.append(f"| wire: only dense global parameters left the devices | {_f(a['wire'].get('ok'))} |")
-    if "at_rest" in a:
-        lines.append(f"| at rest: no plaintext user data in the stores, key files 0600 | {_f(a['at_rest'].get('ok'))} |")
-    if "canary" in a and a["canary"].get("epsilon_formal") is not None:
+    checks = [("accounting", "accounting: ledgers agree with an independent accountant (within 1%)", "agree"),
+              ("wire", "wire: only dense global parameters left the devices", "ok"),
+              ("at_rest", "at rest: no plaintext user data in the stores, key files 0600", "ok")]
+    for name, label, key in checks:
+        if name in a:
+            lines.append(f"| {label} | {status(a[name]) or _f(a[name].get(key))} |")
+    if "canary" in a and status(a["canary"]):
+        lines.append(f"| canaries: empirical lower bound below the formal epsilon | {status(a['canary'])} |")
+    elif "canary" in a and a["canary"].get("epsilon_formal") is not None:
         c = a["canary"]
         lines.append(f"| canaries: empirical lower bound ({_f(c['epsilon_lower_bound'])}) below the formal epsilon "
                      f"({_f(c['epsilon_formal'])}) | {_f(c.get('below_formal'))} |")
@@ -113,6 +123,14 @@ def _canary(c: dict) -> list[str]:
     return out
 
 
+SECTIONS = {
+    "accounting": ("## 1. What the run spent (accounting)", _accounting),
+    "wire": ("## 2. What leaves a device (wire log)", _wire),
+    "at_rest": ("## 3. What a stolen device file reveals (at rest)", _at_rest),
+    "mia": ("## 4. What an attacker learns: membership inference", _mia),
+    "canary": ("## 5. Testing the guarantee: one-run canary audit", _canary),
+}
+
 ASSUMPTIONS = """## Assumptions, in plain words
 
 - **Unit of privacy**: one interaction (a rating event, together with the negatives sampled for it) on one
@@ -146,15 +164,9 @@ def render_audit(a: dict, report: dict) -> str:
              f"Run `{a['run']}` (seed {a['seed']}, report commit `{meta.get('git_commit')}`), audited at commit "
              f"`{a['meta']['git_commit']}` in {a['meta']['wall_s']:.0f} s.", ""]
     lines += _verdicts(a) + [""]
-    if "accounting" in a:
-        lines += _accounting(a["accounting"])
-    if "wire" in a:
-        lines += _wire(a["wire"])
-    if "at_rest" in a:
-        lines += _at_rest(a["at_rest"])
-    if "mia" in a:
-        lines += _mia(a["mia"])
-    if "canary" in a:
-        lines += _canary(a["canary"])
+    for name, (title, section) in SECTIONS.items():
+        if name in a:
+            said = status(a[name])
+            lines += [title, "", said[0].upper() + said[1:] + ".", ""] if said else section(a[name])
     lines.append(ASSUMPTIONS)
     return "\n".join(lines)

@@ -1,4 +1,9 @@
-"""`fedrec audit RUN_DIR`: every check in turn, then audit.json and audit.md in the run dir."""
+"""`fedrec audit RUN_DIR`: every check in turn, then audit.json and audit.md in the run dir.
+
+Sections are independent: one whose inputs are missing is recorded as ``{"skipped": reason}`` and one
+that does not apply to the run (no DP arm to account for, no federated arm on the wire) as
+``{"not_applicable": reason}``; the others still run and the report is written.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedrec.common.errors import DataError
+from fedrec.common.errors import DataError, FedrecError
 from fedrec.common.split import temporal_split
 from fedrec.simulations.audit import plots
 from fedrec.simulations.audit.accounting import check_ledger, read_ledger
@@ -18,7 +23,7 @@ from fedrec.simulations.audit.canary import canary_audit
 from fedrec.simulations.audit.canary_runs import audited_federation, canary_trainer, run_config_of
 from fedrec.simulations.audit.mia import attack_arm, mia_candidates, train_shadows
 from fedrec.simulations.audit.report_text import render_audit
-from fedrec.simulations.audit.rundata import AuditedRun, open_run
+from fedrec.simulations.audit.rundata import MIA_ARMS, AuditedRun, open_run
 from fedrec.simulations.audit.wire import audit_wire
 from fedrec.simulations.experiment import load
 from fedrec.simulations.progress import progress
@@ -56,7 +61,7 @@ def accounting_section(run: AuditedRun) -> tuple[dict, dict]:
         arms[arm] = {**result, "ledger": str(ledger.relative_to(run.path)), "unit": privacy.get("unit"),
                      "noise_multiplier": privacy.get("noise_multiplier"), "sample_rate": privacy.get("sample_rate")}
     if not arms:
-        return {"ok": False, "agree": False, "arms": {}, "note": "no DP arm with a ledger in this run"}, per_device
+        return not_applicable("no DP arm in this run, so no privacy budget was spent or accounted"), per_device
     primary = arms.get(PRIMARY_DP_ARM) or next(iter(arms.values()))
     head = {k: primary[k] for k in ("epsilon_max", "epsilon_median", "epsilon_recomputed_max", "delta", "unit")}
     return {**head, "agree": all(a["agree"] for a in arms.values()), "arms": arms}, per_device
@@ -66,15 +71,22 @@ def wire_section(run: AuditedRun) -> dict:
     logs = {}
     for arm in run.report["arms"]:
         directory = run.model_dir(arm)
-        if directory is not None and (directory / "wire.jsonl").exists():
-            logs[arm] = (directory / "wire.jsonl", directory / "model.json")
+        if directory is None:
+            continue
+        if not (directory / "wire.jsonl").exists():
+            raise DataError(f"{directory / 'wire.jsonl'}: not found (the {arm} arm's wire log)")
+        logs[arm] = (directory / "wire.jsonl", directory / "model.json")
+    if not logs:
+        return not_applicable("no federated arm in this run: nothing left a device")
     return audit_wire(logs)
 
 
 def mia_section(run: AuditedRun, opts: AuditOptions, console: Console) -> tuple[dict, dict]:
+    if not any(arm in run.report["arms"] for arm in MIA_ARMS):
+        return not_applicable(f"none of the attacked arms ({', '.join(MIA_ARMS)}) is in this run"), {}
     arms = run.arms_with_scores()
     if not arms:
-        return {"note": "no scores/<arm>.npy for centralized, federated or federated_dp"}, {}
+        raise DataError(f"{run.path / 'scores'}: no <arm>.npy for {', '.join(MIA_ARMS)}")
     cands = mia_candidates(run.split, run.seed, opts.mia_users)
     shadows = None
     central = run.report["arms"].get("centralized", {}).get("info", {})
@@ -100,6 +112,8 @@ def mia_section(run: AuditedRun, opts: AuditOptions, console: Console) -> tuple[
 
 
 def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dict:
+    if PRIMARY_DP_ARM not in run.report["arms"]:
+        return not_applicable(f"no {PRIMARY_DP_ARM} arm in this run: there is no formal guarantee to test")
     nodes = run_config_of(run.report).simulation.nodes
     data = load(opts.data or run.report["meta"]["dataset"], opts.data_dir,
                 min(opts.canary_users, run.data.n_users))
@@ -134,6 +148,46 @@ def _plain(obj):
     return obj.item() if hasattr(obj, "item") else str(obj)
 
 
+def not_applicable(reason: str) -> dict:
+    return {"not_applicable": reason}
+
+
+def _at_rest_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dict:
+    stores = opts.stores or run.path / "stores"
+    if opts.stores is None and not any(run.model_dir(arm) for arm in run.report["arms"]):
+        return not_applicable("no federated arm in this run, so no device stores; --stores DIR scans others")
+    console.print(f"  scanning {stores}")
+    if not (stores / "manifest.json").exists():
+        raise DataError(f"{stores}/manifest.json: not found, no stores to scan (--stores DIR)")
+    return audit_stores(stores, run.data, run.split)
+
+
+def _accounting_with_plot(run: AuditedRun) -> dict:
+    section, per_device = accounting_section(run)
+    if per_device:
+        plots.epsilon_histogram(per_device, run.path / "audit_epsilon.png")
+    return section
+
+
+def _mia_with_plot(run: AuditedRun, opts: AuditOptions, console: Console) -> dict:
+    section, curves = mia_section(run, opts, console)
+    if curves:
+        plots.roc_curves(curves, run.path / "audit_mia_roc.png")
+    return section
+
+
+def run_section(name: str, compute, console: Console) -> dict:
+    """One section; missing or unusable inputs make only this section "skipped (reason)"."""
+    try:
+        return compute()
+    except FedrecError as exc:
+        reason = str(exc)
+    except OSError as exc:
+        reason = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+    console.print(f"  {name} skipped: {reason}", markup=False, highlight=False)
+    return {"skipped": reason}
+
+
 def audit(path: Path, opts: AuditOptions) -> dict:
     console = Console(stderr=True, quiet=not opts.show)
     t0 = time.perf_counter()
@@ -142,27 +196,21 @@ def audit(path: Path, opts: AuditOptions) -> dict:
         raise DataError(f"--skip: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     run = open_run(path, opts.data, opts.data_dir)
     result: dict = {"run": str(run.path), "dataset": run.report["meta"]["dataset"], "seed": run.seed}
-    if "accounting" not in opts.skip:
-        console.print("[bold]accounting[/bold]: ledgers recomputed with dp_accounting")
-        result["accounting"], per_device = accounting_section(run)
-        if per_device:
-            plots.epsilon_histogram(per_device, run.path / "audit_epsilon.png")
-    if "wire" not in opts.skip:
-        console.print("[bold]wire[/bold]: wire logs against the model's global parameters")
-        result["wire"] = wire_section(run)
-    if "at_rest" not in opts.skip:
-        stores = opts.stores or run.path / "stores"
-        console.print(f"[bold]at rest[/bold]: scanning {stores}")
-        result["at_rest"] = audit_stores(stores, run.data, run.split) if (stores / "manifest.json").exists() else \
-            {"ok": False, "note": f"{stores}/manifest.json not found: no stores audited"}
-    if "mia" not in opts.skip:
-        console.print("[bold]membership inference[/bold]")
-        result["mia"], curves = mia_section(run, opts, console)
-        if curves:
-            plots.roc_curves(curves, run.path / "audit_mia_roc.png")
-    if "canary" not in opts.skip:
-        console.print("[bold]canary audit[/bold] (one run, Steinke et al. 2023)")
-        result["canary"] = canary_section(run, opts, console)
+    steps = {
+        "accounting": ("[bold]accounting[/bold]: ledgers recomputed with dp_accounting",
+                       lambda: _accounting_with_plot(run)),
+        "wire": ("[bold]wire[/bold]: wire logs against the model's global parameters", lambda: wire_section(run)),
+        "at_rest": ("[bold]at rest[/bold]: plaintext scan of the device stores",
+                    lambda: _at_rest_section(run, opts, console)),
+        "mia": ("[bold]membership inference[/bold]", lambda: _mia_with_plot(run, opts, console)),
+        "canary": ("[bold]canary audit[/bold] (one run, Steinke et al. 2023)",
+                   lambda: canary_section(run, opts, console)),
+    }
+    for name in SECTIONS:
+        if name not in opts.skip:
+            title, compute = steps[name]
+            console.print(title)
+            result[name] = run_section(name, compute, console)
     result["meta"] = {"git_commit": git_commit(), "wall_s": time.perf_counter() - t0, "options": vars(opts)}
     atomic_write_text(run.path / "audit.json", json.dumps(result, indent=2, default=_plain) + "\n")
     atomic_write_text(run.path / "audit.md", render_audit(result, run.report))
@@ -182,11 +230,14 @@ def headline(result: dict) -> dict:
     out = {}
     for section, keys in HEADLINE.items():
         if section in result:
-            out[section] = {k: result[section].get(k) for k in keys}
+            status = {k: result[section][k] for k in ("skipped", "not_applicable") if k in result[section]}
+            out[section] = status or {k: result[section].get(k) for k in keys}
     if "no_dp_contrast" in result.get("canary", {}):
         contrast = result["canary"]["no_dp_contrast"]
         out["canary"]["no_dp_epsilon_lower_bound"] = contrast["epsilon_lower_bound"]
     if "mia" in result:
-        out["mia"] = {arm: {k: r[k] for k in ("auc", "tpr@1%fpr", "tpr@0.1%fpr")}
-                      for arm, r in result["mia"].items() if arm != "setup" and "auc" in r}
+        mia = result["mia"]
+        out["mia"] = {k: mia[k] for k in ("skipped", "not_applicable") if k in mia} or {
+            arm: {k: r[k] for k in ("auc", "tpr@1%fpr", "tpr@0.1%fpr")}
+            for arm, r in mia.items() if arm != "setup" and "auc" in r}
     return out

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedrec.common.errors import DataError
 from fedrec.common.model import LOCAL_PREFIX, NeuMF
-from fedrec.common.model_file import read_model_config, read_model_privacy
+from fedrec.common.model_files import read_model_info
 from fedrec.common.replies import allowed_keys
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -23,7 +23,7 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 def expected_arrays(model_json: Path) -> dict[str, dict]:
     """Name -> {shape, dtype} of every global parameter of the run's model (from its model.json)."""
-    device = read_model_config(model_json).device
+    device = read_model_info(model_json).federation.device
     model = NeuMF(1, device.n_items, device.model)
     return {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
             for name, t in model.state_dict().items() if not name.startswith(LOCAL_PREFIX)}
@@ -76,7 +76,7 @@ def check_line(entry: dict, expected: dict[str, dict]) -> list[str]:
 
 def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
     expected = expected_arrays(model_json)
-    private = read_model_privacy(model_json).private
+    private = read_model_info(model_json).privacy.private
     try:
         lines = [json.loads(x) for x in wire_log.read_text().splitlines() if x.strip()]
     except FileNotFoundError:

@@ -155,6 +155,8 @@ def markdown(report: dict) -> str:
     ret = report.get("retention")
     if not ret:
         return ""
+    if "skipped" in ret:
+        return f"## Retention (simulated)\n\nSkipped: {ret['skipped']}.\n"
     return "\n".join([
         "## Retention (simulated)",
         "",
