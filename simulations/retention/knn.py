@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from fedrec.simulations.retention.mf import MFConfig, fit_biased_mf
 
@@ -28,17 +29,16 @@ def fit_item_knn(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_us
     """[n_users, n_items] predicted rating."""
     biases = fit_biased_mf(users, items, ratings, n_users, n_items, MFConfig(dim=0, reg=config.bias_reg, iters=3))
     baseline = biases.dense()
-    resid = np.zeros((n_users, n_items), dtype=np.float32)
-    rated = np.zeros((n_users, n_items), dtype=np.float32)
-    resid[users, items] = ratings - baseline[users, items]
-    rated[users, items] = 1.0
-    norms = np.sqrt((resid ** 2).sum(axis=0)) + 1e-9
-    common = rated.T @ rated
-    sim = (resid.T @ resid) / np.outer(norms, norms) * common / (common + config.shrink)
+    shape = (n_users, n_items)
+    resid = sp.csr_matrix(((ratings - baseline[users, items]).astype(np.float32), (users, items)), shape=shape)
+    rated = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=shape)
+    norms = np.sqrt(np.asarray(resid.multiply(resid).sum(axis=0)).ravel()) + 1e-9
+    common = (rated.T @ rated).toarray()
+    sim = (resid.T @ resid).toarray() / np.outer(norms, norms) * common / (common + config.shrink)
     np.fill_diagonal(sim, 0.0)
     k = min(config.neighbours, n_items - 1)
     if k < n_items - 1:  # keep each target item's k most similar items (columns: target, rows: neighbour)
         cut = -np.partition(-sim, k - 1, axis=0)[k - 1]
         sim = np.where(sim >= cut[None, :], sim, 0.0)
     sim = np.maximum(sim, 0.0).astype(np.float32)
-    return baseline + (resid @ sim) / (rated @ sim + config.to_baseline)
+    return baseline + np.asarray(resid @ sim) / (np.asarray(rated @ sim) + config.to_baseline)
