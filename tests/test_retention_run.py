@@ -96,3 +96,21 @@ def test_dataset_without_ratings_counts_every_pick_as_liked(run_dir, toy_csv, tm
     assert set(report["arms"]["ease"]["retention"]) == {"ease+all", "wrmf+all"}
     assert "skipped" in report["retention"]["user_model_parts"]["like"]["all"]["checks"]
     assert "every pick counts as liked" in (run_dir / "report.md").read_text()
+
+
+def test_headline_reports_the_private_arm_and_rho_against_centralized(run_dir, toy_csv):
+    data = load_csv(toy_csv)
+    ease = np.load(run_dir / "scores" / "ease.npy")
+    noise = np.random.default_rng(1).normal(0, ease.std(), ease.shape)
+    arms = {"centralized": ease, "federated": ease + 0.5 * noise, "federated_dp": ease + 3.0 * noise}
+    report = run_retention(run_dir, data, arms=arms, seeds=(0, 1, 2), show=False)
+    h = report["retention"]["headline"]
+    assert h["arm"] == "federated_dp" and h["reference_arm"] == "centralized" and h["beta"] == "2"
+    assert set(h["rho"]) == {"federated", "federated_dp"}
+    assert set(h["by_oracle"]) == {"ease+mf", "ease+knn", "wrmf+mf", "wrmf+knn"}
+    cell = h["by_oracle"]["ease+mf"]
+    assert cell["vs_reference"]["d30"]["mean"] == pytest.approx(
+        cell["d30"]["mean"] - report["retention"]["ci95"]["centralized"]["ease+mf"]["2"]["d30"]["mean"])
+    md = (run_dir / "report.md").read_text()
+    assert md.index("**Headline (simulated, beta 2).** `federated_dp`") < md.index("**What these numbers mean.**")
+    assert "Gap closed" in md
