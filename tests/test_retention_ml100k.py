@@ -6,7 +6,6 @@ EASE fitted on the temporal split's train part stands in for `centralized` (a st
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from fedrec.common.datasets import load_dataset

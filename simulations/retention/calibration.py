@@ -14,7 +14,7 @@ Each map is fitted on one half of the held-out users or ratings and checked on t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.optimize import isotonic_regression
@@ -102,7 +102,7 @@ def calibrate_picks(fit: PickFit, data: Interactions, seed: int, n_next: int = N
     top = min(10, n_items)
     return PickCalibration(curve, {
         "held_out": f"each user's last {n_next} interactions (at most half of them), {len(pairs)} pairs",
-        "fit_users": int(len(a_users)), "check_users": int(len(b_users)),
+        "fit_users": len(a_users), "check_users": len(b_users),
         "top10_predicted_picks": float(curve[:top].sum()),
         "top10_observed_picks": float(hits_b[:top].sum() / max(len(b_users), 1)),
         "top10_picks_if_random": float(n_next * top / max(n_open.mean(), 1)),

@@ -1,4 +1,5 @@
-"""Fit the user model and oracles once per dataset, then simulate every arm under every oracle and seed."""
+"""Fit the return model and the two-part user models (oracles) once per dataset, then simulate every arm
+under every user model in every (training seed, simulator seed) cell."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class Setup:
 
 
 def prepare(data: Interactions, parts: tuple[list[Part], list[Part]] | None = None) -> Setup:
-    """``parts``: (pick parts, like parts) already fitted, e.g. hand-made ones in tests."""
+    """``parts``: (pick parts, like parts) already fitted, or empty lists to time the return model alone."""
     days = active_days(data)
     gaps = fit_gaps(days)
     model = UserModel(prior=fit_beta(days, gaps), gaps=gaps)

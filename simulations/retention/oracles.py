@@ -11,7 +11,7 @@ A slate's satisfaction is its expected number of liked picks: sum over its items
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
