@@ -73,6 +73,8 @@ def run(exp: Experiment) -> dict:
                 info[name] = {**result.info, "fit_s": fit_s}
                 run_dir.write_recommendations(name, result.scores, split, data)
                 run_dir.write_scores(name, result.scores)
+            else:  # the retention simulator's intervals over training seeds need every seed's scores
+                run_dir.write_scores(name, result.scores, seed=seed)
     arms = {}
     for name, runs in per_arm.items():
         mean, detail = summarize_runs(runs)

@@ -107,15 +107,25 @@ class RunDir:
         self._write_csv(path, ["user_id", "rank", "item_id"], zip(users.tolist(), ranks.tolist(), items.tolist()))
         return path
 
-    def write_scores(self, arm: str, scores: np.ndarray) -> Path:
+    def scores_path(self, arm: str, seed: int | None = None) -> Path:
+        """scores/<arm>.npy for the primary seed; scores/seed_<s>/<arm>.npy for each further training seed."""
+        folder = self.path / "scores" if seed is None else self.path / "scores" / f"seed_{seed}"
+        return folder / f"{arm}.npy"
+
+    def write_scores(self, arm: str, scores: np.ndarray, seed: int | None = None) -> Path:
         """Dense scores for later stages (retention, audit) that re-read a finished run."""
-        path = self.path / "scores" / f"{arm}.npy"
+        path = self.scores_path(arm, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, scores.astype(np.float32))
         return path
 
-    def read_scores(self, arm: str) -> np.ndarray:
-        return np.load(self.path / "scores" / f"{arm}.npy")
+    def read_scores(self, arm: str, seed: int | None = None) -> np.ndarray:
+        return np.load(self.scores_path(arm, seed))
+
+    def extra_score_seeds(self) -> list[int]:
+        """Training seeds beyond the primary one whose score matrices are on disk."""
+        folder = self.path / "scores"
+        return sorted(int(p.name[5:]) for p in folder.glob("seed_*") if p.is_dir() and p.name[5:].isdigit())
 
     @staticmethod
     def _write_csv(path: Path, header: list[str], rows) -> None:

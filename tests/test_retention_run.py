@@ -51,7 +51,7 @@ def test_cli_retention_updates_report_and_plots(run_dir, toy_csv):
     assert set(report["meta"]["retention_observed"]) >= {"d1", "d7", "d30"}
     for arm in ("random", "popularity", "ease"):
         by_oracle = report["arms"][arm]["retention"]
-        assert set(by_oracle) == {"mf", "ease"}
+        assert set(by_oracle) == {"ease+mf", "ease+knn", "wrmf+mf", "wrmf+knn"}
         for by_beta in by_oracle.values():
             assert set(by_beta) == {"0", "0.5", "2", "5"}
             for cell in by_beta.values():
@@ -60,7 +60,10 @@ def test_cli_retention_updates_report_and_plots(run_dir, toy_csv):
     ret = report["retention"]
     assert ret["label"] == "simulated" and ret["reference_arm"] == "ease"
     assert ret["checks"]["identical_at_beta_0"]["holds"]
-    assert "rmse" in ret["oracles"]["mf"]["checks"] and "by_decile" in ret["oracles"]["ease"]["checks"]
+    assert "by_rank_band" in ret["user_model_parts"]["pick"]["wrmf"]["checks"]
+    assert "by_decile" in ret["user_model_parts"]["like"]["knn"]["checks"]
+    assert ret["headline"]["arm"] is None and "no private arm" in ret["headline"]["chosen_because"]
+    assert len(ret["cells"]) == 2
     md = (run_dir / "report.md").read_text()
     assert "## Retention (simulated)" in md and "## Accuracy" in md
     for png in ret["plots"].values():
@@ -85,11 +88,29 @@ def test_run_retention_with_given_scores_and_wrong_shapes(run_dir, toy_csv):
         run_retention(run_dir, data, arms={"ease": np.zeros((2, 2))}, seeds=(0,), show=False)
 
 
-def test_dataset_without_ratings_uses_the_ease_oracle_only(run_dir, toy_csv, tmp_path):
+def test_dataset_without_ratings_counts_every_pick_as_liked(run_dir, toy_csv, tmp_path):
     no_ratings = tmp_path / "toy.csv"
     with toy_csv.open() as src, no_ratings.open("w", newline="") as dst:
         csv.writer(dst).writerows(row[:3] for row in csv.reader(src))
     report = run_retention(run_dir, load_csv(no_ratings), seeds=(0,), show=False)
-    assert "skipped" in report["retention"]["oracles"]["mf"]
-    assert set(report["arms"]["ease"]["retention"]) == {"ease"}
-    assert "Oracle mf: skipped" in (run_dir / "report.md").read_text()
+    assert set(report["arms"]["ease"]["retention"]) == {"ease+all", "wrmf+all"}
+    assert "skipped" in report["retention"]["user_model_parts"]["like"]["all"]["checks"]
+    assert "every pick counts as liked" in (run_dir / "report.md").read_text()
+
+
+def test_headline_reports_the_private_arm_and_rho_against_centralized(run_dir, toy_csv):
+    data = load_csv(toy_csv)
+    ease = np.load(run_dir / "scores" / "ease.npy")
+    noise = np.random.default_rng(1).normal(0, ease.std(), ease.shape)
+    arms = {"centralized": ease, "federated": ease + 0.5 * noise, "federated_dp": ease + 3.0 * noise}
+    report = run_retention(run_dir, data, arms=arms, seeds=(0, 1, 2), show=False)
+    h = report["retention"]["headline"]
+    assert h["arm"] == "federated_dp" and h["reference_arm"] == "centralized" and h["beta"] == "2"
+    assert set(h["rho"]) == {"federated", "federated_dp"}
+    assert set(h["by_oracle"]) == {"ease+mf", "ease+knn", "wrmf+mf", "wrmf+knn"}
+    cell = h["by_oracle"]["ease+mf"]
+    assert cell["vs_reference"]["d30"]["mean"] == pytest.approx(
+        cell["d30"]["mean"] - report["retention"]["ci95"]["centralized"]["ease+mf"]["2"]["d30"]["mean"])
+    md = (run_dir / "report.md").read_text()
+    assert md.index("**Headline (simulated, beta 2).** `federated_dp`") < md.index("**What these numbers mean.**")
+    assert "Gap closed" in md

@@ -6,15 +6,17 @@ from __future__ import annotations
 MEANING = (
     "**What these numbers mean.** MovieLens records when people rated films, not whether recommendations "
     "brought them back, so nothing here is measured: it is a projection under a stated user model "
-    "(docs/retention.md). Each simulated user has a return propensity and day gaps fitted to the dataset; "
-    "an oracle fitted on all data judges each slate of {k} unseen items; beta sets how strongly satisfaction "
+    "(docs/retention.md). Each simulated user has a return propensity and day gaps fitted to the dataset. "
+    "A two-part user model judges each slate of {k} unseen items: P(pick | shown) from an implicit-feedback "
+    "model and P(like | picked) from a rating model, both fitted on all data and calibrated on held-out data; "
+    "a slate's satisfaction is its expected number of liked picks. beta sets how strongly satisfaction "
     "moves the return probability. At beta 0 satisfaction plays no role, every arm gets the same retention, "
     "and that retention is calibrated to the observed values: a check of the machinery, not a finding. "
-    "At beta > 0 the differences between arms follow from the assumed link and from how each oracle judges "
-    "slates; they say what would follow if satisfaction drove returns that strongly, not that it does. "
-    "The oracles saw every interaction (test items included), and an arm of the same family as an oracle "
-    "looks better under it than it would under the other one: compare arms within one oracle and beta, "
-    "and trust a difference only when it holds under both oracles."
+    "At beta > 0 the differences between arms follow from the assumed link and from the user model; they "
+    "say what would follow if satisfaction drove returns that strongly, not that it does. The user models "
+    "saw every interaction (test items included), and an arm of the same family as a user model looks "
+    "better under it: compare arms within one user model and beta, and trust a difference only when it "
+    "holds under every user model."
 )
 
 
@@ -59,23 +61,20 @@ def oracle_table(report: dict, oracle: str) -> str:
             lines.append(
                 f"| {beta} | {arm} (simulated) | {_fmt(cell['d1']['mean'])} | {_fmt(cell['d7']['mean'])} | "
                 f"{_with_ci(cell['d30'])} | {_with_ci(cell['active_days'], 2)} | {_fmt(cell['satisfaction']['mean'])} | "
-                f"{_with_ci(diff)} | {_fmt(rho, 2)} |"
+                f"{_with_ci(diff)} | {_fmt(rho['mean'] if rho else None, 2)} |"
             )
     return "\n".join(lines)
 
 
 def tables(report: dict, plots: bool = False) -> str:
-    """One table per oracle (also what `fedrec retention` prints), each followed by its survival plot if asked."""
+    """One table per user model (also what `fedrec retention` prints), each followed by its survival plot if asked."""
     ret = report["retention"]
     parts = []
     for oracle, info in ret["oracles"].items():
-        if "skipped" in info:
-            parts.append(f"Oracle {oracle}: skipped ({info['skipped']}).\n")
-            continue
-        parts += [f"### Oracle `{oracle}`: {info['family']}, relevant = {info['relevance_rule']} (simulated)", "",
-                  oracle_table(report, oracle), ""]
+        parts += [f"### User model `{oracle}`: pick = {info['pick_family']}; like = {info['like_family']} (simulated)",
+                  "", oracle_table(report, oracle), ""]
         if plots and oracle in ret.get("plots", {}):
-            parts += [f"![survival curves, oracle {oracle} (simulated)]({ret['plots'][oracle]})", ""]
+            parts += [f"![survival curves, user model {oracle} (simulated)]({ret['plots'][oracle]})", ""]
     return "\n".join(parts)
 
 
@@ -108,25 +107,38 @@ def _checks(report: dict) -> list[str]:
     return lines + [""]
 
 
+def _pick_check(name: str, info: dict) -> str:
+    c = info["checks"]
+    bands = ", ".join(f"{b['ranks'][0]}–{b['ranks'][1]}: {b['predicted']:.4f}/{b['observed']:.4f}"
+                      for b in c["by_rank_band"])
+    return (f"- pick `{name}` ({info['family']}; held out: {c['held_out']}; map fitted on {c['fit_users']} users, "
+            f"checked on the other {c['check_users']}): expected held-out picks in the top 10 "
+            f"{c['top10_predicted_picks']:.3f} predicted vs {c['top10_observed_picks']:.3f} observed "
+            f"(a random ranking: {c['top10_picks_if_random']:.3f}). P(pick) by rank band, predicted/observed: {bands}.")
+
+
+def _like_check(name: str, info: dict) -> str:
+    c = info["checks"]
+    if "skipped" in c:
+        return f"- like `{name}`: {info['family']}."
+    deciles = ", ".join(f"{d['predicted']:.2f}/{d['observed']:.2f}" for d in c["by_decile"])
+    return (f"- like `{name}` ({info['family']}; held out: {c['held_out']}; map fitted on half, checked on the "
+            f"other half): rating RMSE {c['rmse']:.3f}; Brier {c['brier']:.4f} (base rate {c['liked_base_rate']:.3f} "
+            f"alone: {c['brier_base_rate']:.4f}). P(like) by decile, predicted/observed: {deciles}.")
+
+
 def _oracle_checks(report: dict) -> list[str]:
-    lines = ["### Oracle checks (refit on 90% of interactions, tested on the held-out 10%)", ""]
-    for name, info in report["retention"]["oracles"].items():
-        c = info.get("checks")
-        if not c:
-            continue
-        if "rmse" in c:
-            deciles = ", ".join(f"{d['predicted']:.2f}/{d['observed']:.2f}" for d in c["by_decile"])
-            lines.append(
-                f"- `{name}`: held-out RMSE {c['rmse']:.3f} (bias-only {c['rmse_bias_only']:.3f}), MAE {c['mae']:.3f}; "
-                f"'predicted >= 4' right {c['relevant_precision']:.1%} of the time (base rate {c['relevant_base_rate']:.1%}); "
-                f"{info['relevant_share_of_unseen']:.1%} of unseen items relevant. Calibration by decile "
-                f"(predicted/observed mean rating): {deciles}.")
-        else:
-            deciles = ", ".join(f"{d['share_of_heldout']:.3f}" for d in c["by_decile"])
-            lines.append(
-                f"- `{name}`: {c['heldout_in_top_decile']:.1%} of held-out interactions fall in the user's top score "
-                f"decile (random: {c['heldout_in_top_decile_if_random']:.0%}), mean percentile {c['mean_percentile']:.3f}. "
-                f"Share of held-out interactions by score decile (lowest to highest): {deciles}.")
+    parts = report["retention"]["user_model_parts"]
+    lines = ["### Calibration of the user model parts (held-out data)", ""]
+    lines += [_pick_check(n, i) for n, i in parts["pick"].items()]
+    lines += [_like_check(n, i) for n, i in parts["like"].items()]
+    first = report["retention"].get("first_slate", {})
+    greedy = ", ".join(f"{o} {i['greedy_first_slate_liked_picks']:.3f}" for o, i in report["retention"]["oracles"].items())
+    lines.append(f"- Expected liked picks in oracle-greedy's first slate: {greedy}.")
+    if first:
+        rows = "; ".join(f"{arm}: " + ", ".join(f"{o} {c['picks']:.3f}/{c['liked_picks']:.3f}" for o, c in by_o.items())
+                         for arm, by_o in first.items())
+        lines.append(f"- First slate, expected picks / expected liked picks (mean over users): {rows}.")
     return lines + [""]
 
 
@@ -146,9 +158,55 @@ def _model(report: dict) -> list[str]:
         f"(P(<=1 d) {gaps['later']['p_le_1']:.3f}, P(<=30 d) {gaps['later']['p_le_30']:.3f}).",
         f"- Slates of {ret['slate_size']} unseen items; smoothing S~ = {um['smoothing']} S~ + {1 - um['smoothing']:.1f} S; "
         f"S_ref (popularity's mean satisfaction at beta 0): {s_ref}; horizon {um['horizon_days']} days; "
-        f"seeds {ret['seeds']}; reference arm for differences and rho: `{ret['reference_arm']}`.",
+        f"simulator seeds {ret['seeds']} x training seeds {ret.get('training_seeds', [])} = "
+        f"{len(ret.get('cells', ret['seeds']))} cells; reference arm for differences and rho: `{ret['reference_arm']}`.",
         "",
     ]
+
+
+def _diff(ci: dict | None, digits: int) -> str:
+    if not ci:
+        return "—"
+    lo, hi = ci["ci95"]
+    return f"{ci['mean']:+.{digits}f} ({lo:+.{digits}f} to {hi:+.{digits}f})"
+
+
+def _rho_text(value: dict | None) -> str:
+    if not value:
+        return "— (reference not clearly apart from popularity)"
+    lo, hi = value["ci95"]
+    return f"{value['mean']:.2f} ({lo:.2f} to {hi:.2f})"
+
+
+def _versus(c: dict, metric: str, digits: int, ref: str, pop: str) -> str:
+    out = []
+    for key, name in (("vs_reference", ref), ("vs_popularity", pop)):
+        if c[key].get(metric):
+            out.append(f"{_diff(c[key][metric], digits)} vs {name}")
+    return (", " + ", ".join(out)) if out else ""
+
+
+def headline_lines(report: dict) -> list[str]:
+    ret = report["retention"]
+    h = ret.get("headline")
+    if not h:
+        return []
+    arm, ref, pop = h["shown_arm"], h["reference_arm"], h["popularity"]
+    n_cells = len(ret.get("cells", ret["seeds"]))
+    who = f"`{arm}` ({h['chosen_because']})" if h["arm"] else f"{h['chosen_because'][:1].upper()}{h['chosen_because'][1:]}; shown instead: `{arm}`"
+    lines = [f"**Headline (simulated, beta {h['beta']}).** {who}, under each user model: d30 and active days, then "
+             f"paired differences against `{ref}` and `{pop}`; 95% intervals over {n_cells} cells (training x "
+             "simulator seeds).", ""]
+    for oracle, c in h["by_oracle"].items():
+        lines.append(f"- `{oracle}`: d30 {_with_ci(c['d30'])}{_versus(c, 'd30', 3, ref, pop)}; active days "
+                     f"{_with_ci(c['active_days'], 2)}{_versus(c, 'active_days', 2, ref, pop)}.")
+    for arm_name, by_oracle in h["rho"].items():
+        rows = "; ".join(f"`{o}` d30 {_rho_text(v['d30'])}, active days {_rho_text(v['active_days'])}"
+                         for o, v in by_oracle.items())
+        label = " (best private arm by HR@10)" if arm_name == h["best_private_arm"] else ""
+        lines.append(f"- Gap closed, rho = (R − R_{pop}) / (R_{ref} − R_{pop}), of `{arm_name}`{label} at beta "
+                     f"{h['beta']} (Fieller 95% intervals): {rows}.")
+    return lines + [""]
 
 
 def markdown(report: dict) -> str:
@@ -160,12 +218,13 @@ def markdown(report: dict) -> str:
     return "\n".join([
         "## Retention (simulated)",
         "",
+        *headline_lines(report),
         MEANING.format(k=ret["slate_size"]),
         "",
         "d1 = share of users back the day after their first visit; dN = back within N days; active days = mean "
-        "number of days with a visit in the 60-day horizon (day 0 included); satisfaction = mean share of a "
-        "served slate the oracle deems relevant. Brackets: 95% interval over seeds. rho = (R_arm − R_popularity) / "
-        f"(R_{ret['reference_arm']} − R_popularity) on d30.",
+        "number of days with a visit in the 60-day horizon (day 0 included); satisfaction = mean expected number of "
+        "liked picks per served slate. Brackets: 95% interval over cells. rho = (R_arm − R_popularity) / "
+        f"(R_{ret['reference_arm']} − R_popularity) on d30, with Fieller's interval.",
         "",
         tables(report, plots=True),
         *_checks(report),

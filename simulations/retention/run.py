@@ -11,9 +11,9 @@ from rich.console import Console
 from fedrec.common.datasets import Interactions
 from fedrec.common.errors import FedrecError
 from fedrec.simulations.report import render
-from fedrec.simulations.retention.engine import GREEDY, POPULARITY, Setup, popularity_scores, prepare, run_seeds
-from fedrec.simulations.retention.oracle_checks import ease_checks, mf_checks
-from fedrec.simulations.retention.mf import MFConfig
+from fedrec.simulations.retention.engine import (GREEDY, POPULARITY, TRAINING_SEED_STRIDE, Setup, popularity_scores,
+                                                 prepare, run_seeds)
+from fedrec.simulations.retention.headline import headline
 from fedrec.simulations.retention.slates import K
 from fedrec.simulations.retention.summary import summarize
 from fedrec.simulations.retention.survival_plot import survival_png
@@ -52,15 +52,24 @@ def reference_arm(report: dict, names: list[str]) -> str:
     return max(candidates, key=lambda n: report.get("arms", {}).get(n, {}).get("accuracy", {}).get("hr@10", -1.0))
 
 
-def _oracle_reports(data: Interactions, setup: Setup, seed: int, console: Console) -> dict:
-    out = {}
-    for oracle in setup.oracles:
-        console.print(f"retention: checking oracle {oracle.name} on held-out interactions")
-        checks = mf_checks(data, MFConfig(), seed) if oracle.name == "mf" else ease_checks(data, seed)
-        out[oracle.name] = {**oracle.describe(setup.seen), "checks": checks}
-    if "mf" not in out:
-        out["mf"] = {"skipped": f"{data.name} has no ratings, so the rating-based MF oracle cannot be fitted"}
+def extra_training_seeds(run_dir: RunDir, report: dict, names: list[str], given: dict | None) -> list[tuple[int, dict]]:
+    """Further training seeds of the run whose scores exist for every simulated arm (none when arms are given)."""
+    if given:
+        return []
+    out = []
+    for seed in run_dir.extra_score_seeds():
+        if all(run_dir.scores_path(n, seed).exists() for n in names):
+            out.append((seed, {n: run_dir.read_scores(n, seed) for n in names}))
     return out
+
+
+def _parts_report(setup: Setup) -> dict:
+    return {"pick": {p.name: {"family": p.family, "checks": p.check} for p in setup.picks},
+            "like": {p.name: {"family": p.family, "checks": p.check} for p in setup.likes}}
+
+
+def plot_name(oracle: str) -> str:
+    return f"retention_{oracle.replace('+', '_')}.png"
 
 
 def _mean_curves(curves: list[dict], oracle: str) -> dict:
@@ -70,23 +79,28 @@ def _mean_curves(curves: list[dict], oracle: str) -> dict:
 
 def run_retention(run_dir: Path, data: Interactions, arms: dict[str, np.ndarray] | None = None,
                   seeds=SEEDS, show: bool = True) -> dict:
-    """Simulated retention for every arm of ``run_dir`` under both oracles and all betas; updates the report."""
+    """Simulated retention for every arm of ``run_dir`` under every user model and beta; updates the report.
+
+    Cells: every training seed whose scores are on disk (scores/seed_<s>/) times every simulator seed."""
     t0 = time.perf_counter()
     seeds = tuple(int(s) for s in seeds)
     rd = RunDir(run_dir)
     report = rd.read_report()
     scores = arm_scores(rd, report, data, arms)
     reference = reference_arm(report, list(scores))
+    primary = int(report.get("meta", {}).get("seed", 0))
+    training = [(primary, scores)] + extra_training_seeds(rd, report, list(scores), arms)
     console = Console(stderr=True, quiet=not show)
-    console.print(f"retention: fitting the user model and oracles on {data.name} ({data.n_users} users)")
+    console.print(f"retention: fitting and calibrating the user models on {data.name} ({data.n_users} users)")
     setup = prepare(data)
-    console.print(f"retention: simulating {len(scores)} arms x {len(setup.oracles)} oracles x {len(seeds)} seeds")
-    per_seed, curves, refs = run_seeds(setup, scores, popularity_scores(data), seeds)
+    console.print(f"retention: simulating {len(scores)} arms x {len(setup.oracles)} user models x "
+                  f"{len(training)} training seeds x {len(seeds)} simulator seeds")
+    per_cell, curves, refs, first = run_seeds(setup, [t[1] for t in training], popularity_scores(data), seeds)
     s_ref = {o.name: float(refs[:, j].mean()) for j, o in enumerate(setup.oracles)}
-    summary = summarize(per_seed, setup.observed, s_ref, reference)
+    summary = summarize(per_cell, setup.observed, s_ref, reference, first[0])
     plots = {}
     for oracle in setup.oracles:
-        name = f"retention_{oracle.name}.png"
+        name = plot_name(oracle.name)
         survival_png(_mean_curves(curves, oracle.name), setup.observed_survival["survival"],
                      setup.observed_survival["n_users"], oracle.name, rd.path / name)
         plots[oracle.name] = name
@@ -99,15 +113,22 @@ def run_retention(run_dir: Path, data: Interactions, arms: dict[str, np.ndarray]
     report["retention"] = {
         "label": "simulated",
         "seeds": list(seeds),
+        "training_seeds": [t[0] for t in training],
+        "cells": [{"training_seed": t[0], "simulator_seed": s + TRAINING_SEED_STRIDE * i}
+                  for i, t in enumerate(training) for s in seeds],
         "slate_size": K,
+        "satisfaction": "expected number of liked picks in a slate: sum over its items of P(pick | shown) P(like | picked)",
         "reference_arm": reference,
         "s_ref": s_ref,
         "user_model": setup.model.to_dict(),
         "observed": {**setup.observed, "survival_cohort": {k: v for k, v in setup.observed_survival.items()
                                                            if k != "survival"}},
-        "oracles": _oracle_reports(data, setup, seeds[0], console),
+        "oracles": {o.name: o.describe(setup.seen) for o in setup.oracles},
+        "user_model_parts": _parts_report(setup),
+        "first_slate": first[0],
         "reference_policies": reference_policies,
         **{k: v for k, v in summary.items() if k != "mean"},
+        "headline": headline(report["arms"], list(scores), summary, reference),
         "plots": plots,
         "wall_s": time.perf_counter() - t0,
     }

@@ -22,19 +22,19 @@ def ranked_unseen(scores: np.ndarray, seen: np.ndarray, length: int) -> tuple[np
     return top, np.isfinite(np.take_along_axis(masked, top, axis=1))
 
 
-def slate_satisfaction(scores: np.ndarray, seen: np.ndarray, relevant: list[np.ndarray], n_slates: int,
+def slate_satisfaction(scores: np.ndarray, seen: np.ndarray, values: list[np.ndarray], n_slates: int,
                        k: int = K) -> np.ndarray:
-    """[len(relevant), n_users, n_slates]: share of each served slate that each oracle deems relevant.
+    """[len(values), n_users, n_slates]: each value matrix summed over each served slate.
 
-    A slate the catalogue can no longer fill counts only the items it holds; an empty one scores 0.
+    With value = P(pick) P(like) that is the slate's expected number of liked picks. A slate the
+    catalogue can no longer fill sums only the items it holds; an empty one scores 0.
     """
     items, valid = ranked_unseen(scores, seen, k * n_slates)
     n_users, length = items.shape
     pad = k * n_slates - length
-    served = np.pad(valid, ((0, 0), (0, pad))).reshape(n_users, n_slates, k).sum(axis=2)
-    out = np.empty((len(relevant), n_users, n_slates), dtype=np.float32)
+    out = np.empty((len(values), n_users, n_slates), dtype=np.float32)
     rows = np.arange(n_users)[:, None]
-    for j, rel in enumerate(relevant):
-        hits = np.pad(rel[rows, items] & valid, ((0, 0), (0, pad))).reshape(n_users, n_slates, k).sum(axis=2)
-        out[j] = hits / np.maximum(served, 1)
+    for j, value in enumerate(values):
+        held = np.where(valid, value[rows, items], 0.0)
+        out[j] = np.pad(held, ((0, 0), (0, pad))).reshape(n_users, n_slates, k).sum(axis=2)
     return out

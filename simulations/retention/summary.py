@@ -1,12 +1,13 @@
-"""From per-seed simulated metrics to what the report states: means, 95% intervals, paired differences
-against the reference arm, the gap-closed ratio rho, and the checks protocol.md says must hold."""
+"""From per-cell simulated metrics to what the report states: means, 95% intervals, paired differences
+against the reference arm and popularity, the gap-closed ratio rho, and the checks protocol.md says
+must hold. A cell is one (training seed, simulator seed) pair; every arm of a cell shares its draws."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from fedrec.simulations.retention.engine import GREEDY, POPULARITY
-from fedrec.simulations.stats import mean_ci
+from fedrec.simulations.stats import mean_ci, ratio_ci
 
 METRICS = ("d1", "d7", "d30", "active_days", "satisfaction")
 RETENTION_METRICS = ("d1", "d7", "d30", "active_days")
@@ -42,7 +43,7 @@ def means(ci: Nested) -> Nested:
 
 
 def paired(per_seed: list[Nested], reference: str) -> Nested:
-    """Seed-by-seed differences arm - reference: common random numbers make these much tighter than the
+    """Cell-by-cell differences arm - reference: common random numbers make these much tighter than the
     difference of two separate intervals."""
     out: dict = {}
     for arm, oracle, beta in _cells(per_seed):
@@ -53,19 +54,18 @@ def paired(per_seed: list[Nested], reference: str) -> Nested:
     return out
 
 
-def rho(per_seed: list[Nested], mean: Nested, reference: str) -> Nested:
-    """(R_arm - R_pop) / (R_ref - R_pop); None where the reference is not clearly apart from popularity
-    (its paired 95% interval against popularity contains 0), since the ratio is then noise over noise."""
+def rho(per_seed: list[Nested], reference: str) -> Nested:
+    """(R_arm - R_pop) / (R_ref - R_pop) with Fieller's 95% interval over cells; None where the reference
+    is not clearly apart from popularity (the denominator's interval contains 0): noise over noise."""
     out: dict = {}
-    if reference not in mean or POPULARITY not in mean or reference == POPULARITY:
+    if reference not in per_seed[0] or POPULARITY not in per_seed[0] or reference == POPULARITY:
         return out
     for arm, oracle, beta in _cells(per_seed):
         values = {}
         for m in RHO_METRICS:
-            lo, hi = mean_ci([s[reference][oracle][beta][m] - s[POPULARITY][oracle][beta][m] for s in per_seed])["ci95"]
-            pop = mean[POPULARITY][oracle][beta][m]
-            apart = lo > 0 or hi < 0
-            values[m] = (mean[arm][oracle][beta][m] - pop) / (mean[reference][oracle][beta][m] - pop) if apart else None
+            pop = [s[POPULARITY][oracle][beta][m] for s in per_seed]
+            values[m] = ratio_ci([s[arm][oracle][beta][m] - p for s, p in zip(per_seed, pop)],
+                                 [s[reference][oracle][beta][m] - p for s, p in zip(per_seed, pop)])
         _put(out, arm, oracle, beta, values)
     return out
 
@@ -102,17 +102,21 @@ def check_monotone(mean: Nested, s_ref: dict[str, float]) -> dict:
     return {"holds": all(c["holds"] for ao in out.values() for c in ao.values()), "by_arm": out}
 
 
-def _why(winner: str, loser: str, reference: str) -> str:
-    """A plain reason for an arm expected below (winner) beating one expected above (loser)."""
-    if winner == POPULARITY and loser == reference:
-        return (f"likely because {reference} serves what this user will probably interact with next, while the "
-                "oracle's relevance rule rewards widely liked items, which popularity serves first")
+def _why(winner: str, loser: str, first_slate: dict, oracle: str) -> str:
+    """A measured reason for an arm expected below (winner) beating one expected above (loser): the first
+    slate's expected picks and the share of them liked, which together make its satisfaction."""
     if loser == GREEDY:
         return "greedy serves the oracle's own top items, so it can only lose on ties"
-    return f"{loser} ranks items the oracle deems relevant lower than {winner} does"
+    parts = []
+    for arm in (winner, loser):
+        c = first_slate.get(arm, {}).get(oracle)
+        if c:
+            liked = c["liked_picks"] / c["picks"] if c["picks"] > 0 else 0.0
+            parts.append(f"{arm}'s first slate holds {c['picks']:.3f} expected picks, {liked:.0%} of them liked")
+    return "; ".join(parts) or f"{loser} serves items the oracle rates less likely to be picked and liked"
 
 
-def check_ordering(mean: Nested, reference: str) -> dict:
+def check_ordering(mean: Nested, reference: str, first_slate: dict | None = None) -> dict:
     """oracle-greedy >= reference (centralized) >= popularity >= random on mean satisfaction at beta 0."""
     out: dict = {}
     for oracle in mean.get(GREEDY, {}):
@@ -123,7 +127,7 @@ def check_ordering(mean: Nested, reference: str) -> dict:
             "order": chain,
             "satisfaction": values,
             "holds": not broken,
-            "why_not": [f"{lo} > {hi}: {_why(lo, hi, reference)}" for hi, lo in broken],
+            "why_not": [f"{lo} > {hi}: {_why(lo, hi, first_slate or {}, oracle)}" for hi, lo in broken],
         }
     return out
 
@@ -139,18 +143,20 @@ def check_calibration(mean: Nested, observed: dict) -> dict:
     return {"tolerance": CALIBRATION_TOLERANCE, "holds": all(v["within_tolerance"] for v in out.values()), **out}
 
 
-def summarize(per_seed: list[Nested], observed: dict, s_ref: dict[str, float], reference: str) -> dict:
+def summarize(per_seed: list[Nested], observed: dict, s_ref: dict[str, float], reference: str,
+              first_slate: dict | None = None) -> dict:
     ci = intervals(per_seed)
     mean = means(ci)
     return {
         "mean": mean,
         "ci95": ci,
         "paired_vs_reference": paired(per_seed, reference),
-        "rho": rho(per_seed, mean, reference),
+        "paired_vs_popularity": paired(per_seed, POPULARITY) if reference != POPULARITY else {},
+        "rho": rho(per_seed, reference),
         "checks": {
             "identical_at_beta_0": check_identical_at_zero(per_seed),
             "monotone_in_beta": check_monotone(mean, s_ref),
-            "satisfaction_ordering": check_ordering(mean, reference),
+            "satisfaction_ordering": check_ordering(mean, reference, first_slate),
             "calibration": check_calibration(mean, observed),
         },
     }

@@ -1,4 +1,4 @@
-"""Survival curves (share of users still coming back on or after day t), one PNG per oracle."""
+"""Survival curves (share of users still coming back on or after day t), one PNG per user model."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def survival_png(curves: dict[str, dict[str, np.ndarray]], observed: list[float]
         if observed:
             ax.plot(np.arange(1, len(observed)), observed[1:], color="black", linestyle=":", linewidth=1.6,
                     label=f"observed (data, {n_observed} users)")
-        ax.set_title(f"oracle {oracle}, beta {beta} (simulated)")
+        ax.set_title(f"user model {oracle}, beta {beta} (simulated)")
         ax.set_xlabel("day t since first visit (everyone visits on day 0)")
         ax.set_ylabel("share with a visit on day >= t")
         ax.grid(alpha=0.3)
