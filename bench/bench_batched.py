@@ -18,6 +18,7 @@ A Flower round spreads the devices over its SuperNodes (2 by default) and adds d
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -166,7 +167,8 @@ def main() -> None:
     console.print(table)
     console.print(f"DP round / centralized epoch on one core: reference {reference_s / epoch_s:.2f}, batched "
                   f"{batched_s / epoch_s:.2f} (goal <= 2, floor <= 4); batched round {reference_s / batched_s:.1f}x "
-                  f"faster than the reference")
+                  f"faster than the reference; peak RSS of this process "
+                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,15 @@ MODEL = ModelConfig(gmf_dim=8, mlp_dim=8, layers=(16, 8))
 SIZES = (30, 3, 60, 9, 41, 17)  # unsorted: results must come back in input order
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds hand-offs (and contention on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def cfg(optimizer: str = "sgd", noise: float = 0.0, **kw) -> LocalConfig:
     return LocalConfig(**{"lr": 0.05, "max_grad_norm": 0.05, **kw, "noise_multiplier": noise, "optimizer": optimizer})
 
@@ -171,3 +180,10 @@ def test_unsupported_settings_fail_with_one_line(fleet):
                               works(fleet), cfg())
     with pytest.raises(FedrecError, match="no parameter"):
         train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg(), trains=lambda name: False)
+
+
+def test_default_masks_sample_each_example_at_the_rate_with_a_stream_per_device():
+    a, b = seeded_masks(1, 20_000, 8, 0.125), seeded_masks(2, 20_000, 8, 0.125)
+    assert a.shape == (8, 20_000) and float(a.float().mean()) == pytest.approx(0.125, abs=0.005)
+    assert torch.equal(a, seeded_masks(1, 20_000, 8, 0.125)) and not torch.equal(a, b)
+    assert float(torch.corrcoef(torch.stack([a.ravel().float(), b.ravel().float()]))[0, 1]) == pytest.approx(0, abs=0.02)
