@@ -37,12 +37,11 @@ def cfg(optimizer: str = "sgd", noise: float = 0.0, **kw) -> LocalConfig:
     return LocalConfig(**{"lr": 0.05, "max_grad_norm": 0.05, **kw, "noise_multiplier": noise, "optimizer": optimizer})
 
 
-@pytest.fixture(scope="module")
-def fleet() -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]]:
+def make_fleet(model_cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]]:
     """Global parameters away from their tiny init (so gradients are large and clipping bites) and each
     device's (items, labels, user row, seed)."""
     torch.manual_seed(0)
-    model = NeuMF(1, N_ITEMS, MODEL)
+    model = NeuMF(1, N_ITEMS, model_cfg)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3)
@@ -53,8 +52,13 @@ def fleet() -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Ten
         items, labels = make_examples(positives, positives, N_ITEMS, 4, rng)
         if i == 0:
             items[:, 2] = items[:, 1]  # a negative drawn twice in every group
-        devices.append((items, labels, torch.randn(1, MODEL.embedding_dim) * 0.3, 1000 + i))
+        devices.append((items, labels, torch.randn(1, model_cfg.embedding_dim) * 0.3, 1000 + i))
     return global_state(model), devices
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    return make_fleet(MODEL)
 
 
 def works(fleet, ledgers=None) -> list[DeviceWork]:
@@ -74,11 +78,11 @@ def opacus_reference(monkeypatch):
 
     monkeypatch.setattr(UniformWithReplacementSampler, "__iter__", sampled)
 
-    def run(fleet, local: LocalConfig, frozen: tuple[str, ...] = ()):
+    def run(fleet, local: LocalConfig, frozen: tuple[str, ...] = (), model_cfg: ModelConfig = MODEL):
         params, devices = fleet
         out = []
         for items, labels, row, seed in devices:
-            model = NeuMF(1, N_ITEMS, MODEL)
+            model = NeuMF(1, N_ITEMS, model_cfg)
             model.load_state_dict({**params, "user_emb.weight": row})
             for name, p in model.named_parameters():
                 p.requires_grad_(name not in frozen)
@@ -153,6 +157,16 @@ def test_noise_has_the_scale_opacus_gives_it_and_is_independent_per_device(fleet
     assert float((correlation - torch.eye(len(z))).abs().max()) < 0.1
     for a, b in zip(noisy, again):  # seeded: the same seeds give the same draws
         assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+@pytest.mark.parametrize("kind", ["gmf", "mlp"])
+def test_the_other_model_kinds_match_opacus_too(opacus_reference, kind):
+    model_cfg = ModelConfig(kind=kind, gmf_dim=8, mlp_dim=8, layers=(16, 8), item_bias=kind == "gmf")
+    other = make_fleet(model_cfg)
+    local = cfg("adam", noise=0.8)
+    devices = works(other)
+    batched = train_private_batched(other[0], model_cfg, N_ITEMS, devices, local, chunk_size=4)
+    assert_same_devices(batched, devices, opacus_reference(other, local, model_cfg=model_cfg))
 
 
 def test_parameter_filter_leaves_output_bias_untrained_as_a_frozen_opacus_parameter_does(fleet, opacus_reference):
