@@ -125,6 +125,23 @@ class _StackedNeuMF:
         self.dim, self.item_bias = cfg.embedding_dim, cfg.item_bias
         tower = [f"tower.{i}" for i, m in enumerate(model.tower) if isinstance(m, nn.Linear)] if cfg.uses_mlp else []
         self.linears = tower + ["output"]
+        self._check_against(NeuMF(1, model.n_items, cfg))
+
+    def _check_against(self, model: NeuMF) -> None:
+        """Refuse a NeuMF whose forward this one does not reproduce (one tiny forward, weights of unit scale)."""
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+            items = torch.randint(0, model.n_items, (3, 5), generator=generator)
+            labels = torch.zeros(items.shape)
+            expected = F.binary_cross_entropy_with_logits(model(torch.zeros_like(items), items), labels, reduction="none")
+            params = {k: v[None] for k, v in model.state_dict().items()}
+            users = params[USER][:, :, None, :].expand(1, *items.shape, -1)
+            loss, _, _ = self(params, users, params[ITEM][:, items], labels[None])
+        if not torch.allclose(loss[0], expected.sum(-1), rtol=1e-4, atol=1e-4):
+            raise FedrecError("batched training: its stacked forward no longer matches NeuMF.forward "
+                              "(client/batched_training.py::_StackedNeuMF must follow common/model.py)")
 
     def __call__(self, params: Mapping[str, torch.Tensor], users: torch.Tensor, rows: torch.Tensor,
                  labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:

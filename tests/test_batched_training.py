@@ -201,3 +201,10 @@ def test_default_masks_sample_each_example_at_the_rate_with_a_stream_per_device(
     assert a.shape == (8, 20_000) and float(a.float().mean()) == pytest.approx(0.125, abs=0.005)
     assert torch.equal(a, seeded_masks(1, 20_000, 8, 0.125)) and not torch.equal(a, b)
     assert float(torch.corrcoef(torch.stack([a.ravel().float(), b.ravel().float()]))[0, 1]) == pytest.approx(0, abs=0.02)
+
+
+def test_a_neumf_whose_forward_changed_is_refused(fleet, monkeypatch):
+    forward = NeuMF.forward
+    monkeypatch.setattr(NeuMF, "forward", lambda self, users, items: forward(self, users, items) * 2)
+    with pytest.raises(FedrecError, match="no longer matches NeuMF.forward"):
+        train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg())
