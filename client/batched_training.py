@@ -186,11 +186,44 @@ def _padded(tensors: list[torch.Tensor], width: int, fill: float) -> torch.Tenso
     return out
 
 
+class _LazyTableNoise:
+    """SGD only: each item row's noise added when the row is next read (and at the end), not every step.
+
+    Under SGD a row that no example reads at a step moves by its noise alone, so after t steps it holds
+    the sum of t draws of N(0, s^2), s = lr sigma C / B: one draw of N(0, t s^2) when the row is next
+    looked up, or at the end, is the same distribution. Most rows of a device are never read in a
+    round, so this skips most of the noise draws; the draws are no longer Opacus' own, only their law.
+    """
+
+    def __init__(self, table: torch.Tensor, generators: list[torch.Generator], std: torch.Tensor):
+        self.table, self.generators, self.std = table, generators, std  # table [D, n_items, cols], std [D]
+        self.held = torch.zeros(table.shape[:2], dtype=torch.long)  # steps whose noise each row holds
+
+    def _add(self, d: int, rows: torch.Tensor, upto: int) -> None:
+        pending = upto - self.held[d, rows]
+        rows, pending = rows[pending > 0], pending[pending > 0]
+        if len(rows):
+            z = torch.normal(0.0, 1.0, (len(rows), self.table.shape[2]), generator=self.generators[d])
+            self.table[d, rows] += z * (pending.double().sqrt() * float(self.std[d])).float()[:, None]
+            self.held[d, rows] = upto
+
+    def catch_up(self, items: torch.Tensor, step: int) -> None:
+        """Before step ``step`` reads the rows in ``items`` [D, b, G]: add the noise of its earlier steps."""
+        for d in range(len(items)):
+            self._add(d, torch.unique(items[d]), step)
+
+    def finish(self, steps: int) -> None:
+        everything = torch.arange(self.table.shape[1])
+        for d in range(len(self.table)):
+            self._add(d, everything, steps)
+
+
 class _Chunk:
     """Devices trained together: parameters, optimizer state and noise streams stacked along dim 0."""
 
     def __init__(self, net: _StackedNeuMF, slots: list[_Slot], global_params: Mapping[str, torch.Tensor],
-                 works: Sequence[DeviceWork], cfg: LocalConfig, masks: PoissonMasks, phases: Phases):
+                 works: Sequence[DeviceWork], cfg: LocalConfig, masks: PoissonMasks, phases: Phases,
+                 lazy_noise: bool = False):
         self.net, self.slots, self.cfg, self.phases = net, slots, cfg, phases
         self.trained = {s.name for s in slots}
         d = len(works)
@@ -214,6 +247,10 @@ class _Chunk:
         self.generators = [torch.Generator().manual_seed(w.seed) for w in works]
         self.optimizer = _optimizer(self.flat, cfg)
         self.grad = torch.empty(self.flat.shape)  # reused every step: a fresh [D, P] costs page faults
+        self.lazy = None
+        if lazy_noise and ITEM in self.trained and cfg.noise_multiplier > 0:
+            std = cfg.lr * cfg.noise_multiplier * cfg.max_grad_norm / self.expected_batch
+            self.lazy = _LazyTableNoise(self.params[ITEM], self.generators, std)
         self.loss_sum = torch.zeros(d, dtype=torch.float64)
         self.count = torch.zeros(d, dtype=torch.long)
 
@@ -225,9 +262,8 @@ class _Chunk:
         valid = torch.arange(order.shape[1]) < counts[:, None]
         return order, valid, counts
 
-    def _per_example(self, step: int):
+    def _per_example(self, order: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor):
         """The step's examples, their losses and the loss gradients at every looked-up row and layer output."""
-        order, valid, counts = self._batch(step)
         at = torch.arange(len(order))[:, None]
         items, labels = self.items[at, order], self.labels[at, order]  # [D, b, G]
         table = self.params[ITEM]
@@ -244,8 +280,12 @@ class _Chunk:
         per-example norms from Gram matrices within each example's group, never a per-example gradient)."""
         if not self.masks[:, step].any():
             return
+        order, valid, counts = self._batch(step)
+        if self.lazy is not None:
+            with self.phases("noise"):
+                self.lazy.catch_up(self.items[torch.arange(len(order))[:, None], order], step)
         with self.phases("forward + backward"):
-            items, valid, inputs, (d_users, d_rows, *d_outputs) = self._per_example(step)
+            items, valid, inputs, (d_users, d_rows, *d_outputs) = self._per_example(order, valid, counts)
         with self.phases("ghost norms"):
             d, b, g = items.shape
             group = lambda t: t.reshape(d, b, g, -1)  # noqa: E731
@@ -284,9 +324,13 @@ class _Chunk:
         std = self.cfg.noise_multiplier * self.cfg.max_grad_norm
         if std == 0:
             return self.grad.zero_()
+        eager = [s for s in self.slots if self.lazy is None or s.name != ITEM]
+        for s in self.slots:
+            if s not in eager:
+                self.grad[:, s.offset : s.offset + s.size].zero_()
         for d, generator in enumerate(self.generators):
             row = self.grad[d]
-            for s in self.slots:
+            for s in eager:
                 torch.normal(0.0, std / float(self.expected_batch[d]), s.shape, generator=generator,
                              out=row[s.offset : s.offset + s.size].view(s.shape))
         return self.grad
@@ -299,6 +343,9 @@ class _Chunk:
             with self.phases("optimizer step"):
                 self.flat.grad = grad
                 self.optimizer.step()
+        if self.lazy is not None:
+            with self.phases("noise"):
+                self.lazy.finish(self.cfg.steps)
 
     def results(self, works: Sequence[DeviceWork], global_params: Mapping[str, torch.Tensor]) -> list[DeviceTrained]:
         out = []
@@ -315,11 +362,13 @@ class _Chunk:
 def train_private_batched(global_params: Mapping[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
                           devices: Sequence[DeviceWork], cfg: LocalConfig, trains: ParamFilter = trains_all,
                           masks: PoissonMasks = seeded_masks, chunk_size: int = 64,
-                          phases: Phases | None = None) -> list[DeviceTrained]:
+                          phases: Phases | None = None, lazy_noise: bool = False) -> list[DeviceTrained]:
     """Train every device's round (what ``train_private`` does for one), in chunks of similar size.
 
     ``global_params`` are the global parameters every device starts from (no ``user_emb.*``); ``trains``
-    names the parameters trained (all by default); results come back in the order of ``devices``. A
+    names the parameters trained (all by default); results come back in the order of ``devices``.
+    ``lazy_noise`` (SGD only) draws each item row's noise when the row is next read: the same
+    distribution, far fewer draws, but not Opacus' own draws (see ``_LazyTableNoise``). A
     device whose budget the round would exceed refuses, as in ``train_private``: its ledger is unchanged
     and its result carries the global parameters with 0 examples.
     """
@@ -327,6 +376,8 @@ def train_private_batched(global_params: Mapping[str, torch.Tensor], model_cfg: 
         raise FedrecError("batched training: dropout > 0 is not supported (its masks would differ from Opacus')")
     if chunk_size < 1:
         raise FedrecError(f"batched training: chunk_size must be >= 1, not {chunk_size}")
+    if lazy_noise and cfg.optimizer != "sgd":
+        raise FedrecError(f"batched training: lazy noise needs a linear update (sgd), not {cfg.optimizer!r}")
     phases = phases or Phases()
     model = NeuMF(1, n_items, model_cfg)
     slots, net = _layout(model, trains), _StackedNeuMF(model)
@@ -344,7 +395,7 @@ def train_private_batched(global_params: Mapping[str, torch.Tensor], model_cfg: 
     for start in range(0, len(todo), chunk_size):
         ids = todo[start : start + chunk_size]
         works = [devices[i] for i in ids]
-        chunk = _Chunk(net, slots, shared, works, cfg, masks, phases)
+        chunk = _Chunk(net, slots, shared, works, cfg, masks, phases, lazy_noise)
         chunk.train()
         for i, result in zip(ids, chunk.results(works, shared)):
             results[i] = result

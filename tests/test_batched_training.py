@@ -137,14 +137,15 @@ def test_with_noise_clipped_sums_and_noise_match_opacus_draw_for_draw(fleet, opa
     assert devices[0].ledger.history == [(0.8, 0.125, 8)] and np.isfinite(batched[0].outcome.epsilon)
 
 
-def test_noise_has_the_scale_opacus_gives_it_and_is_independent_per_device(fleet):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_noise_has_the_scale_opacus_gives_it_and_is_independent_per_device(fleet, lazy):
     """SGD: final params with noise minus without (same masks) are, per coordinate, the sum of ``steps``
-    draws of N(0, (sigma C)^2) times lr / B: their standardized spread is 1. A small lr keeps the
-    gradients of the two runs nearly equal."""
+    draws of N(0, (sigma C)^2) times lr / B: their standardized spread is 1, whether the item rows' draws
+    are made every step or when a row is next read. A small lr keeps the two runs' gradients nearly equal."""
     sigma = 1.3
     clean = train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg(lr=1e-3))
-    noisy = train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg(lr=1e-3, noise=sigma))
-    again = train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg(lr=1e-3, noise=sigma))
+    noisy = train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg(lr=1e-3, noise=sigma), lazy_noise=lazy)
+    again = train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg(lr=1e-3, noise=sigma), lazy_noise=lazy)
     standardized = []
     for (items, *_), c, n in zip(fleet[1], clean, noisy):
         expected_batch = max(1, int(len(items) * 0.125))
@@ -192,6 +193,8 @@ def test_unsupported_settings_fail_with_one_line(fleet):
     with pytest.raises(FedrecError, match="dropout"):
         train_private_batched(fleet[0], ModelConfig(gmf_dim=8, mlp_dim=8, layers=(16, 8), dropout=0.1), N_ITEMS,
                               works(fleet), cfg())
+    with pytest.raises(FedrecError, match="lazy noise"):
+        train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg("adam", noise=1.0), lazy_noise=True)
     with pytest.raises(FedrecError, match="no parameter"):
         train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg(), trains=lambda name: False)
 
@@ -208,3 +211,17 @@ def test_a_neumf_whose_forward_changed_is_refused(fleet, monkeypatch):
     monkeypatch.setattr(NeuMF, "forward", lambda self, users, items: forward(self, users, items) * 2)
     with pytest.raises(FedrecError, match="no longer matches NeuMF.forward"):
         train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), cfg())
+
+
+def test_lazy_noise_gives_a_row_its_pending_steps_when_read_and_the_rest_at_the_end():
+    from fedrec.client.batched_training import _LazyTableNoise
+
+    table = torch.zeros(1, 20_000, 1)
+    lazy = _LazyTableNoise(table, [torch.Generator().manual_seed(0)], torch.tensor([0.5]))
+    lazy.catch_up(torch.arange(10_000).reshape(1, 100, 100), step=3)  # these rows are read at step 3
+    read, unread = table[0, :10_000], table[0, 10_000:]
+    assert float(read.var()) == pytest.approx(3 * 0.25, rel=0.05) and float(unread.abs().max()) == 0.0
+    before = read.clone()
+    lazy.finish(steps=8)
+    assert float((table[0, :10_000] - before).var()) == pytest.approx(5 * 0.25, rel=0.05)
+    assert float(table[0, 10_000:].var()) == pytest.approx(8 * 0.25, rel=0.05)
