@@ -1,7 +1,8 @@
 """One full-participation DP round over every ML-100K device: per-device Opacus vs the batched executor,
 against one centralized NeuMF epoch, measured side by side in one run (one process, one torch thread).
 
-    python -m bench.bench_batched [--devices 943] [--reference-devices 943] [--optimizer adam] [--chunk 64]
+    python -m bench.bench_batched [--devices 943] [--reference-devices 943] [--optimizer adam|sgd] [--lazy-noise]
+                                  [--chunk 64] [--block 256] [--clock cpu|wall]
 
 Federated model config, 4 negatives, 8 steps, noise multiplier 1.0, every device starting from the same
 initial global model:
@@ -83,7 +84,7 @@ def reference_round(refs, params, n_items: int, cfg: LocalConfig, clock: Clock) 
 
 
 def batched_round(refs, params, n_items: int, cfg: LocalConfig, block: int, chunk: int, phases: Phases,
-                  clock: Clock) -> tuple[list[DeviceWork], dict[str, float]]:
+                  clock: Clock, lazy_noise: bool = False) -> tuple[list[DeviceWork], dict[str, float]]:
     """The round as a node would run it: per block of devices, open their stores, read, train the block
     batched, write every user row and ledger back, close; replies summed example-weighted."""
     parts = {"store open + decrypt": 0.0, "batched training": 0.0, "store write (user row + ledger) + close": 0.0,
@@ -99,7 +100,8 @@ def batched_round(refs, params, n_items: int, cfg: LocalConfig, block: int, chun
             for k, v in read.items():
                 parts[k] = parts.get(k, 0.0) + v
             t = clock()
-            results = train_private_batched(params, FEDERATED_MODEL, n_items, works, cfg, chunk_size=chunk, phases=phases)
+            results = train_private_batched(params, FEDERATED_MODEL, n_items, works, cfg, chunk_size=chunk, phases=phases,
+                                            lazy_noise=lazy_noise)
             parts["batched training"] += clock() - t
             t = clock()
             for store, w, r in zip(stores, works, results):
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=64, help="devices trained together (one stacked chunk)")
     parser.add_argument("--block", type=int, default=256, help="devices whose stores are open at once")
     parser.add_argument("--stores", type=Path, default=None, help="reuse provisioned stores (else a temp dir)")
+    parser.add_argument("--lazy-noise", action="store_true", help="SGD only: item rows' noise drawn when read")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="cpu: this process' CPU seconds (steady on a shared machine); wall: elapsed seconds")
     args = parser.parse_args()
@@ -141,11 +144,13 @@ def main() -> None:
     reference_s = reference_round(refs[:n_ref], params, split.n_items, cfg, clock) * n / n_ref
     phases = Phases(clock)
     t = clock()
-    _, parts = batched_round(refs, params, split.n_items, cfg, args.block, args.chunk, phases, clock)
+    _, parts = batched_round(refs, params, split.n_items, cfg, args.block, args.chunk, phases, clock,
+                             args.lazy_noise)
     batched_s = clock() - t
 
     table = Table(title=f"{n} devices, DP-SGD (noise {args.noise}, {cfg.optimizer}, {cfg.steps} steps, "
-                        f"{cfg.negatives} negatives), federated NeuMF, 1 core, {args.clock} seconds")
+                        f"{cfg.negatives} negatives{', lazy noise' if args.lazy_noise else ''}), federated NeuMF, 1 core, "
+                        f"{args.clock} seconds")
     for col in ("what", f"{args.clock} s", "x centralized epoch"):
         table.add_column(col, justify="left" if col == "what" else "right")
 

@@ -192,30 +192,35 @@ class _LazyTableNoise:
     Under SGD a row that no example reads at a step moves by its noise alone, so after t steps it holds
     the sum of t draws of N(0, s^2), s = lr sigma C / B: one draw of N(0, t s^2) when the row is next
     looked up, or at the end, is the same distribution. Most rows of a device are never read in a
-    round, so this skips most of the noise draws; the draws are no longer Opacus' own, only their law.
+    round, so this skips most of the noise draws. The draws come from one stream per chunk (seeded by
+    its devices' seeds), so they are not Opacus' own draws, only their law.
     """
 
-    def __init__(self, table: torch.Tensor, generators: list[torch.Generator], std: torch.Tensor):
-        self.table, self.generators, self.std = table, generators, std  # table [D, n_items, cols], std [D]
+    def __init__(self, table: torch.Tensor, seeds: Sequence[int], std: torch.Tensor):
+        self.table, self.std = table, std  # table [D, n_items, cols], std [D]
+        self.generator = torch.Generator().manual_seed(zlib.crc32(f"lazy:{','.join(map(str, seeds))}".encode()))
         self.held = torch.zeros(table.shape[:2], dtype=torch.long)  # steps whose noise each row holds
-
-    def _add(self, d: int, rows: torch.Tensor, upto: int) -> None:
-        pending = upto - self.held[d, rows]
-        rows, pending = rows[pending > 0], pending[pending > 0]
-        if len(rows):
-            z = torch.normal(0.0, 1.0, (len(rows), self.table.shape[2]), generator=self.generators[d])
-            self.table[d, rows] += z * (pending.double().sqrt() * float(self.std[d])).float()[:, None]
-            self.held[d, rows] = upto
 
     def catch_up(self, items: torch.Tensor, step: int) -> None:
         """Before step ``step`` reads the rows in ``items`` [D, b, G]: add the noise of its earlier steps."""
-        for d in range(len(items)):
-            self._add(d, torch.unique(items[d]), step)
+        n = self.table.shape[1]
+        keys = torch.unique(items + torch.arange(len(items))[:, None, None] * n)
+        d, rows = keys // n, keys % n
+        pending = step - self.held[d, rows]
+        keep = pending > 0
+        d, rows, pending = d[keep], rows[keep], pending[keep]
+        z = torch.normal(0.0, 1.0, (len(rows), self.table.shape[2]), generator=self.generator)
+        self.table[d, rows] += z * (pending.double().sqrt() * self.std[d]).float()[:, None]
+        self.held[d, rows] = step
 
     def finish(self, steps: int) -> None:
-        everything = torch.arange(self.table.shape[1])
-        for d in range(len(self.table)):
-            self._add(d, everything, steps)
+        z = torch.normal(0.0, 1.0, self.table.shape, generator=self.generator)
+        self.table += z * ((steps - self.held).double().sqrt() * self.std[:, None]).float()[..., None]
+        self.held.fill_(steps)
+
+    def dense(self, out: torch.Tensor, std: torch.Tensor) -> None:
+        """Every-step noise of a parameter that is read every step: [D, size] draws times ``std`` [D]."""
+        out.copy_(torch.normal(0.0, 1.0, out.shape, generator=self.generator) * std[:, None])
 
 
 class _Chunk:
@@ -250,7 +255,7 @@ class _Chunk:
         self.lazy = None
         if lazy_noise and ITEM in self.trained and cfg.noise_multiplier > 0:
             std = cfg.lr * cfg.noise_multiplier * cfg.max_grad_norm / self.expected_batch
-            self.lazy = _LazyTableNoise(self.params[ITEM], self.generators, std)
+            self.lazy = _LazyTableNoise(self.params[ITEM], [w.seed for w in works], std)
         self.loss_sum = torch.zeros(d, dtype=torch.float64)
         self.count = torch.zeros(d, dtype=torch.long)
 
@@ -320,17 +325,22 @@ class _Chunk:
 
     def _noise(self) -> torch.Tensor:
         """[D, P] N(0, (sigma C / B)^2) per device, drawn parameter by parameter from the device's generator
-        in the model's parameter order, as Opacus draws its N(0, (sigma C)^2) before dividing by B."""
+        in the model's parameter order, as Opacus draws its N(0, (sigma C)^2) before dividing by B (lazy
+        noise: the chunk's stream, item table left to ``_LazyTableNoise``)."""
         std = self.cfg.noise_multiplier * self.cfg.max_grad_norm
         if std == 0:
             return self.grad.zero_()
-        eager = [s for s in self.slots if self.lazy is None or s.name != ITEM]
-        for s in self.slots:
-            if s not in eager:
-                self.grad[:, s.offset : s.offset + s.size].zero_()
+        if self.lazy is not None:  # the item table's noise comes when its rows are read
+            for s in self.slots:
+                out = self.grad[:, s.offset : s.offset + s.size]
+                if s.name == ITEM:
+                    out.zero_()
+                else:
+                    self.lazy.dense(out, std / self.expected_batch)
+            return self.grad
         for d, generator in enumerate(self.generators):
             row = self.grad[d]
-            for s in eager:
+            for s in self.slots:
                 torch.normal(0.0, std / float(self.expected_batch[d]), s.shape, generator=generator,
                              out=row[s.offset : s.offset + s.size].view(s.shape))
         return self.grad

@@ -217,7 +217,7 @@ def test_lazy_noise_gives_a_row_its_pending_steps_when_read_and_the_rest_at_the_
     from fedrec.client.batched_training import _LazyTableNoise
 
     table = torch.zeros(1, 20_000, 1)
-    lazy = _LazyTableNoise(table, [torch.Generator().manual_seed(0)], torch.tensor([0.5]))
+    lazy = _LazyTableNoise(table, [0], torch.tensor([0.5]))
     lazy.catch_up(torch.arange(10_000).reshape(1, 100, 100), step=3)  # these rows are read at step 3
     read, unread = table[0, :10_000], table[0, 10_000:]
     assert float(read.var()) == pytest.approx(3 * 0.25, rel=0.05) and float(unread.abs().max()) == 0.0
