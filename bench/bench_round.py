@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from fedrec.common.config import DEFAULT_CENTRAL, FederationConfig, PrivacyConfi
 from fedrec.common.datasets import load_dataset
 from fedrec.common.instructions import resolve_privacy
 from fedrec.common.keys import create_key_file
+from fedrec.common.manifest import is_provisioned
 from fedrec.common.model import ModelConfig, NeuMF, global_state
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.sampling import positive_keys
@@ -45,7 +47,8 @@ from fedrec.simulations.federated import FederatedArm, _run_flower, arm_config
 from fedrec.simulations.provision import provision
 
 
-def centralized_epoch(split) -> float:
+def centralized_epoch(split, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds of one epoch after a warm-up one; ``clock=time.process_time`` counts this process' CPU only."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = NeuMF(split.n_users, split.n_items, ModelConfig())
@@ -53,9 +56,22 @@ def centralized_epoch(split) -> float:
     keys = positive_keys(split.train_users, split.train_items, split.n_items)
     rng = np.random.default_rng(0)
     train_epoch(model, optimizer, split.train_users, split.train_items, keys, DEFAULT_CENTRAL.train, rng)  # warm-up
-    t0 = time.perf_counter()
+    t0 = clock()
     train_epoch(model, optimizer, split.train_users, split.train_items, keys, DEFAULT_CENTRAL.train, rng)
-    return time.perf_counter() - t0
+    return clock() - t0
+
+
+def provisioned(devices: int | None, stores: Path | None):
+    """ML-100K (its first ``devices`` users), its split, and a dir of device stores (provisioned if new)."""
+    data = load_dataset("ml-100k")
+    if devices:
+        data = data.subset_users(devices)
+    split = temporal_split(data, 0)
+    stores = stores or Path(tempfile.mkdtemp(prefix="bench-stores-"))
+    if not is_provisioned(stores):
+        stores.mkdir(parents=True, exist_ok=True)
+        provision(data, split, stores, create_key_file(stores / "master.key"))
+    return data, split, stores
 
 
 def flower_round(arm: FederatedArm, stores: Path, participation: float, tag: str) -> float:
@@ -115,14 +131,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=100, help="devices timed in the in-process breakdown")
     parser.add_argument("--stores", type=Path, default=None, help="reuse provisioned stores (else a temp dir)")
     args = parser.parse_args()
-    data = load_dataset("ml-100k")
-    if args.devices:
-        data = data.subset_users(args.devices)
-    split = temporal_split(data, 0)
-    stores = args.stores or Path(tempfile.mkdtemp(prefix="bench-stores-"))
-    if not (stores / "manifest.json").exists():
-        stores.mkdir(parents=True, exist_ok=True)
-        provision(data, split, stores, create_key_file(stores / "master.key"))
+    data, split, stores = provisioned(args.devices, args.stores)
     console = Console()
     epoch_s = centralized_epoch(split)
     fed = FederationConfig(privacy=PrivacyConfig(mechanism="local"))

@@ -49,7 +49,7 @@ def device_seed(seed: int, server_round: int, device_id: str) -> int:
     return zlib.crc32(f"{seed}:{server_round}:{device_id}".encode())
 
 
-def _load_embedding(store: DeviceStore, prefix: str, dim: int, seed: int) -> torch.Tensor:
+def load_user_row(store: DeviceStore, prefix: str, dim: int, seed: int) -> torch.Tensor:
     raw = store.get_state(prefix + EMBEDDING)
     if raw is None:
         gen = torch.Generator().manual_seed(seed)
@@ -72,29 +72,44 @@ def device_model(store: DeviceStore, device_id: str, global_params: dict[str, to
     """A fresh model per round (Opacus cannot wrap a module twice) with this device's own user row."""
     model = NeuMF(1, device.n_items, device.model)
     state = dict(global_params)
-    state["user_emb.weight"] = _load_embedding(store, device.state_prefix, device.model.embedding_dim,
+    state["user_emb.weight"] = load_user_row(store, device.state_prefix, device.model.embedding_dim,
                                                device_seed(device.seed, 0, device_id))
     model.load_state_dict(state)
     return model
 
 
+def round_examples(store: DeviceStore, device_id: str, task: DeviceInstructions) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """This round's training examples and seed. Training never reads the held-out items; under DP the
+    negatives depend on nothing but their own record."""
+    round_seed = device_seed(task.device.seed, task.round.number, device_id)
+    train = np.asarray(store.read_events("train").items, dtype=np.int64)
+    avoid = None if task.privacy.private else train
+    items, labels = make_examples(train, avoid, task.device.n_items, task.device.training.negatives,
+                                  np.random.default_rng(round_seed))
+    return items, labels, round_seed
+
+
+def read_ledger(store: DeviceStore, prefix: str) -> PrivacyLedger:
+    return PrivacyLedger.from_json(store.get_state(prefix + LEDGER))
+
+
+def write_round(store: DeviceStore, prefix: str, user_row: torch.Tensor, ledger: PrivacyLedger) -> None:
+    """One transaction: the user row, the ledger and the round counter move together."""
+    rounds = int(store.get_state(prefix + ROUNDS) or b"0") + 1
+    store.put_states({prefix + EMBEDDING: embedding_bytes(user_row), prefix + LEDGER: ledger.to_json(),
+                      prefix + ROUNDS: str(rounds).encode()})
+
+
 def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: DeviceInstructions) -> TrainResult:
-    device, training, privacy = task.device, task.device.training, task.privacy
-    prefix = device.state_prefix
-    round_seed = device_seed(device.seed, task.round.number, ref.device_id)
+    """The reference path: one device, Opacus (or plain training without DP)."""
+    prefix = task.device.state_prefix
     with ref.open() as store:
-        train = np.asarray(store.read_events("train").items, dtype=np.int64)
-        ledger = PrivacyLedger.from_json(store.get_state(prefix + LEDGER))
-        model = device_model(store, ref.device_id, global_params, device)
-        rng = np.random.default_rng(round_seed)
-        # Training never looks at the held-out items; under DP negatives depend on nothing but the record.
-        avoid = None if privacy.private else train
-        items, labels = make_examples(train, avoid, device.n_items, training.negatives, rng)
-        outcome = train_local(model, items, labels, training, privacy, ledger, round_seed)
-        if not outcome.refused:  # one transaction: embedding, ledger and round counter move together
-            rounds = int(store.get_state(prefix + ROUNDS) or b"0") + 1
-            store.put_states({prefix + EMBEDDING: embedding_bytes(model.user_emb.weight),
-                              prefix + LEDGER: ledger.to_json(), prefix + ROUNDS: str(rounds).encode()})
+        ledger = read_ledger(store, prefix)
+        model = device_model(store, ref.device_id, global_params, task.device)
+        items, labels, round_seed = round_examples(store, ref.device_id, task)
+        outcome = train_local(model, items, labels, task.device.training, task.privacy, ledger, round_seed)
+        if not outcome.refused:
+            write_round(store, prefix, model.user_emb.weight, ledger)
     return TrainResult(global_state(model), 0 if outcome.refused else len(items), outcome)
 
 

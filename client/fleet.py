@@ -8,13 +8,17 @@ the devices themselves, so grouping devices per node changes dispatch cost, not 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedrec.client.device_round import DeviceRef, device_seed, evaluate_device, train_device
+from fedrec.client.batched_training import DeviceWork, train_private_batched
+from fedrec.client.device_round import (DeviceRef, TrainResult, device_seed, evaluate_device, load_user_row,
+                                        read_ledger, round_examples, train_device, write_round)
 from fedrec.client.store_key import store_key
 from fedrec.common.config import Fleet
 from fedrec.common.errors import FedrecError
@@ -49,6 +53,38 @@ def participates(device_id: str, server_round: int, fraction: float, seed: int) 
     return np.random.default_rng(device_seed(seed, server_round, "sample:" + device_id)).random() < fraction
 
 
+STORES_OPEN = 256  # stores a batched node holds open at once (file handles, one block's results in memory)
+
+
+def train_batched(refs: list[DeviceRef], global_params: dict[str, torch.Tensor],
+                  task: DeviceInstructions) -> Iterator[TrainResult]:
+    """``train_device`` for many devices at once (DP only): the same reads, examples, seeds and
+    write-backs, with the training of a block of devices stacked (``fedrec.client.batched_training``)."""
+    device, prefix = task.device, task.device.state_prefix
+    for start in range(0, len(refs), STORES_OPEN):
+        block = refs[start : start + STORES_OPEN]
+        with ExitStack() as open_stores:
+            stores = [open_stores.enter_context(ref.open()) for ref in block]
+            works = []
+            for ref, store in zip(block, stores):
+                items, labels, round_seed = round_examples(store, ref.device_id, task)
+                row = load_user_row(store, prefix, device.model.embedding_dim, device_seed(device.seed, 0, ref.device_id))
+                works.append(DeviceWork(items, labels, row, read_ledger(store, prefix), round_seed))
+            results = train_private_batched(global_params, device.model, device.n_items, works, device.training,
+                                            task.privacy)
+            for store, work, result in zip(stores, works, results):
+                if not result.outcome.refused:
+                    write_round(store, prefix, result.user_row, work.ledger)
+        yield from (TrainResult(r.state, r.num_examples, r.outcome) for r in results)
+
+
+def _trained(refs: list[DeviceRef], global_params: dict[str, torch.Tensor],
+             task: DeviceInstructions) -> Iterator[TrainResult]:
+    if task.privacy.private and task.device.executor == "batched":
+        return train_batched(refs, global_params, task)
+    return (train_device(ref, global_params, task) for ref in refs)
+
+
 def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor],
                 task: DeviceInstructions) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train every participating device; return the weighted mean of their global params: by example
@@ -56,10 +92,9 @@ def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor]
     device, private = task.device, task.privacy.private
     total: dict[str, torch.Tensor] = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_params.items()}
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
-    for ref in devices:
-        if not participates(ref.device_id, task.round.number, device.participation, device.seed):
-            continue
-        result = train_device(ref, global_params, task)
+    sampled = [ref for ref in devices if participates(ref.device_id, task.round.number, device.participation,
+                                                      device.seed)]
+    for result in _trained(sampled, global_params, task):  # a generator: one state in memory at a time
         epsilons.append(result.outcome.epsilon)
         if result.outcome.refused:
             refused += 1

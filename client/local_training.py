@@ -43,6 +43,16 @@ class LocalOutcome:
 FROZEN_UNDER_DP = ("output.bias",)
 
 
+def trained_under_dp(name: str) -> bool:
+    return name not in FROZEN_UNDER_DP
+
+
+def refuses(ledger: PrivacyLedger, training: LocalTraining, privacy: DevicePrivacy) -> bool:
+    """Would one more round take this device past its budget? (Then it sits the round out.)"""
+    after = ledger.epsilon_if(privacy.noise_multiplier, training.sample_rate, training.steps, privacy.delta)
+    return after > privacy.budget
+
+
 def make_optimizer(model: nn.Module, training: LocalTraining) -> torch.optim.Optimizer:
     if training.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=training.lr)
@@ -109,13 +119,13 @@ def train_private(
     ledger: PrivacyLedger, seed: int
 ) -> LocalOutcome:
     """DP-SGD with Opacus (RDP accountant, Poisson sampling, ghost clipping); the ledger composes."""
-    after = ledger.epsilon_if(privacy.noise_multiplier, training.sample_rate, training.steps, privacy.delta)
-    if after > privacy.budget:
+    if privacy.private and refuses(ledger, training, privacy):
         return LocalOutcome(0.0, 0, ledger.epsilon(privacy.delta), refused=True)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
     for name, param in model.named_parameters():
-        param.requires_grad_(name not in FROZEN_UNDER_DP)
+        if name in FROZEN_UNDER_DP:
+            param.requires_grad_(False)
     engine = PrivacyEngine(accountant="rdp")
     optimizer = make_optimizer(model, training)
     module, optimizer, criterion, loader = engine.make_private(

@@ -40,6 +40,7 @@ OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
 MECHANISMS = ("none", "local")  # local = record-level DP-SGD on each device (Opacus)
 EVAL_STAGES = ("validation", "test")
+EXECUTORS = ("batched", "per_device")
 
 
 def _fraction(value: float, name: str) -> None:
@@ -120,9 +121,15 @@ class DeviceConfig:
     seed: int = 0
     state_prefix: str = ""  # device-store state names are prefixed, so arms sharing a store stay apart
     eval_stage: str = "validation"
+    # A node serving many devices (a gateway, a simulated fleet) trains its DP devices "batched" (stacked,
+    # the same mathematics as Opacus per device, tested equal) or "per_device" with Opacus itself.
+    executor: str = "batched"
 
     def __post_init__(self) -> None:
         _fraction(self.participation, "participation")
+        _one_of(self.executor, EXECUTORS, "executor")
+        require(self.executor != "batched" or self.model.dropout == 0, "executor",
+                "batched cannot train a model with dropout (its masks would differ from Opacus'); use per_device")
         require(self.n_items >= 0, "n_items", f"must be >= 0, got {self.n_items}")
         _one_of(self.eval_stage, EVAL_STAGES, "eval_stage")
 

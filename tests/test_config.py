@@ -47,6 +47,9 @@ steps_per_epoch = 3
 [federation.server]
 rounds = 4
 
+[federation.device]
+executor = "per_device"
+
 [federation.privacy]
 epsilon = 3.0
 """
@@ -152,6 +155,7 @@ BAD = [
     ("[central.train]\nbatch_size = 0\n", "central.train.batch_size: must be >= 1"),
     ("[federation.device.training]\nlr = 0.1\nnegatives = 2.5\n", "federation.device.training.negatives: expected int"),
     ("[simulation\nnodes = 2\n", "invalid TOML"),
+    ("[federation.device.model]\ndropout = 0.2\n", "federation.device.executor: batched cannot train a model with dropout"),
 ]
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from fedrec.client.device_round import ledger_of
+from fedrec.client.device_round import EMBEDDING, ledger_of
+from fedrec.client import fleet
 from fedrec.client.fleet import evaluate_fleet, node_devices, train_fleet
 from fedrec.common.config import (
     DeviceConfig,
@@ -116,3 +118,38 @@ def test_private_replies_weigh_devices_equally_and_carry_only_public_counts(tmp_
     assert all(m["num-examples"] == 1 for _, m in singles)
     evaluated = evaluate_fleet(devices, params, task("a/"))
     assert tuple(evaluated) == EVALUATE_PRIVATE
+
+
+def test_batched_node_equals_the_opacus_path_through_the_fleet(tmp_path, tiny, monkeypatch):
+    """One DP round of a node, batched executor against Opacus device by device, through train_fleet:
+    with sample rate 1 both take every example, so aggregate, ledgers and stored user rows agree."""
+    data = tiny.subset_users(4)
+    stores = provisioned(tmp_path, data)
+    base = DeviceConfig(model=SMALL, n_items=data.n_items, participation=1.0,
+                        fleet=Fleet(str(stores), str(stores / "master.key")),
+                        training=LocalTraining(steps_per_epoch=1, epochs=3, optimizer="sgd", lr=0.05))
+    privacy = DevicePrivacy(0.7, max_grad_norm=0.5, budget=1e6)
+    params = initial_state(base)
+    devices = node_devices({}, base.fleet)
+    out, opacus_calls = {}, []
+    real = fleet.train_device
+    monkeypatch.setattr(fleet, "train_device", lambda *a: opacus_calls.append(1) or real(*a))
+    for executor in ("per_device", "batched"):
+        device = replace(base, executor=executor, state_prefix=f"{executor}/")
+        task = DeviceInstructions(device, privacy, RoundInfo(number=1))
+        mean, metrics = train_fleet(devices, params, task)
+        assert len(opacus_calls) == len(devices)  # the batched round ran none through Opacus
+        rows = [serving_or_training_row(ref, device.state_prefix) for ref in devices]
+        ledgers = [ledger_of(ref, device.state_prefix).history for ref in devices]
+        out[executor] = (mean, metrics, rows, ledgers)
+    (m1, k1, r1, l1), (m2, k2, r2, l2) = out["per_device"], out["batched"]
+    assert k1 == k2 and l1 == l2
+    for name in m1:
+        assert torch.allclose(m1[name], m2[name], atol=1e-5), name
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(r1, r2))
+
+
+def serving_or_training_row(ref, prefix: str) -> np.ndarray:
+    with ref.open() as store:
+        raw = store.get_state(prefix + EMBEDDING)
+    return np.load(io.BytesIO(raw))
