@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -184,7 +185,7 @@ class _Rows:
     ratings: np.ndarray | None
 
 
-def _read_rows(path: Path, rows, columns: dict[str, int], first_line: int) -> _Rows:
+def _read_rows(path: Path, rows: Iterable[list[str]], columns: Mapping[str, int], first_line: int) -> _Rows:
     """Validate rows one by one so that an error can name its line."""
     users, items = _IdColumn(path, "user"), _IdColumn(path, "item")
     stamps, ratings = [], []
@@ -239,7 +240,7 @@ def load_csv(path: str | Path, name: str | None = None) -> Interactions:
             raise DataError(
                 f"{path}:1: missing column(s) {', '.join(missing)} (header must name user,item,timestamp[,rating])"
             )
-        columns = {c: names.index(c) for c in ("user", "item", "timestamp", "rating") if c in names}
+        columns: dict[str, int] = {c: names.index(c) for c in ("user", "item", "timestamp", "rating") if c in names}
         rows = _read_rows(path, reader, columns, 2)
     return from_raw(name or path.stem, rows.users, rows.items, rows.stamps, rows.ratings)
 

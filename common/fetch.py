@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from fedrec.common.errors import DataError
-from fedrec.common.paths import writable_dir
+from fedrec.common.files import writable_dir
 
 DATA_DIR_ENV = "FEDREC_DATA_DIR"
 KNOWN_DATASETS = ("ml-100k", "ml-1m")

@@ -43,7 +43,7 @@ def state_digest(state: Mapping[str, torch.Tensor], header: dict | None = None) 
     return digest.hexdigest()
 
 
-def read_torch_file(path: Path, hint: str):
+def read_torch_file(path: Path, hint: str) -> Any:
     """``torch.load`` (weights only) with every kind of damage turned into one line naming the file."""
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
@@ -54,7 +54,7 @@ def read_torch_file(path: Path, hint: str):
         raise ModelFileError(f"{path}: unreadable, truncated or damaged ({reason}); {hint}") from None
 
 
-def matches(state, expected, header: dict | None = None) -> bool:
+def matches(state: Any, expected: object, header: dict | None = None) -> bool:
     """Whether ``state`` (as loaded, possibly garbage) has the ``expected`` digest."""
     try:
         return isinstance(expected, str) and state_digest(state, header) == expected

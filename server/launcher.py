@@ -27,7 +27,7 @@ from fedrec.common.certs import CA_CERT, DEVICE_PUB_SUFFIX, SERVER_CERT, SERVER_
 from fedrec.common.config import FederationConfig, StrategyConfig, load_config
 from fedrec.common.errors import FedrecError
 from fedrec.common.manifest import load_manifest
-from fedrec.common.paths import writable_dir
+from fedrec.common.files import writable_dir
 from fedrec.common.processes import Children, exclusive, flower_env, port_in_use, terminate_on_sigterm, wait_until
 from fedrec.common.settings import flatten, from_flat
 from fedrec.server.checkpoint import load_checkpoint

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from fedrec.common.datasets import Interactions, load_dataset
 from fedrec.common.errors import FedrecError
-from fedrec.common.paths import writable_dir
+from fedrec.common.files import writable_dir
 from fedrec.common.metrics import evaluate_scores
 from fedrec.common.split import Split, temporal_split
 from fedrec.simulations.arms.base import ArmResult

@@ -30,7 +30,7 @@ from fedrec.common.datasets import Interactions
 from fedrec.common.errors import DataError
 from fedrec.common.keys import KeyRecipe, create_key_file, derive_device_key, key_id, load_key_file, passphrase_from_env
 from fedrec.common.manifest import STORES, DeviceEntry, Manifest, is_provisioned, store_relpath
-from fedrec.common.paths import writable_dir
+from fedrec.common.files import writable_dir
 from fedrec.common.split import Split
 from fedrec.common.store import DeviceStore, write_store
 from fedrec.simulations.progress import progress
