@@ -63,6 +63,24 @@ def data_provision(
     err.print(f"wrote {data.n_users} device stores and {manifest}")
 
 
+# --- synthetic populations: fedrec data synth (issue 12) -------------------------------------------
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., help="CSV to write (user,item,timestamp,rating), the generic dataset format."),
+    users: int = typer.Option(943, help="Users (devices) in the population."),
+    items: int = typer.Option(1682, help="Items in the catalogue."),
+    seed: int = typer.Option(0, help="Generator seed: the same seed and sizes give the same file."),
+    source: str = typer.Option("ml-100k", help="Dataset the generator is fitted to (with ratings and timestamps)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+) -> None:
+    """Write a synthetic population fitted to a dataset's statistics (docs/synth.md)."""
+    from fedrec.simulations.synth.run import synth_csv
+
+    err.print(synth_csv(out, users, items, seed, source, str(data_dir) if data_dir else None), markup=False,
+              soft_wrap=True)
+# --- end issue 12 -----------------------------------------------------------------------------------
+
+
 from fedrec.client.store_cli import store_app  # noqa: E402
 
 app.add_typer(store_app, name="store")
