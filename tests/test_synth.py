@@ -13,7 +13,7 @@ from fedrec.common.datasets import Interactions, from_raw, load_csv, load_datase
 from fedrec.common.errors import DataError, FedrecError
 from fedrec.simulations.synth.fit import fit_synth
 from fedrec.simulations.synth.generate import synthesize, write_csv
-from fedrec.simulations.synth.measure import gini, measure, taste_lift
+from fedrec.simulations.synth.measure import gini, measure, validation_lift
 from fedrec.simulations.synth.run import synth_csv
 
 
@@ -68,14 +68,14 @@ def test_rating_levels_keep_their_source_shares(stats):
 
 
 def test_taste_gives_a_learner_more_than_popularity(stats):
-    """With the taste factors (at about the strength calibration finds on ML-100K, 2.5) EASE beats popularity
-    on random held-out items; with them switched off it cannot."""
+    """With the taste factors (at a strength calibration finds on ML-100K) EASE gains much more over
+    popularity at the validation position than with them switched off (where what it still gains comes
+    from the time order: the latest items are the less popular ones)."""
     def lift(strength: float) -> float:
-        return taste_lift(synthesize(replace(stats, taste=replace(stats.taste, strength=strength)), 600, 800, 0))
+        return validation_lift(synthesize(replace(stats, taste=replace(stats.taste, strength=strength)), 600, 800, 0))
 
     with_taste, flat = lift(2.5), lift(0.0)
-    assert with_taste > 1.5
-    assert flat < with_taste - 0.1 and flat < 1.1
+    assert with_taste > 1.5 * flat
 
 
 def test_gini_of_equal_and_concentrated_counts():

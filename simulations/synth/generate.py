@@ -1,6 +1,7 @@
 """Draw a synthetic population from ``SynthStats``: N users, M items, streamed in chunks of users.
 
-Per user: a source user's activity profile (interactions, active days, start day, first-day share),
+Per user: a source user's activity profile (interactions, active days, start day, first-day share;
+each source user used once per copy of the source, so a source-sized population has its profiles),
 its interaction count jittered so a large population is not made of a few hundred clones; a taste
 vector from the fitted Gaussian. Per item: a bias at its popularity quantile and a factor vector drawn
 given that bias. A user's items are a Plackett-Luce draw without replacement from softmax(b + u . v)
@@ -103,7 +104,8 @@ def _items(stats: SynthStats, n_items: int, rng: np.random.Generator) -> tuple[n
 
 def _users(stats: SynthStats, n_users: int, n_items: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     prof = stats.profiles
-    source = rng.integers(len(prof.interactions), size=n_users)
+    reps = -(-n_users // len(prof.interactions))  # every source user once per full copy: no resampling noise
+    source = np.concatenate([rng.permutation(len(prof.interactions)) for _ in range(reps)])[:n_users]
     cap = max(3, int(stats.max_user_share * n_items))
     floor = min(int(prof.interactions.min()), cap)
     jitter = np.exp(rng.normal(0.0, COUNT_JITTER, n_users))

@@ -7,12 +7,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fedrec.common.datasets import Interactions
+from fedrec.common.metrics import evaluate_scores
 from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.simple import ease_weights
 from fedrec.simulations.retention.observed import active_days, observed_retention
 
 
-HELD_PER_USER = 5
 EASE_LAMBDA = 300.0
 DENSE_CELLS = 20_000 * 3_000
 
@@ -33,7 +33,7 @@ class PopulationStats:
     single_day_share: float  # users active on one day only
     order_spearman: float
     heldout_shift: float
-    taste_lift: float
+    validation_lift: float
     rating_mean: float
 
     def as_dict(self) -> dict:
@@ -82,38 +82,27 @@ def order_spearman(data: Interactions) -> float:
 
 
 def heldout_shift(data: Interactions, seed: int = 0) -> float:
-    """Mean log popularity of the protocol's held-out items (validation and test) minus that of all interactions."""
+    """Mean log popularity of the protocol's validation items minus that of all interactions."""
     log_pop = np.log(np.bincount(data.items, minlength=data.n_items).astype(np.float64))
-    split = temporal_split(data, seed)
-    held = np.concatenate([split.val_items, split.test_items])
+    held = temporal_split(data, seed).val_items
     return float(log_pop[held[held >= 0]].mean() - log_pop[data.items].mean())
 
 
-def taste_lift(data: Interactions, seed: int = 0, held_per_user: int = HELD_PER_USER, k: int = 10) -> float:
-    """HR@k of EASE over HR@k of popularity for ``held_per_user`` random held-out items per user.
+def validation_lift(data: Interactions, seed: int = 0, k: int = 10) -> float:
+    """HR@k of EASE over HR@k of popularity at the protocol's validation position (the test items unseen).
 
-    How much a learner gains from who-picks-what beyond popularity; random (not latest) items, so the
-    time order does not enter, and the protocol's split is not looked at. Dense: source-sized data only.
-    """
-    x = np.zeros((data.n_users, data.n_items), dtype=np.float64)
-    x[data.users, data.items] = 1.0
-    rng = np.random.default_rng(seed)
-    held = np.zeros_like(x, dtype=bool)
-    for user in range(data.n_users):
-        items = np.flatnonzero(x[user])
-        if len(items) > held_per_user:
-            held[user, rng.choice(items, size=held_per_user, replace=False)] = True
-    train = np.where(held, 0.0, x)
-    hits = {}
-    for name, scores in (("ease", train @ ease_weights(train, EASE_LAMBDA)), ("pop", np.tile(train.sum(axis=0), (len(x), 1)))):
-        scores = np.where(train > 0, -np.inf, scores + rng.random(scores.shape) * 1e-9)  # random tie-break
-        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]
-        hits[name] = float((scores >= kth)[held].mean())
-    return hits["ease"] / max(hits["pop"], 1e-12)
+    How much a learner gains from who-picks-what beyond popularity where the protocol measures it.
+    Dense users x items: source-sized data only."""
+    split = temporal_split(data, seed)
+    x = split.train_matrix().toarray().astype(np.float64)
+    ease = x @ ease_weights(x, EASE_LAMBDA)
+    popularity = np.tile(x.sum(axis=0), (len(x), 1))
+    hits = [evaluate_scores(scores, split, "validation", seed, k)[f"hr@{k}"] for scores in (ease, popularity)]
+    return hits[0] / max(hits[1], 1e-12)
 
 
 def measure(data: Interactions, dense_ok: bool | None = None) -> PopulationStats:
-    """``taste_lift`` needs a dense users x items matrix: by default only up to 20k users."""
+    """``validation_lift`` needs a dense users x items matrix: by default only up to 20k users."""
     dense_ok = data.n_users * data.n_items <= DENSE_CELLS if dense_ok is None else dense_ok
     per_user = np.bincount(data.users, minlength=data.n_users)
     days = active_days(data)
@@ -126,6 +115,6 @@ def measure(data: Interactions, dense_ok: bool | None = None) -> PopulationStats
         item_gini=gini(np.bincount(data.items, minlength=data.n_items)),
         d1=retention["d1"], d7=retention["d7"], d30=retention["d30"],
         active_days_mean=float(days.counts.mean()), single_day_share=float(np.mean(days.counts == 1)),
-        order_spearman=order_spearman(data), heldout_shift=heldout_shift(data), taste_lift=taste_lift(data) if dense_ok else float("nan"),
+        order_spearman=order_spearman(data), heldout_shift=heldout_shift(data), validation_lift=validation_lift(data) if dense_ok else float("nan"),
         rating_mean=float(ratings.mean()) if len(ratings) else float("nan"),
     )

@@ -34,7 +34,7 @@ class TasteModel:
     user_chol: np.ndarray  # [rank, rank] Cholesky factor of the user factors' covariance
     heldout_loglik: float
     popularity_loglik: float
-    strength: float = 1.0  # multiplier on the user factors, fitted so that ``taste_lift`` matches the source
+    strength: float = 1.0  # multiplier on the user factors, fitted so that ``validation_lift`` matches the source
 
     @property
     def rank(self) -> int:
@@ -67,6 +67,6 @@ class SynthStats:
     gaps: GapModel
     first_day: int  # the source's first UTC day (unix days)
     window_days: int  # last day minus first day
-    taste_lift: float  # source's EASE-over-popularity hit-rate ratio on random held-out items (synth.measure)
-    heldout_shift: float  # source's log popularity of held-out items minus that of all items (synth.measure)
+    validation_lift: float  # source's EASE-over-popularity HR@10 ratio at the validation position (synth.measure)
+    heldout_shift: float  # source's log popularity of validation items minus that of all items (synth.measure)
     order_spread: float  # time-order noise that reproduces ``heldout_shift`` (see synth.generate)
