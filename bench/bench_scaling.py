@@ -85,7 +85,7 @@ def plot(rows: list[dict], path: Path) -> None:
     right.plot(users, [r["peak_rss_gb"] for r in rows], "o-")
     right.set_xscale("log")
     right.set_xlabel("users (devices)")
-    right.set_ylabel("peak RSS of the round process, GB")
+    right.set_ylabel("peak RSS: draw + split + provision + round, GB")
     fig.suptitle("Synthetic populations: one federated DP round (in-process device path)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
