@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fedrec.common.cli import err, parse_list
+from fedrec.common.cli import err, parse_list, say
 
 app = typer.Typer()
 data_app = typer.Typer(no_args_is_help=True, help="Obtain and provision datasets.")
@@ -63,6 +63,21 @@ def data_provision(
     manifest = provision(data, temporal_split(data, seed), out, master, recipe=recipe, key_file=recorded,
                          workers=workers, show=not quiet)
     err.print(f"wrote {data.n_users} device stores and {manifest}")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., help="CSV to write (user,item,timestamp,rating), the generic dataset format."),
+    users: int = typer.Option(943, help="Users (devices) in the population."),
+    items: int = typer.Option(1682, help="Items in the catalogue."),
+    seed: int = typer.Option(0, help="Generator seed: the same seed and sizes give the same file."),
+    source: str = typer.Option("ml-100k", help="Dataset the generator is fitted to (with ratings and timestamps)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+) -> None:
+    """Write a synthetic population fitted to a dataset's statistics (docs/synth.md)."""
+    from fedrec.simulations.synth.run import synth_csv
+
+    say(synth_csv(out, users, items, seed, source, str(data_dir) if data_dir else None))
 
 
 @app.command()
