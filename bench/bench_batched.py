@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
 
 import torch
 from rich.console import Console
@@ -31,8 +31,15 @@ from rich.table import Table
 
 from bench.bench_round import centralized_epoch, provisioned
 from fedrec.client.batched_training import DeviceWork, Phases, train_private_batched
-from fedrec.client.device_round import (EMBEDDING, LEDGER, device_seed, embedding_bytes, load_user_row,
-                                        round_examples, train_device)
+from fedrec.client.device_round import (
+    EMBEDDING,
+    LEDGER,
+    device_seed,
+    embedding_bytes,
+    load_user_row,
+    round_examples,
+    train_device,
+)
 from fedrec.client.fleet import node_devices
 from fedrec.common.config import DeviceConfig, Fleet, LocalTraining, PrivacyConfig
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
@@ -48,10 +55,16 @@ FEDERATED_MODEL = DeviceConfig().model
 
 def round_task(stores: Path, n_items: int, optimizer: str, noise: float, prefix: str) -> DeviceInstructions:
     """The default device settings with the optimizer and noise under test; every device trains."""
-    device = DeviceConfig(training=LocalTraining(optimizer=optimizer), participation=1.0, n_items=n_items,
-                          fleet=Fleet(str(stores), str(stores / "master.key")), state_prefix=prefix)
-    return DeviceInstructions(device, DevicePrivacy(noise, PrivacyConfig().max_grad_norm, budget=1e9),
-                              RoundInfo(number=1))
+    device = DeviceConfig(
+        training=LocalTraining(optimizer=optimizer),
+        participation=1.0,
+        n_items=n_items,
+        fleet=Fleet(str(stores), str(stores / "master.key")),
+        state_prefix=prefix,
+    )
+    return DeviceInstructions(
+        device, DevicePrivacy(noise, PrivacyConfig().max_grad_norm, budget=1e9), RoundInfo(number=1)
+    )
 
 
 def read_inputs(stores: list, task: DeviceInstructions, clock: Clock) -> tuple[list[DeviceWork], dict[str, float]]:
@@ -83,12 +96,24 @@ def reference_round(refs, params, task: DeviceInstructions, clock: Clock) -> flo
     return clock() - t
 
 
-def batched_round(refs, params, task: DeviceInstructions, block: int, chunk: int, phases: Phases,
-                  clock: Clock, lazy_noise: bool = False) -> tuple[list[DeviceWork], dict[str, float]]:
+def batched_round(
+    refs,
+    params,
+    task: DeviceInstructions,
+    block: int,
+    chunk: int,
+    phases: Phases,
+    clock: Clock,
+    lazy_noise: bool = False,
+) -> tuple[list[DeviceWork], dict[str, float]]:
     """The round as a node would run it: per block of devices, open their stores, read, train the block
     batched, write every user row and ledger back, close; replies summed example-weighted."""
-    parts = {"store open + decrypt": 0.0, "batched training": 0.0, "store write (user row + ledger) + close": 0.0,
-             "aggregation (weighted sum)": 0.0}
+    parts = {
+        "store open + decrypt": 0.0,
+        "batched training": 0.0,
+        "store write (user row + ledger) + close": 0.0,
+        "aggregation (weighted sum)": 0.0,
+    }
     total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in params.items()}
     all_works = []
     for start in range(0, len(refs), block):
@@ -101,8 +126,17 @@ def batched_round(refs, params, task: DeviceInstructions, block: int, chunk: int
                 parts[k] = parts.get(k, 0.0) + v
             t = clock()
             device = task.device
-            results = train_private_batched(params, device.model, device.n_items, works, device.training,
-                                            task.privacy, chunk_size=chunk, phases=phases, lazy_noise=lazy_noise)
+            results = train_private_batched(
+                params,
+                device.model,
+                device.n_items,
+                works,
+                device.training,
+                task.privacy,
+                chunk_size=chunk,
+                phases=phases,
+                lazy_noise=lazy_noise,
+            )
             parts["batched training"] += clock() - t
             t = clock()
             for store, w, r in zip(stores, works, results):
@@ -128,8 +162,12 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=256, help="devices whose stores are open at once")
     parser.add_argument("--stores", type=Path, default=None, help="reuse provisioned stores (else a temp dir)")
     parser.add_argument("--lazy-noise", action="store_true", help="SGD only: item rows' noise drawn when read")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                        help="cpu: this process' CPU seconds (steady on a shared machine); wall: elapsed seconds")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: this process' CPU seconds (steady on a shared machine); wall: elapsed seconds",
+    )
     args = parser.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
@@ -146,14 +184,15 @@ def main() -> None:
     reference_s = reference_round(refs[:n_ref], params, reference_task, clock) * n / n_ref
     phases = Phases(clock)
     t = clock()
-    _, parts = batched_round(refs, params, task, args.block, args.chunk, phases, clock,
-                             args.lazy_noise)
+    _, parts = batched_round(refs, params, task, args.block, args.chunk, phases, clock, args.lazy_noise)
     batched_s = clock() - t
 
     training = task.device.training
-    table = Table(title=f"{n} devices, DP-SGD (noise {args.noise}, {training.optimizer}, {training.steps} steps, "
-                        f"{training.negatives} negatives{', lazy noise' if args.lazy_noise else ''}), federated NeuMF, 1 core, "
-                        f"{args.clock} seconds")
+    table = Table(
+        title=f"{n} devices, DP-SGD (noise {args.noise}, {training.optimizer}, {training.steps} steps, "
+        f"{training.negatives} negatives{', lazy noise' if args.lazy_noise else ''}), federated NeuMF, 1 core, "
+        f"{args.clock} seconds"
+    )
     for col in ("what", f"{args.clock} s", "x centralized epoch"):
         table.add_column(col, justify="left" if col == "what" else "right")
 
@@ -161,8 +200,7 @@ def main() -> None:
         table.add_row(name, f"{seconds:.2f}", f"{seconds / epoch_s:.2f}")
 
     row("centralized NeuMF epoch", epoch_s)
-    row(f"DP round, reference: train_device one by one{'' if n_ref == n else f' ({n_ref} timed, scaled)'}",
-        reference_s)
+    row(f"DP round, reference: train_device one by one{'' if n_ref == n else f' ({n_ref} timed, scaled)'}", reference_s)
     row("DP round, batched: blocks of devices", batched_s)
     for name, seconds in parts.items():
         row(f"  {name}", seconds)
@@ -173,10 +211,12 @@ def main() -> None:
     row("  other (loop, timers)", batched_s - sum(parts.values()))
     console = Console()
     console.print(table)
-    console.print(f"DP round / centralized epoch on one core: reference {reference_s / epoch_s:.2f}, batched "
-                  f"{batched_s / epoch_s:.2f} (goal <= 2, floor <= 4); batched round {reference_s / batched_s:.1f}x "
-                  f"faster than the reference; peak RSS of this process "
-                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    console.print(
+        f"DP round / centralized epoch on one core: reference {reference_s / epoch_s:.2f}, batched "
+        f"{batched_s / epoch_s:.2f} (goal <= 2, floor <= 4); batched round {reference_s / batched_s:.1f}x "
+        f"faster than the reference; peak RSS of this process "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -72,13 +72,21 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "what" else "right")
     table.add_row("full-ranking ranks (test, all users)", f"{full_s:.3f}", f"{n_eval / full_s:,.0f} users/s")
     table.add_row("sampled-99 ranks (test, all users)", f"{sampled_s:.3f}", f"{n_eval / sampled_s:,.0f} users/s")
-    table.add_row("NeuMF scores, every user x item", f"{score_s:.3f}",
-                  f"{split.n_users * split.n_items / score_s / 1e6:,.1f} M pairs/s")
-    table.add_row(f"NeuMF train epoch (batch {cfg.batch_size}, {cfg.negatives} negatives), mean of {args.epochs}",
-                  f"{np.mean(epoch_times):.3f}", f"{examples / np.mean(epoch_times):,.0f} examples/s")
+    table.add_row(
+        "NeuMF scores, every user x item",
+        f"{score_s:.3f}",
+        f"{split.n_users * split.n_items / score_s / 1e6:,.1f} M pairs/s",
+    )
+    table.add_row(
+        f"NeuMF train epoch (batch {cfg.batch_size}, {cfg.negatives} negatives), mean of {args.epochs}",
+        f"{np.mean(epoch_times):.3f}",
+        f"{examples / np.mean(epoch_times):,.0f} examples/s",
+    )
     Console().print(table)
-    Console().print(f"one validation pass (scores + full ranks) = {(score_s + full_s) / np.mean(epoch_times):.2f} "
-                    f"x one training epoch")
+    Console().print(
+        f"one validation pass (scores + full ranks) = {(score_s + full_s) / np.mean(epoch_times):.2f} "
+        f"x one training epoch"
+    )
 
 
 if __name__ == "__main__":

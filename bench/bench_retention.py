@@ -72,21 +72,27 @@ def main() -> None:
     _, t_loop = timed(lambda: simulate_loop(policies.satisfaction, s_ref, betas, draws, setup.model))
 
     total = t_prepare + t_slates + t_sim
-    table = Table(title=f"retention simulator, {data.name}: {data.n_users} users x {setup.model.horizon} days x "
-                        f"{len(arms)} arms x {len(BETAS)} betas x {len(setup.oracles)} user models x {len(seeds)} seeds")
+    table = Table(
+        title=f"retention simulator, {data.name}: {data.n_users} users x {setup.model.horizon} days x "
+        f"{len(arms)} arms x {len(BETAS)} betas x {len(setup.oracles)} user models x {len(seeds)} seeds"
+    )
     table.add_column("phase")
     table.add_column("seconds", justify="right")
-    for name, secs in [("fit and calibrate the user models (refit each on held-out data)", t_prepare - t_observed),
-                       ("return model (observed retention, gaps, Beta MLE)", t_observed),
-                       ("slates: rank unseen items, satisfaction per visit", t_slates),
-                       (f"simulate {len(seeds)} seeds (vectorized, with metrics and survival curves)", t_sim),
-                       ("total", total)]:
+    for name, secs in [
+        ("fit and calibrate the user models (refit each on held-out data)", t_prepare - t_observed),
+        ("return model (observed retention, gaps, Beta MLE)", t_observed),
+        ("slates: rank unseen items, satisfaction per visit", t_slates),
+        (f"simulate {len(seeds)} seeds (vectorized, with metrics and survival curves)", t_sim),
+        ("total", total),
+    ]:
         table.add_row(name, f"{secs:.2f}")
     console = Console()
     console.print(table)
     console.print(f"total / budget of {BUDGET_S:.0f} s: {total / BUDGET_S:.3f}")
-    console.print(f"one seed, {len(policies.pairs)} policies x {len(BETAS)} betas x {data.n_users} users: "
-                  f"vectorized {t_vec:.3f} s, per-user loop {t_loop:.2f} s, loop / vectorized = {t_loop / t_vec:.0f}x")
+    console.print(
+        f"one seed, {len(policies.pairs)} policies x {len(BETAS)} betas x {data.n_users} users: "
+        f"vectorized {t_vec:.3f} s, per-user loop {t_loop:.2f} s, loop / vectorized = {t_loop / t_vec:.0f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -77,8 +77,11 @@ def provisioned(devices: int | None, stores: Path | None):
 def flower_round(arm: FederatedArm, stores: Path, participation: float, tag: str) -> float:
     out = Path(tempfile.mkdtemp(prefix=f"bench-{tag}-"))
     cfg = arm_config(arm, stores, stores / "master.key", out, 0)
-    cfg = replace(cfg, server=replace(cfg.server, rounds=2, eval_every=10),
-                  device=replace(cfg.device, participation=participation))
+    cfg = replace(
+        cfg,
+        server=replace(cfg.server, rounds=2, eval_every=10),
+        device=replace(cfg.device, participation=participation),
+    )
     _run_flower(arm, cfg)
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     shutil.rmtree(out, ignore_errors=True)
@@ -92,8 +95,14 @@ def breakdown(cfg: FederationConfig, n: int) -> dict[str, float]:
     refs = node_devices({}, device.fleet)[:n]
     privacy = resolve_privacy(cfg.privacy, device, cfg.server.rounds)
     params = initial_state(device)
-    parts = {"store open + decrypt": 0.0, "examples": 0.0, "DP-SGD steps": 0.0, "store write": 0.0,
-             "reply state copy": 0.0, "aggregation (weighted sum)": 0.0}
+    parts = {
+        "store open + decrypt": 0.0,
+        "examples": 0.0,
+        "DP-SGD steps": 0.0,
+        "store write": 0.0,
+        "reply state copy": 0.0,
+        "aggregation (weighted sum)": 0.0,
+    }
     total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in params.items()}
     rng = np.random.default_rng(0)
     for i, ref in enumerate(refs):
@@ -103,15 +112,18 @@ def breakdown(cfg: FederationConfig, n: int) -> dict[str, float]:
         model = device_model(store, ref.device_id, params, replace(device, state_prefix="bench/"))
         parts["store open + decrypt"] += time.perf_counter() - t
         t = time.perf_counter()
-        items, labels = make_examples(train.astype(np.int64), seen.astype(np.int64), device.n_items,
-                                      device.training.negatives, rng)
+        items, labels = make_examples(
+            train.astype(np.int64), seen.astype(np.int64), device.n_items, device.training.negatives, rng
+        )
         parts["examples"] += time.perf_counter() - t
         t = time.perf_counter()
         ledger = PrivacyLedger()
         train_local(model, items, labels, device.training, replace(privacy, budget=math.inf), ledger, i)
         parts["DP-SGD steps"] += time.perf_counter() - t
         t = time.perf_counter()
-        store.put_states({"bench/user_embedding": embedding_bytes(model.user_emb.weight), "bench/privacy_ledger": ledger.to_json()})
+        store.put_states(
+            {"bench/user_embedding": embedding_bytes(model.user_emb.weight), "bench/privacy_ledger": ledger.to_json()}
+        )
         store.close()
         parts["store write"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -141,19 +153,29 @@ def main() -> None:
     cfg = arm_config(arm, stores, stores / "master.key", stores.parent / "unused", 0)
     parts = breakdown(cfg, min(args.sample, data.n_users))
 
-    table = Table(title=f"{data.n_users} devices, {args.nodes} simulated SuperNodes, DP-SGD (epsilon {fed.privacy.epsilon:g})")
+    table = Table(
+        title=f"{data.n_users} devices, {args.nodes} simulated SuperNodes, DP-SGD (epsilon {fed.privacy.epsilon:g})"
+    )
     table.add_column("what")
     table.add_column("seconds", justify="right")
     table.add_column("x centralized epoch", justify="right")
     table.add_row("centralized NeuMF epoch", f"{epoch_s:.2f}", "1.00")
     table.add_row("federated DP round, all devices (Flower simulation)", f"{round_s:.2f}", f"{round_s / epoch_s:.2f}")
-    table.add_row("  of which dispatch (same round, no device trains)", f"{dispatch_s:.2f}", f"{dispatch_s / epoch_s:.2f}")
+    table.add_row(
+        "  of which dispatch (same round, no device trains)", f"{dispatch_s:.2f}", f"{dispatch_s / epoch_s:.2f}"
+    )
     serial = sum(parts.values()) * data.n_users
     for name, per_device in parts.items():
-        table.add_row(f"  device work: {name} (x{data.n_users} devices, 1 core)", f"{per_device * data.n_users:.2f}",
-                      f"{per_device * data.n_users / epoch_s:.2f}")
-    table.add_row(f"  device work, all parts, 1 core (/{args.nodes} nodes in parallel)", f"{serial:.2f}",
-                  f"{serial / args.nodes / epoch_s:.2f}")
+        table.add_row(
+            f"  device work: {name} (x{data.n_users} devices, 1 core)",
+            f"{per_device * data.n_users:.2f}",
+            f"{per_device * data.n_users / epoch_s:.2f}",
+        )
+    table.add_row(
+        f"  device work, all parts, 1 core (/{args.nodes} nodes in parallel)",
+        f"{serial:.2f}",
+        f"{serial / args.nodes / epoch_s:.2f}",
+    )
     console.print(table)
     console.print(f"ratio round / centralized epoch = {round_s / epoch_s:.2f} (goal <= 3)")
 

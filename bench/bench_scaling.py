@@ -30,12 +30,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fedrec.common.datasets import load_dataset
-from fedrec.common.keys import create_key_file
-from fedrec.common.config import DeviceConfig, Fleet
-from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
-from fedrec.common.split import temporal_split
 from fedrec.client.fleet import node_devices, train_fleet
+from fedrec.common.config import DeviceConfig, Fleet
+from fedrec.common.datasets import load_dataset
+from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
+from fedrec.common.keys import create_key_file
+from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state
 from fedrec.simulations.provision import provision
 from fedrec.simulations.synth.fit import fit_synth
@@ -55,8 +55,12 @@ def one_size(stats_file: Path, users: int, items: int, round_devices: int, worke
     provision(data, split, stores, create_key_file(stores / "master.key"), workers=workers)
     provision_s = time.perf_counter() - t0
     fraction = 1.0 if not round_devices else min(1.0, round_devices / users)
-    device = DeviceConfig(fleet=Fleet(str(stores), str(stores / "master.key")), n_items=items, participation=fraction,
-                          state_prefix="bench/")
+    device = DeviceConfig(
+        fleet=Fleet(str(stores), str(stores / "master.key")),
+        n_items=items,
+        participation=fraction,
+        state_prefix="bench/",
+    )
     task = DeviceInstructions(device, DevicePrivacy(1.0, budget=1e9), RoundInfo(number=1))
     devices = node_devices({}, device.fleet)
     params = initial_state(device)
@@ -64,10 +68,17 @@ def one_size(stats_file: Path, users: int, items: int, round_devices: int, worke
     _, metrics = train_fleet(devices, params, task)
     round_s = time.perf_counter() - t0
     shutil.rmtree(stores, ignore_errors=True)
-    return {"users": users, "items": items, "interactions": len(data), "draw_s": draw_s, "provision_s": provision_s,
-            "round_devices": int(metrics["devices"]), "round_s": round_s,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
-            "provision_workers_peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2}
+    return {
+        "users": users,
+        "items": items,
+        "interactions": len(data),
+        "draw_s": draw_s,
+        "provision_s": provision_s,
+        "round_devices": int(metrics["devices"]),
+        "round_s": round_s,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "provision_workers_peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2,
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -78,7 +89,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     users = [r["users"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(users, [r["round_s"] / max(r["round_devices"], 1) * 1000 for r in rows], "o-", label="round, ms per device")
+    left.plot(
+        users, [r["round_s"] / max(r["round_devices"], 1) * 1000 for r in rows], "o-", label="round, ms per device"
+    )
     left.plot(users, [r["provision_s"] / r["users"] * 1000 for r in rows], "s-", label="provisioning, ms per device")
     left.set_xscale("log")
     left.set_xlabel("users (devices)")
@@ -117,23 +130,61 @@ def main() -> None:
     stats_file.write_bytes(pickle.dumps(stats))
     rows = []
     for users in (int(x) for x in args.users.split(",")):
-        proc = subprocess.run([sys.executable, "-m", "bench.bench_scaling", "--one", str(users), "--items", str(args.items),
-                               "--round-devices", str(args.round_devices), "--workers", str(args.workers),
-                               "--out", str(work), "--stats", str(stats_file)], capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.bench_scaling",
+                "--one",
+                str(users),
+                "--items",
+                str(args.items),
+                "--round-devices",
+                str(args.round_devices),
+                "--workers",
+                str(args.workers),
+                "--out",
+                str(work),
+                "--stats",
+                str(stats_file),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         console.print(rows[-1])
-    table = Table("users", "interactions", "draw + split s", "provision s", "ms/device", "round devices", "round s",
-                  "ms/device", "peak RSS GB")
+    table = Table(
+        "users",
+        "interactions",
+        "draw + split s",
+        "provision s",
+        "ms/device",
+        "round devices",
+        "round s",
+        "ms/device",
+        "peak RSS GB",
+    )
     for r in rows:
-        table.add_row(f"{r['users']:,}", f"{r['interactions']:,}", f"{r['draw_s']:.1f}", f"{r['provision_s']:.1f}",
-                      f"{r['provision_s'] / r['users'] * 1000:.1f}", f"{r['round_devices']:,}", f"{r['round_s']:.1f}",
-                      f"{r['round_s'] / max(r['round_devices'], 1) * 1000:.0f}", f"{r['peak_rss_gb']:.2f}")
+        table.add_row(
+            f"{r['users']:,}",
+            f"{r['interactions']:,}",
+            f"{r['draw_s']:.1f}",
+            f"{r['provision_s']:.1f}",
+            f"{r['provision_s'] / r['users'] * 1000:.1f}",
+            f"{r['round_devices']:,}",
+            f"{r['round_s']:.1f}",
+            f"{r['round_s'] / max(r['round_devices'], 1) * 1000:.0f}",
+            f"{r['peak_rss_gb']:.2f}",
+        )
     console.print(table)
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
-        console.print(f"{last['users'] / first['users']:.1f}x the users: round time x{last['round_s'] / first['round_s']:.1f} "
-                      f"for x{last['round_devices'] / max(first['round_devices'], 1):.1f} the training devices, "
-                      f"provisioning x{last['provision_s'] / first['provision_s']:.1f}")
+        console.print(
+            f"{last['users'] / first['users']:.1f}x the users: round time x{last['round_s'] / first['round_s']:.1f} "
+            f"for x{last['round_devices'] / max(first['round_devices'], 1):.1f} the training devices, "
+            f"provisioning x{last['provision_s'] / first['provision_s']:.1f}"
+        )
     plot(rows, args.plot)
     console.print(f"plot: {args.plot}")
     if args.out is None:

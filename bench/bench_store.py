@@ -61,8 +61,11 @@ def read_plain(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     json.loads(conn.execute("SELECT ct FROM head").fetchone()[0])
     chunks = [decode_chunk(r[0]) for r in conn.execute("SELECT ct FROM chunks ORDER BY seq")]
     conn.close()
-    return (np.concatenate([c.items for c in chunks]), np.concatenate([c.timestamps for c in chunks]),
-            np.concatenate([c.values for c in chunks]))
+    return (
+        np.concatenate([c.items for c in chunks]),
+        np.concatenate([c.timestamps for c in chunks]),
+        np.concatenate([c.values for c in chunks]),
+    )
 
 
 def write_rows(path: Path, items, stamps, values) -> None:
@@ -70,8 +73,9 @@ def write_rows(path: Path, items, stamps, values) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, item INTEGER, ts INTEGER, value REAL)")
     conn.execute("BEGIN")
-    conn.executemany("INSERT INTO events (item, ts, value) VALUES (?, ?, ?)",
-                     zip(items.tolist(), stamps.tolist(), values.tolist()))
+    conn.executemany(
+        "INSERT INTO events (item, ts, value) VALUES (?, ?, ?)", zip(items.tolist(), stamps.tolist(), values.tolist())
+    )
     conn.execute("COMMIT")
     conn.close()
 
@@ -118,7 +122,9 @@ def history_rows(tmp: Path, repeats: int) -> list[tuple]:
                 store.append_events(items[part], stamps[part], values[part])
         write_plain(plain, "bench", [dict(items=items[p], timestamps=stamps[p], values=values[p]) for p in parts])
         assert read_encrypted(enc).items.tolist() == read_plain(plain)[0].tolist() == items.tolist()
-        out.append((name, median_ms(lambda: read_encrypted(enc), repeats), median_ms(lambda: read_plain(plain), repeats)))
+        out.append(
+            (name, median_ms(lambda: read_encrypted(enc), repeats), median_ms(lambda: read_plain(plain), repeats))
+        )
     rows = tmp / "rows.db"
     write_rows(rows, items, stamps, values)
     assert read_rows(rows)[0].tolist() == items.tolist()
@@ -142,7 +148,7 @@ def provision_times(tmp: Path, workers: int) -> tuple[float, float, int]:
     t0 = time.perf_counter()
     (plain_dir / "stores").mkdir(parents=True)
     jobs = device_jobs(data, split, plain_dir / "stores")
-    parts = [jobs[i::workers * 8] for i in range(workers * 8)]
+    parts = [jobs[i :: workers * 8] for i in range(workers * 8)]
     with ProcessPoolExecutor(workers) as pool:
         assert sum(pool.map(_plain_part, parts)) == len(jobs)
     os.sync()
@@ -162,8 +168,9 @@ def main() -> None:
         enc_s, plain_s, devices = provision_times(tmp, args.workers)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table = Table(title=f"device store: open + decrypt + load 1,000 events (median of {args.repeats}), "
-                        f"{os.cpu_count()} CPUs")
+    table = Table(
+        title=f"device store: open + decrypt + load 1,000 events (median of {args.repeats}), {os.cpu_count()} CPUs"
+    )
     for column in ("case", "encrypted ms", "plain ms", "ratio", "targets"):
         table.add_column(column, justify="left" if column in ("case", "targets") else "right")
     for name, enc_ms, plain_ms in history:
@@ -171,15 +178,21 @@ def main() -> None:
             table.add_row(name, "-", f"{plain_ms:.2f}", "-", "")
             continue
         ratio = enc_ms / plain_ms
-        verdict = (f"<= {TARGET_LOAD_MS:g} ms: {'met' if enc_ms <= TARGET_LOAD_MS else 'MISSED'}; "
-                   f"<= {TARGET_RATIO:g}x: {'met' if ratio <= TARGET_RATIO else 'MISSED'}")
+        verdict = (
+            f"<= {TARGET_LOAD_MS:g} ms: {'met' if enc_ms <= TARGET_LOAD_MS else 'MISSED'}; "
+            f"<= {TARGET_RATIO:g}x: {'met' if ratio <= TARGET_RATIO else 'MISSED'}"
+        )
         table.add_row(name, f"{enc_ms:.2f}", f"{plain_ms:.2f}", f"{ratio:.2f}x", verdict)
     console.print(table)
     table = Table(title=f"provision {devices} ML-100K devices, {args.workers} worker processes")
     for column in ("encrypted s", "plain s", "ratio", "target"):
         table.add_column(column, justify="right")
-    table.add_row(f"{enc_s:.2f}", f"{plain_s:.2f}", f"{enc_s / plain_s:.2f}x",
-                  f"<= {TARGET_PROVISION_S:g} s: {'met' if enc_s <= TARGET_PROVISION_S else 'MISSED'}")
+    table.add_row(
+        f"{enc_s:.2f}",
+        f"{plain_s:.2f}",
+        f"{enc_s / plain_s:.2f}x",
+        f"<= {TARGET_PROVISION_S:g} s: {'met' if enc_s <= TARGET_PROVISION_S else 'MISSED'}",
+    )
     console.print(table)
 
 

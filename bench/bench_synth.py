@@ -27,24 +27,53 @@ from fedrec.simulations.synth.fit import fit_synth
 from fedrec.simulations.synth.generate import synthesize
 from fedrec.simulations.synth.measure import PopulationStats, measure
 
-ROWS = (("users", "{:,}"), ("items", "{:,}"), ("interactions", "{:,}"), ("per_user_mean", "{:.1f}"),
-        ("per_user_median", "{:.0f}"), ("per_user_p90", "{:.0f}"), ("item_gini", "{:.3f}"), ("d1", "{:.3f}"),
-        ("d7", "{:.3f}"), ("d30", "{:.3f}"), ("active_days_mean", "{:.2f}"), ("single_day_share", "{:.3f}"),
-        ("heldout_shift", "{:+.3f}"), ("order_spearman", "{:+.3f}"), ("validation_lift", "{:.2f}"),
-        ("rating_mean", "{:.3f}"))
+ROWS = (
+    ("users", "{:,}"),
+    ("items", "{:,}"),
+    ("interactions", "{:,}"),
+    ("per_user_mean", "{:.1f}"),
+    ("per_user_median", "{:.0f}"),
+    ("per_user_p90", "{:.0f}"),
+    ("item_gini", "{:.3f}"),
+    ("d1", "{:.3f}"),
+    ("d7", "{:.3f}"),
+    ("d30", "{:.3f}"),
+    ("active_days_mean", "{:.2f}"),
+    ("single_day_share", "{:.3f}"),
+    ("heldout_shift", "{:+.3f}"),
+    ("order_spearman", "{:+.3f}"),
+    ("validation_lift", "{:.2f}"),
+    ("rating_mean", "{:.3f}"),
+)
 
 
 def run_cli(users: int, items: int, seed: int, out: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) of one ``fedrec data synth`` child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fedrec.simulations.main", "data", "synth", "--users", str(users),
-                    "--items", str(items), "--seed", str(seed), "--out", str(out)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedrec.simulations.main",
+            "data",
+            "synth",
+            "--users",
+            str(users),
+            "--items",
+            str(items),
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        ],
+        check=True,
+    )
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if peak <= before:  # ru_maxrss is the largest child so far: a smaller later child cannot be told apart
         return wall, float("nan")
-    return wall, peak / 1024 ** 2
+    return wall, peak / 1024**2
 
 
 def main() -> None:
@@ -63,8 +92,10 @@ def main() -> None:
     t0 = time.perf_counter()
     stats = fit_synth(source, args.seed)
     fit_s = time.perf_counter() - t0
-    console.print(f"fit to ml-100k: {fit_s:.1f} s (taste strength {stats.taste.strength:.2f}, "
-                  f"time-order spread {stats.order_spread:.2f})")
+    console.print(
+        f"fit to ml-100k: {fit_s:.1f} s (taste strength {stats.taste.strength:.2f}, "
+        f"time-order spread {stats.order_spread:.2f})"
+    )
 
     columns: list[tuple[str, PopulationStats]] = [("ML-100K", measure(source))]
     costs = Table("users x items", "command wall s", "peak RSS GB", "CSV MB", "in-memory draw s")
@@ -75,8 +106,13 @@ def main() -> None:
         population = synthesize(stats, users, items, args.seed)
         draw_s = time.perf_counter() - t0
         columns.append((f"synth {users:,} x {items:,}", measure(population)))
-        costs.add_row(f"{users:,} x {items:,}", f"{wall:.1f}", f"{rss:.2f}", f"{csv_path.stat().st_size / 1e6:.0f}",
-                      f"{draw_s:.1f}")
+        costs.add_row(
+            f"{users:,} x {items:,}",
+            f"{wall:.1f}",
+            f"{rss:.2f}",
+            f"{csv_path.stat().st_size / 1e6:.0f}",
+            f"{draw_s:.1f}",
+        )
         del population
 
     table = Table("statistic", *[name for name, _ in columns])

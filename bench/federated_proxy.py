@@ -33,9 +33,25 @@ from fedrec.common.sampling import positive_keys
 from fedrec.common.split import temporal_split
 from fedrec.common.training import with_negatives
 
-DEFAULTS = {"rounds": 30, "fraction": 0.25, "strategy": "fedavg", "server_lr": 1.0, "eta": 0.01, "tau": 1e-3,
-            "optimizer": "adam", "lr": 0.01, "steps_per_epoch": 8, "local_epochs": 1, "negatives": 4,
-            "noise": 0.0, "clip": 1.0, "every": 10, "refit": 10, "model": {}, "seed": 0}
+DEFAULTS = {
+    "rounds": 30,
+    "fraction": 0.25,
+    "strategy": "fedavg",
+    "server_lr": 1.0,
+    "eta": 0.01,
+    "tau": 1e-3,
+    "optimizer": "adam",
+    "lr": 0.01,
+    "steps_per_epoch": 8,
+    "local_epochs": 1,
+    "negatives": 4,
+    "noise": 0.0,
+    "clip": 1.0,
+    "every": 10,
+    "refit": 10,
+    "model": {},
+    "seed": 0,
+}
 
 
 def validation(model: NeuMF, split, refit: int, keys: np.ndarray) -> tuple[float, float]:
@@ -73,8 +89,13 @@ def main() -> None:
     users = torch.randn(n_users, model_cfg.embedding_dim) * 0.01
     m = {k: torch.zeros_like(v) for k, v in glob.items()}
     v = {k: torch.zeros_like(x) for k, x in glob.items()}
-    local = LocalTraining(lr=args["lr"], steps_per_epoch=args["steps_per_epoch"], epochs=args["local_epochs"],
-                          negatives=args["negatives"], optimizer=args["optimizer"])
+    local = LocalTraining(
+        lr=args["lr"],
+        steps_per_epoch=args["steps_per_epoch"],
+        epochs=args["local_epochs"],
+        negatives=args["negatives"],
+        optimizer=args["optimizer"],
+    )
     privacy = DevicePrivacy(args["noise"], args["clip"], budget=math.inf)  # the proxy accounts nothing
     rng = np.random.default_rng(args["seed"])
     t0 = time.time()
@@ -104,8 +125,11 @@ def main() -> None:
             model.load_state_dict({**glob, "user_emb.weight": users.clone()})
             hr, ndcg = validation(model, split, 0, keys)
             hr_p, ndcg_p = validation(model, split, args["refit"], keys)
-            print(f"[{tag}] round {rnd} {time.time() - t0:.0f}s loss {loss / weight:.3f} val HR@10 {hr:.4f} "
-                  f"NDCG@10 {ndcg:.4f} | personalized HR@10 {hr_p:.4f} NDCG@10 {ndcg_p:.4f}", flush=True)
+            print(
+                f"[{tag}] round {rnd} {time.time() - t0:.0f}s loss {loss / weight:.3f} val HR@10 {hr:.4f} "
+                f"NDCG@10 {ndcg:.4f} | personalized HR@10 {hr_p:.4f} NDCG@10 {ndcg_p:.4f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -34,11 +34,28 @@ from fedrec.simulations.arms.centralized import fit_centralized
 
 # The starting point: the old defaults, with a batch of 1024 (1.5-2x faster epochs) and a larger lr to match.
 # Spelled out in full so the search does not drift when the defaults it found are adopted.
-START: dict = {"kind": "neumf", "gmf_dim": 32, "mlp_dim": 32, "layers": (64, 32, 16), "dropout": 0.0,
-               "item_bias": False, "init_std": 0.01,
-               "batch_size": 1024, "lr": 3e-3, "epochs": 40, "patience": 5, "negatives": 4, "weight_decay": 0.0,
-               "lr_decay": 1.0, "emb_l2": 0.0, "recent_last": 0, "recent_repeats": 0, "pretrain": False,
-               "refit": False, "threads": 1}
+START: dict = {
+    "kind": "neumf",
+    "gmf_dim": 32,
+    "mlp_dim": 32,
+    "layers": (64, 32, 16),
+    "dropout": 0.0,
+    "item_bias": False,
+    "init_std": 0.01,
+    "batch_size": 1024,
+    "lr": 3e-3,
+    "epochs": 40,
+    "patience": 5,
+    "negatives": 4,
+    "weight_decay": 0.0,
+    "lr_decay": 1.0,
+    "emb_l2": 0.0,
+    "recent_last": 0,
+    "recent_repeats": 0,
+    "pretrain": False,
+    "refit": False,
+    "threads": 1,
+}
 
 # (axis name, values); a value is a dict of ModelConfig and/or TrainConfig fields. The refit on
 # train+validation is not an axis: validation cannot judge it (it trains on the validation item), so the
@@ -46,11 +63,23 @@ START: dict = {"kind": "neumf", "gmf_dim": 32, "mlp_dim": 32, "layers": (64, 32,
 AXES: list[tuple[str, list[dict]]] = [
     ("item_bias", [{"item_bias": False}, {"item_bias": True}]),
     ("emb_l2", [{"emb_l2": 0.0}, {"emb_l2": 1e-3}, {"emb_l2": 1e-2}]),
-    ("recency", [{"recent_last": 0, "recent_repeats": 0}, {"recent_last": 5, "recent_repeats": 2},
-                 {"recent_last": 10, "recent_repeats": 1}, {"recent_last": 3, "recent_repeats": 5}]),
+    (
+        "recency",
+        [
+            {"recent_last": 0, "recent_repeats": 0},
+            {"recent_last": 5, "recent_repeats": 2},
+            {"recent_last": 10, "recent_repeats": 1},
+            {"recent_last": 3, "recent_repeats": 5},
+        ],
+    ),
     ("negatives", [{"negatives": 4}, {"negatives": 8}]),
-    ("dims", [{"gmf_dim": 32, "mlp_dim": 32, "layers": (64, 32, 16)},
-              {"gmf_dim": 64, "mlp_dim": 64, "layers": (128, 64, 32)}]),
+    (
+        "dims",
+        [
+            {"gmf_dim": 32, "mlp_dim": 32, "layers": (64, 32, 16)},
+            {"gmf_dim": 64, "mlp_dim": 64, "layers": (128, 64, 32)},
+        ],
+    ),
     ("lr", [{"lr": 3e-3}, {"lr": 1e-3}]),
 ]
 
@@ -93,16 +122,33 @@ def evaluate_config(settings: dict, splits: dict, seeds: list[int]) -> dict:
         result = fit_centralized(split, seed, build(settings), show=False)
         fit_s = time.perf_counter() - t0
         test = evaluate_scores(result.scores, split, "test", seed)
-        rows.append({"val_ndcg@10": result.info["val_ndcg@10"], "val_hr@10": result.info["val_hr@10"],
-                     "val_hr@10_sampled": result.info["val_hr@10_sampled"],
-                     "test_ndcg@10": test["ndcg@10"], "test_hr@10": test["hr@10"],
-                     "test_hr@10_sampled": test["hr@10_sampled"], "best_epoch": result.info["best_epoch"],
-                     "epoch_s": result.info["epoch_s_mean"], "fit_s": fit_s})
+        rows.append(
+            {
+                "val_ndcg@10": result.info["val_ndcg@10"],
+                "val_hr@10": result.info["val_hr@10"],
+                "val_hr@10_sampled": result.info["val_hr@10_sampled"],
+                "test_ndcg@10": test["ndcg@10"],
+                "test_hr@10": test["hr@10"],
+                "test_hr@10_sampled": test["hr@10_sampled"],
+                "best_epoch": result.info["best_epoch"],
+                "epoch_s": result.info["epoch_s_mean"],
+                "fit_s": fit_s,
+            }
+        )
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-COLUMNS = ["val_ndcg@10", "val_hr@10", "val_hr@10_sampled", "test_ndcg@10", "test_hr@10", "test_hr@10_sampled",
-           "best_epoch", "epoch_s", "fit_s"]
+COLUMNS = [
+    "val_ndcg@10",
+    "val_hr@10",
+    "val_hr@10_sampled",
+    "test_ndcg@10",
+    "test_hr@10",
+    "test_hr@10_sampled",
+    "best_epoch",
+    "epoch_s",
+    "fit_s",
+]
 
 
 def main() -> None:
@@ -112,8 +158,12 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--users", type=int, default=None, help="Keep the first N users.")
-    parser.add_argument("--resume", type=Path, default=None,
-                        help="A search.csv of an interrupted run: configurations found there are not refitted.")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="A search.csv of an interrupted run: configurations found there are not refitted.",
+    )
     parser.add_argument("--quick", action="store_true", help="Tiny grid on 200 users, 8 epochs.")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -155,25 +205,34 @@ def main() -> None:
                     writer.writerow([axis, name, *(f"{metrics[c]:.4f}" for c in COLUMNS), key])
                     fh.flush()
                     table_rows.append((axis, name, metrics))
-                    console.print(escape(f"[{axis}] {name}: ") + "  ".join(f"{c} {metrics[c]:.4f}" for c in COLUMNS[:6])
-                                  + f"  epoch {metrics['best_epoch']:.0f}  {metrics['epoch_s']:.2f} s/epoch")
+                    console.print(
+                        escape(f"[{axis}] {name}: ")
+                        + "  ".join(f"{c} {metrics[c]:.4f}" for c in COLUMNS[:6])
+                        + f"  epoch {metrics['best_epoch']:.0f}  {metrics['epoch_s']:.2f} s/epoch"
+                    )
                 metrics = seen[key]
                 if metrics["val_ndcg@10"] > axis_val:
                     axis_best, axis_val = settings, metrics["val_ndcg@10"]
             best, best_val = axis_best, axis_val
         final = {**best, "refit": True}
         final_metrics = evaluate_config(final, splits, seeds)
-        writer.writerow(["final", describe(final, start), *(f"{final_metrics[c]:.4f}" for c in COLUMNS),
-                         canonical(final)])
+        writer.writerow(
+            ["final", describe(final, start), *(f"{final_metrics[c]:.4f}" for c in COLUMNS), canonical(final)]
+        )
         table_rows.append(("final", describe(final, start), final_metrics))
 
-    table = Table(title=f"NeuMF search on {data.name}, seeds {args.seeds} (selection: validation NDCG@10; "
-                        "final = winner refit on train+validation)")
+    table = Table(
+        title=f"NeuMF search on {data.name}, seeds {args.seeds} (selection: validation NDCG@10; "
+        "final = winner refit on train+validation)"
+    )
     for col in ["axis", "config", *COLUMNS]:
         table.add_column(col, justify="left" if col in ("axis", "config") else "right")
     for axis, name, metrics in table_rows:
-        table.add_row(axis, name, *(f"{metrics[c]:.4f}" if c not in ("best_epoch", "fit_s") else f"{metrics[c]:.1f}"
-                                    for c in COLUMNS))
+        table.add_row(
+            axis,
+            name,
+            *(f"{metrics[c]:.4f}" if c not in ("best_epoch", "fit_s") else f"{metrics[c]:.1f}" for c in COLUMNS),
+        )
     console.print(table)
     winner = {"settings": final, "metrics": final_metrics}
     (args.out / "winner.json").write_text(json.dumps(winner, indent=2, default=list))

@@ -23,9 +23,10 @@ from __future__ import annotations
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,8 @@ from torch import nn
 
 from fedrec.client.local_training import LocalOutcome, refuses, trained_under_dp
 from fedrec.common.config import LocalTraining
-from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.errors import FedrecError
+from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import ModelConfig, NeuMF, is_local
 from fedrec.common.privacy import PrivacyLedger
 
@@ -133,16 +134,21 @@ class _StackedNeuMF:
                 p.copy_(torch.randn(p.shape, generator=generator))
             items = torch.randint(0, model.n_items, (3, 5), generator=generator)
             labels = torch.zeros(items.shape)
-            expected = F.binary_cross_entropy_with_logits(model(torch.zeros_like(items), items), labels, reduction="none")
+            expected = F.binary_cross_entropy_with_logits(
+                model(torch.zeros_like(items), items), labels, reduction="none"
+            )
             params = {k: v[None] for k, v in model.state_dict().items()}
             users = params[USER][:, :, None, :].expand(1, *items.shape, -1)
             loss, _, _ = self(params, users, params[ITEM][:, items], labels[None])
         if not torch.allclose(loss[0], expected.sum(-1), rtol=1e-4, atol=1e-4):
-            raise FedrecError("batched training: its stacked forward no longer matches NeuMF.forward "
-                              "(client/batched_training.py::_StackedNeuMF must follow common/model.py)")
+            raise FedrecError(
+                "batched training: its stacked forward no longer matches NeuMF.forward "
+                "(client/batched_training.py::_StackedNeuMF must follow common/model.py)"
+            )
 
-    def __call__(self, params: Mapping[str, torch.Tensor], users: torch.Tensor, rows: torch.Tensor,
-                 labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def __call__(
+        self, params: Mapping[str, torch.Tensor], users: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Per-example losses [D, b] plus the inputs and outputs of the linear layers; ``users`` [D, b, G, dim]
         and ``rows`` [D, b, G, cols] are the looked-up embedding rows, one per (example, group position)."""
         d, b, g = rows.shape[:3]
@@ -155,7 +161,9 @@ class _StackedNeuMF:
             return h
 
         if self.mlp:
-            x = torch.cat([users[..., self.gmf : self.dim], rows[..., self.gmf : self.dim]], dim=-1).reshape(d, b * g, -1)
+            x = torch.cat([users[..., self.gmf : self.dim], rows[..., self.gmf : self.dim]], dim=-1).reshape(
+                d, b * g, -1
+            )
             for name in self.linears[:-1]:
                 x = torch.relu(linear(name, x))
             parts.append(x)
@@ -224,10 +232,18 @@ class _LazyTableNoise:
 class _Chunk:
     """Devices trained together: parameters, optimizer state and noise streams stacked along dim 0."""
 
-    def __init__(self, net: _StackedNeuMF, slots: list[_Slot], global_params: Mapping[str, torch.Tensor],
-                 works: Sequence[DeviceWork], training: LocalTraining, privacy: DevicePrivacy, masks: PoissonMasks,
-                 phases: Phases,
-                 lazy_noise: bool = False):
+    def __init__(
+        self,
+        net: _StackedNeuMF,
+        slots: list[_Slot],
+        global_params: Mapping[str, torch.Tensor],
+        works: Sequence[DeviceWork],
+        training: LocalTraining,
+        privacy: DevicePrivacy,
+        masks: PoissonMasks,
+        phases: Phases,
+        lazy_noise: bool = False,
+    ):
         self.net, self.slots, self.training, self.privacy, self.phases = net, slots, training, privacy, phases
         self.trained = {s.name for s in slots}
         d = len(works)
@@ -246,8 +262,9 @@ class _Chunk:
             self.masks = torch.zeros(d, training.steps, self.items.shape[1], dtype=torch.bool)
             for i, w in enumerate(works):
                 self.masks[i, :, : len(w.items)] = masks(w.seed, len(w.items), training.steps, training.sample_rate)
-        self.expected_batch = torch.tensor([max(1, int(len(w.items) * training.sample_rate)) for w in works],
-                                           dtype=torch.float32)
+        self.expected_batch = torch.tensor(
+            [max(1, int(len(w.items) * training.sample_rate)) for w in works], dtype=torch.float32
+        )
         self.generators = [torch.Generator().manual_seed(w.seed) for w in works]
         self.optimizer = _optimizer(self.flat, training)
         self.grad = torch.empty(self.flat.shape)  # reused every step: a fresh [D, P] costs page faults
@@ -306,7 +323,11 @@ class _Chunk:
                 same = (items[..., :, None] == items[..., None, :]).to(d_rows.dtype)
                 sq += (same * (d_rows @ d_rows.transpose(-1, -2))).sum((-2, -1))
             # divided by the expected batch here, so that the noise can be drawn at its final scale
-            coef = (self.privacy.max_grad_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0) * valid / self.expected_batch[:, None]
+            coef = (
+                (self.privacy.max_grad_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
+                * valid
+                / self.expected_batch[:, None]
+            )
         with self.phases("clipped sums"):
             sums = _views(total, self.slots)
             per_row = coef[:, :, None].expand(d, b, g).reshape(d, b * g, 1)
@@ -340,8 +361,13 @@ class _Chunk:
         for d, generator in enumerate(self.generators):
             row = self.grad[d]
             for s in self.slots:
-                torch.normal(0.0, std / float(self.expected_batch[d]), s.shape, generator=generator,
-                             out=row[s.offset : s.offset + s.size].view(s.shape))
+                torch.normal(
+                    0.0,
+                    std / float(self.expected_batch[d]),
+                    s.shape,
+                    generator=generator,
+                    out=row[s.offset : s.offset + s.size].view(s.shape),
+                )
         return self.grad
 
     def train(self) -> None:
@@ -368,11 +394,19 @@ class _Chunk:
         return out
 
 
-def train_private_batched(global_params: Mapping[str, torch.Tensor], model_cfg: ModelConfig, n_items: int,
-                          devices: Sequence[DeviceWork], training: LocalTraining, privacy: DevicePrivacy,
-                          trains: ParamFilter = trained_under_dp,
-                          masks: PoissonMasks = seeded_masks, chunk_size: int = 64,
-                          phases: Phases | None = None, lazy_noise: bool = False) -> list[DeviceTrained]:
+def train_private_batched(
+    global_params: Mapping[str, torch.Tensor],
+    model_cfg: ModelConfig,
+    n_items: int,
+    devices: Sequence[DeviceWork],
+    training: LocalTraining,
+    privacy: DevicePrivacy,
+    trains: ParamFilter = trained_under_dp,
+    masks: PoissonMasks = seeded_masks,
+    chunk_size: int = 64,
+    phases: Phases | None = None,
+    lazy_noise: bool = False,
+) -> list[DeviceTrained]:
     """Train every device's round (what ``train_private`` does for one), in chunks of similar size.
 
     ``global_params`` are the global parameters every device starts from (no ``user_emb.*``); ``trains``
@@ -395,8 +429,9 @@ def train_private_batched(global_params: Mapping[str, torch.Tensor], model_cfg: 
     todo = []
     for i, w in enumerate(devices):
         if privacy.private and refuses(w.ledger, training, privacy):
-            results[i] = DeviceTrained(dict(global_params), w.user_row, 0,
-                                       LocalOutcome(0.0, 0, w.ledger.epsilon(privacy.delta), refused=True))
+            results[i] = DeviceTrained(
+                dict(global_params), w.user_row, 0, LocalOutcome(0.0, 0, w.ledger.epsilon(privacy.delta), refused=True)
+            )
         else:
             todo.append(i)
     todo.sort(key=lambda i: len(devices[i].items))  # similar sizes per chunk: little padding

@@ -30,8 +30,11 @@ def client(
     """Run this device (or a gateway for a group of devices) as a Flower SuperNode that trains when asked."""
     from fedrec.client.supernode import ClientSettings, run_client
 
-    run_client(ClientSettings(store, key_file, superlink, root_cert, auth_key, port, max_wait, stores_dir,
-                              master_key_file), say, echo=not quiet)
+    run_client(
+        ClientSettings(store, key_file, superlink, root_cert, auth_key, port, max_wait, stores_dir, master_key_file),
+        say,
+        echo=not quiet,
+    )
 
 
 @app.command()
@@ -40,8 +43,12 @@ def recommend(
     key_file: Path = typer.Option(..., help="The store's key file."),
     model: Path = typer.Option(..., help="global_model.pt (model.json beside it)."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="How many items."),
-    manifest: Optional[Path] = typer.Option(None, help="Provisioning manifest with the item catalogue (default: found beside the store)."),
-    state_prefix: Optional[str] = typer.Option(None, help="State-name prefix the device trained under (default: the run's)."),
+    manifest: Optional[Path] = typer.Option(
+        None, help="Provisioning manifest with the item catalogue (default: found beside the store)."
+    ),
+    state_prefix: Optional[str] = typer.Option(
+        None, help="State-name prefix the device trained under (default: the run's)."
+    ),
 ) -> None:
     """Top-k unseen items for this device's user, computed on the device."""
     from fedrec.client.recommend import recommend as top_k

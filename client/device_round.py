@@ -56,8 +56,10 @@ def load_user_row(store: DeviceStore, prefix: str, dim: int, seed: int) -> torch
         return torch.randn(1, dim, generator=gen) * 0.01
     row = np.load(io.BytesIO(raw))
     if row.size != dim:
-        raise FedrecError(f"{store.path}: state {prefix + EMBEDDING!r} has {row.size} values but the model's user row "
-                          f"has {dim}: this store was trained with another model config (use another state prefix)")
+        raise FedrecError(
+            f"{store.path}: state {prefix + EMBEDDING!r} has {row.size} values but the model's user row "
+            f"has {dim}: this store was trained with another model config (use another state prefix)"
+        )
     return torch.from_numpy(row).reshape(1, dim)
 
 
@@ -67,25 +69,30 @@ def embedding_bytes(weight: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def device_model(store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor],
-                 device: DeviceConfig) -> NeuMF:
+def device_model(
+    store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor], device: DeviceConfig
+) -> NeuMF:
     """A fresh model per round (Opacus cannot wrap a module twice) with this device's own user row."""
     model = NeuMF(1, device.n_items, device.model)
     state = dict(global_params)
-    state["user_emb.weight"] = load_user_row(store, device.state_prefix, device.model.embedding_dim,
-                                               device_seed(device.seed, 0, device_id))
+    state["user_emb.weight"] = load_user_row(
+        store, device.state_prefix, device.model.embedding_dim, device_seed(device.seed, 0, device_id)
+    )
     model.load_state_dict(state)
     return model
 
 
-def round_examples(store: DeviceStore, device_id: str, task: DeviceInstructions) -> tuple[torch.Tensor, torch.Tensor, int]:
+def round_examples(
+    store: DeviceStore, device_id: str, task: DeviceInstructions
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """This round's training examples and seed. Training never reads the held-out items; under DP the
     negatives depend on nothing but their own record."""
     round_seed = device_seed(task.device.seed, task.round.number, device_id)
     train = np.asarray(store.read_events("train").items, dtype=np.int64)
     avoid = None if task.privacy.private else train
-    items, labels = make_examples(train, avoid, task.device.n_items, task.device.training.negatives,
-                                  np.random.default_rng(round_seed))
+    items, labels = make_examples(
+        train, avoid, task.device.n_items, task.device.training.negatives, np.random.default_rng(round_seed)
+    )
     return items, labels, round_seed
 
 
@@ -96,8 +103,13 @@ def read_ledger(store: DeviceStore, prefix: str) -> PrivacyLedger:
 def write_round(store: DeviceStore, prefix: str, user_row: torch.Tensor, ledger: PrivacyLedger) -> None:
     """One transaction: the user row, the ledger and the round counter move together."""
     rounds = int(store.get_state(prefix + ROUNDS) or b"0") + 1
-    store.put_states({prefix + EMBEDDING: embedding_bytes(user_row), prefix + LEDGER: ledger.to_json(),
-                      prefix + ROUNDS: str(rounds).encode()})
+    store.put_states(
+        {
+            prefix + EMBEDDING: embedding_bytes(user_row),
+            prefix + LEDGER: ledger.to_json(),
+            prefix + ROUNDS: str(rounds).encode(),
+        }
+    )
 
 
 def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: DeviceInstructions) -> TrainResult:
@@ -113,8 +125,13 @@ def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: D
     return TrainResult(global_state(model), 0 if outcome.refused else len(items), outcome)
 
 
-def serving_model(store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor],
-                  device: DeviceConfig, known: tuple[str, ...] = ("train",)) -> NeuMF:
+def serving_model(
+    store: DeviceStore,
+    device_id: str,
+    global_params: dict[str, torch.Tensor],
+    device: DeviceConfig,
+    known: tuple[str, ...] = ("train",),
+) -> NeuMF:
     """The model this device serves with: the global model plus its user row refitted on-device on the
     ``known`` part of its history (never uploaded, never fed into training, so it needs no DP)."""
     model = device_model(store, device_id, global_params, device)
@@ -152,8 +169,9 @@ def device_scores(ref: DeviceRef, global_params: dict[str, torch.Tensor], device
     return model.score_users(torch.zeros(1, dtype=torch.long))[0].numpy()
 
 
-def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig,
-                    keep_serving: bool = False) -> int | None:
+def evaluate_device(
+    ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig, keep_serving: bool = False
+) -> int | None:
     """0-based rank of the device's held-out item among its unseen items (None if it has none), served
     with the user row refitted on what the device knew before that item.
 
@@ -166,8 +184,9 @@ def evaluate_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], devi
         exclude = [store.read_events(part).items for part in known]
         model = serving_model(store, ref.device_id, global_params, device, known)
         if keep_serving:
-            serving = model if known == SERVES_ON else serving_model(store, ref.device_id, global_params, device,
-                                                                      SERVES_ON)
+            serving = (
+                model if known == SERVES_ON else serving_model(store, ref.device_id, global_params, device, SERVES_ON)
+            )
             store.put_states({device.state_prefix + SERVING: embedding_bytes(serving.user_emb.weight)})
     if len(target) == 0:
         return None

@@ -7,8 +7,7 @@ the devices themselves, so grouping devices per node changes dispatch cost, not 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,17 @@ import numpy as np
 import torch
 
 from fedrec.client.batched_training import DeviceWork, train_private_batched
-from fedrec.client.device_round import (DeviceRef, TrainResult, device_seed, evaluate_device, load_user_row,
-                                        read_ledger, round_examples, train_device, write_round)
+from fedrec.client.device_round import (
+    DeviceRef,
+    TrainResult,
+    device_seed,
+    evaluate_device,
+    load_user_row,
+    read_ledger,
+    round_examples,
+    train_device,
+    write_round,
+)
 from fedrec.client.store_key import store_key
 from fedrec.common.config import Fleet
 from fedrec.common.errors import FedrecError
@@ -38,12 +46,16 @@ def node_devices(node_config: Mapping[str, Any], fleet: Fleet) -> list[DeviceRef
     if "stores-dir" in node_config:  # a gateway's node config names its own group
         fleet = Fleet(str(node_config["stores-dir"]), str(node_config["master-key-file"]))
     if not fleet.stores_dir:
-        raise FedrecError("node has no 'store' in its node config and the server named no fleet (device.fleet.stores_dir)")
+        raise FedrecError(
+            "node has no 'store' in its node config and the server named no fleet (device.fleet.stores_dir)"
+        )
     manifest = load_manifest(fleet.stores_dir)
     master = load_key_file(fleet.master_key_file)
     part, parts = int(node_config.get("partition-id", 0)), int(node_config.get("num-partitions", 1))
-    return [DeviceRef(d.device_id, manifest.store_path(d), derive_device_key(master, d.device_id), durable=False)
-            for d in manifest.devices[part::parts]]
+    return [
+        DeviceRef(d.device_id, manifest.store_path(d), derive_device_key(master, d.device_id), durable=False)
+        for d in manifest.devices[part::parts]
+    ]
 
 
 def participates(device_id: str, server_round: int, fraction: float, seed: int) -> bool:
@@ -56,8 +68,9 @@ def participates(device_id: str, server_round: int, fraction: float, seed: int) 
 STORES_OPEN = 256  # stores a batched node holds open at once (file handles, one block's results in memory)
 
 
-def train_batched(refs: list[DeviceRef], global_params: dict[str, torch.Tensor],
-                  task: DeviceInstructions) -> Iterator[TrainResult]:
+def train_batched(
+    refs: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
+) -> Iterator[TrainResult]:
     """``train_device`` for many devices at once (DP only): the same reads, examples, seeds and
     write-backs, with the training of a block of devices stacked (``fedrec.client.batched_training``)."""
     device, prefix = task.device, task.device.state_prefix
@@ -68,32 +81,38 @@ def train_batched(refs: list[DeviceRef], global_params: dict[str, torch.Tensor],
             works = []
             for ref, store in zip(block, stores):
                 items, labels, round_seed = round_examples(store, ref.device_id, task)
-                row = load_user_row(store, prefix, device.model.embedding_dim, device_seed(device.seed, 0, ref.device_id))
+                row = load_user_row(
+                    store, prefix, device.model.embedding_dim, device_seed(device.seed, 0, ref.device_id)
+                )
                 works.append(DeviceWork(items, labels, row, read_ledger(store, prefix), round_seed))
-            results = train_private_batched(global_params, device.model, device.n_items, works, device.training,
-                                            task.privacy)
+            results = train_private_batched(
+                global_params, device.model, device.n_items, works, device.training, task.privacy
+            )
             for store, work, result in zip(stores, works, results):
                 if not result.outcome.refused:
                     write_round(store, prefix, result.user_row, work.ledger)
         yield from (TrainResult(r.state, r.num_examples, r.outcome) for r in results)
 
 
-def _trained(refs: list[DeviceRef], global_params: dict[str, torch.Tensor],
-             task: DeviceInstructions) -> Iterator[TrainResult]:
+def _trained(
+    refs: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
+) -> Iterator[TrainResult]:
     if task.privacy.private and task.device.executor == "batched":
         return train_batched(refs, global_params, task)
     return (train_device(ref, global_params, task) for ref in refs)
 
 
-def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor],
-                task: DeviceInstructions) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def train_fleet(
+    devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train every participating device; return the weighted mean of their global params: by example
     count without DP (FedAvg), one weight per device under DP (the count would reveal history lengths)."""
     device, private = task.device, task.privacy.private
     total: dict[str, torch.Tensor] = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_params.items()}
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
-    sampled = [ref for ref in devices if participates(ref.device_id, task.round.number, device.participation,
-                                                      device.seed)]
+    sampled = [
+        ref for ref in devices if participates(ref.device_id, task.round.number, device.participation, device.seed)
+    ]
     for result in _trained(sampled, global_params, task):  # a generator: one state in memory at a time
         epsilons.append(result.outcome.epsilon)
         if result.outcome.refused:
@@ -122,8 +141,9 @@ def train_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor]
     return mean, {k: metrics[k] for k in allowed_keys("train", private)}
 
 
-def evaluate_fleet(devices: list[DeviceRef], global_params: dict[str, torch.Tensor],
-                   task: DeviceInstructions) -> dict[str, Any]:
+def evaluate_fleet(
+    devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
+) -> dict[str, Any]:
     ranks = []
     for ref in devices:
         rank = evaluate_device(ref, global_params, task.device, keep_serving=task.round.final)

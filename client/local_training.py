@@ -115,8 +115,13 @@ def _noise_only_step(optimizer, privacy: DevicePrivacy, expected_batch: float, g
 
 
 def train_private(
-    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining, privacy: DevicePrivacy,
-    ledger: PrivacyLedger, seed: int
+    model: NeuMF,
+    items: torch.Tensor,
+    labels: torch.Tensor,
+    training: LocalTraining,
+    privacy: DevicePrivacy,
+    ledger: PrivacyLedger,
+    seed: int,
 ) -> LocalOutcome:
     """DP-SGD with Opacus (RDP accountant, Poisson sampling, ghost clipping); the ledger composes."""
     if privacy.private and refuses(ledger, training, privacy):
@@ -163,8 +168,9 @@ def train_private(
     return LocalOutcome(total / max(count, 1), steps, ledger.epsilon(privacy.delta))
 
 
-def train_plain(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining,
-                seed: int) -> LocalOutcome:
+def train_plain(
+    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining, seed: int
+) -> LocalOutcome:
     """The non-private arm: same examples, same number of steps, plain minibatch SGD."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, training)
@@ -187,8 +193,13 @@ def train_plain(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, trainin
 
 
 def train_local(
-    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining, privacy: DevicePrivacy,
-    ledger: PrivacyLedger, seed: int
+    model: NeuMF,
+    items: torch.Tensor,
+    labels: torch.Tensor,
+    training: LocalTraining,
+    privacy: DevicePrivacy,
+    ledger: PrivacyLedger,
+    seed: int,
 ) -> LocalOutcome:
     if privacy.private:
         return train_private(model, items, labels, training, privacy, ledger, seed)

@@ -51,24 +51,30 @@ def item_catalogue(manifest: Manifest | None, n_items: int) -> tuple[list[str], 
         return [str(i) for i in range(n_items)], {}
     ids = [str(x) for x in manifest.item_ids]
     if len(ids) != n_items:
-        raise FedrecError(f"{manifest.directory}/manifest.json: catalogue has {len(ids)} items but the model "
-                          f"scores {n_items}")
+        raise FedrecError(
+            f"{manifest.directory}/manifest.json: catalogue has {len(ids)} items but the model scores {n_items}"
+        )
     by_id = manifest.item_titles or _dataset_titles(manifest.dataset)
     return ids, {i: by_id[x] for i, x in enumerate(ids) if x in by_id}
 
 
-def recommend(store: Path, key_file: Path, model: Path, k: int = 10, manifest: Path | None = None,
-              state_prefix: str | None = None) -> list[Recommendation]:
+def recommend(
+    store: Path, key_file: Path, model: Path, k: int = 10, manifest: Path | None = None, state_prefix: str | None = None
+) -> list[Recommendation]:
     """Top-k unseen items for the store's user, served on the device as the federated evaluation serves it:
     its user row refitted on-device against the global model (the run's ``device.serving`` settings)."""
     state, info = load_global_model(model)
-    device = info.federation.device if state_prefix is None else replace(info.federation.device, state_prefix=state_prefix)
+    device = (
+        info.federation.device if state_prefix is None else replace(info.federation.device, state_prefix=state_prefix)
+    )
     prefix, n_items = device.state_prefix, device.n_items
     ref = DeviceRef(store.stem, store, store_key(store, key_file))
     with ref.open() as opened:
         if opened.get_state(prefix + EMBEDDING) is None:
-            raise FedrecError(f"{store}: no {prefix + EMBEDDING!r} in the store: the device has not trained "
-                              f"in this run (or give the --state-prefix it trained under)")
+            raise FedrecError(
+                f"{store}: no {prefix + EMBEDDING!r} in the store: the device has not trained "
+                f"in this run (or give the --state-prefix it trained under)"
+            )
         seen = np.asarray(opened.read_events(None).items, dtype=np.int64)
     scores = device_scores(ref, state, device)
     scores = scores.astype(np.float64)

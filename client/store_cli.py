@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import typer
@@ -77,9 +77,13 @@ def inspect(
     if events is not None:
         shown = len(events) if limit == 0 else min(limit, len(events))
         info["events_shown"] = [
-            {"split": str(events.splits[i]), "event_type": str(events.event_types[i]), "item": int(events.items[i]),
-             "timestamp": int(events.timestamps[i]),
-             "value": None if np.isnan(events.values[i]) else float(events.values[i])}
+            {
+                "split": str(events.splits[i]),
+                "event_type": str(events.event_types[i]),
+                "item": int(events.items[i]),
+                "timestamp": int(events.timestamps[i]),
+                "value": None if np.isnan(events.values[i]) else float(events.values[i]),
+            }
             for i in range(shown)
         ]
     if as_json:
@@ -93,17 +97,20 @@ def inspect(
     table.add_row("key", json.dumps(info["key_recipe"]))
     out.print(table)
     if events is not None:
-        rows = Table("split", "type", "item", "time (UTC)", "value", title=f"{len(info['events_shown'])} of "
-                     f"{len(events)} events")
+        rows = Table(
+            "split", "type", "item", "time (UTC)", "value", title=f"{len(info['events_shown'])} of {len(events)} events"
+        )
         for e in info["events_shown"]:
-            when = dt.datetime.fromtimestamp(e["timestamp"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            rows.add_row(e["split"], e["event_type"], str(e["item"]), when, "" if e["value"] is None else f"{e['value']:g}")
+            when = dt.datetime.fromtimestamp(e["timestamp"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            rows.add_row(
+                e["split"], e["event_type"], str(e["item"]), when, "" if e["value"] is None else f"{e['value']:g}"
+            )
         out.print(rows)
 
 
 @store_app.command("rotate-key")
 def rotate(
-    files: List[Path] = typer.Argument(..., help="Device stores to re-key (each one atomically)."),
+    files: list[Path] = typer.Argument(..., help="Device stores to re-key (each one atomically)."),
     key_file: Optional[Path] = typer.Option(None, help="Current " + KEY_FILE_HELP[0].lower() + KEY_FILE_HELP[1:]),
     passphrase_env: Optional[str] = typer.Option(None, help="Current passphrase: " + PASS_HELP),
     new_key_file: Optional[Path] = typer.Option(None, help="New key file; created (mode 0600) if missing."),

@@ -18,6 +18,8 @@ def store_key(store: Path, key_file: Path) -> bytes:
     header = peek_header(store)
     recipe = header_recipe(header, store)
     if recipe.source != "key":
-        raise FedrecError(f"{store}: protected by a passphrase; a device needs a key file "
-                          f"(fedrec store rotate-key {store} --passphrase-env VAR --new-key-file FILE)")
+        raise FedrecError(
+            f"{store}: protected by a passphrase; a device needs a key file "
+            f"(fedrec store rotate-key {store} --passphrase-env VAR --new-key-file FILE)"
+        )
     return recipe.store_key(load_key_file(key_file), header["store_id"])

@@ -55,7 +55,9 @@ def _check_group(stores_dir: Path, master_key_file: Path) -> None:
     if not manifest.devices:
         raise FedrecError(f"{stores_dir}/manifest.json: no devices")
     first = manifest.devices[0]
-    with DeviceStore.open(manifest.store_path(first), derive_device_key(load_key_file(master_key_file), first.device_id)):
+    with DeviceStore.open(
+        manifest.store_path(first), derive_device_key(load_key_file(master_key_file), first.device_id)
+    ):
         pass
 
 
@@ -65,7 +67,9 @@ def check_inputs(s: ClientSettings) -> None:
     if single == ((s.stores_dir, s.master_key_file) != (None, None)):
         raise FedrecError("give --store and --key-file (one device) or --stores-dir and --master-key-file (a gateway)")
     pairs = [(s.root_cert, "--root-cert"), (s.auth_key, "--auth-key")]
-    pairs += [(s.store, "--store"), (s.key_file, "--key-file")] if single else [(s.master_key_file, "--master-key-file")]
+    pairs += (
+        [(s.store, "--store"), (s.key_file, "--key-file")] if single else [(s.master_key_file, "--master-key-file")]
+    )
     for path, flag in pairs:
         if path is None or not path.is_file():
             raise FedrecError(f"{path}: file not found ({flag})")
@@ -93,9 +97,19 @@ def supernode_argv(s: ClientSettings, port: int) -> list[str]:
         node_config = f'store="{s.store.resolve()}" key-file="{s.key_file.resolve()}"'
     else:
         node_config = f'stores-dir="{s.stores_dir.resolve()}" master-key-file="{s.master_key_file.resolve()}"'
-    argv = ["flower-supernode", "--superlink", s.superlink, "--root-certificates", str(s.root_cert.resolve()),
-            "--auth-supernode-private-key", str(s.auth_key.resolve()), "--port", str(port),
-            "--node-config", node_config]
+    argv = [
+        "flower-supernode",
+        "--superlink",
+        s.superlink,
+        "--root-certificates",
+        str(s.root_cert.resolve()),
+        "--auth-supernode-private-key",
+        str(s.auth_key.resolve()),
+        "--port",
+        str(port),
+        "--node-config",
+        node_config,
+    ]
     if s.max_wait is not None:
         argv += ["--max-wait-time", str(s.max_wait)]
     return argv
@@ -103,28 +117,42 @@ def supernode_argv(s: ClientSettings, port: int) -> list[str]:
 
 # Known refusals in Flower's exit message -> what the device owner should do. First match wins.
 REFUSALS: tuple[tuple[re.Pattern, str], ...] = (
-    (re.compile(r"Hostname mismatch|IP address mismatch|doesn't match", re.I),
-     "the SuperLink's TLS certificate is not valid for {host} (not in its subject alternative names): "
-     "connect with a name it was issued for, or reissue it with `fedrec certs init --server-name/--ip`"),
-    (re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed", re.I),
-     "TLS refused: the SuperLink at {superlink} presents a certificate not signed by the CA in {root_cert} "
-     "(wrong --root-cert?)"),
-    (re.compile(r"code: 2004|Failed to activate SuperNode|No SuperNode found", re.I),
-     "the SuperLink refused this device: the public key of {auth_key} is not registered there "
-     "(ask the operator to register {auth_key}.pub, e.g. `fedrec server --devices {auth_key}.pub`)"),
-    (re.compile(r"401|Unauthorized|Invalid SuperNode authentication", re.I),
-     "the SuperLink rejected this device's authentication (key not registered, revoked, or clock skew)"),
+    (
+        re.compile(r"Hostname mismatch|IP address mismatch|doesn't match", re.I),
+        "the SuperLink's TLS certificate is not valid for {host} (not in its subject alternative names): "
+        "connect with a name it was issued for, or reissue it with `fedrec certs init --server-name/--ip`",
+    ),
+    (
+        re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed", re.I),
+        "TLS refused: the SuperLink at {superlink} presents a certificate not signed by the CA in {root_cert} "
+        "(wrong --root-cert?)",
+    ),
+    (
+        re.compile(r"code: 2004|Failed to activate SuperNode|No SuperNode found", re.I),
+        "the SuperLink refused this device: the public key of {auth_key} is not registered there "
+        "(ask the operator to register {auth_key}.pub, e.g. `fedrec server --devices {auth_key}.pub`)",
+    ),
+    (
+        re.compile(r"401|Unauthorized|Invalid SuperNode authentication", re.I),
+        "the SuperLink rejected this device's authentication (key not registered, revoked, or clock skew)",
+    ),
     (re.compile(r"Unable to parse the private key", re.I), "{auth_key}: not a usable SuperNode private key"),
-    (re.compile(r"Connection refused|ConnectError|Name or service not known|Giving up", re.I),
-     "cannot reach the SuperLink at {superlink} (is `fedrec server` running and the port open?)"),
+    (
+        re.compile(r"Connection refused|ConnectError|Name or service not known|Giving up", re.I),
+        "cannot reach the SuperLink at {superlink} (is `fedrec server` running and the port open?)",
+    ),
 )
 
 
 def explain_exit(output: list[str], s: ClientSettings, code: int) -> str:
     """One line for a SuperNode that exited with ``code``: the known cause, else Flower's own last error."""
     text = "\n".join(output)
-    fields = {"host": s.superlink.rsplit(":", 1)[0], "superlink": s.superlink, "root_cert": s.root_cert,
-              "auth_key": s.auth_key}
+    fields = {
+        "host": s.superlink.rsplit(":", 1)[0],
+        "superlink": s.superlink,
+        "root_cert": s.root_cert,
+        "auth_key": s.auth_key,
+    }
     for pattern, message in REFUSALS:
         if pattern.search(text):
             return message.format(**fields)
@@ -138,8 +166,10 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
     port = s.port or free_port()
     children = Children(flower_env())
     tail: deque[str] = deque(maxlen=200)
-    say(f"{s.name}: SuperNode -> {s.superlink} (TLS, CA {s.root_cert}; auth key {s.auth_key}); "
-        f"local runtime port {port}")
+    say(
+        f"{s.name}: SuperNode -> {s.superlink} (TLS, CA {s.root_cert}; auth key {s.auth_key}); "
+        f"local runtime port {port}"
+    )
 
     def pump(stream) -> None:  # the SuperNode's helpers share the pipe: read it apart from waiting
         for line in stream:
@@ -160,6 +190,8 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
             children.stop()  # also ends helpers the SuperNode left behind, which closes the pipe
     reader.join(timeout=5)
     if code == 0:  # a SuperNode only stops by itself when the SuperLink shuts it out (HTTP 401)
-        raise FedrecError("the SuperLink stopped accepting this device while it was connected "
-                          "(its key was unregistered or revoked); ask the operator")
+        raise FedrecError(
+            "the SuperLink stopped accepting this device while it was connected "
+            "(its key was unregistered or revoked); ask the operator"
+        )
     raise FedrecError(explain_exit(list(tail), s, code))

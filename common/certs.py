@@ -54,13 +54,15 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrec"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrec"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
 
 
 def _validity(days: int) -> tuple[dt.datetime, dt.datetime]:
@@ -80,26 +82,43 @@ def _alt_names(server_names: list[str], ips: list[str]) -> list[x509.GeneralName
     return names
 
 
-def create_ca(out: Path, common_name: str = "fedrec local CA", days: int = 3650,
-              overwrite: bool = False) -> tuple[Path, Path]:
+def create_ca(
+    out: Path, common_name: str = "fedrec local CA", days: int = 3650, overwrite: bool = False
+) -> tuple[Path, Path]:
     """A self-signed CA that only signs certificates (path length 0: no intermediate CAs).
 
     An existing CA is kept unless ``overwrite``: replacing it locks out every device that trusts it.
     """
     if (out / CA_CERT).exists() and not overwrite:
-        raise FedrecError(f"{out / CA_CERT} already exists; replacing the CA locks out every device that trusts it "
-                          f"(pass --force to do it anyway)")
+        raise FedrecError(
+            f"{out / CA_CERT} already exists; replacing the CA locks out every device that trusts it "
+            f"(pass --force to do it anyway)"
+        )
     key = ec.generate_private_key(ec.SECP384R1())
     start, end = _validity(days)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name)).issuer_name(_name(common_name))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
@@ -129,9 +148,12 @@ def issue_server_cert(out: Path, server_names: list[str], ips: list[str], days: 
     common_name = server_names[0] if server_names else ips[0] if ips else "fedrec-superlink"
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name)).issuer_name(ca_cert.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(min(end, ca_cert.not_valid_after_utc))
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(min(end, ca_cert.not_valid_after_utc))
         .add_extension(x509.SubjectAlternativeName(_alt_names(server_names, ips)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -150,10 +172,18 @@ def create_device_keys(out: Path, name: str) -> DeviceKeys:
     key = ec.generate_private_key(ec.SECP384R1())
     private = out / DEVICES_DIR / f"{name}{DEVICE_KEY_SUFFIX}"
     public = out / DEVICES_DIR / f"{name}{DEVICE_PUB_SUFFIX}"
-    _write(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                      serialization.NoEncryption()), private=True)
-    _write(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                 serialization.PublicFormat.OpenSSH) + f" {name}\n".encode())
+    _write(
+        private,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+        private=True,
+    )
+    _write(
+        public,
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        + f" {name}\n".encode(),
+    )
     return DeviceKeys(private, public)
 
 

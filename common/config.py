@@ -128,8 +128,11 @@ class DeviceConfig:
     def __post_init__(self) -> None:
         _fraction(self.participation, "participation")
         _one_of(self.executor, EXECUTORS, "executor")
-        require(self.executor != "batched" or self.model.dropout == 0, "executor",
-                "batched cannot train a model with dropout (its masks would differ from Opacus'); use per_device")
+        require(
+            self.executor != "batched" or self.model.dropout == 0,
+            "executor",
+            "batched cannot train a model with dropout (its masks would differ from Opacus'); use per_device",
+        )
         require(self.n_items >= 0, "n_items", f"must be >= 0, got {self.n_items}")
         _one_of(self.eval_stage, EVAL_STAGES, "eval_stage")
 
@@ -213,8 +216,19 @@ class SimulationConfig:
 
 
 # Chosen by validation NDCG@10 in bench/neumf_search.py (docs/neumf-search.md), then refit on train+validation.
-DEFAULT_CENTRAL = CentralConfig(train=TrainConfig(epochs=40, batch_size=1024, lr=3e-3, negatives=8, patience=5,
-                                                  emb_l2=1e-2, recent_last=5, recent_repeats=2, refit=True))
+DEFAULT_CENTRAL = CentralConfig(
+    train=TrainConfig(
+        epochs=40,
+        batch_size=1024,
+        lr=3e-3,
+        negatives=8,
+        patience=5,
+        emb_l2=1e-2,
+        recent_last=5,
+        recent_repeats=2,
+        refit=True,
+    )
+)
 
 
 @dataclass(frozen=True)

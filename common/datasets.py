@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.common.errors import DataError
-from fedrec.common.fetch import dataset_dir, KNOWN_DATASETS
+from fedrec.common.fetch import KNOWN_DATASETS, dataset_dir
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Interactions:
     def __len__(self) -> int:
         return len(self.users)
 
-    def subset_users(self, n: int) -> "Interactions":
+    def subset_users(self, n: int) -> Interactions:
         """The first ``n`` users (by dense index) with all their interactions, re-indexed densely."""
         keep = self.users < n
         subset = from_raw(
@@ -140,8 +140,10 @@ class _IdColumn:
             self.integers = isinstance(value, int)
         if self.integers:
             if not isinstance(value, int):
-                raise DataError(f"{self.path}:{line}: {self.name} id {text!r} is not an integer, "
-                                f"unlike the {self.name} ids before it")
+                raise DataError(
+                    f"{self.path}:{line}: {self.name} id {text!r} is not an integer, "
+                    f"unlike the {self.name} ids before it"
+                )
             if not INT64_MIN <= value <= INT64_MAX:
                 raise DataError(f"{self.path}:{line}: {self.name} id {text} does not fit in a signed 64-bit integer")
         self.values.append(value if self.integers else text)
@@ -206,8 +208,12 @@ def _read_rows(path: Path, rows: Iterable[list[str]], columns: Mapping[str, int]
             ratings.append(_parse_rating(row[columns["rating"]], path, line))
     if not users.values:
         raise DataError(f"{path}: no interactions (empty file)")
-    return _Rows(users.array(), items.array(), np.asarray(stamps, dtype=np.int64),
-                 np.asarray(ratings, dtype=np.float32) if ratings else None)
+    return _Rows(
+        users.array(),
+        items.array(),
+        np.asarray(stamps, dtype=np.int64),
+        np.asarray(ratings, dtype=np.float32) if ratings else None,
+    )
 
 
 def _read_text(path: Path) -> io.StringIO:
@@ -298,9 +304,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Interactions:
     if name.endswith(".csv") or Path(name).suffix == ".csv":
         return load_csv(name)
     if name not in _LOADERS:
-        raise DataError(
-            f"unknown dataset {name!r}: choose one of {', '.join(KNOWN_DATASETS)} or a path to a .csv file"
-        )
+        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(KNOWN_DATASETS)} or a path to a .csv file")
     directory = dataset_dir(name, data_dir)
     if not directory.exists():
         raise DataError(f"{name} is not in {directory}: run `fedrec data fetch {name}` first")

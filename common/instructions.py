@@ -74,6 +74,7 @@ def resolve_privacy(privacy: PrivacyConfig, device: DeviceConfig, rounds: int) -
     if not privacy.private:
         return DevicePrivacy(0.0, privacy.max_grad_norm, privacy.delta, 0.0)
     planned = planned_rounds(rounds, device.participation, privacy.calibration_quantile)
-    sigma = noise_for_budget(privacy.epsilon, privacy.delta, device.training.sample_rate,
-                             device.training.steps * planned)
+    sigma = noise_for_budget(
+        privacy.epsilon, privacy.delta, device.training.sample_rate, device.training.steps * planned
+    )
     return DevicePrivacy(sigma, privacy.max_grad_norm, privacy.delta, privacy.epsilon)

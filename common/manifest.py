@@ -72,13 +72,28 @@ def load_manifest(directory: str | Path) -> Manifest:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise DataError(f"{path}: not a fedrec provisioning manifest")
     try:
-        devices = tuple(DeviceEntry(str(d["device_id"]), int(d["user_index"]), d.get("user_id"), str(d["store"]),
-                                    {str(k): int(v) for k, v in dict(d.get("counts") or {}).items()})
-                        for d in raw["devices"])
-        return Manifest(directory, str(raw.get("dataset", "")), int(raw.get("split_seed", 0)),
-                        int(raw.get("n_users", len(devices))), int(raw["n_items"]), tuple(raw["item_ids"]),
-                        {str(k): str(v) for k, v in dict(raw.get("item_titles") or {}).items()},
-                        dict(raw["key"]), devices, int(raw.get("duplicates_merged", 0)))
+        devices = tuple(
+            DeviceEntry(
+                str(d["device_id"]),
+                int(d["user_index"]),
+                d.get("user_id"),
+                str(d["store"]),
+                {str(k): int(v) for k, v in dict(d.get("counts") or {}).items()},
+            )
+            for d in raw["devices"]
+        )
+        return Manifest(
+            directory,
+            str(raw.get("dataset", "")),
+            int(raw.get("split_seed", 0)),
+            int(raw.get("n_users", len(devices))),
+            int(raw["n_items"]),
+            tuple(raw["item_ids"]),
+            {str(k): str(v) for k, v in dict(raw.get("item_titles") or {}).items()},
+            dict(raw["key"]),
+            devices,
+            int(raw.get("duplicates_merged", 0)),
+        )
     except KeyError as exc:
         raise DataError(f"{path}: field {exc.args[0]!r} missing") from None
     except (TypeError, ValueError, AttributeError) as exc:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,8 +77,11 @@ def read_model_info(path: Path) -> ModelInfo:
         federation, privacy = raw["federation"], raw["privacy"]
     except (KeyError, TypeError, ValueError) as exc:
         raise FedrecError(f"{path}: unreadable model description ({type(exc).__name__}: {exc})") from None
-    return ModelInfo(from_nested(FederationConfig, federation, f"{path} federation"),
-                     from_nested(DevicePrivacy, privacy, f"{path} privacy"), raw.get(DIGEST))
+    return ModelInfo(
+        from_nested(FederationConfig, federation, f"{path} federation"),
+        from_nested(DevicePrivacy, privacy, f"{path} privacy"),
+        raw.get(DIGEST),
+    )
 
 
 def load_global_model(path: Path) -> tuple[dict[str, torch.Tensor], ModelInfo]:
@@ -87,6 +91,8 @@ def load_global_model(path: Path) -> tuple[dict[str, torch.Tensor], ModelInfo]:
     info = read_model_info(path.with_name(MODEL_INFO))
     state: Any = read_torch_file(path, "copy it again from the server's out dir")
     if not matches(state, info.digest):
-        raise ModelFileError(f"{path}: content does not match the SHA-256 digest in {path.with_name(MODEL_INFO)} "
-                             "(altered, damaged, or not the model that model.json describes)")
+        raise ModelFileError(
+            f"{path}: content does not match the SHA-256 digest in {path.with_name(MODEL_INFO)} "
+            "(altered, damaged, or not the model that model.json describes)"
+        )
     return state, info

@@ -28,9 +28,12 @@ import numpy as np
 
 PACKED = {"int32le": (4, "<"), "int32be": (4, ">"), "int64le": (8, "<"), "int64be": (8, ">")}
 ENCODINGS = ("text", *PACKED)
-_SEPARATORS = {sep: i for i, sep in enumerate(
-    (b",", b", ", b";", b"; ", b"|", b" ", b"\t", b"\n", b"\r\n", b":", b"::", b"\x00", b"\x1f", b"/", b"-", b"_")
-)}
+_SEPARATORS = {
+    sep: i
+    for i, sep in enumerate(
+        (b",", b", ", b";", b"; ", b"|", b" ", b"\t", b"\n", b"\r\n", b":", b"::", b"\x00", b"\x1f", b"/", b"-", b"_")
+    )
+}
 _TOKEN = re.compile(rb"\d{1,20}")
 MIN_DISTINCT_32 = 2
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
@@ -114,15 +117,22 @@ def _windows(sequences: Sequence[Sequence[int] | np.ndarray], run: int, width: i
     return words, _hash_rows(words)
 
 
-def _run_findings(path: str, encoding: str, words: np.ndarray, offsets: np.ndarray, step: int, valid: np.ndarray | None,
-                  windows: tuple[np.ndarray, np.ndarray]) -> list[Finding]:
+def _run_findings(
+    path: str,
+    encoding: str,
+    words: np.ndarray,
+    offsets: np.ndarray,
+    step: int,
+    valid: np.ndarray | None,
+    windows: tuple[np.ndarray, np.ndarray],
+) -> list[Finding]:
     """Offsets where ``run`` words spaced ``step`` apart equal one of the windows."""
     rows, keys = windows
     run = rows.shape[1]
     n = len(words) - (run - 1) * step
     if n <= 0 or not len(keys):
         return []
-    found = _hash_rows(np.stack([words[j * step:j * step + n] for j in range(run)], axis=1))
+    found = _hash_rows(np.stack([words[j * step : j * step + n] for j in range(run)], axis=1))
     out = []
     for i in np.flatnonzero(_member(found, keys)):
         if valid is not None and not valid[i]:
@@ -150,8 +160,9 @@ def scan_bytes(
         hits = np.flatnonzero(_member(words, needles))
         if width > 4 or len(np.unique(words[hits])) >= MIN_DISTINCT_32:
             found += [Finding(path, "value", encoding, int(off), (_signed(words[off], values),)) for off in hits]
-        found += _run_findings(path, encoding, words, np.arange(len(words)), width, None,
-                               _windows(sequences, run, width))
+        found += _run_findings(
+            path, encoding, words, np.arange(len(words)), width, None, _windows(sequences, run, width)
+        )
     tokens, starts, ends = _text_tokens(data)
     needles = _unsigned([v for v in values if v >= 0], 8)
     for i in np.flatnonzero(_member(tokens, needles)):
@@ -161,10 +172,11 @@ def scan_bytes(
         gap = np.array([_SEPARATORS.get(data[e:s], -1) for e, s in zip(ends[:-1], starts[1:])], dtype=np.int64)
         valid = np.ones(len(tokens) - run + 1, dtype=bool)
         for j in range(run - 1):
-            valid &= (gap[j:j + len(valid)] >= 0) & (gap[j:j + len(valid)] == gap[:len(valid)])
+            valid &= (gap[j : j + len(valid)] >= 0) & (gap[j : j + len(valid)] == gap[: len(valid)])
         positive = [np.asarray(seq, dtype=np.int64) for seq in sequences]
-        found += _run_findings(path, "text", tokens, starts, 1, valid,
-                               _windows([seq[seq >= 0] for seq in positive], run, 8))
+        found += _run_findings(
+            path, "text", tokens, starts, 1, valid, _windows([seq[seq >= 0] for seq in positive], run, 8)
+        )
     return found
 
 
@@ -177,8 +189,9 @@ def _signed(raw: np.uint64, values: list[int]) -> int:
     return word
 
 
-def scan_file(path: str | Path, values: Iterable[int] = (), sequences: Sequence[Sequence[int]] = (),
-              run: int = 3) -> list[Finding]:
+def scan_file(
+    path: str | Path, values: Iterable[int] = (), sequences: Sequence[Sequence[int]] = (), run: int = 3
+) -> list[Finding]:
     """Scan a file and the SQLite side files next to it (a WAL can hold recent pages)."""
     path = Path(path)
     values = list(values)

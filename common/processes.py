@@ -108,15 +108,20 @@ class Children:
 
     def _watch(self, pid: int) -> None:
         if self._reaper is None or self._reaper.poll() is not None:
-            self._reaper = subprocess.Popen([sys.executable, "-m", "fedrec.common.reaper", str(os.getpid())],
-                                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL, start_new_session=True)
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-m", "fedrec.common.reaper", str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         assert self._reaper.stdin is not None
         self._reaper.stdin.write(f"{pid}\n".encode())
         self._reaper.stdin.flush()
 
-    def start(self, name: str, argv: list[str], log: Path | None = None, capture: bool = False,
-              cwd: Path | None = None) -> subprocess.Popen:
+    def start(
+        self, name: str, argv: list[str], log: Path | None = None, capture: bool = False, cwd: Path | None = None
+    ) -> subprocess.Popen:
         """Start ``argv`` in a new session; output to ``log``, or a pipe when ``capture``."""
         out: IO | int | None
         if capture:
@@ -127,9 +132,17 @@ class Children:
         else:
             out = None
         try:
-            proc = subprocess.Popen(argv, env=self.env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    text=capture, bufsize=1 if capture else -1)
+            proc = subprocess.Popen(
+                argv,
+                env=self.env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                text=capture,
+                bufsize=1 if capture else -1,
+            )
         except FileNotFoundError:
             raise FedrecError(f"{argv[0]}: command not found (is flwr installed in this environment?)") from None
         finally:
@@ -192,6 +205,7 @@ def alive(pid: int) -> bool:
 @contextmanager
 def terminate_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt so Ctrl-C and SIGTERM share one clean-up path."""
+
     def raise_interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -202,8 +216,13 @@ def terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5,
-               alive: Callable[[], bool] = lambda: True) -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
     """Poll ``predicate`` until true; fail with a message naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():

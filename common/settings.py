@@ -116,8 +116,11 @@ def to_nested(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in _fields(type(obj)):
         value = getattr(obj, name)
-        out[name] = to_nested(value) if dataclasses.is_dataclass(value) else (
-            list(value) if isinstance(value, tuple) else value)
+        out[name] = (
+            to_nested(value)
+            if dataclasses.is_dataclass(value)
+            else (list(value) if isinstance(value, tuple) else value)
+        )
     return out
 
 
@@ -153,8 +156,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def from_flat(cls: type[T], flat: Mapping[str, Any], source: str, complete: bool = True,
-              base: T | None = None) -> T:
+def from_flat(cls: type[T], flat: Mapping[str, Any], source: str, complete: bool = True, base: T | None = None) -> T:
     """``cls`` from dotted keys. ``complete``: every key must be present (what a device receives is sent
     whole, so a missing key is a bug on the sender's side, never a silent default)."""
     if complete:
@@ -167,7 +169,7 @@ def from_flat(cls: type[T], flat: Mapping[str, Any], source: str, complete: bool
 def subset(flat: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """The keys under ``prefix.``, with the prefix removed."""
     head = prefix + "."
-    return {k[len(head):]: v for k, v in flat.items() if k.startswith(head)}
+    return {k[len(head) :]: v for k, v in flat.items() if k.startswith(head)}
 
 
 def prefixed(flat: Mapping[str, Any], prefix: str) -> dict[str, Any]:

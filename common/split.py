@@ -56,8 +56,10 @@ def temporal_split(data: Interactions, seed: int) -> Split:
     """Sort each user's interactions by time (seeded random tie-break); last = test, second-last = validation."""
     pairs = data.users * data.n_items + data.items
     if len(np.unique(pairs)) != len(pairs):  # a repeated pair could put the test item in train as well
-        raise DataError(f"{data.name}: repeated (user, item) pairs; build the log with datasets.from_raw, "
-                        "which merges them (protocol.md)")
+        raise DataError(
+            f"{data.name}: repeated (user, item) pairs; build the log with datasets.from_raw, "
+            "which merges them (protocol.md)"
+        )
     rng = np.random.default_rng(seed)
     tiebreak = rng.permutation(len(data))
     order = np.lexsort((tiebreak, data.timestamps, data.users))

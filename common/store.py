@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import ArrayLike
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from numpy.typing import ArrayLike
 
 from fedrec.common.errors import FedrecError
 from fedrec.common.keys import KEY_BYTES, KeyRecipe, hkdf, key_id
@@ -124,13 +124,15 @@ class _Head:
 
 def encode_chunk(chunk: _Chunk) -> bytes:
     etype = chunk.event_type.encode("utf-8")
-    return b"".join((
-        _CHUNK_HEADER.pack(_CHUNK_FORMAT, _SPLIT_CODE[chunk.split], len(etype), len(chunk.items)),
-        etype,
-        chunk.items.astype("<i8").tobytes(),
-        chunk.timestamps.astype("<i8").tobytes(),
-        chunk.values.astype("<f4").tobytes(),
-    ))
+    return b"".join(
+        (
+            _CHUNK_HEADER.pack(_CHUNK_FORMAT, _SPLIT_CODE[chunk.split], len(etype), len(chunk.items)),
+            etype,
+            chunk.items.astype("<i8").tobytes(),
+            chunk.timestamps.astype("<i8").tobytes(),
+            chunk.values.astype("<f4").tobytes(),
+        )
+    )
 
 
 def decode_chunk(blob: bytes) -> _Chunk:
@@ -138,7 +140,7 @@ def decode_chunk(blob: bytes) -> _Chunk:
     if fmt != _CHUNK_FORMAT or split >= len(SPLITS):
         raise NotAStoreError(f"unknown chunk format {fmt}")
     at = _CHUNK_HEADER.size
-    etype = blob[at:at + etype_len].decode("utf-8")
+    etype = blob[at : at + etype_len].decode("utf-8")
     at += etype_len
     items = np.frombuffer(blob, dtype="<i8", count=n, offset=at)
     stamps = np.frombuffer(blob, dtype="<i8", count=n, offset=at + 8 * n)
@@ -146,8 +148,13 @@ def decode_chunk(blob: bytes) -> _Chunk:
     return _Chunk(SPLITS[split], etype, items, stamps, values)
 
 
-def make_chunk(items: ArrayLike, timestamps: ArrayLike, values: ArrayLike | None = None, event_type: str = "rating",
-               split: str = "train") -> _Chunk:
+def make_chunk(
+    items: ArrayLike,
+    timestamps: ArrayLike,
+    values: ArrayLike | None = None,
+    event_type: str = "rating",
+    split: str = "train",
+) -> _Chunk:
     """Validate one append's arguments into a chunk (equal-length 1-D arrays, known split)."""
     if split not in _SPLIT_CODE:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -366,8 +373,9 @@ class DeviceStore:
         chunks = [c for c in self._chunks if split is None or c.split == split]
         if not chunks:
             empty = np.empty(0, dtype=np.int64)
-            return Events(empty, empty.copy(), np.empty(0, dtype=str), np.empty(0, dtype=np.float32),
-                          np.empty(0, dtype=str))
+            return Events(
+                empty, empty.copy(), np.empty(0, dtype=str), np.empty(0, dtype=np.float32), np.empty(0, dtype=str)
+            )
         counts = [len(c.items) for c in chunks]
         return Events(
             items=np.concatenate([c.items for c in chunks]),
@@ -413,11 +421,18 @@ class DeviceStore:
             self._load()
 
     # ----------------------------------------------------------------- writing
-    def append_events(self, items: ArrayLike, timestamps: ArrayLike, values: ArrayLike | None = None,
-                      event_type: str = "rating", split: str = "train") -> None:
+    def append_events(
+        self,
+        items: ArrayLike,
+        timestamps: ArrayLike,
+        values: ArrayLike | None = None,
+        event_type: str = "rating",
+        split: str = "train",
+    ) -> None:
         """Append one batch of events in one transaction (one encrypted chunk)."""
-        self.append_batches([dict(items=items, timestamps=timestamps, values=values, event_type=event_type,
-                                  split=split)])
+        self.append_batches(
+            [dict(items=items, timestamps=timestamps, values=values, event_type=event_type, split=split)]
+        )
 
     def append_batches(self, batches: Iterable[Mapping]) -> None:
         """Several ``append_events`` argument sets in one transaction (provisioning writes all splits at once)."""
@@ -454,8 +469,9 @@ class DeviceStore:
                 for name, value in state.items():
                     version = head_state.get(name, [0])[0] + 1
                     nonce, ct = self._sealer.seal(_state_place(name, version), value)
-                    conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?)",
-                                 (name, version, self._origin, nonce, ct))
+                    conn.execute(
+                        "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?)", (name, version, self._origin, nonce, ct)
+                    )
                     head_state[name] = [version, _digest(nonce, ct)]
                 head = _Head(self._head.generation + 1, self._head.chunks + len(chunks), head_state)
                 digest = _write_head(conn, self._sealer, self._meta, self._origin, head, insert=False)
@@ -565,14 +581,20 @@ class DeviceStore:
         except FileNotFoundError:
             seen = None
         except (ValueError, KeyError, TypeError):
-            raise RollbackError(f"{wpath}: unreadable witness; delete it only if you trust this copy of the store") from None
+            raise RollbackError(
+                f"{wpath}: unreadable witness; delete it only if you trust this copy of the store"
+            ) from None
         if seen is not None:
             if seen_id != self.store_id:
-                raise RollbackError(f"{self.path}: the witness belongs to store {seen_id!r}, the file is "
-                                    f"{self.store_id!r} (file replaced?)")
+                raise RollbackError(
+                    f"{self.path}: the witness belongs to store {seen_id!r}, the file is "
+                    f"{self.store_id!r} (file replaced?)"
+                )
             if self.generation < seen_gen:
-                raise RollbackError(f"{self.path}: store is at generation {self.generation} but generation "
-                                    f"{seen_gen} was already seen (rolled back to an older copy)")
+                raise RollbackError(
+                    f"{self.path}: store is at generation {self.generation} but generation "
+                    f"{seen_gen} was already seen (rolled back to an older copy)"
+                )
             if self.generation == seen_gen and seen_head != self._head_digest:
                 raise RollbackError(f"{self.path}: store diverged from the generation {seen_gen} already seen")
             if self.generation == seen_gen:
@@ -604,8 +626,10 @@ def _parse_recipe(text: str, path: Path) -> KeyRecipe:
     try:
         return KeyRecipe.from_dict(json.loads(text))
     except (ValueError, FedrecError):  # JSONDecodeError is a ValueError; from_dict raises KeyFileError
-        raise TamperedError(f"{path}: header field 'key_recipe' is unreadable (altered or damaged): "
-                            "the store cannot say how its key is made") from None
+        raise TamperedError(
+            f"{path}: header field 'key_recipe' is unreadable (altered or damaged): "
+            "the store cannot say how its key is made"
+        ) from None
 
 
 def header_recipe(header: Mapping[str, str], path: str | Path) -> KeyRecipe:
@@ -626,8 +650,9 @@ def peek_header(path: str | Path) -> dict[str, str]:
             conn.close()
 
 
-def _write_head(conn: sqlite3.Connection, sealer: _Sealer, meta: Mapping[str, str], origin: bytes, head: _Head,
-                insert: bool) -> str:
+def _write_head(
+    conn: sqlite3.Connection, sealer: _Sealer, meta: Mapping[str, str], origin: bytes, head: _Head, insert: bool
+) -> str:
     plain = json.dumps({"generation": head.generation, "chunks": head.chunks, "state": head.state}).encode()
     nonce, ct = sealer.seal(_head_place(meta), plain)
     if insert:
@@ -701,8 +726,14 @@ def _build(
 
 
 def write_store(
-    path: str | Path, key: bytes, store_id: str, batches: Iterable[Mapping], *, recipe: KeyRecipe | None = None,
-    durable: bool = True, witness: bool = True,
+    path: str | Path,
+    key: bytes,
+    store_id: str,
+    batches: Iterable[Mapping],
+    *,
+    recipe: KeyRecipe | None = None,
+    durable: bool = True,
+    witness: bool = True,
 ) -> None:
     """Create a complete store holding ``batches`` (``append_events`` arguments) in one go, without opening it
     afterwards: what bulk provisioning needs. ``durable=False`` skips the fsync (the caller syncs once);
@@ -711,8 +742,17 @@ def write_store(
     if path.exists():
         raise StoreError(f"{path}: a file already exists; refusing to overwrite it")
     chunks = [c for c in (make_chunk(**batch) for batch in batches) if len(c.items)]
-    _build(path, key, store_id, recipe or KeyRecipe(), generation=1, chunks=chunks, state={}, durable=durable,
-           witness=witness)
+    _build(
+        path,
+        key,
+        store_id,
+        recipe or KeyRecipe(),
+        generation=1,
+        chunks=chunks,
+        state={},
+        durable=durable,
+        witness=witness,
+    )
 
 
 def _fsync_path(path: Path) -> None:
@@ -737,8 +777,18 @@ def rotate_key(path: str | Path, old_key: bytes, new_key: bytes, recipe: KeyReci
     with DeviceStore.open(path, old_key) as old:
         generation = old.generation + 1
         state = {name: (old._head.state[name][0], value) for name, value in old._state.items()}
-        _build(tmp, new_key, old.store_id, recipe or old.recipe, generation, list(old._chunks), state,
-               durable=True, witness=False, on_row=lambda seq: _rotation_step("row"))
+        _build(
+            tmp,
+            new_key,
+            old.store_id,
+            recipe or old.recipe,
+            generation,
+            list(old._chunks),
+            state,
+            durable=True,
+            witness=False,
+            on_row=lambda seq: _rotation_step("row"),
+        )
         store_id = old.store_id
     if any(p.exists() for p in sqlite_files(path)[1:] + sqlite_files(tmp)[1:]):
         raise StoreError(f"{path}: another process holds the store open; rotation abandoned, old key still valid")

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrec.common.sampling import sample_negatives
 from fedrec.common.model import NeuMF
+from fedrec.common.sampling import sample_negatives
 from fedrec.common.settings import require
 
 

@@ -10,8 +10,11 @@ from fedrec.common.settings import from_flat
 from fedrec.server.federation import FederationResult, RoundCallback, run_federation
 
 
-def make_server_app(config: FederationConfig | None = None, on_round: RoundCallback | None = None,
-                    results: list[FederationResult] | None = None) -> ServerApp:
+def make_server_app(
+    config: FederationConfig | None = None,
+    on_round: RoundCallback | None = None,
+    results: list[FederationResult] | None = None,
+) -> ServerApp:
     """A ServerApp for ``config``, or (``flwr run``, ``fedrec server``) for the App's run config."""
     server_app = ServerApp()
 

@@ -15,8 +15,15 @@ from pathlib import Path
 
 import torch
 
-from fedrec.common.model_files import (DIGEST, FINAL_MODEL, MODEL_INFO, ModelFileError, matches, read_torch_file,
-                                       state_digest)
+from fedrec.common.model_files import (
+    DIGEST,
+    FINAL_MODEL,
+    MODEL_INFO,
+    ModelFileError,
+    matches,
+    read_torch_file,
+    state_digest,
+)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -43,8 +50,10 @@ def load_checkpoint(out_dir: Path) -> dict | None:
         return None
     hint = "delete it to start the run over"
     raw = read_torch_file(path, hint)
-    if not (isinstance(raw, dict) and matches(raw.get("state"), raw.get(DIGEST),
-                                              {"round": raw.get("round"), "extra": raw.get("extra")})):
+    if not (
+        isinstance(raw, dict)
+        and matches(raw.get("state"), raw.get(DIGEST), {"round": raw.get("round"), "extra": raw.get("extra")})
+    ):
         raise ModelFileError(f"{path}: content does not match its SHA-256 digest (altered or damaged); {hint}")
     return raw
 

@@ -10,7 +10,9 @@ import typer
 from fedrec.common.cli import say
 
 app = typer.Typer()
-certs_app = typer.Typer(no_args_is_help=True, help="A local CA, the server certificate and device keys (tests, small installs).")
+certs_app = typer.Typer(
+    no_args_is_help=True, help="A local CA, the server certificate and device keys (tests, small installs)."
+)
 app.add_typer(certs_app, name="certs")
 
 
@@ -27,8 +29,10 @@ def certs_init(
 
     create_ca(out, overwrite=force)
     pki = issue_server_cert(out, server_name, ip)
-    say(f"CA {pki.ca_cert} (give to every device), server certificate {pki.cert} + key {pki.key} "
-              f"for {', '.join(server_name + ip)}")
+    say(
+        f"CA {pki.ca_cert} (give to every device), server certificate {pki.cert} + key {pki.key} "
+        f"for {', '.join(server_name + ip)}"
+    )
     for i in range(devices):
         keys = create_device_keys(out, f"device-{i}")
         say(f"device key {keys.private_key} (to the device), {keys.public_key} (register on the server)")
@@ -62,27 +66,52 @@ def certs_device(
 
 @app.command()
 def server(
-    out: Path = typer.Option(..., help="Run output: checkpoint.pt each round, global_model.pt + model.json at the end."),
-    certs: Optional[Path] = typer.Option(None, help="Directory from `fedrec certs init` (ca.crt, server.crt, server.pem)."),
+    out: Path = typer.Option(
+        ..., help="Run output: checkpoint.pt each round, global_model.pt + model.json at the end."
+    ),
+    certs: Optional[Path] = typer.Option(
+        None, help="Directory from `fedrec certs init` (ca.crt, server.crt, server.pem)."
+    ),
     ca_cert: Optional[Path] = typer.Option(None, help="CA certificate (overrides --certs; bring your own PKI)."),
     cert: Optional[Path] = typer.Option(None, help="Server certificate (PEM)."),
     key: Optional[Path] = typer.Option(None, help="Server private key (PEM)."),
-    devices: list[Path] = typer.Option([], help="Device public key or directory of *.pub to register (default CERTS/devices)."),
+    devices: list[Path] = typer.Option(
+        [], help="Device public key or directory of *.pub to register (default CERTS/devices)."
+    ),
     host: str = typer.Option("0.0.0.0", help="Address to listen on."),
     port: int = typer.Option(9092, help="The one TLS port (Fleet, Control and Runtime APIs)."),
     config: Optional[Path] = typer.Option(None, help="fedrec TOML config; its [federation.*] tables set the run."),
     rounds: Optional[int] = typer.Option(None, help="Federated rounds (run config server.rounds)."),
     run_config: Optional[str] = typer.Option(None, help='Run config overrides, e.g. "device.training.epochs=2".'),
-    wait_for: Optional[int] = typer.Option(None, min=0, help="Devices that must be online before the run starts (default: all registered)."),
-    state_dir: Optional[Path] = typer.Option(None, help="SuperLink state, Flower CLI config and logs (default OUT/superlink)."),
+    wait_for: Optional[int] = typer.Option(
+        None, min=0, help="Devices that must be online before the run starts (default: all registered)."
+    ),
+    state_dir: Optional[Path] = typer.Option(
+        None, help="SuperLink state, Flower CLI config and logs (default OUT/superlink)."
+    ),
     timeout: float = typer.Option(600.0, help="Seconds to wait for the SuperLink and the devices."),
-    app_dir: Optional[Path] = typer.Option(None, "--app", help="Flower App directory (default: one written into the state dir)."),
+    app_dir: Optional[Path] = typer.Option(
+        None, "--app", help="Flower App directory (default: one written into the state dir)."
+    ),
     manifest: Optional[Path] = typer.Option(None, help="Provisioning manifest: sets n-items (the catalogue size)."),
 ) -> None:
     """Start a SuperLink (TLS, device authentication), register device keys, run federated training."""
     from fedrec.server.launcher import federation_config, serve, settings
 
-    s = settings(certs, ca_cert, cert, key, devices, out, state_dir, federation_config(config, run_config, rounds),
-                 manifest=manifest, host=host, port=port, wait_for=wait_for, startup_timeout=timeout,
-                 app_dir=app_dir.resolve() if app_dir else None)
+    s = settings(
+        certs,
+        ca_cert,
+        cert,
+        key,
+        devices,
+        out,
+        state_dir,
+        federation_config(config, run_config, rounds),
+        manifest=manifest,
+        host=host,
+        port=port,
+        wait_for=wait_for,
+        startup_timeout=timeout,
+        app_dir=app_dir.resolve() if app_dir else None,
+    )
     serve(s, say)

@@ -25,6 +25,7 @@ from fedrec.server.strategies import build_strategy
 log = logging.getLogger("fedrec.server")
 RoundCallback = Callable[[int, dict], None]
 
+
 @dataclass(frozen=True)
 class FederationResult:
     model: Path  # global_model.pt (model.json beside it)
@@ -62,9 +63,15 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
     state = checkpoint["state"] if checkpoint else initial_state(cfg.device)
     if checkpoint:
         log.info("resuming from %s at round %d of %d", out_dir / "checkpoint.pt", start_round, total_rounds)
-    strategy = build_strategy(cfg.server.strategy, cfg.device.training.lr, DeviceInstructions(cfg.device, privacy),
-                              round_offset=start_round, last_round=total_rounds - start_round,
-                              eval_every=cfg.server.eval_every, wire_log=out_dir / "wire.jsonl")
+    strategy = build_strategy(
+        cfg.server.strategy,
+        cfg.device.training.lr,
+        DeviceInstructions(cfg.device, privacy),
+        round_offset=start_round,
+        last_round=total_rounds - start_round,
+        eval_every=cfg.server.eval_every,
+        wire_log=out_dir / "wire.jsonl",
+    )
     resolved = {"federation": to_nested(cfg), "privacy": to_nested(privacy)}
     rounds_log = out_dir / "rounds.jsonl"
     t_last = [time.perf_counter()]
@@ -92,8 +99,9 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
     remaining = total_rounds - start_round
     final = state
     if remaining > 0:  # the mixin writes each round's config from the instructions
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(state), num_rounds=remaining,
-                                evaluate_fn=after_round)
+        result = strategy.start(
+            grid=grid, initial_arrays=ArrayRecord(state), num_rounds=remaining, evaluate_fn=after_round
+        )
         final = result.arrays.to_torch_state_dict()
     path = save_final_model(out_dir, final, resolved)
     log.info("final global model written to %s (checkpoints in %s)", path, out_dir)

@@ -25,8 +25,10 @@ def app_section(config: FederationConfig = FederationConfig()) -> dict[str, Any]
 def write_app(directory: Path, config: FederationConfig) -> Path:
     """A minimal Flower App directory whose run config defaults are ``config``."""
     directory.mkdir(parents=True, exist_ok=True)
-    project = {"project": {"name": "fedrec-app", "version": "1.0.0", "dependencies": []},
-               "tool": {"flwr": {"app": app_section(config)}}}
+    project = {
+        "project": {"name": "fedrec-app", "version": "1.0.0", "dependencies": []},
+        "tool": {"flwr": {"app": app_section(config)}},
+    }
     (directory / "pyproject.toml").write_text(tomli_w.dumps(project))
     return directory
 

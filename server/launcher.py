@@ -26,8 +26,8 @@ from cryptography import x509
 from fedrec.common.certs import CA_CERT, DEVICE_PUB_SUFFIX, SERVER_CERT, SERVER_KEY
 from fedrec.common.config import FederationConfig, StrategyConfig, load_config
 from fedrec.common.errors import FedrecError
-from fedrec.common.manifest import load_manifest
 from fedrec.common.files import writable_dir
+from fedrec.common.manifest import load_manifest
 from fedrec.common.processes import Children, exclusive, flower_env, port_in_use, terminate_on_sigterm, wait_until
 from fedrec.common.settings import flatten, from_flat
 from fedrec.server.checkpoint import load_checkpoint
@@ -61,11 +61,21 @@ class ServerSettings:
         return flatten(self.federation)
 
 
-def settings(certs: Path | None, ca_cert: Path | None, cert: Path | None, key: Path | None,
-             devices: list[Path], out: Path, state_dir: Path | None, federation: FederationConfig,
-             manifest: Path | None = None, **rest) -> ServerSettings:
+def settings(
+    certs: Path | None,
+    ca_cert: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    devices: list[Path],
+    out: Path,
+    state_dir: Path | None,
+    federation: FederationConfig,
+    manifest: Path | None = None,
+    **rest,
+) -> ServerSettings:
     """Fill paths from a ``fedrec certs`` directory (each overridable for a PKI of one's own) and resolve
     what the server alone knows into the run config: where it writes, the catalogue size, whom to wait for."""
+
     def pick(given: Path | None, name: str, flag: str) -> Path:
         path = given or (certs / name if certs else None)
         if path is None:
@@ -93,15 +103,25 @@ def settings(certs: Path | None, ca_cert: Path | None, cert: Path | None, key: P
         strategy = replace(strategy, min_nodes=max(1, wait_for if wait_for is not None else len(keys)))
     server = replace(federation.server, out_dir=str(out), strategy=strategy)  # absolute: the ServerApp runs elsewhere
     federation = replace(federation, server=server, device=device)
-    return ServerSettings(ca_cert=pick(ca_cert, CA_CERT, "--ca-cert"), cert=pick(cert, SERVER_CERT, "--cert"),
-                          key=pick(key, SERVER_KEY, "--key"), devices=tuple(p.resolve() for p in keys), out=out,
-                          state_dir=(state_dir or out / "superlink").resolve(), federation=federation, **rest)
+    return ServerSettings(
+        ca_cert=pick(ca_cert, CA_CERT, "--ca-cert"),
+        cert=pick(cert, SERVER_CERT, "--cert"),
+        key=pick(key, SERVER_KEY, "--key"),
+        devices=tuple(p.resolve() for p in keys),
+        out=out,
+        state_dir=(state_dir or out / "superlink").resolve(),
+        federation=federation,
+        **rest,
+    )
 
 
 def connect_host(cert: Path, bind_host: str) -> str:
     """The name the local ``flwr`` CLI uses to reach the SuperLink: one the certificate is valid for."""
-    san = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value
+    san = (
+        x509.load_pem_x509_certificate(cert.read_bytes())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
     ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
     names = san.get_values_for_type(x509.DNSName)
     if bind_host not in BIND_ALL:
@@ -136,12 +156,13 @@ def tls_ready(host: str, port: int, ca_cert: Path) -> bool:
     """True once the SuperLink answers a verified TLS handshake; a certificate problem fails loudly."""
     context = ssl.create_default_context(cafile=str(ca_cert))
     try:
-        with socket.create_connection((host, port), timeout=2) as sock, \
-                context.wrap_socket(sock, server_hostname=host):
+        with socket.create_connection((host, port), timeout=2) as sock, context.wrap_socket(sock, server_hostname=host):
             return True
     except ssl.SSLCertVerificationError as exc:
-        raise FedrecError(f"the SuperLink's certificate does not verify for {host} with {ca_cert}: "
-                          f"{exc.verify_message} (reissue it with that name in --server-name/--ip)") from None
+        raise FedrecError(
+            f"the SuperLink's certificate does not verify for {host} with {ca_cert}: "
+            f"{exc.verify_message} (reissue it with that name in --server-name/--ip)"
+        ) from None
     except OSError:
         return False
 
@@ -149,8 +170,9 @@ def tls_ready(host: str, port: int, ca_cert: Path) -> bool:
 def flwr(children: Children, args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
     """One Flower CLI call against our connection (short-lived, so run to completion here)."""
     try:
-        return subprocess.run(["flwr", *args], env=children.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["flwr", *args], env=children.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         raise FedrecError(f"`flwr {' '.join(args)}` did not answer within {timeout:.0f} s") from None
 
@@ -266,7 +288,9 @@ def startup_failure(link_log: Path, s: ServerSettings) -> str:
     if "address already in use" in text.lower():
         return f"port {s.port} on {s.host} is already in use (another SuperLink?); choose another --port"
     errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
-    return f"the SuperLink did not start on port {s.port}: {errors[-1] if errors else 'no error logged'} (see {link_log})"
+    return (
+        f"the SuperLink did not start on port {s.port}: {errors[-1] if errors else 'no error logged'} (see {link_log})"
+    )
 
 
 def serve(s: ServerSettings, say: Say) -> None:
@@ -277,8 +301,10 @@ def serve(s: ServerSettings, say: Say) -> None:
     host = connect_host(s.cert, s.host)
     with exclusive(s.state_dir / "server.lock", "fedrec server"):
         if port_in_use(s.host, s.port):
-            raise FedrecError(f"port {s.port} on {s.host} is in use (another SuperLink, or one left by a killed "
-                              f"server?): stop it or choose another --port")
+            raise FedrecError(
+                f"port {s.port} on {s.host} is in use (another SuperLink, or one left by a killed "
+                f"server?): stop it or choose another --port"
+            )
         _serve(s, host, say, resuming=checkpoint is not None)
 
 
@@ -287,28 +313,57 @@ def _serve(s: ServerSettings, host: str, say: Say, resuming: bool) -> None:
     link_log = s.state_dir / "superlink.log"
     with terminate_on_sigterm():
         try:
-            link = children.start("superlink", [
-                "flower-superlink", "--ssl-ca-certfile", str(s.ca_cert), "--ssl-certfile", str(s.cert),
-                "--ssl-keyfile", str(s.key), "--enable-supernode-auth", "--host", s.host, "--port", str(s.port),
-                "--database", str(s.state_dir / "superlink.db"), "--disable-runtime-dependency-installation",
-            ], log=link_log)
-            say(f"SuperLink (pid {link.pid}) on {_address(s.host, s.port)}, TLS + SuperNode authentication; "
-                f"log {link_log}")
+            link = children.start(
+                "superlink",
+                [
+                    "flower-superlink",
+                    "--ssl-ca-certfile",
+                    str(s.ca_cert),
+                    "--ssl-certfile",
+                    str(s.cert),
+                    "--ssl-keyfile",
+                    str(s.key),
+                    "--enable-supernode-auth",
+                    "--host",
+                    s.host,
+                    "--port",
+                    str(s.port),
+                    "--database",
+                    str(s.state_dir / "superlink.db"),
+                    "--disable-runtime-dependency-installation",
+                ],
+                log=link_log,
+            )
+            say(
+                f"SuperLink (pid {link.pid}) on {_address(s.host, s.port)}, TLS + SuperNode authentication; "
+                f"log {link_log}"
+            )
             try:
-                wait_until(lambda: tls_ready(host, s.port, s.ca_cert), s.startup_timeout,
-                           f"SuperLink on port {s.port} (see {link_log})", alive=lambda: link.poll() is None)
+                wait_until(
+                    lambda: tls_ready(host, s.port, s.ca_cert),
+                    s.startup_timeout,
+                    f"SuperLink on port {s.port} (see {link_log})",
+                    alive=lambda: link.poll() is None,
+                )
             except FedrecError:
                 raise FedrecError(startup_failure(link_log, s)) from None
             record_node_ids(s.state_dir / "devices.json", register_devices(children, s.devices, say))
             want = s.wait_for if s.wait_for is not None else len(s.devices)
             if want:
                 say(f"waiting for {want} device(s) to connect (fedrec client ... --superlink HOST:{s.port})")
-                wait_until(lambda: online_nodes(children) >= want, s.startup_timeout, f"{want} devices online",
-                           interval=2.0, alive=lambda: link.poll() is None)
+                wait_until(
+                    lambda: online_nodes(children) >= want,
+                    s.startup_timeout,
+                    f"{want} devices online",
+                    interval=2.0,
+                    alive=lambda: link.poll() is None,
+                )
             if resuming:
                 say(f"found {s.out / 'checkpoint.pt'}: the run continues from its round")
-            say(f"starting the run; checkpoints go to {s.out / 'checkpoint.pt'}, "
-                f"the final model to {s.out / 'global_model.pt'} (+ model.json)")
+            say(
+                f"starting the run; checkpoints go to {s.out / 'checkpoint.pt'}, "
+                f"the final model to {s.out / 'global_model.pt'} (+ model.json)"
+            )
             run_id = stream_run(children, s, say)
             status = run_status(children, run_id) if run_id else "unknown"
             if "completed" not in status:

@@ -41,8 +41,10 @@ def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> 
 
 
 def _array_stats(arrays: ArrayRecord) -> dict:
-    return {name: {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": len(arr.data)}
-            for name, arr in arrays.items()}
+    return {
+        name: {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": len(arr.data)}
+        for name, arr in arrays.items()
+    }
 
 
 class FedrecStrategyMixin:
@@ -61,8 +63,13 @@ class FedrecStrategyMixin:
         info = RoundInfo(number=self.round_offset + server_round, final=final)
         return ConfigRecord(replace(self.instructions, round=info).to_config())
 
-    def _log_wire(self, server_round: int, direction: str, arrays_list: list[ArrayRecord],
-                  metrics: list[MetricRecord] | None = None) -> None:
+    def _log_wire(
+        self,
+        server_round: int,
+        direction: str,
+        arrays_list: list[ArrayRecord],
+        metrics: list[MetricRecord] | None = None,
+    ) -> None:
         """One line per round and direction: array names, shapes and sizes, and every metric key replied."""
         if self.wire_log is None or not (arrays_list or metrics):
             return
@@ -80,8 +87,9 @@ class FedrecStrategyMixin:
         with self.wire_log.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         config = self._config(server_round, final=False)
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._log_wire(server_round, "down", [m.content["arrays"] for m in messages])
@@ -93,8 +101,9 @@ class FedrecStrategyMixin:
             reasons = sorted({m.error.reason for m in replies if m.has_error()}) or ["no replies"]
             raise FedrecError(f"round {server_round}: no node replied with an update ({'; '.join(reasons)[:500]})")
         answered = [m for m in replies if m.has_content()]
-        self._log_wire(server_round, "up", [m.content["arrays"] for m in answered],
-                       [m.content["metrics"] for m in answered])
+        self._log_wire(
+            server_round, "up", [m.content["arrays"] for m in answered], [m.content["metrics"] for m in answered]
+        )
         useful = [m for m in replies if not m.has_content() or float(m.content["metrics"]["num-examples"]) > 0]
         idle = [m for m in replies if m not in useful]
         arrays, metrics = (None, None)
@@ -109,8 +118,9 @@ class FedrecStrategyMixin:
         self.last_train_metrics = metrics
         return arrays, metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         if server_round % self.eval_every and server_round != self.last_round:
             self.last_evaluate_metrics = None
             return []
@@ -128,8 +138,16 @@ class FedrecStrategyMixin:
 STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam}
 
 
-def build_strategy(cfg: StrategyConfig, local_lr: float, instructions: DeviceInstructions, *, round_offset: int,
-                   last_round: int, eval_every: int, wire_log: Path | None) -> FedAvg:
+def build_strategy(
+    cfg: StrategyConfig,
+    local_lr: float,
+    instructions: DeviceInstructions,
+    *,
+    round_offset: int,
+    last_round: int,
+    eval_every: int,
+    wire_log: Path | None,
+) -> FedAvg:
     """The named Flower strategy with fedrec's mixin in front (names are checked by StrategyConfig)."""
     base = STRATEGIES[cfg.name]
     kwargs: dict = dict(

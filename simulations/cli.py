@@ -46,8 +46,9 @@ def data_provision(
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp[,rating])."),
     users: Optional[int] = typer.Option(None, min=1, help="Keep only the first N users."),
     seed: int = typer.Option(0, help="Split seed (tie-break of equal timestamps, protocol.md)."),
-    key_file: Optional[Path] = typer.Option(None, help="Master key file; created (mode 0600) if missing. "
-                                            "Default: OUT/master.key (simulation only)."),
+    key_file: Optional[Path] = typer.Option(
+        None, help="Master key file; created (mode 0600) if missing. Default: OUT/master.key (simulation only)."
+    ),
     passphrase_env: Optional[str] = typer.Option(None, help="Environment variable holding a master passphrase."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
     workers: int = typer.Option(2, min=1, help="Processes writing stores."),
@@ -60,8 +61,9 @@ def data_provision(
 
     data = load(dataset, str(data_dir) if data_dir else None, users)  # bad data fails before a key is made
     master, recipe, recorded = master_secret(out, key_file, passphrase_env)
-    manifest = provision(data, temporal_split(data, seed), out, master, recipe=recipe, key_file=recorded,
-                         workers=workers, show=not quiet)
+    manifest = provision(
+        data, temporal_split(data, seed), out, master, recipe=recipe, key_file=recorded, workers=workers, show=not quiet
+    )
     err.print(f"wrote {data.n_users} device stores and {manifest}")
 
 
@@ -99,9 +101,17 @@ def baseline(
 
     cfg = load_config(config)
     fitters = central_fitters(parse_list(arms), cfg, show=not quiet)
-    exp = Experiment(dataset=dataset, out=out, fitters=fitters, seeds=parse_list(seeds, int),
-                     data_dir=str(data_dir) if data_dir else None, users=users, config=cfg.to_dict(), show=not quiet,
-                     retention=retention)
+    exp = Experiment(
+        dataset=dataset,
+        out=out,
+        fitters=fitters,
+        seeds=parse_list(seeds, int),
+        data_dir=str(data_dir) if data_dir else None,
+        users=users,
+        config=cfg.to_dict(),
+        show=not quiet,
+        retention=retention,
+    )
     report = run(exp)
     err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
 
@@ -115,8 +125,10 @@ def simulate(
     rounds: Optional[int] = typer.Option(None, help="Federated rounds (overrides federation.server.rounds)."),
     epsilon: Optional[float] = typer.Option(None, help="Per-device budget for federated_dp; sets the noise."),
     delta: Optional[float] = typer.Option(None, help="DP delta (default 1e-5)."),
-    arms: str = typer.Option(",".join(("random", "popularity", "ease", "centralized", "federated", "federated_dp")),
-                             help="Comma-separated arms."),
+    arms: str = typer.Option(
+        ",".join(("random", "popularity", "ease", "centralized", "federated", "federated_dp")),
+        help="Comma-separated arms.",
+    ),
     sweep: str = typer.Option("", help="Extra federated_dp budgets, e.g. 1,2,4 (accuracy-vs-epsilon plot)."),
     seeds: str = typer.Option("0", help="Comma-separated seeds."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
@@ -127,10 +139,21 @@ def simulate(
     from fedrec.simulations.experiment import run
     from fedrec.simulations.simulate import build_experiment
 
-    cfg = load_config(config, {"federation.server.rounds": rounds, "federation.privacy.epsilon": epsilon,
-                               "federation.privacy.delta": delta})
-    exp = build_experiment(cfg, parse_list(arms), dataset, out, parse_list(seeds, int),
-                           str(data_dir) if data_dir else None, clients, parse_list(sweep, float), not quiet)
+    cfg = load_config(
+        config,
+        {"federation.server.rounds": rounds, "federation.privacy.epsilon": epsilon, "federation.privacy.delta": delta},
+    )
+    exp = build_experiment(
+        cfg,
+        parse_list(arms),
+        dataset,
+        out,
+        parse_list(seeds, int),
+        str(data_dir) if data_dir else None,
+        clients,
+        parse_list(sweep, float),
+        not quiet,
+    )
     report = run(exp)
     err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
 
@@ -140,15 +163,17 @@ def retention(
     run_dir: Path = typer.Argument(..., help="A finished run dir (fedrec baseline or simulate) with scores/<arm>.npy."),
     seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated simulation seeds (common random numbers per seed)."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset to reload (default: meta.dataset of the run; "
-                                          "give the CSV path for runs on a CSV file)."),
+    dataset: Optional[str] = typer.Option(
+        None, help="Dataset to reload (default: meta.dataset of the run; give the CSV path for runs on a CSV file)."
+    ),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Simulated long-term retention of every arm (protocol.md); updates report.json, report.md and plots."""
     from fedrec.simulations.retention.cli_entry import retention_for_run_dir
 
-    print(retention_for_run_dir(run_dir, parse_list(seeds, int), str(data_dir) if data_dir else None, not quiet,
-                                dataset))
+    print(
+        retention_for_run_dir(run_dir, parse_list(seeds, int), str(data_dir) if data_dir else None, not quiet, dataset)
+    )
     err.print(f"updated {run_dir}/report.json, report.md and retention_*.png")
 
 
@@ -156,17 +181,24 @@ def retention(
 def audit(
     run_dir: Path = typer.Argument(..., help="A finished run dir (fedrec simulate or baseline)."),
     stores: Optional[Path] = typer.Option(None, help="Device stores to scan (default RUN_DIR/stores)."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset to reload (default: meta.dataset of the run; "
-                                          "give the CSV path for runs on a CSV file)."),
+    dataset: Optional[str] = typer.Option(
+        None, help="Dataset to reload (default: meta.dataset of the run; give the CSV path for runs on a CSV file)."
+    ),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
     skip: str = typer.Option("", help="Comma-separated sections to skip: accounting,wire,at_rest,mia,canary."),
-    shadows: int = typer.Option(4, min=0, help="LiRA shadow trainings of the centralized arm (even; 0 = loss attack only)."),
+    shadows: int = typer.Option(
+        4, min=0, help="LiRA shadow trainings of the centralized arm (even; 0 = loss attack only)."
+    ),
     shadow_epochs: Optional[int] = typer.Option(None, min=1, help="Epochs per shadow (default: the arm's best epoch)."),
     canaries: int = typer.Option(1000, min=2, help="Canary interactions m, each included with probability 1/2."),
     canary_guesses: int = typer.Option(100, min=1, help="Guesses per side (k 'in' + k 'out'), fixed in advance."),
     canary_users: int = typer.Option(100, min=3, help="Users in the canary retraining (the run's first N)."),
-    canary_rounds: Optional[int] = typer.Option(None, min=1, help="Rounds of the canary retraining (default: the run's)."),
-    canary_trainer: str = typer.Option("harness", help="harness (Flower simulation) or inprocess (same device code, one process)."),
+    canary_rounds: Optional[int] = typer.Option(
+        None, min=1, help="Rounds of the canary retraining (default: the run's)."
+    ),
+    canary_trainer: str = typer.Option(
+        "harness", help="harness (Flower simulation) or inprocess (same device code, one process)."
+    ),
     canary_contrast: bool = typer.Option(True, help="Also audit the arm without DP (shows the audit can see a leak)."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
@@ -176,11 +208,21 @@ def audit(
     from fedrec.simulations.audit.run import AuditOptions, headline
     from fedrec.simulations.audit.run import audit as run_audit
 
-    opts = AuditOptions(stores=stores, data=dataset, data_dir=str(data_dir) if data_dir else None,
-                        skip=tuple(parse_list(skip)), shadows=shadows, shadow_epochs=shadow_epochs,
-                        canaries=canaries, canary_guesses=canary_guesses, canary_users=canary_users,
-                        canary_rounds=canary_rounds, canary_trainer=canary_trainer,
-                        canary_contrast=canary_contrast, show=not quiet)
+    opts = AuditOptions(
+        stores=stores,
+        data=dataset,
+        data_dir=str(data_dir) if data_dir else None,
+        skip=tuple(parse_list(skip)),
+        shadows=shadows,
+        shadow_epochs=shadow_epochs,
+        canaries=canaries,
+        canary_guesses=canary_guesses,
+        canary_users=canary_users,
+        canary_rounds=canary_rounds,
+        canary_trainer=canary_trainer,
+        canary_contrast=canary_contrast,
+        show=not quiet,
+    )
     result = run_audit(run_dir, opts)
     print(json.dumps(headline(result), indent=1))
     err.print(f"wrote {run_dir}/audit.json and audit.md")

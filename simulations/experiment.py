@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 
@@ -51,8 +51,12 @@ def run(exp: Experiment) -> dict:
     writable_dir(exp.out, "--out")  # fail before fitting, not after
     data = exp.data if exp.data is not None else load(exp.dataset, exp.data_dir, exp.users)
     if data.n_merged:
-        console.print(f"{data.name}: {data.n_merged} repeated (user, item) rows merged into their latest "
-                      "occurrence (protocol.md)", markup=False, highlight=False)
+        console.print(
+            f"{data.name}: {data.n_merged} repeated (user, item) rows merged into their latest "
+            "occurrence (protocol.md)",
+            markup=False,
+            highlight=False,
+        )
     run_dir = RunDir.fresh(exp.out)
     per_arm: dict[str, list[dict]] = {name: [] for name in exp.fitters}
     info: dict[str, dict] = {}

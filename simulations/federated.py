@@ -65,8 +65,13 @@ def stores_for(arm: FederatedArm, split: Split, seed: int, primary: bool) -> tup
 def arm_config(arm: FederatedArm, stores: Path, key_file: Path, out_dir: Path, seed: int) -> FederationConfig:
     """The arm's settings with what this run decides: its fleet, its out dir, its seed, its state names."""
     f = arm.federation
-    device = replace(f.device, fleet=Fleet(str(stores), str(key_file)), n_items=arm.data.n_items, seed=seed,
-                     state_prefix=f"{arm.name}/")
+    device = replace(
+        f.device,
+        fleet=Fleet(str(stores), str(key_file)),
+        n_items=arm.data.n_items,
+        seed=seed,
+        state_prefix=f"{arm.name}/",
+    )
     server = replace(f.server, out_dir=str(out_dir), strategy=replace(f.server.strategy, min_nodes=arm.nodes))
     return replace(f, server=server, device=device)
 
@@ -84,18 +89,31 @@ def _run_flower(arm: FederatedArm, cfg: FederationConfig) -> FederationResult:
         def on_round(server_round: int, entry: dict) -> None:
             ev, tr = entry["evaluate"], entry["train"]
             eps = max(entry["epsilons"], default=0.0)
-            bar.update(task, completed=server_round,
-                       description=f"{arm.name}  loss {tr.get('train-loss', 0):.3f}  val NDCG@10 "
-                                   f"{ev.get('ndcg@10', 0):.4f}  eps {eps:.2f}")
+            bar.update(
+                task,
+                completed=server_round,
+                description=f"{arm.name}  loss {tr.get('train-loss', 0):.3f}  val NDCG@10 "
+                f"{ev.get('ndcg@10', 0):.4f}  eps {eps:.2f}",
+            )
 
         server_app = make_server_app(cfg, on_round=on_round, results=results)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
         logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation notice, per-round logs
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=arm.nodes,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": arm.nodes, "include_dashboard": False,
-                                                     "logging_level": "error", "log_to_driver": False}})
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=arm.nodes,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {
+                    "num_cpus": arm.nodes,
+                    "include_dashboard": False,
+                    "logging_level": "error",
+                    "log_to_driver": False,
+                },
+            },
+        )
     if not results:
         raise FedrecError(f"{arm.name}: the federated run ended without a final model (see the Flower log above)")
     return results[0]
@@ -169,8 +187,12 @@ def fit_federated(arm: FederatedArm, split: Split, seed: int) -> ArmResult:
     result = _run_flower(arm, arm_config(arm, stores, key_file, out_dir, seed))
     scores = score_matrix(result.config, result.model, arm.data.n_users)
     rounds = [_round_summary(json.loads(line)) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
-    info: dict[str, Any] = {"federation": to_nested(result.config), "device_privacy": to_nested(result.privacy),
-                            "rounds": rounds, "model_dir": str(out_dir.relative_to(arm.run_dir))}
+    info: dict[str, Any] = {
+        "federation": to_nested(result.config),
+        "device_privacy": to_nested(result.privacy),
+        "rounds": rounds,
+        "model_dir": str(out_dir.relative_to(arm.run_dir)),
+    }
     if result.privacy.private:
         name = arm.name if primary else f"{arm.name}-seed{seed}"
         info["privacy"] = export_ledgers(result, arm.run_dir / "privacy" / f"{name}_ledger.csv")

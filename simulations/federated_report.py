@@ -26,8 +26,13 @@ def write_plots(report: dict, run_dir: Path) -> None:
     if central is not None:
         xs = series[next(iter(series))][0]
         series["centralized (best val)"] = ([xs[0], xs[-1]], [central, central])
-    curves(series, run_dir / "federated_rounds.png", "round", "validation NDCG@10 (on devices)",
-           "federated training, accuracy per round")
+    curves(
+        series,
+        run_dir / "federated_rounds.png",
+        "round",
+        "validation NDCG@10 (on devices)",
+        "federated training, accuracy per round",
+    )
     private = {n: a for n, a in arms.items() if "privacy" in a}
     if private:
         fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -65,23 +70,39 @@ def markdown(report: dict) -> str:
     for name, arm in arms.items():
         fed, noise = arm["info"]["federation"], arm["info"]["device_privacy"]["noise_multiplier"]
         server, device = fed["server"], fed["device"]
-        last = arm["info"]["rounds"][-1]["evaluate"].get("ndcg@10", float("nan")) if arm["info"]["rounds"] else float("nan")
-        lines.append(f"| {name} | {server['rounds']} | {server['strategy']['name']} (server lr "
-                     f"{server['strategy']['server_lr']}) | {device['participation']} | {device['training']['lr']} | "
-                     f"{noise:.3f} | {last:.4f} |")
+        last = (
+            arm["info"]["rounds"][-1]["evaluate"].get("ndcg@10", float("nan"))
+            if arm["info"]["rounds"]
+            else float("nan")
+        )
+        lines.append(
+            f"| {name} | {server['rounds']} | {server['strategy']['name']} (server lr "
+            f"{server['strategy']['server_lr']}) | {device['participation']} | {device['training']['lr']} | "
+            f"{noise:.3f} | {last:.4f} |"
+        )
     lines += ["", "![per-round accuracy](federated_rounds.png)", ""]
     private = {n: a for n, a in arms.items() if "privacy" in a}
     if private:
-        lines += ["### Privacy", "",
-                  "| arm | epsilon max | epsilon median | delta | noise multiplier | sample rate | steps (max) | unit |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "### Privacy",
+            "",
+            "| arm | epsilon max | epsilon median | delta | noise multiplier | sample rate | steps (max) | unit |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for name, arm in private.items():
             p = arm["privacy"]
-            lines.append(f"| {name} | {p['epsilon_max']:.3f} | {p['epsilon_median']:.3f} | {p['delta']:g} | "
-                         f"{p['noise_multiplier']:.4f} | {p['sample_rate']:.4f} | {p['steps']} | {p['unit']} |")
-        lines += ["", "Epsilon is composed over every step each device ever took (Opacus RDP accountant); the "
-                  "ledgers in `privacy/` let anyone recompute it from (noise multiplier, sample rate, steps).",
-                  "", "![epsilon per device](epsilon.png)", ""]
+            lines.append(
+                f"| {name} | {p['epsilon_max']:.3f} | {p['epsilon_median']:.3f} | {p['delta']:g} | "
+                f"{p['noise_multiplier']:.4f} | {p['sample_rate']:.4f} | {p['steps']} | {p['unit']} |"
+            )
+        lines += [
+            "",
+            "Epsilon is composed over every step each device ever took (Opacus RDP accountant); the "
+            "ledgers in `privacy/` let anyone recompute it from (noise multiplier, sample rate, steps).",
+            "",
+            "![epsilon per device](epsilon.png)",
+            "",
+        ]
     sweep = report.get("epsilon_sweep")
     if sweep:
         lines += ["### Accuracy against the privacy budget", "", "| epsilon | HR@10 | NDCG@10 |", "| --- | --- | --- |"]

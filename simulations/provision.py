@@ -28,9 +28,9 @@ import numpy as np
 
 from fedrec.common.datasets import Interactions
 from fedrec.common.errors import DataError
+from fedrec.common.files import writable_dir
 from fedrec.common.keys import KeyRecipe, create_key_file, derive_device_key, key_id, load_key_file, passphrase_from_env
 from fedrec.common.manifest import STORES, DeviceEntry, Manifest, is_provisioned, store_relpath
-from fedrec.common.files import writable_dir
 from fedrec.common.split import Split
 from fedrec.common.store import DeviceStore, write_store
 from fedrec.simulations.progress import progress
@@ -53,9 +53,9 @@ def _ratings(data: Interactions, users: np.ndarray, items: np.ndarray, stamps: n
     def key(u, i, r):
         return (u.astype(np.int64) * data.n_items + i) * n_ts + r
 
-    log_keys = key(data.users, data.items, ts_rank[:len(data)])
+    log_keys = key(data.users, data.items, ts_rank[: len(data)])
     order = np.argsort(log_keys, kind="stable")
-    query = key(users, items, ts_rank[len(data):])
+    query = key(users, items, ts_rank[len(data) :])
     pos = np.searchsorted(log_keys, query, sorter=order)
     pos = np.minimum(pos, len(order) - 1)
     found = log_keys[order[pos]] == query
@@ -64,13 +64,27 @@ def _ratings(data: Interactions, users: np.ndarray, items: np.ndarray, stamps: n
 
 def _device_batches(split: Split, user: int, bounds: np.ndarray, values: dict[str, np.ndarray]) -> list[dict]:
     lo, hi = bounds[user], bounds[user + 1]
-    batches = [dict(items=split.train_items[lo:hi], timestamps=split.train_timestamps[lo:hi],
-                    values=values["train"][lo:hi], split="train")]
-    for name, items, stamps in (("validation", split.val_items, split.val_timestamps),
-                                ("test", split.test_items, split.test_timestamps)):
+    batches = [
+        dict(
+            items=split.train_items[lo:hi],
+            timestamps=split.train_timestamps[lo:hi],
+            values=values["train"][lo:hi],
+            split="train",
+        )
+    ]
+    for name, items, stamps in (
+        ("validation", split.val_items, split.val_timestamps),
+        ("test", split.test_items, split.test_timestamps),
+    ):
         if items[user] >= 0:
-            batches.append(dict(items=items[user:user + 1], timestamps=stamps[user:user + 1],
-                                values=values[name][user:user + 1], split=name))
+            batches.append(
+                dict(
+                    items=items[user : user + 1],
+                    timestamps=stamps[user : user + 1],
+                    values=values[name][user : user + 1],
+                    split=name,
+                )
+            )
     return batches
 
 
@@ -80,18 +94,23 @@ def device_jobs(data: Interactions, split: Split, stores: Path) -> list[tuple[Pa
         raise DataError("split train arrays are not grouped by user")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(split.train_users, minlength=split.n_users))])
     everyone = np.arange(split.n_users)
-    values = {"train": _ratings(data, split.train_users, split.train_items, split.train_timestamps),
-              "validation": _ratings(data, everyone, split.val_items, split.val_timestamps),
-              "test": _ratings(data, everyone, split.test_items, split.test_timestamps)}
-    return [(stores / f"{device_id_for(user)}.db", device_id_for(user), _device_batches(split, user, bounds, values))
-            for user in range(split.n_users)]
+    values = {
+        "train": _ratings(data, split.train_users, split.train_items, split.train_timestamps),
+        "validation": _ratings(data, everyone, split.val_items, split.val_timestamps),
+        "test": _ratings(data, everyone, split.test_items, split.test_timestamps),
+    }
+    return [
+        (stores / f"{device_id_for(user)}.db", device_id_for(user), _device_batches(split, user, bounds, values))
+        for user in range(split.n_users)
+    ]
 
 
 def _write_devices(jobs: list[tuple[Path, str, list[dict]]], master: bytes, recipe: KeyRecipe) -> int:
     """One worker's share: create each store and append all its splits in one transaction."""
     for path, device_id, batches in jobs:
-        write_store(path, device_key_for(master, device_id), device_id, batches, recipe=recipe, durable=False,
-                    witness=False)
+        write_store(
+            path, device_key_for(master, device_id), device_id, batches, recipe=recipe, durable=False, witness=False
+        )
     return len(jobs)
 
 
@@ -126,16 +145,29 @@ def provision(
         devices.append(DeviceEntry(device_id, user, _plain(data.user_ids[user]), str(path.relative_to(out)), counts))
     _run_jobs(jobs, master_key, recipe, workers, show)
     os.sync()  # one flush for all stores instead of one fsync each; the manifest comes after
-    key = {"recipe": recipe.to_dict(), "master_key_id": key_id(master_key),
-           "key_file": str(key_file) if key_file else None,
-           "device_keys": "HKDF-SHA256(master, info='device:' + device_id) (simulation only)"}
+    key = {
+        "recipe": recipe.to_dict(),
+        "master_key_id": key_id(master_key),
+        "key_file": str(key_file) if key_file else None,
+        "device_keys": "HKDF-SHA256(master, info='device:' + device_id) (simulation only)",
+    }
     titles = {str(_plain(data.item_ids[i])): t for i, t in sorted(data.item_titles.items())}
-    return Manifest(out, data.name, split.seed, split.n_users, split.n_items, tuple(_plain(i) for i in data.item_ids),
-                    titles, key, tuple(devices), duplicates_merged=data.n_merged).write()
+    return Manifest(
+        out,
+        data.name,
+        split.seed,
+        split.n_users,
+        split.n_items,
+        tuple(_plain(i) for i in data.item_ids),
+        titles,
+        key,
+        tuple(devices),
+        duplicates_merged=data.n_merged,
+    ).write()
 
 
 def _run_jobs(jobs: list, master: bytes, recipe: KeyRecipe, workers: int, show: bool) -> None:
-    parts = [jobs[i::max(1, workers) * 8] for i in range(max(1, workers) * 8)]
+    parts = [jobs[i :: max(1, workers) * 8] for i in range(max(1, workers) * 8)]
     with progress(show) as bar:
         task = bar.add_task("provisioning devices", total=len(jobs))
         if workers <= 1:

@@ -6,7 +6,7 @@ renderer serves a baseline run, a simulate run and a run re-read by ``fedrec ret
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fedrec.simulations import federated_report
 from fedrec.simulations.retention import report_section

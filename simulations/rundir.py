@@ -26,8 +26,13 @@ def git_commit() -> str:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -58,13 +63,15 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def fresh(cls, path: str | Path) -> "RunDir":
+    def fresh(cls, path: str | Path) -> RunDir:
         """A run dir for a new run: refused if ``path`` holds anything, so that a re-run after a crash never
         mixes with the dead run's stores, ledgers (its privacy spending) or checkpoints."""
         path = Path(path)
         if path.is_dir() and any(path.iterdir()):
-            raise FedrecError(f"{path}: already holds a run (finished or interrupted); give a fresh --out "
-                              f"(a harness run cannot be resumed: its devices' ledgers would mix two runs)")
+            raise FedrecError(
+                f"{path}: already holds a run (finished or interrupted); give a fresh --out "
+                f"(a harness run cannot be resumed: its devices' ledgers would mix two runs)"
+            )
         if path.exists() and not path.is_dir():
             raise FedrecError(f"{path}: exists and is not a directory (--out)")
         try:

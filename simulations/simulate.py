@@ -18,15 +18,31 @@ def sweep_arm_name(epsilon: float) -> str:
     return f"federated_dp_eps{epsilon:g}"
 
 
-def build_experiment(cfg: FedrecConfig, arms: list[str], dataset: str, out: Path, seeds: list[int],
-                     data_dir: str | None, users: int | None, sweep: list[float], show: bool) -> Experiment:
+def build_experiment(
+    cfg: FedrecConfig,
+    arms: list[str],
+    dataset: str,
+    out: Path,
+    seeds: list[int],
+    data_dir: str | None,
+    users: int | None,
+    sweep: list[float],
+    show: bool,
+) -> Experiment:
     data = load(dataset, data_dir, users)
     central = [a for a in arms if a not in FEDERATED_ARMS]
     fitters = central_fitters(central, cfg, show=show)
 
     def federated(name: str, privacy: PrivacyConfig):
-        arm = FederatedArm(name=name, data=data, run_dir=Path(out), federation=replace(cfg.federation, privacy=privacy),
-                           nodes=cfg.simulation.nodes, primary_seed=seeds[0], show=show)
+        arm = FederatedArm(
+            name=name,
+            data=data,
+            run_dir=Path(out),
+            federation=replace(cfg.federation, privacy=privacy),
+            nodes=cfg.simulation.nodes,
+            primary_seed=seeds[0],
+            show=show,
+        )
         return lambda split, seed: fit_federated(arm, split, seed)
 
     privacy = cfg.federation.privacy
@@ -38,8 +54,18 @@ def build_experiment(cfg: FedrecConfig, arms: list[str], dataset: str, out: Path
     post = [add_federated_plots]
     if sweep or "federated_dp" in arms:
         post.insert(0, add_sweep(sweep, privacy.epsilon))
-    return Experiment(dataset=dataset, out=Path(out), fitters=fitters, seeds=seeds, data_dir=data_dir, users=users,
-                      config=cfg.to_dict(), show=show, data=data, post=post)
+    return Experiment(
+        dataset=dataset,
+        out=Path(out),
+        fitters=fitters,
+        seeds=seeds,
+        data_dir=data_dir,
+        users=users,
+        config=cfg.to_dict(),
+        show=show,
+        data=data,
+        post=post,
+    )
 
 
 def add_sweep(epsilons: list[float], fed_epsilon: float):
@@ -55,10 +81,17 @@ def add_sweep(epsilons: list[float], fed_epsilon: float):
             points.append((fed_epsilon, "federated_dp"))
         for eps, name in sorted(set(points)):
             if name in arms:
-                rows.append({"epsilon": eps, "arm": name, **{k: arms[name]["accuracy"][k] for k in ("hr@10", "ndcg@10")}})
+                rows.append(
+                    {"epsilon": eps, "arm": name, **{k: arms[name]["accuracy"][k] for k in ("hr@10", "ndcg@10")}}
+                )
         if "federated" in arms:
-            rows.append({"epsilon": "no DP", "arm": "federated",
-                         **{k: arms["federated"]["accuracy"][k] for k in ("hr@10", "ndcg@10")}})
+            rows.append(
+                {
+                    "epsilon": "no DP",
+                    "arm": "federated",
+                    **{k: arms["federated"]["accuracy"][k] for k in ("hr@10", "ndcg@10")},
+                }
+            )
         if not rows:
             return
         report["epsilon_sweep"] = rows
@@ -69,8 +102,13 @@ def add_sweep(epsilons: list[float], fed_epsilon: float):
             if ref in arms:
                 label = ref + (" (no DP)" if ref == "federated" else "")
                 series[label] = ([min(xs), max(xs)], [arms[ref]["accuracy"]["ndcg@10"]] * 2)
-        curves(series, run_dir / "epsilon_sweep.png", "epsilon (record-level, per device, delta 1e-5)",
-               "test NDCG@10 (full ranking)", "accuracy against the privacy budget")
+        curves(
+            series,
+            run_dir / "epsilon_sweep.png",
+            "epsilon (record-level, per device, delta 1e-5)",
+            "test NDCG@10 (full ranking)",
+            "accuracy against the privacy budget",
+        )
 
     return step
 

@@ -22,8 +22,9 @@ def summarize_runs(per_seed: list[dict[str, float]]) -> tuple[dict[str, float], 
     return {k: v["mean"] for k, v in detail.items()}, detail
 
 
-def ratio_ci(numerator: list[float] | np.ndarray, denominator: list[float] | np.ndarray,
-             confidence: float = 0.95) -> dict | None:
+def ratio_ci(
+    numerator: list[float] | np.ndarray, denominator: list[float] | np.ndarray, confidence: float = 0.95
+) -> dict | None:
     """mean(numerator) / mean(denominator) with Fieller's interval over paired replicates.
 
     None when the denominator's own interval contains 0: the ratio's interval is then unbounded.

@@ -21,7 +21,9 @@ def synthetic_log(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed
         items += (1000 + chosen).tolist()
         stamps += (1_000_000 + u * 10 + np.arange(per_user) * 86_400).tolist()
         ratings += rng.integers(1, 6, size=per_user).tolist()
-    return from_raw("synthetic", np.array(users), np.array(items), np.array(stamps), np.array(ratings, dtype=np.float32))
+    return from_raw(
+        "synthetic", np.array(users), np.array(items), np.array(stamps), np.array(ratings, dtype=np.float32)
+    )
 
 
 @pytest.fixture

@@ -64,8 +64,12 @@ def test_audit_trains_once_on_the_canary_split(tiny):
 LEAKY = FederationConfig(
     server=ServerConfig(rounds=5),
     privacy=PrivacyConfig(epsilon=1.0),
-    device=DeviceConfig(model=ModelConfig(kind="gmf", gmf_dim=8), participation=1.0,
-                        training=LocalTraining(epochs=4, steps_per_epoch=2, lr=3.0, optimizer="sgd", negatives=1)))
+    device=DeviceConfig(
+        model=ModelConfig(kind="gmf", gmf_dim=8),
+        participation=1.0,
+        training=LocalTraining(epochs=4, steps_per_epoch=2, lr=3.0, optimizer="sgd", negatives=1),
+    ),
+)
 
 
 def test_the_audit_sees_a_leak_without_dp_and_stays_below_epsilon_with_it(tiny):

@@ -49,23 +49,54 @@ def small_run(tmp_path_factory):
                 day += int(rng.integers(1, 15))
     (root / "small.toml").write_text(SMALL)
     run = root / "run"
-    result = CliRunner().invoke(app, ["simulate", "--out", str(run), "--dataset", str(path), "--config",
-                                      str(root / "small.toml"), "--arms", "centralized,federated,federated_dp",
-                                      "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--out",
+            str(run),
+            "--dataset",
+            str(path),
+            "--config",
+            str(root / "small.toml"),
+            "--arms",
+            "centralized,federated,federated_dp",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return run, path
 
 
 def test_audit_writes_every_required_field(small_run):
     run, csv_path = small_run
-    result = CliRunner().invoke(app, ["audit", str(run), "--dataset", str(csv_path), "--shadows", "2",
-                                      "--canary-trainer", "inprocess", "--canaries", "40", "--canary-guesses", "10",
-                                      "--canary-users", "10", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            str(run),
+            "--dataset",
+            str(csv_path),
+            "--shadows",
+            "2",
+            "--canary-trainer",
+            "inprocess",
+            "--canaries",
+            "40",
+            "--canary-guesses",
+            "10",
+            "--canary-users",
+            "10",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     audit = json.loads((run / "audit.json").read_text())
     acc = audit["accounting"]
     report = json.loads((run / "report.json").read_text())
-    assert acc["agree"] and acc["epsilon_max"] == pytest.approx(report["arms"]["federated_dp"]["privacy"]["epsilon_max"])
+    assert acc["agree"] and acc["epsilon_max"] == pytest.approx(
+        report["arms"]["federated_dp"]["privacy"]["epsilon_max"]
+    )
     assert acc["epsilon_recomputed_max"] == pytest.approx(acc["epsilon_max"], rel=0.01)
     for arm in ("centralized", "federated", "federated_dp"):
         assert set(audit["mia"][arm]) >= {"auc", "tpr@1%fpr", "tpr@0.1%fpr"}

@@ -12,8 +12,9 @@ from fedrec.common.training import TrainConfig
 from fedrec.simulations.audit.attack_metrics import attack_summary, auc, tpr_at_fpr
 from fedrec.simulations.audit.mia import attack_arm, keep_matrix, mia_candidates, train_shadow, train_shadows
 
-MEMORIZE = CentralConfig(model=ModelConfig(gmf_dim=16, mlp_dim=16, layers=(32, 16)),
-                         train=TrainConfig(batch_size=64, lr=0.02, negatives=4))
+MEMORIZE = CentralConfig(
+    model=ModelConfig(gmf_dim=16, mlp_dim=16, layers=(32, 16)), train=TrainConfig(batch_size=64, lr=0.02, negatives=4)
+)
 
 
 def test_metrics_on_known_scores():

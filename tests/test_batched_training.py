@@ -16,8 +16,8 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from fedrec.client.batched_training import DeviceWork, seeded_masks, train_private_batched
 from fedrec.client.local_training import make_examples, train_private
 from fedrec.common.config import LocalTraining
-from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.errors import FedrecError
+from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import ModelConfig, NeuMF, global_state
 from fedrec.common.privacy import PrivacyLedger
 
@@ -38,14 +38,24 @@ def one_thread():
 Recipe = tuple[LocalTraining, DevicePrivacy]
 
 
-def cfg(optimizer: str = "sgd", noise: float = 0.0, lr: float = 0.05, max_grad_norm: float = 0.05,
-        epsilon_budget: float = 1e9, **kw) -> Recipe:
+def cfg(
+    optimizer: str = "sgd",
+    noise: float = 0.0,
+    lr: float = 0.05,
+    max_grad_norm: float = 0.05,
+    epsilon_budget: float = 1e9,
+    **kw,
+) -> Recipe:
     """A device's training and mechanism, as (training, privacy): the executor and Opacus take both."""
-    return (LocalTraining(lr=lr, optimizer=optimizer, **kw),
-            DevicePrivacy(noise, max_grad_norm, budget=epsilon_budget if noise > 0 else 0.0))
+    return (
+        LocalTraining(lr=lr, optimizer=optimizer, **kw),
+        DevicePrivacy(noise, max_grad_norm, budget=epsilon_budget if noise > 0 else 0.0),
+    )
 
 
-def make_fleet(model_cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]]:
+def make_fleet(
+    model_cfg: ModelConfig,
+) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]]:
     """Global parameters away from their tiny init (so gradients are large and clipping bites) and each
     device's (items, labels, user row, seed)."""
     torch.manual_seed(0)
@@ -72,7 +82,10 @@ def fleet():
 def works(fleet, ledgers=None) -> list[DeviceWork]:
     _, devices = fleet
     ledgers = ledgers or [PrivacyLedger() for _ in devices]
-    return [DeviceWork(items, labels, row.clone(), ledger, seed) for (items, labels, row, seed), ledger in zip(devices, ledgers)]
+    return [
+        DeviceWork(items, labels, row.clone(), ledger, seed)
+        for (items, labels, row, seed), ledger in zip(devices, ledgers)
+    ]
 
 
 @pytest.fixture
@@ -182,7 +195,9 @@ def test_the_other_model_kinds_match_opacus_too(opacus_reference, kind):
 def test_parameter_filter_leaves_output_bias_untrained_as_a_frozen_opacus_parameter_does(fleet, opacus_reference):
     local = cfg("adam", noise=0.8)
     devices = works(fleet)
-    batched = train_private_batched(fleet[0], MODEL, N_ITEMS, devices, *local, trains=lambda name: name != "output.bias")
+    batched = train_private_batched(
+        fleet[0], MODEL, N_ITEMS, devices, *local, trains=lambda name: name != "output.bias"
+    )
     assert_same_devices(batched, devices, opacus_reference(fleet, local, frozen=("output.bias",)))
     assert all(torch.equal(r.state["output.bias"], fleet[0]["output.bias"]) for r in batched)
 
@@ -200,8 +215,9 @@ def test_a_device_past_its_budget_refuses_and_keeps_its_ledger(fleet):
 
 def test_unsupported_settings_fail_with_one_line(fleet):
     with pytest.raises(FedrecError, match="dropout"):
-        train_private_batched(fleet[0], ModelConfig(gmf_dim=8, mlp_dim=8, layers=(16, 8), dropout=0.1), N_ITEMS,
-                              works(fleet), *cfg())
+        train_private_batched(
+            fleet[0], ModelConfig(gmf_dim=8, mlp_dim=8, layers=(16, 8), dropout=0.1), N_ITEMS, works(fleet), *cfg()
+        )
     with pytest.raises(FedrecError, match="lazy noise"):
         train_private_batched(fleet[0], MODEL, N_ITEMS, works(fleet), *cfg("adam", noise=1.0), lazy_noise=True)
     with pytest.raises(FedrecError, match="no parameter"):
@@ -212,7 +228,9 @@ def test_default_masks_sample_each_example_at_the_rate_with_a_stream_per_device(
     a, b = seeded_masks(1, 20_000, 8, 0.125), seeded_masks(2, 20_000, 8, 0.125)
     assert a.shape == (8, 20_000) and float(a.float().mean()) == pytest.approx(0.125, abs=0.005)
     assert torch.equal(a, seeded_masks(1, 20_000, 8, 0.125)) and not torch.equal(a, b)
-    assert float(torch.corrcoef(torch.stack([a.ravel().float(), b.ravel().float()]))[0, 1]) == pytest.approx(0, abs=0.02)
+    assert float(torch.corrcoef(torch.stack([a.ravel().float(), b.ravel().float()]))[0, 1]) == pytest.approx(
+        0, abs=0.02
+    )
 
 
 def test_a_neumf_whose_forward_changed_is_refused(fleet, monkeypatch):

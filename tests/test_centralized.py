@@ -33,8 +33,10 @@ def clustered_split(seed: int = 0):
 def test_neumf_beats_popularity_on_clustered_data():
     split = clustered_split()
     torch.set_num_threads(1)
-    config = CentralConfig(ModelConfig(gmf_dim=8, mlp_dim=8, layers=(16, 8), item_bias=True),
-                           TrainConfig(epochs=15, batch_size=64, lr=1e-2, negatives=4, patience=15, refit=True))
+    config = CentralConfig(
+        ModelConfig(gmf_dim=8, mlp_dim=8, layers=(16, 8), item_bias=True),
+        TrainConfig(epochs=15, batch_size=64, lr=1e-2, negatives=4, patience=15, refit=True),
+    )
     neumf = fit_centralized(split, 0, config, show=False)
     pop = fit_popularity(split, 0)
     hr_neumf, _ = hit_ndcg(full_ranks(neumf.scores, split, "test", 0))
@@ -60,8 +62,10 @@ def test_refit_data_adds_exactly_the_validation_items():
     split = clustered_split()
     users, items, _ = train_with_validation(split)
     assert len(users) == len(split.train_users) + int((split.val_items >= 0).sum())
-    assert not np.isin(users * split.n_items + items,
-                       np.flatnonzero(split.test_items >= 0) * split.n_items + split.test_items[split.test_items >= 0]).any()
+    assert not np.isin(
+        users * split.n_items + items,
+        np.flatnonzero(split.test_items >= 0) * split.n_items + split.test_items[split.test_items >= 0],
+    ).any()
 
 
 def test_recency_oversample_repeats_each_users_latest_positives():

@@ -91,9 +91,15 @@ def test_toml_settings_reach_the_model_and_optimizer_a_device_builds(tmp_path, t
     arm = FederatedArm("federated_dp", data, tmp_path, cfg.federation, show=False)
     federation = arm_config(arm, stores, stores / "master.key", tmp_path / "out", 0)
     privacy = resolve_privacy(federation.privacy, federation.device, federation.server.rounds)
-    strategy = build_strategy(federation.server.strategy, federation.device.training.lr,
-                              DeviceInstructions(federation.device, privacy), round_offset=0, last_round=4,
-                              eval_every=1, wire_log=None)
+    strategy = build_strategy(
+        federation.server.strategy,
+        federation.device.training.lr,
+        DeviceInstructions(federation.device, privacy),
+        round_offset=0,
+        last_round=4,
+        eval_every=1,
+        wire_log=None,
+    )
     sent = dict(strategy._config(2, final=False))  # what a ConfigRecord carries to every device
     task = DeviceInstructions.from_config(sent)
     assert task.round.number == 2 and task.privacy == privacy and task.privacy.noise_multiplier > 0
@@ -115,12 +121,20 @@ def test_canary_retraining_uses_the_audited_arms_resolved_settings(tmp_path, tin
     (tmp_path / "tuned.toml").write_text(TUNED)
     cfg = load_config(tmp_path / "tuned.toml")
     data = tiny.subset_users(4)
-    audited = arm_config(FederatedArm("federated_dp", data, tmp_path, cfg.federation, show=False),
-                         tmp_path / "stores", tmp_path / "stores" / "master.key", tmp_path / "out", 0)
+    audited = arm_config(
+        FederatedArm("federated_dp", data, tmp_path, cfg.federation, show=False),
+        tmp_path / "stores",
+        tmp_path / "stores" / "master.key",
+        tmp_path / "out",
+        0,
+    )
     audited_privacy = resolve_privacy(audited.privacy, audited.device, audited.server.rounds)
-    report = {"meta": {"config": cfg.to_dict()},
-              "arms": {"federated_dp": {"info": {"federation": to_nested(audited),
-                                                 "device_privacy": to_nested(audited_privacy)}}}}
+    report = {
+        "meta": {"config": cfg.to_dict()},
+        "arms": {
+            "federated_dp": {"info": {"federation": to_nested(audited), "device_privacy": to_nested(audited_privacy)}}
+        },
+    }
     federation = audited_federation(report, "federated_dp", None)
     assert federation == audited
 
@@ -132,8 +146,9 @@ def test_canary_retraining_uses_the_audited_arms_resolved_settings(tmp_path, tin
         return real_train(model, items, labels, training, privacy, ledger, seed)
 
     monkeypatch.setattr(inprocess, "train_local", spy)
-    inprocess.fit_inprocess(data, temporal_split(data, 0), 0, replace(federation,
-                                                                      server=replace(federation.server, rounds=1)))
+    inprocess.fit_inprocess(
+        data, temporal_split(data, 0), 0, replace(federation, server=replace(federation.server, rounds=1))
+    )
     model_cfg, training, privacy, optimizer = seen[0]
     assert model_cfg == audited.device.model and model_cfg.dropout == 0.3
     assert training == audited.device.training and optimizer is torch.optim.SGD
@@ -144,18 +159,21 @@ def test_canary_retraining_uses_the_audited_arms_resolved_settings(tmp_path, tin
 
 
 BAD = [
-    ("[federation.server]\nrounds = \"two\"\n", "federation.server.rounds: expected int"),
+    ('[federation.server]\nrounds = "two"\n', "federation.server.rounds: expected int"),
     ("[federation.server]\nrounds = -5\n", "federation.server.rounds: must be >= 1"),
     ("[federatd]\nrounds = 2\n", "unknown key federatd in top level"),
     ("[federation.device]\nparticipation = 7.0\n", "federation.device.participation: must be in (0, 1]"),
     ("[federation.device.model]\ndropout = 1.5\n", "federation.device.model.dropout: must be in [0, 1)"),
     ("[federation.privacy]\nepsilon = -1.0\n", "federation.privacy.epsilon: must be > 0"),
-    ("[federation.privacy]\nmechanism = \"central\"\n", "federation.privacy.mechanism: must be one of none, local"),
-    ("[federation.server.strategy]\nname = \"fedprox\"\n", "federation.server.strategy.name: must be one of"),
+    ('[federation.privacy]\nmechanism = "central"\n', "federation.privacy.mechanism: must be one of none, local"),
+    ('[federation.server.strategy]\nname = "fedprox"\n', "federation.server.strategy.name: must be one of"),
     ("[central.train]\nbatch_size = 0\n", "central.train.batch_size: must be >= 1"),
     ("[federation.device.training]\nlr = 0.1\nnegatives = 2.5\n", "federation.device.training.negatives: expected int"),
     ("[simulation\nnodes = 2\n", "invalid TOML"),
-    ("[federation.device.model]\ndropout = 0.2\n", "federation.device.executor: batched cannot train a model with dropout"),
+    (
+        "[federation.device.model]\ndropout = 0.2\n",
+        "federation.device.executor: batched cannot train a model with dropout",
+    ),
 ]
 
 
@@ -172,8 +190,21 @@ def test_bad_settings_are_one_line_errors_naming_file_and_key(tmp_path, text, ex
 def test_bad_setting_through_the_cli_exits_non_zero_with_one_line(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[federatd]\nrounds = 2\n")
-    proc = subprocess.run([sys.executable, "-m", "fedrec.simulations.main", "simulate", "--config", str(path),
-                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedrec.simulations.main",
+            "simulate",
+            "--config",
+            str(path),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:")

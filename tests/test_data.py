@@ -90,8 +90,9 @@ def test_ml100k_shape(ml100k_dir):
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "fedrec.simulations.main", *args], capture_output=True, text=True,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedrec.simulations.main", *args], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 1
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -100,7 +101,21 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
 
 def test_cli_bad_csv_line(tmp_path):
     path = write(tmp_path, "user,item,timestamp\n1,2,3\n4,5,six\n")
-    proc = subprocess.run([sys.executable, "-m", "fedrec.simulations.main", "baseline", "--dataset", str(path), "--out",
-                           str(tmp_path / "run"), "--arms", "popularity"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedrec.simulations.main",
+            "baseline",
+            "--dataset",
+            str(path),
+            "--out",
+            str(tmp_path / "run"),
+            "--arms",
+            "popularity",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert f"{path}:3: timestamp 'six' is not a number" in proc.stderr.replace("\n", "")

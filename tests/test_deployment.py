@@ -40,9 +40,11 @@ from fedrec.simulations.provision import provision
 ROOT = Path(__file__).resolve().parent.parent
 FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
 N_ITEMS, ROUNDS, STEPS = 20, 2, 2
-RUN_CONFIG = (f'device.n_items={N_ITEMS} device.model.gmf_dim=4 device.model.mlp_dim=4 device.model.layers="8,4" '
-              f"device.training.steps_per_epoch={STEPS} device.training.negatives=2 device.participation=1.0 "
-              f"device.serving.refit_steps=3 privacy.epsilon=8.0 device.training.lr=0.05 device.seed=0")
+RUN_CONFIG = (
+    f'device.n_items={N_ITEMS} device.model.gmf_dim=4 device.model.mlp_dim=4 device.model.layers="8,4" '
+    f"device.training.steps_per_epoch={STEPS} device.training.negatives=2 device.participation=1.0 "
+    f"device.serving.refit_steps=3 privacy.epsilon=8.0 device.training.lr=0.05 device.seed=0"
+)
 WAIT = 240.0  # upper bound for any single wait; the whole run takes about a minute on 2 cores
 
 
@@ -74,8 +76,14 @@ def tiny_provision(out: Path) -> tuple[dict, bytes]:
         users += [1000 + user] * 10
         items += [101 + (first + j) % N_ITEMS for j in range(10)]
         stamps += list(range(user * 100, user * 100 + 10))
-    data = from_raw("tiny", np.array(users), np.array(items), np.array(stamps, dtype=np.int64),
-                    np.full(len(users), 4.0, dtype=np.float32), titles={101 + i: f"Film {101 + i}" for i in range(N_ITEMS)})
+    data = from_raw(
+        "tiny",
+        np.array(users),
+        np.array(items),
+        np.array(stamps, dtype=np.int64),
+        np.full(len(users), 4.0, dtype=np.float32),
+        titles={101 + i: f"Film {101 + i}" for i in range(N_ITEMS)},
+    )
     out.mkdir(parents=True, exist_ok=True)
     master = create_key_file(out / "master.key")
     provision(data, temporal_split(data, 0), out, master)
@@ -110,14 +118,27 @@ def children():
 @pytest.mark.e2e
 def test_tls_federation_with_authenticated_devices(tmp_path, children):
     certs, out, fleet = tmp_path / "certs", tmp_path / "server", tmp_path / "fleet"
-    app = ["--app", os.environ["FEDREC_E2E_APP"]] if "FEDREC_E2E_APP" in os.environ else []  # default: the App written by `fedrec server`
+    app = (
+        ["--app", os.environ["FEDREC_E2E_APP"]] if "FEDREC_E2E_APP" in os.environ else []
+    )  # default: the App written by `fedrec server`
 
     def fedrec(name: str, *args: str):
         return children.start(name, [*FEDREC, *args], log=tmp_path / f"{name}.log", cwd=ROOT)
 
     # 1. PKI: a CA, a server certificate for localhost/127.0.0.1, four device keys (only three registered).
-    proc = fedrec("certs", "certs", "init", "--out", str(certs), "--server-name", "localhost", "--ip", "127.0.0.1",
-                  "--devices", "4")
+    proc = fedrec(
+        "certs",
+        "certs",
+        "init",
+        "--out",
+        str(certs),
+        "--server-name",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+        "--devices",
+        "4",
+    )
     assert wait_exit(proc, tmp_path / "certs.log", 60) == 0, _read(tmp_path / "certs.log")
     create_ca(tmp_path / "other-ca")
     stores = tiny_fleet(fleet)
@@ -125,24 +146,57 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
     # 2. The server: SuperLink with TLS + device auth, devices 0-2 registered, waits for three online.
     port = free_port()
     pubs = [str(certs / "devices" / f"device-{i}.pub") for i in range(3)]
-    server = fedrec("server", "server", "--certs", str(certs), *sum([["--devices", p] for p in pubs], []),
-                    "--out", str(out), "--host", "127.0.0.1", "--port", str(port), "--rounds", str(ROUNDS),
-                    "--run-config", RUN_CONFIG, "--timeout", str(WAIT), *app)
+    server = fedrec(
+        "server",
+        "server",
+        "--certs",
+        str(certs),
+        *sum([["--devices", p] for p in pubs], []),
+        "--out",
+        str(out),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--rounds",
+        str(ROUNDS),
+        "--run-config",
+        RUN_CONFIG,
+        "--timeout",
+        str(WAIT),
+        *app,
+    )
     server_log = tmp_path / "server.log"
     wait_for_text(server_log, "waiting for 3 device(s)", server)
     assert "registered device device-2" in _read(server_log)
     assert set(json.loads((out / "superlink" / "devices.json").read_text())) == {"device-0", "device-1", "device-2"}
 
     def client(name: str, store: Path, key: Path, ca: Path, auth: Path):
-        return fedrec(name, "client", "--store", str(store), "--key-file", str(key), "--superlink",
-                      f"127.0.0.1:{port}", "--root-cert", str(ca), "--auth-key", str(auth), "--max-wait", "60")
+        return fedrec(
+            name,
+            "client",
+            "--store",
+            str(store),
+            "--key-file",
+            str(key),
+            "--superlink",
+            f"127.0.0.1:{port}",
+            "--root-cert",
+            str(ca),
+            "--auth-key",
+            str(auth),
+            "--max-wait",
+            "60",
+        )
 
     # 3. Refusals: a device that trusts another CA, and a device whose key was never registered.
     store0, key0 = stores[0]
     wrong_ca = client("wrong-ca", store0, key0, tmp_path / "other-ca" / "ca.crt", certs / "devices" / "device-0")
     unregistered = client("unregistered", store0, key0, certs / "ca.crt", certs / "devices" / "device-3")
-    for name, proc, expected in (("wrong-ca", wrong_ca, "not signed by the CA"),
-                                 ("unregistered", unregistered, "is not registered")):
+    for name, proc, expected in (
+        ("wrong-ca", wrong_ca, "not signed by the CA"),
+        ("unregistered", unregistered, "is not registered"),
+    ):
         assert wait_exit(proc, tmp_path / f"{name}.log", 90) == 1
         last = _read(tmp_path / f"{name}.log").strip().splitlines()[-1]
         assert last.startswith("error:") and expected in last, last
@@ -177,8 +231,18 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
 
     # 7. On-device recommendations: original item ids, nothing the user has seen (titles: test_device.py).
     store, key = stores[0]
-    rec = fedrec("recommend", "recommend", "--store", str(store), "--key-file", str(key), "--model",
-                 str(out / "global_model.pt"), "-k", "5")
+    rec = fedrec(
+        "recommend",
+        "recommend",
+        "--store",
+        str(store),
+        "--key-file",
+        str(key),
+        "--model",
+        str(out / "global_model.pt"),
+        "-k",
+        "5",
+    )
     assert wait_exit(rec, tmp_path / "recommend.log", 120) == 0, _read(tmp_path / "recommend.log")
     rows = [line.split() for line in _read(tmp_path / "recommend.log").splitlines() if line.strip()]
     assert len(rows) == 5 and [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
@@ -193,16 +257,25 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
 SETTINGS = ClientSettings(Path("d.db"), Path("d.key"), "fl.example.org:9092", Path("ca.crt"), Path("dev"))
 
 
-@pytest.mark.parametrize("flower_says, expected", [
-    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate",
-     "not signed by the CA in ca.crt"),
-    ("certificate verify failed: Hostname mismatch, certificate is not valid for 'fl.example.org'",
-     "not valid for fl.example.org"),
-    ("Failed to initialize the connection to the SuperLink.\n[code: 2004] Failed to activate SuperNode.",
-     "the public key of dev is not registered"),
-    ("httpx.ConnectError: [Errno 111] Connection refused", "cannot reach the SuperLink at fl.example.org:9092"),
-    ("something new went wrong\nERROR : Exit Code: 999", "exited with code 1: ERROR : Exit Code: 999"),
-])
+@pytest.mark.parametrize(
+    "flower_says, expected",
+    [
+        (
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate",
+            "not signed by the CA in ca.crt",
+        ),
+        (
+            "certificate verify failed: Hostname mismatch, certificate is not valid for 'fl.example.org'",
+            "not valid for fl.example.org",
+        ),
+        (
+            "Failed to initialize the connection to the SuperLink.\n[code: 2004] Failed to activate SuperNode.",
+            "the public key of dev is not registered",
+        ),
+        ("httpx.ConnectError: [Errno 111] Connection refused", "cannot reach the SuperLink at fl.example.org:9092"),
+        ("something new went wrong\nERROR : Exit Code: 999", "exited with code 1: ERROR : Exit Code: 999"),
+    ],
+)
 def test_refusals_become_one_line(flower_says, expected):
     message = explain_exit(flower_says.splitlines(), SETTINGS, 1)
     assert expected in message and "\n" not in message
@@ -226,10 +299,17 @@ def test_cli_connects_by_a_name_the_certificate_covers(tmp_path):
 
 
 def test_run_config_round_trips_through_flowers_parser():
-    config = parse_run_config('device.model.layers="8,4" device.training.lr=0.05 server.rounds=2 '
-                              'server.out_dir="/tmp/a b" server.strategy.name="fedavg"')
-    assert config == {"device.model.layers": "8,4", "device.training.lr": 0.05, "server.rounds": 2,
-                      "server.out_dir": "/tmp/a b", "server.strategy.name": "fedavg"}
+    config = parse_run_config(
+        'device.model.layers="8,4" device.training.lr=0.05 server.rounds=2 '
+        'server.out_dir="/tmp/a b" server.strategy.name="fedavg"'
+    )
+    assert config == {
+        "device.model.layers": "8,4",
+        "device.training.lr": 0.05,
+        "server.rounds": 2,
+        "server.out_dir": "/tmp/a b",
+        "server.strategy.name": "fedavg",
+    }
     assert parse_run_config(run_config_arg(config)) == config
     whole = flatten(FederationConfig())
     assert parse_run_config(run_config_arg(whole)) == whole

@@ -64,8 +64,15 @@ def test_output_bias_is_not_trained_under_dp():
     items, labels = make_examples(positives, None, 30, 2, rng)
     model = NeuMF(1, 30)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train_local(model, items, labels, LocalTraining(steps_per_epoch=2, lr=0.05, optimizer="sgd"),
-                DevicePrivacy(1.0, budget=1e9), PrivacyLedger(), 0)
+    train_local(
+        model,
+        items,
+        labels,
+        LocalTraining(steps_per_epoch=2, lr=0.05, optimizer="sgd"),
+        DevicePrivacy(1.0, budget=1e9),
+        PrivacyLedger(),
+        0,
+    )
     after = model.state_dict()
     for name in FROZEN_UNDER_DP:
         assert torch.equal(before[name], after[name])

@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from fedrec.client.device_round import EMBEDDING, ledger_of
 from fedrec.client import fleet
+from fedrec.client.device_round import EMBEDDING, ledger_of
 from fedrec.client.fleet import evaluate_fleet, node_devices, train_fleet
 from fedrec.common.config import (
     DeviceConfig,
@@ -22,9 +22,9 @@ from fedrec.common.config import (
     Serving,
 )
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
-from fedrec.common.replies import EVALUATE_PRIVATE, TRAIN_PRIVATE
 from fedrec.common.keys import create_key_file
 from fedrec.common.model import ModelConfig, NeuMF, global_names
+from fedrec.common.replies import EVALUATE_PRIVATE, TRAIN_PRIVATE
 from fedrec.common.settings import from_nested
 from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state
@@ -45,9 +45,13 @@ def provisioned(tmp_path, data, seed=0):
 def test_two_rounds_on_flower_simulation_engine(tmp_path, tiny):
     data = tiny.subset_users(6)
     split = temporal_split(data, 0)
-    fed = FederationConfig(server=ServerConfig(rounds=2), privacy=PrivacyConfig(mechanism="local", epsilon=8.0),
-                           device=DeviceConfig(model=SMALL, participation=1.0, training=LocalTraining(steps_per_epoch=4),
-                                               serving=Serving(refit_steps=3)))
+    fed = FederationConfig(
+        server=ServerConfig(rounds=2),
+        privacy=PrivacyConfig(mechanism="local", epsilon=8.0),
+        device=DeviceConfig(
+            model=SMALL, participation=1.0, training=LocalTraining(steps_per_epoch=4), serving=Serving(refit_steps=3)
+        ),
+    )
     arm = FederatedArm("federated_dp", data, tmp_path, fed, nodes=2, show=False)
     result = fit_federated(arm, split, 0)
 
@@ -81,8 +85,13 @@ def test_gateway_aggregate_equals_per_device_fedavg(tmp_path, tiny):
     """A node serving three devices replies with exactly the example-weighted mean of their updates."""
     data = tiny.subset_users(3)
     stores = provisioned(tmp_path, data)
-    device = DeviceConfig(model=SMALL, n_items=data.n_items, participation=1.0,
-                          fleet=Fleet(str(stores), str(stores / "master.key")), training=LocalTraining(steps_per_epoch=2))
+    device = DeviceConfig(
+        model=SMALL,
+        n_items=data.n_items,
+        participation=1.0,
+        fleet=Fleet(str(stores), str(stores / "master.key")),
+        training=LocalTraining(steps_per_epoch=2),
+    )
     params = initial_state(device)
     devices = node_devices({}, device.fleet)
 
@@ -103,8 +112,13 @@ def test_private_replies_weigh_devices_equally_and_carry_only_public_counts(tmp_
     are exactly the private allow-list."""
     data = tiny.subset_users(3)
     stores = provisioned(tmp_path, data)
-    device = DeviceConfig(model=SMALL, n_items=data.n_items, participation=1.0,
-                          fleet=Fleet(str(stores), str(stores / "master.key")), training=LocalTraining(steps_per_epoch=2))
+    device = DeviceConfig(
+        model=SMALL,
+        n_items=data.n_items,
+        participation=1.0,
+        fleet=Fleet(str(stores), str(stores / "master.key")),
+        training=LocalTraining(steps_per_epoch=2),
+    )
     privacy = DevicePrivacy(1.0, budget=100.0)
     params = initial_state(device)
     devices = node_devices({}, device.fleet)
@@ -125,9 +139,13 @@ def test_batched_node_equals_the_opacus_path_through_the_fleet(tmp_path, tiny, m
     with sample rate 1 both take every example, so aggregate, ledgers and stored user rows agree."""
     data = tiny.subset_users(4)
     stores = provisioned(tmp_path, data)
-    base = DeviceConfig(model=SMALL, n_items=data.n_items, participation=1.0,
-                        fleet=Fleet(str(stores), str(stores / "master.key")),
-                        training=LocalTraining(steps_per_epoch=1, epochs=3, optimizer="sgd", lr=0.05))
+    base = DeviceConfig(
+        model=SMALL,
+        n_items=data.n_items,
+        participation=1.0,
+        fleet=Fleet(str(stores), str(stores / "master.key")),
+        training=LocalTraining(steps_per_epoch=1, epochs=3, optimizer="sgd", lr=0.05),
+    )
     privacy = DevicePrivacy(0.7, max_grad_norm=0.5, budget=1e6)
     params = initial_state(base)
     devices = node_devices({}, base.fleet)

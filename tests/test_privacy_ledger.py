@@ -61,8 +61,15 @@ def test_private_training_moves_the_model_and_counts_steps():
     model = NeuMF(1, 30)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ledger = PrivacyLedger()
-    out = train_local(model, items, labels, LocalTraining(epochs=2, steps_per_epoch=4, lr=0.05, optimizer="sgd"),
-                      DevicePrivacy(0.8, budget=1e9), ledger, 0)
+    out = train_local(
+        model,
+        items,
+        labels,
+        LocalTraining(epochs=2, steps_per_epoch=4, lr=0.05, optimizer="sgd"),
+        DevicePrivacy(0.8, budget=1e9),
+        ledger,
+        0,
+    )
     assert out.steps == 8 and ledger.steps == 8
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k not in FROZEN_UNDER_DP)
 
@@ -76,7 +83,14 @@ def test_tiny_device_with_empty_batches_stays_finite(optimizer):
     for seed in range(4):
         model = NeuMF(1, 20)
         ledger = PrivacyLedger()
-        out = train_local(model, items, labels, LocalTraining(steps_per_epoch=8, lr=0.05, optimizer=optimizer),
-                          DevicePrivacy(1.0, budget=1e9), ledger, seed)
+        out = train_local(
+            model,
+            items,
+            labels,
+            LocalTraining(steps_per_epoch=8, lr=0.05, optimizer=optimizer),
+            DevicePrivacy(1.0, budget=1e9),
+            ledger,
+            seed,
+        )
         assert all(torch.isfinite(p).all() for p in model.parameters())
         assert out.steps == 8 and ledger.steps == 8  # empty batches are noise-only steps, still counted

@@ -41,9 +41,12 @@ def fleet(ml100k, tmp_path_factory) -> Path:
 def user_history(split, user: int) -> tuple[np.ndarray, np.ndarray]:
     """A user's items and timestamps in time order: train, then validation, then test."""
     mask = split.train_users == user
-    items = np.concatenate([split.train_items[mask], split.val_items[user:user + 1], split.test_items[user:user + 1]])
-    stamps = np.concatenate([split.train_timestamps[mask], split.val_timestamps[user:user + 1],
-                             split.test_timestamps[user:user + 1]])
+    items = np.concatenate(
+        [split.train_items[mask], split.val_items[user : user + 1], split.test_items[user : user + 1]]
+    )
+    stamps = np.concatenate(
+        [split.train_timestamps[mask], split.val_timestamps[user : user + 1], split.test_timestamps[user : user + 1]]
+    )
     return items, stamps
 
 
@@ -82,8 +85,9 @@ def test_stores_hold_each_users_split(fleet: Path, ml100k) -> None:
             log = data.users == user
             rating = dict(zip(zip(data.items[log].tolist(), data.timestamps[log].tolist()), data.ratings[log].tolist()))
             everything = store.read_events(None)
-            assert everything.values.tolist() == [rating[(i, t)] for i, t in
-                                                  zip(everything.items.tolist(), everything.timestamps.tolist())]
+            assert everything.values.tolist() == [
+                rating[(i, t)] for i, t in zip(everything.items.tolist(), everything.timestamps.tolist())
+            ]
     other = manifest.devices[1].device_id
     with pytest.raises(Exception, match="wrong key"):
         DeviceStore.open(fleet / "stores" / f"{manifest.devices[0].device_id}.db", device_key_for(MASTER, other))
@@ -99,8 +103,11 @@ def test_scan_finds_no_user_data_in_any_of_943_stores(fleet: Path, ml100k) -> No
         original = item_ids[items]
         sequences = [items, np.sort(items), original, np.sort(original)]
         store = fleet / device.store
-        findings = [f for path in sorted(store.parent.glob(f"{store.name}*"))  # the store and any side files
-                    for f in scan_bytes(path.read_bytes(), stamps, sequences, path=str(path))]
+        findings = [
+            f
+            for path in sorted(store.parent.glob(f"{store.name}*"))  # the store and any side files
+            for f in scan_bytes(path.read_bytes(), stamps, sequences, path=str(path))
+        ]
         assert findings == [], (device.device_id, findings[:3])
         scanned += 1
     assert scanned == 943
@@ -165,8 +172,21 @@ def fedrec(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 def test_cli_provision_inspect_rotate(tmp_path: Path, monkeypatch, capsys, ml100k_dir) -> None:
     monkeypatch.setenv("FEDREC_DATA_DIR", str(ml100k_dir))
     out, key = tmp_path / "fleet", tmp_path / "master.key"
-    code, _, err = fedrec(monkeypatch, capsys, "data", "provision", "--dataset", "ml-100k", "--out", str(out),
-                          "--users", "6", "--key-file", str(key), "--quiet")
+    code, _, err = fedrec(
+        monkeypatch,
+        capsys,
+        "data",
+        "provision",
+        "--dataset",
+        "ml-100k",
+        "--out",
+        str(out),
+        "--users",
+        "6",
+        "--key-file",
+        str(key),
+        "--quiet",
+    )
     assert code == 0, err
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
     manifest = load_manifest(out)
@@ -177,13 +197,25 @@ def test_cli_provision_inspect_rotate(tmp_path: Path, monkeypatch, capsys, ml100
     info = json.loads(stdout)
     assert code == 0 and info["integrity"] == "ok" and info["schema_version"] == 1 and "events_shown" not in info
     assert info["events"] == manifest.devices[2].counts
-    code, stdout, _ = fedrec(monkeypatch, capsys, "store", "inspect", str(store), "--key-file", str(key), "--json",
-                             "--decrypt", "--limit", "0")
+    code, stdout, _ = fedrec(
+        monkeypatch,
+        capsys,
+        "store",
+        "inspect",
+        str(store),
+        "--key-file",
+        str(key),
+        "--json",
+        "--decrypt",
+        "--limit",
+        "0",
+    )
     assert code == 0 and len(json.loads(stdout)["events_shown"]) == sum(info["events"].values())
 
     # again into the same dir: refused, one line
-    code, _, err = fedrec(monkeypatch, capsys, "data", "provision", "--out", str(out), "--users", "6",
-                          "--key-file", str(key), "--quiet")
+    code, _, err = fedrec(
+        monkeypatch, capsys, "data", "provision", "--out", str(out), "--users", "6", "--key-file", str(key), "--quiet"
+    )
     assert code == 1 and "already provisioned" in err and len(err.strip().splitlines()) == 1
 
     wrong = tmp_path / "wrong.key"
@@ -193,8 +225,9 @@ def test_cli_provision_inspect_rotate(tmp_path: Path, monkeypatch, capsys, ml100
     assert code == 1 and "wrong key" in err and len(err.strip().splitlines()) == 1
 
     new_key = tmp_path / "new.key"
-    code, _, err = fedrec(monkeypatch, capsys, "store", "rotate-key", str(store), "--key-file", str(key),
-                          "--new-key-file", str(new_key))
+    code, _, err = fedrec(
+        monkeypatch, capsys, "store", "rotate-key", str(store), "--key-file", str(key), "--new-key-file", str(new_key)
+    )
     assert code == 0, err
     assert fedrec(monkeypatch, capsys, "store", "inspect", str(store), "--key-file", str(new_key))[0] == 0
     assert fedrec(monkeypatch, capsys, "store", "inspect", str(store), "--key-file", str(key))[0] == 1
@@ -212,8 +245,19 @@ def test_cli_passphrase_fleet(tmp_path: Path, monkeypatch, capsys, ml100k_dir) -
     monkeypatch.setenv("FEDREC_DATA_DIR", str(ml100k_dir))
     monkeypatch.setenv("FLEET_PASS", "a long passphrase")
     out = tmp_path / "fleet"
-    code, _, err = fedrec(monkeypatch, capsys, "data", "provision", "--out", str(out), "--users", "3",
-                          "--passphrase-env", "FLEET_PASS", "--quiet")
+    code, _, err = fedrec(
+        monkeypatch,
+        capsys,
+        "data",
+        "provision",
+        "--out",
+        str(out),
+        "--users",
+        "3",
+        "--passphrase-env",
+        "FLEET_PASS",
+        "--quiet",
+    )
     assert code == 0, err
     manifest = load_manifest(out)
     assert manifest.key["recipe"]["source"] == "passphrase" and not (out / "master.key").exists()
@@ -237,8 +281,13 @@ def test_cli_error_is_one_line_in_a_real_process(tmp_path: Path) -> None:
     key.write_bytes(bytes(32))
     key.chmod(0o600)
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "fedrec.simulations.main", "store", "inspect", str(store), "--key-file", str(key)],
-                          capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedrec.simulations.main", "store", "inspect", str(store), "--key-file", str(key)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error:") and "truncated" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

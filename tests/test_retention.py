@@ -70,8 +70,10 @@ def test_beta_fit_recovers_known_prior():
     per_user = [list(np.arange(k + 1) * 2) for k in returns]  # gaps of 2 days, far from the data's end
     offset = 1000
     data = days_data([[d + offset for d in days] for days in per_user] + [[offset + 2000]])
-    fit = fit_beta(active_days(data), GapModel(GapHistogram.from_gaps(np.array([2]), "f"),
-                                               GapHistogram.from_gaps(np.array([2]), "l")))
+    fit = fit_beta(
+        active_days(data),
+        GapModel(GapHistogram.from_gaps(np.array([2]), "f"), GapHistogram.from_gaps(np.array([2]), "l")),
+    )
     assert fit.a == pytest.approx(a, rel=0.15)
     assert fit.b == pytest.approx(b, rel=0.15)
 
@@ -98,7 +100,7 @@ def test_slates_serve_unseen_items_once_in_score_order():
     for u in range(5):
         served = items[u][valid[u]]
         for n in range(12):  # late slates run out of unseen items: they sum what they hold, or 0
-            assert sat[u, n] == pytest.approx(value[u, served[4 * n: 4 * n + 4]].sum())
+            assert sat[u, n] == pytest.approx(value[u, served[4 * n : 4 * n + 4]].sum())
 
 
 def test_mf_recovers_low_rank_ratings():

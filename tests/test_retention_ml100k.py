@@ -13,8 +13,15 @@ from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.simple import fit_ease, fit_popularity, fit_random
 from fedrec.simulations.retention.engine import GREEDY, popularity_scores, prepare, run_seeds
 from fedrec.simulations.retention.observed import active_days, observed_retention
-from fedrec.simulations.retention.summary import (CALIBRATION_TOLERANCE, check_calibration, check_identical_at_zero,
-                                           check_monotone, check_ordering, intervals, means)
+from fedrec.simulations.retention.summary import (
+    CALIBRATION_TOLERANCE,
+    check_calibration,
+    check_identical_at_zero,
+    check_monotone,
+    check_ordering,
+    intervals,
+    means,
+)
 
 SEEDS = (0, 1, 2, 3, 4)
 USER_MODELS = ("ease+mf", "ease+knn", "wrmf+mf", "wrmf+knn")
@@ -28,8 +35,11 @@ def data(ml100k_dir):
 @pytest.fixture(scope="module")
 def study(data):
     split = temporal_split(data, 0)
-    arms = {"random": fit_random(split, 0).scores, "popularity": fit_popularity(split, 0).scores,
-            "ease": fit_ease(split, 0, lambdas=(300.0,)).scores}
+    arms = {
+        "random": fit_random(split, 0).scores,
+        "popularity": fit_popularity(split, 0).scores,
+        "ease": fit_ease(split, 0, lambdas=(300.0,)).scores,
+    }
     setup = prepare(data)
     per_seed, _, refs, first = run_seeds(setup, [arms], popularity_scores(data), SEEDS)
     s_ref = {o.name: float(refs[:, j].mean()) for j, o in enumerate(setup.oracles)}

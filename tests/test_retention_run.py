@@ -29,7 +29,9 @@ def toy_csv(tmp_path_factory):
             day = int(rng.integers(0, 150))
             for _ in range(int(rng.integers(1, 6))):
                 for item in rng.choice(80, size=int(rng.integers(3, 7)), replace=False):
-                    out.writerow([u, item, day * DAY + int(rng.integers(0, DAY)), 5 if item < 30 else int(rng.integers(1, 4))])
+                    out.writerow(
+                        [u, item, day * DAY + int(rng.integers(0, DAY)), 5 if item < 30 else int(rng.integers(1, 4))]
+                    )
                 day += int(rng.integers(1, 20))
     return path
 
@@ -37,14 +39,17 @@ def toy_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(toy_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "toy"
-    result = CliRunner().invoke(app, ["baseline", "--dataset", str(toy_csv), "--arms", "random,popularity,ease",
-                                      "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        app, ["baseline", "--dataset", str(toy_csv), "--arms", "random,popularity,ease", "--out", str(out), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     return out
 
 
 def test_cli_retention_updates_report_and_plots(run_dir, toy_csv):
-    result = CliRunner().invoke(app, ["retention", str(run_dir), "--seeds", "0,1", "--dataset", str(toy_csv), "--quiet"])
+    result = CliRunner().invoke(
+        app, ["retention", str(run_dir), "--seeds", "0,1", "--dataset", str(toy_csv), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     assert "(simulated)" in result.stdout and "**observed**" in result.stdout
     report = json.loads((run_dir / "report.json").read_text())
@@ -80,8 +85,10 @@ def test_cli_retention_names_the_problem_on_bad_input(run_dir, tmp_path):
 
 def test_run_retention_with_given_scores_and_wrong_shapes(run_dir, toy_csv):
     data = load_csv(toy_csv)
-    scores = {"ease": np.load(run_dir / "scores" / "ease.npy"), "extra": np.random.default_rng(0).random(
-        (data.n_users, data.n_items))}
+    scores = {
+        "ease": np.load(run_dir / "scores" / "ease.npy"),
+        "extra": np.random.default_rng(0).random((data.n_users, data.n_items)),
+    }
     report = run_retention(run_dir, data, arms=scores, seeds=(0,), show=False)
     assert "extra" in report["arms"] and "retention" in report["arms"]["extra"]
     with pytest.raises(FedrecError, match="shape"):
@@ -110,7 +117,8 @@ def test_headline_reports_the_private_arm_and_rho_against_centralized(run_dir, t
     assert set(h["by_oracle"]) == {"ease+mf", "ease+knn", "wrmf+mf", "wrmf+knn"}
     cell = h["by_oracle"]["ease+mf"]
     assert cell["vs_reference"]["d30"]["mean"] == pytest.approx(
-        cell["d30"]["mean"] - report["retention"]["ci95"]["centralized"]["ease+mf"]["2"]["d30"]["mean"])
+        cell["d30"]["mean"] - report["retention"]["ci95"]["centralized"]["ease+mf"]["2"]["d30"]["mean"]
+    )
     md = (run_dir / "report.md").read_text()
     assert md.index("**Headline (simulated, beta 2).** `federated_dp`") < md.index("**What these numbers mean.**")
     assert "Gap closed" in md

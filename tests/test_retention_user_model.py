@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from fedrec.common.datasets import from_raw
-from fedrec.simulations.retention.calibration import (calibrate_likes, calibrate_picks, next_items_mask,
-                                                      unseen_ranks)
+from fedrec.simulations.retention.calibration import calibrate_likes, calibrate_picks, next_items_mask, unseen_ranks
 from fedrec.simulations.retention.engine import GREEDY, popularity_scores, prepare, run_seeds
 from fedrec.simulations.retention.implicit_mf import WRMFConfig, fit_wrmf
 from fedrec.simulations.retention.knn import KNNConfig, fit_item_knn
@@ -44,8 +43,9 @@ class World:
                 items.append(int(item))
                 stamps.append(day * DAY + j)
                 ratings.append(float(np.clip(np.rint(self.mean_rating[u, item] + rng.normal(0, 0.7)), 1, 5)))
-        self.data = from_raw("world", np.array(users), np.array(items), np.array(stamps),
-                             np.array(ratings, dtype=np.float32))
+        self.data = from_raw(
+            "world", np.array(users), np.array(items), np.array(stamps), np.array(ratings, dtype=np.float32)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +121,11 @@ def test_wrmf_and_knn_learn_the_world(world):
 def study(world):
     setup = prepare(world.data)
     rng = np.random.default_rng(3)
-    arms = {"random": rng.random((N_USERS, N_ITEMS)).astype(np.float32),
-            "popularity": np.asarray(popularity_scores(world.data)),
-            "centralized": world.pick_utility.astype(np.float32)}
+    arms = {
+        "random": rng.random((N_USERS, N_ITEMS)).astype(np.float32),
+        "popularity": np.asarray(popularity_scores(world.data)),
+        "centralized": world.pick_utility.astype(np.float32),
+    }
     per_cell, _, _, first = run_seeds(setup, [arms], popularity_scores(world.data), (0, 1, 2))
     return setup, per_cell, means(intervals(per_cell)), first
 

@@ -7,15 +7,31 @@ import sys
 
 
 def baseline(path, out):
-    return subprocess.run([sys.executable, "-m", "fedrec.simulations.main", "baseline", "--dataset", str(path),
-                           "--out", str(out), "--arms", "random,popularity", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedrec.simulations.main",
+            "baseline",
+            "--dataset",
+            str(path),
+            "--out",
+            str(out),
+            "--arms",
+            "random,popularity",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_second_run_into_the_same_out_is_refused_and_the_first_is_kept(tmp_path):
     path = tmp_path / "log.csv"
-    rows = ["user,item,timestamp"] + [f"{u},{(u * 7 + j) % 30},{u * 3 * 86400 + j * 5 * 86400}" for u in range(12)
-                                      for j in range(6)]
+    rows = ["user,item,timestamp"] + [
+        f"{u},{(u * 7 + j) % 30},{u * 3 * 86400 + j * 5 * 86400}" for u in range(12) for j in range(6)
+    ]
     path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
     first = baseline(path, out)

@@ -26,7 +26,9 @@ def test_last_is_test_second_last_is_validation(tiny):
 def test_ties_broken_by_seed_and_reproducible():
     # one user, four items all at the same time: the held-out pair depends only on the seed
     data = from_raw("ties", np.zeros(4, int), np.arange(4), np.zeros(4, int))
-    picks = {seed: (temporal_split(data, seed).test_items[0], temporal_split(data, seed).val_items[0]) for seed in range(12)}
+    picks = {
+        seed: (temporal_split(data, seed).test_items[0], temporal_split(data, seed).val_items[0]) for seed in range(12)
+    }
     assert picks[3] == (temporal_split(data, 3).test_items[0], temporal_split(data, 3).val_items[0])
     assert len(set(picks.values())) > 1
 

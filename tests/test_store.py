@@ -55,7 +55,7 @@ def sql(path: Path, *statements: tuple) -> None:
 
 
 def flip(blob: bytes, at: int = 0) -> bytes:
-    return blob[:at] + bytes([blob[at] ^ 0x01]) + blob[at + 1:]
+    return blob[:at] + bytes([blob[at] ^ 0x01]) + blob[at + 1 :]
 
 
 @pytest.fixture
@@ -120,8 +120,17 @@ def test_create_refuses_to_overwrite(store_path: Path) -> None:
 
 
 def test_errors_are_distinct_fedrec_errors() -> None:
-    kinds = [WrongKeyError, TamperedError, DeletedRowError, ReorderedRowError, ForeignRowError, TruncatedError,
-             RollbackError, NotAStoreError, StoreNotFoundError]
+    kinds = [
+        WrongKeyError,
+        TamperedError,
+        DeletedRowError,
+        ReorderedRowError,
+        ForeignRowError,
+        TruncatedError,
+        RollbackError,
+        NotAStoreError,
+        StoreNotFoundError,
+    ]
     assert len(set(kinds)) == len(kinds)
     for kind in kinds:
         assert issubclass(kind, StoreError) and issubclass(kind, FedrecError)
@@ -144,8 +153,9 @@ def test_missing_file_and_foreign_file(tmp_path: Path) -> None:
         DeviceStore.open(tmp_path / "other.db", KEY)
 
 
-@pytest.mark.parametrize("table,where", [("chunks", "seq = 2"), ("state", "name = 'user_embedding'"),
-                                          ("head", "id = 1")])
+@pytest.mark.parametrize(
+    "table,where", [("chunks", "seq = 2"), ("state", "name = 'user_embedding'"), ("head", "id = 1")]
+)
 @pytest.mark.parametrize("column", ["nonce", "ct"])
 @pytest.mark.parametrize("at", [0, -1])
 def test_flipped_byte_in_each_ciphertext_column(store_path: Path, table: str, where: str, column: str, at: int) -> None:
@@ -200,32 +210,41 @@ def test_header_tampering(store_path: Path) -> None:
 
 
 def test_swapped_chunk_rows(store_path: Path) -> None:
-    sql(store_path,
+    sql(
+        store_path,
         "UPDATE chunks SET seq = 100 WHERE seq = 1",
         "UPDATE chunks SET seq = 1 WHERE seq = 2",
-        "UPDATE chunks SET seq = 2 WHERE seq = 100")
+        "UPDATE chunks SET seq = 2 WHERE seq = 100",
+    )
     with pytest.raises(ReorderedRowError):
         DeviceStore.open(store_path, KEY)
 
 
 def test_swapped_state_rows(store_path: Path) -> None:
     conn = sqlite3.connect(store_path)
-    rows = dict((n, (v, o, nc, c)) for n, v, o, nc, c in conn.execute("SELECT name, version, origin, nonce, ct FROM state"))
+    rows = dict(
+        (n, (v, o, nc, c)) for n, v, o, nc, c in conn.execute("SELECT name, version, origin, nonce, ct FROM state")
+    )
     conn.close()
     a, b = rows["user_embedding"], rows["privacy_ledger"]
-    sql(store_path,
+    sql(
+        store_path,
         ("UPDATE state SET nonce = ?, ct = ? WHERE name = 'user_embedding'", (b[2], b[3])),
-        ("UPDATE state SET nonce = ?, ct = ? WHERE name = 'privacy_ledger'", (a[2], a[3])))
+        ("UPDATE state SET nonce = ?, ct = ? WHERE name = 'privacy_ledger'", (a[2], a[3])),
+    )
     with pytest.raises(ReorderedRowError):
         DeviceStore.open(store_path, KEY)
 
 
-@pytest.mark.parametrize("statement", [
-    "DELETE FROM chunks WHERE seq = 2",
-    "DELETE FROM chunks WHERE seq = 3",
-    "DELETE FROM state WHERE name = 'privacy_ledger'",
-    "DELETE FROM head",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM chunks WHERE seq = 2",
+        "DELETE FROM chunks WHERE seq = 3",
+        "DELETE FROM state WHERE name = 'privacy_ledger'",
+        "DELETE FROM head",
+    ],
+)
 def test_deleted_row(store_path: Path, statement: str) -> None:
     sql(store_path, statement)
     with pytest.raises(DeletedRowError):
@@ -233,11 +252,14 @@ def test_deleted_row(store_path: Path, statement: str) -> None:
 
 
 @pytest.mark.parametrize("other_key", [KEY, OTHER_KEY], ids=["same-key", "other-key"])
-@pytest.mark.parametrize("table,where,insert", [
-    ("chunks", "seq = 1", "INSERT INTO chunks VALUES (4, ?, ?, ?)"),
-    ("state", "name = 'user_embedding'", None),
-    ("head", "id = 1", None),
-])
+@pytest.mark.parametrize(
+    "table,where,insert",
+    [
+        ("chunks", "seq = 1", "INSERT INTO chunks VALUES (4, ?, ?, ?)"),
+        ("state", "name = 'user_embedding'", None),
+        ("head", "id = 1", None),
+    ],
+)
 def test_row_copied_from_another_store(tmp_path: Path, other_key: bytes, table: str, where: str, insert) -> None:
     a = make_store(tmp_path / "a.db")
     b = make_store(tmp_path / "b.db", key=other_key, store_id="dev-b")

@@ -88,8 +88,10 @@ ROTATOR = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("stage,at,rotated", [("row", 1, False), ("row", 30, False), ("before-replace", 1, False),
-                                              ("after-replace", 1, True)])
+@pytest.mark.parametrize(
+    "stage,at,rotated",
+    [("row", 1, False), ("row", 30, False), ("before-replace", 1, False), ("after-replace", 1, True)],
+)
 def test_sigkill_mid_rotation_leaves_old_or_new_store(tmp_path: Path, stage: str, at: int, rotated: bool) -> None:
     path = tmp_path / "dev.db"
     with DeviceStore.create(path, KEY, "dev-rot") as store:

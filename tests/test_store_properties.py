@@ -16,13 +16,17 @@ KEY = bytes(range(32))
 NEW_KEY = bytes(range(50, 82))
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
-batch = st.integers(min_value=0, max_value=12).flatmap(lambda n: st.fixed_dictionaries({
-    "items": st.lists(INT64, min_size=n, max_size=n),
-    "timestamps": st.lists(INT64, min_size=n, max_size=n),
-    "values": st.one_of(st.none(), st.lists(st.floats(width=32, allow_nan=True), min_size=n, max_size=n)),
-    "event_type": st.text(min_size=1, max_size=8).filter(lambda s: len(s.encode()) <= 255),
-    "split": st.sampled_from(SPLITS),
-}))
+batch = st.integers(min_value=0, max_value=12).flatmap(
+    lambda n: st.fixed_dictionaries(
+        {
+            "items": st.lists(INT64, min_size=n, max_size=n),
+            "timestamps": st.lists(INT64, min_size=n, max_size=n),
+            "values": st.one_of(st.none(), st.lists(st.floats(width=32, allow_nan=True), min_size=n, max_size=n)),
+            "event_type": st.text(min_size=1, max_size=8).filter(lambda s: len(s.encode()) <= 255),
+            "split": st.sampled_from(SPLITS),
+        }
+    )
+)
 state_write = st.tuples(st.sampled_from(["user_embedding", "privacy_ledger", "rounds"]), st.binary(max_size=64))
 operation = st.one_of(batch.map(lambda b: ("append", b)), state_write.map(lambda s: ("state", s)))
 
@@ -76,8 +80,14 @@ def test_any_history_round_trips(ops: list) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 1681), st.integers(800_000_000, 900_000_000)), min_size=3, max_size=40,
-                unique_by=lambda e: e[0]))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1681), st.integers(800_000_000, 900_000_000)),
+        min_size=3,
+        max_size=40,
+        unique_by=lambda e: e[0],
+    )
+)
 def test_no_event_is_visible_in_the_file(events: list) -> None:
     items = [i for i, _ in events]
     stamps = [t for _, t in events]

@@ -28,8 +28,14 @@ def stats(ml100k):
 
 
 def rows(data: Interactions) -> list[tuple]:
-    return sorted(zip(data.user_ids[data.users].tolist(), data.item_ids[data.items].tolist(),
-                      data.timestamps.tolist(), data.ratings.tolist()))
+    return sorted(
+        zip(
+            data.user_ids[data.users].tolist(),
+            data.item_ids[data.items].tolist(),
+            data.timestamps.tolist(),
+            data.ratings.tolist(),
+        )
+    )
 
 
 def test_same_seed_same_population_other_seed_another(stats):
@@ -71,6 +77,7 @@ def test_taste_gives_a_learner_more_than_popularity(stats):
     """With the taste factors (at a strength calibration finds on ML-100K) EASE gains much more over
     popularity at the validation position than with them switched off (where what it still gains comes
     from the time order: the latest items are the less popular ones)."""
+
     def lift(strength: float) -> float:
         return validation_lift(synthesize(replace(stats, taste=replace(stats.taste, strength=strength)), 600, 800, 0))
 
@@ -91,12 +98,15 @@ def test_csv_loads_through_the_generic_loader(stats, tmp_path):
     assert rows(loaded) == rows(synthesize(stats, 120, 200, 5))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(n_users=0), "--users must be at least 1, got 0"),
-    (dict(n_items=5), "--items must be at least 10, got 5"),
-    (dict(out_name="synth.txt"), "must end in .csv"),
-    (dict(out_name="missing/synth.csv"), "directory does not exist"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_users=0), "--users must be at least 1, got 0"),
+        (dict(n_items=5), "--items must be at least 10, got 5"),
+        (dict(out_name="synth.txt"), "must end in .csv"),
+        (dict(out_name="missing/synth.csv"), "directory does not exist"),
+    ],
+)
 def test_bad_arguments_fail_before_the_fit(tmp_path, kwargs, message):
     args = dict(n_users=10, n_items=20, seed=0)
     out = tmp_path / kwargs.pop("out_name", "synth.csv")
@@ -106,8 +116,22 @@ def test_bad_arguments_fail_before_the_fit(tmp_path, kwargs, message):
 
 
 def test_cli_bad_argument_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fedrec.simulations.main", "data", "synth", "--users", "-3",
-                           "--out", str(tmp_path / "s.csv")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedrec.simulations.main",
+            "data",
+            "synth",
+            "--users",
+            "-3",
+            "--out",
+            str(tmp_path / "s.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: --users must be at least 1, got -3"
 

@@ -39,12 +39,22 @@ def model_scores(model: NeuMF) -> np.ndarray:
 def train_with_validation(split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train positives plus each user's validation item (users, items, timestamps): the final refit's data."""
     has = np.flatnonzero(split.val_items >= 0)
-    return (np.concatenate([split.train_users, has]), np.concatenate([split.train_items, split.val_items[has]]),
-            np.concatenate([split.train_timestamps, split.val_timestamps[has]]))
+    return (
+        np.concatenate([split.train_users, has]),
+        np.concatenate([split.train_items, split.val_items[has]]),
+        np.concatenate([split.train_timestamps, split.val_timestamps[has]]),
+    )
 
 
-def train_epoch(model: NeuMF, optimizer: torch.optim.Optimizer, users: np.ndarray, items: np.ndarray,
-                keys: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> float:
+def train_epoch(
+    model: NeuMF,
+    optimizer: torch.optim.Optimizer,
+    users: np.ndarray,
+    items: np.ndarray,
+    keys: np.ndarray,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> float:
     """One pass over the positives with fresh negatives; returns mean BCE."""
     u, i, y = with_negatives(users, items, keys, model.n_items, cfg.negatives, rng)
     order = rng.permutation(len(u))
@@ -68,8 +78,18 @@ def _optimizer(model: NeuMF, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, t
     return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
 
 
-def _train(model: NeuMF, users: np.ndarray, items: np.ndarray, stamps: np.ndarray, cfg: TrainConfig, seed: int,
-           bar, label: str, split: Split, epochs: int | None = None) -> tuple[NeuMF, dict]:
+def _train(
+    model: NeuMF,
+    users: np.ndarray,
+    items: np.ndarray,
+    stamps: np.ndarray,
+    cfg: TrainConfig,
+    seed: int,
+    bar,
+    label: str,
+    split: Split,
+    epochs: int | None = None,
+) -> tuple[NeuMF, dict]:
     """Train ``model`` on the given positives.
 
     With ``epochs=None``: up to ``cfg.epochs``, keeping the epoch with the best validation NDCG@10 (full
@@ -96,8 +116,9 @@ def _train(model: NeuMF, users: np.ndarray, items: np.ndarray, stamps: np.ndarra
         scores = model_scores(model)
         hr, ndcg = hit_ndcg(full_ranks(scores, split, "validation", seed))
         hr_sampled, _ = hit_ndcg(sampled_ranks(scores, split, "validation", seed))
-        curve.append({"epoch": epoch, "loss": loss, "val_hr@10": hr, "val_ndcg@10": ndcg,
-                      "val_hr@10_sampled": hr_sampled})
+        curve.append(
+            {"epoch": epoch, "loss": loss, "val_hr@10": hr, "val_ndcg@10": ndcg, "val_hr@10_sampled": hr_sampled}
+        )
         bar.update(task, advance=1, description=f"{label}  loss {loss:.4f}  val NDCG@10 {ndcg:.4f}")
         if ndcg > best_ndcg:
             best_ndcg, best_state, best_epoch, stale = ndcg, copy.deepcopy(model.state_dict()), epoch, 0
@@ -109,13 +130,26 @@ def _train(model: NeuMF, users: np.ndarray, items: np.ndarray, stamps: np.ndarra
     if validate:
         model.load_state_dict(best_state)
         best = curve[best_epoch - 1]
-        info.update({"best_epoch": best_epoch, "val_ndcg@10": best_ndcg, "val_hr@10": best["val_hr@10"],
-                     "val_hr@10_sampled": best["val_hr@10_sampled"], "curve": curve})
+        info.update(
+            {
+                "best_epoch": best_epoch,
+                "val_ndcg@10": best_ndcg,
+                "val_hr@10": best["val_hr@10"],
+                "val_hr@10_sampled": best["val_hr@10_sampled"],
+                "curve": curve,
+            }
+        )
     return model, info
 
 
-def _recipe(split: Split, seed: int, config: CentralConfig, data: tuple[np.ndarray, np.ndarray, np.ndarray], bar,
-            epochs: dict[str, int] | None = None) -> tuple[NeuMF, dict[str, dict]]:
+def _recipe(
+    split: Split,
+    seed: int,
+    config: CentralConfig,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+    bar,
+    epochs: dict[str, int] | None = None,
+) -> tuple[NeuMF, dict[str, dict]]:
     """NeuMF from random init, or (``pretrain``) from a GMF-only and an MLP-only model trained first.
 
     ``epochs`` None: early stopping for every stage; else the per-stage epoch counts found that way.
@@ -126,8 +160,9 @@ def _recipe(split: Split, seed: int, config: CentralConfig, data: tuple[np.ndarr
     def stage(name: str, cfg_m: ModelConfig, init: NeuMF | None = None) -> NeuMF:
         torch.manual_seed(seed)
         model = init if init is not None else NeuMF(split.n_users, split.n_items, cfg_m)
-        model, infos[name] = _train(model, *data, cfg, seed, bar, f"centralized {name}", split,
-                                    None if epochs is None else epochs[name])
+        model, infos[name] = _train(
+            model, *data, cfg, seed, bar, f"centralized {name}", split, None if epochs is None else epochs[name]
+        )
         return model
 
     init = None
@@ -150,10 +185,16 @@ def fit_centralized(split: Split, seed: int, config: CentralConfig = CentralConf
             model, _ = _recipe(split, seed, config, train_with_validation(split), bar, epochs)
         scores = model_scores(model)
     final = stages["neumf"]
-    info = {"model": config.model.to_dict(), "train": cfg.to_dict(), **final,
-            "epoch_s_mean": float(np.mean([s["epoch_s_mean"] for s in stages.values()])),
-            "pretrain": {name: {k: v for k, v in s.items() if k != "curve"} for name, s in stages.items() if name != "neumf"},
-            "train_s": time.perf_counter() - t0}
+    info = {
+        "model": config.model.to_dict(),
+        "train": cfg.to_dict(),
+        **final,
+        "epoch_s_mean": float(np.mean([s["epoch_s_mean"] for s in stages.values()])),
+        "pretrain": {
+            name: {k: v for k, v in s.items() if k != "curve"} for name, s in stages.items() if name != "neumf"
+        },
+        "train_s": time.perf_counter() - t0,
+    }
     result = ArmResult("centralized", scores, info)
     result.model = model  # type: ignore[attr-defined]
     return result

@@ -19,7 +19,9 @@ CENTRAL_ARMS: dict[str, Callable[..., ArmResult]] = {
 }
 
 
-def central_fitters(names: list[str], config: FedrecConfig, show: bool = True) -> dict[str, Callable[[Split, int], ArmResult]]:
+def central_fitters(
+    names: list[str], config: FedrecConfig, show: bool = True
+) -> dict[str, Callable[[Split, int], ArmResult]]:
     """Bind each named arm to its settings so the experiment only passes (split, seed)."""
     fitters = {}
     for name in names:

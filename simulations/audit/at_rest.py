@@ -54,8 +54,10 @@ def audit_stores(stores_dir: Path, data: Interactions, split: Split, show=None) 
     for device in manifest.devices:
         user = device.user_index
         if user >= split.n_users:
-            raise DataError(f"{stores_dir / 'manifest.json'}: device {device.device_id} has user_index {user}, "
-                            f"the run has {split.n_users} users")
+            raise DataError(
+                f"{stores_dir / 'manifest.json'}: device {device.device_id} has user_index {user}, "
+                f"the run has {split.n_users} users"
+            )
         path = manifest.store_path(device)
         if not path.exists():
             findings.append(f"{path}: listed in the manifest but missing")

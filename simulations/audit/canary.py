@@ -15,8 +15,8 @@ the theorem needs (it changes one canary at a time), so no group-privacy factor 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -71,8 +71,9 @@ def with_canaries(data: Interactions, split: Split, plan: CanaryPlan) -> tuple[I
     stamps = np.concatenate([split.train_timestamps, first_ts[plan.users[inc]]])
     regroup = np.argsort(users, kind="stable")
     n_items = split.n_items + plan.m
-    new_split = dataclasses.replace(split, n_items=n_items, train_users=users[regroup], train_items=items[regroup],
-                                    train_timestamps=stamps[regroup])
+    new_split = dataclasses.replace(
+        split, n_items=n_items, train_users=users[regroup], train_items=items[regroup], train_timestamps=stamps[regroup]
+    )
     canary_ids = np.array([f"{CANARY_ITEM_ID_BASE}{j}" for j in range(plan.m)], dtype=object)
     new_data = dataclasses.replace(
         data,
@@ -91,7 +92,7 @@ def guesses(scores: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"{2 * k} guesses need at least as many canaries, got {len(scores)}")
     order = np.argsort(scores, kind="stable")
     out = np.zeros(len(scores), dtype=np.int8)
-    out[order[len(scores) - k:]] = 1
+    out[order[len(scores) - k :]] = 1
     out[order[:k]] = -1
     return out
 
@@ -117,8 +118,16 @@ def evaluate_guesses(plan: CanaryPlan, scores: np.ndarray, k: int, delta: float,
     }
 
 
-def canary_audit(data: Interactions, split: Split, train: CanaryTrainer, m: int, k: int, seed: int,
-                 delta: float, confidence: float = 0.95) -> dict:
+def canary_audit(
+    data: Interactions,
+    split: Split,
+    train: CanaryTrainer,
+    m: int,
+    k: int,
+    seed: int,
+    delta: float,
+    confidence: float = 0.95,
+) -> dict:
     """Plan, insert, train once, score, guess, bound; plus the formal epsilon of that very training."""
     plan = plan_canaries(split, m, seed)
     c_data, c_split = with_canaries(data, split, plan)

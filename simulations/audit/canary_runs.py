@@ -39,8 +39,9 @@ def audited_federation(report: dict, arm: str, rounds: int | None) -> Federation
         federation = from_nested(FederationConfig, recorded, f"report.json arms.{arm}.info.federation")
     else:
         federation = run_config_of(report).federation
-        federation = replace(federation, privacy=replace(federation.privacy,
-                                                         mechanism="local" if arm == "federated_dp" else "none"))
+        federation = replace(
+            federation, privacy=replace(federation.privacy, mechanism="local" if arm == "federated_dp" else "none")
+        )
     if rounds is not None:
         federation = replace(federation, server=replace(federation.server, rounds=rounds))
     return federation
@@ -53,8 +54,9 @@ def harness_trainer(federation: FederationConfig, name: str, nodes: int, work_di
     def train(data: Interactions, split: Split, seed: int) -> ArmResult:
         scratch = Path(tempfile.mkdtemp(prefix=f"canary-{name}-", dir=work_dir))
         try:
-            arm = FederatedArm(name=name, data=data, run_dir=scratch, federation=federation, nodes=nodes,
-                               primary_seed=seed, show=show)
+            arm = FederatedArm(
+                name=name, data=data, run_dir=scratch, federation=federation, nodes=nodes, primary_seed=seed, show=show
+            )
             return fit_federated(arm, split, seed)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -62,8 +64,9 @@ def harness_trainer(federation: FederationConfig, name: str, nodes: int, work_di
     return train
 
 
-def canary_trainer(kind: str, federation: FederationConfig, name: str, nodes: int, work_dir: Path,
-                   show: bool) -> CanaryTrainer:
+def canary_trainer(
+    kind: str, federation: FederationConfig, name: str, nodes: int, work_dir: Path, show: bool
+) -> CanaryTrainer:
     if kind == "harness":
         return harness_trainer(federation, name, nodes, work_dir, show)
     if kind == "inprocess":

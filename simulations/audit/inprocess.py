@@ -32,7 +32,7 @@ def _train_items(split: Split) -> list[np.ndarray]:
     order = np.argsort(split.train_users, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(split.train_users, minlength=split.n_users))])
     items = split.train_items[order]
-    return [items[bounds[u]:bounds[u + 1]] for u in range(split.n_users)]
+    return [items[bounds[u] : bounds[u + 1]] for u in range(split.n_users)]
 
 
 def fit_inprocess(data: Interactions, split: Split, seed: int, federation: FederationConfig) -> ArmResult:
@@ -52,12 +52,14 @@ def fit_inprocess(data: Interactions, split: Split, seed: int, federation: Feder
             if len(train[u]) == 0 or not participates(str(u), rnd, device.participation, seed):
                 continue
             local = NeuMF(1, split.n_items, device.model)
-            local.load_state_dict({**global_params, "user_emb.weight": user_rows[u:u + 1]})
+            local.load_state_dict({**global_params, "user_emb.weight": user_rows[u : u + 1]})
             rng = np.random.default_rng([seed, rnd, u])
-            items, labels = make_examples(train[u], None if privacy.private else train[u], split.n_items,
-                                          training.negatives, rng)
-            outcome = train_local(local, items, labels, training, privacy, ledgers[u],
-                                  seed * 1_000_003 + rnd * 10_007 + u)
+            items, labels = make_examples(
+                train[u], None if privacy.private else train[u], split.n_items, training.negatives, rng
+            )
+            outcome = train_local(
+                local, items, labels, training, privacy, ledgers[u], seed * 1_000_003 + rnd * 10_007 + u
+            )
             if outcome.refused:
                 continue
             user_rows[u] = local.user_emb.weight.detach()[0]
@@ -68,12 +70,20 @@ def fit_inprocess(data: Interactions, split: Split, seed: int, federation: Feder
             global_params = {k: (v / weight).to(global_params[k].dtype) for k, v in total.items()}
     model.load_state_dict({**global_params, "user_emb.weight": user_rows})
     scores = model.score_users(torch.arange(split.n_users)).numpy()
-    info: dict = {"trainer": "in-process FedAvg over fedrec.client.local_training", "rounds": rounds,
-                  "noise_multiplier": privacy.noise_multiplier}
+    info: dict = {
+        "trainer": "in-process FedAvg over fedrec.client.local_training",
+        "rounds": rounds,
+        "noise_multiplier": privacy.noise_multiplier,
+    }
     if privacy.private:
         eps = np.array([led.epsilon(privacy.delta) for led in ledgers if led.history])
-        info["privacy"] = {"epsilon_max": float(eps.max()), "epsilon_median": float(np.median(eps)),
-                           "delta": privacy.delta, "noise_multiplier": privacy.noise_multiplier,
-                           "sample_rate": training.sample_rate, "steps": max(led.steps for led in ledgers),
-                           "unit": UNIT}
+        info["privacy"] = {
+            "epsilon_max": float(eps.max()),
+            "epsilon_median": float(np.median(eps)),
+            "delta": privacy.delta,
+            "noise_multiplier": privacy.noise_multiplier,
+            "sample_rate": training.sample_rate,
+            "steps": max(led.steps for led in ledgers),
+            "unit": UNIT,
+        }
     return ArmResult("federated_dp" if privacy.private else "federated", scores, info)

@@ -73,8 +73,9 @@ def keep_matrix(n_shadows: int, n_candidates: int, seed: int) -> np.ndarray:
     return ranks < n_shadows // 2
 
 
-def train_shadow(split: Split, cands: Candidates, keep: np.ndarray, config: CentralConfig, epochs: int,
-                 seed: int) -> np.ndarray:
+def train_shadow(
+    split: Split, cands: Candidates, keep: np.ndarray, config: CentralConfig, epochs: int, seed: int
+) -> np.ndarray:
     """One shadow: the centralized recipe for a fixed number of epochs; returns its candidate logits."""
     cand_keys = cands.users * split.n_items + cands.items
     train_keys = split.train_users.astype(np.int64) * split.n_items + split.train_items
@@ -122,8 +123,9 @@ class ShadowSet:
     epochs: int
 
 
-def train_shadows(split: Split, cands: Candidates, config: CentralConfig, n_shadows: int, epochs: int, seed: int,
-                  on_done=None) -> ShadowSet:
+def train_shadows(
+    split: Split, cands: Candidates, config: CentralConfig, n_shadows: int, epochs: int, seed: int, on_done=None
+) -> ShadowSet:
     keep = keep_matrix(n_shadows, len(cands), seed)
     logits = []
     for s in range(n_shadows):

@@ -14,7 +14,7 @@ def _f(x, digits: int = 3) -> str:
 
 
 def status(section: dict) -> str | None:
-    """"skipped (reason)" or "not applicable (reason)" for a section that did not run, else None."""
+    """ "skipped (reason)" or "not applicable (reason)" for a section that did not run, else None."""
     if "skipped" in section:
         return f"skipped ({section['skipped']})"
     if "not_applicable" in section:
@@ -24,9 +24,11 @@ def status(section: dict) -> str | None:
 
 def _verdicts(a: dict) -> list[str]:
     lines = ["| check | result |", "| --- | --- |"]
-    checks = [("accounting", "accounting: ledgers agree with an independent accountant (within 1%)", "agree"),
-              ("wire", "wire: only dense global parameters left the devices", "ok"),
-              ("at_rest", "at rest: no plaintext user data in the stores, key files 0600", "ok")]
+    checks = [
+        ("accounting", "accounting: ledgers agree with an independent accountant (within 1%)", "agree"),
+        ("wire", "wire: only dense global parameters left the devices", "ok"),
+        ("at_rest", "at rest: no plaintext user data in the stores, key files 0600", "ok"),
+    ]
     for name, label, key in checks:
         if name in a:
             lines.append(f"| {label} | {status(a[name]) or _f(a[name].get(key))} |")
@@ -34,8 +36,10 @@ def _verdicts(a: dict) -> list[str]:
         lines.append(f"| canaries: empirical lower bound below the formal epsilon | {status(a['canary'])} |")
     elif "canary" in a and a["canary"].get("epsilon_formal") is not None:
         c = a["canary"]
-        lines.append(f"| canaries: empirical lower bound ({_f(c['epsilon_lower_bound'])}) below the formal epsilon "
-                     f"({_f(c['epsilon_formal'])}) | {_f(c.get('below_formal'))} |")
+        lines.append(
+            f"| canaries: empirical lower bound ({_f(c['epsilon_lower_bound'])}) below the formal epsilon "
+            f"({_f(c['epsilon_formal'])}) | {_f(c.get('below_formal'))} |"
+        )
     return lines
 
 
@@ -43,15 +47,20 @@ def _accounting(acc: dict) -> list[str]:
     out = ["## 1. What the run spent (accounting)", ""]
     if not acc.get("arms"):
         return out + [acc.get("note", "no ledger"), ""]
-    out += ["Every device's epsilon from its ledger (Opacus RDP accountant on the device), recomputed from the same "
-            "history (noise multiplier, sample rate, steps) by Google's dp_accounting RDP accountant on the same "
-            "Renyi orders. A relative gap above 1% on any device, or a report claiming less than the ledgers, "
-            "is flagged.", "",
-            "| arm | devices | delta | epsilon max (ledger) | median | max (recomputed) | largest gap | agree |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out += [
+        "Every device's epsilon from its ledger (Opacus RDP accountant on the device), recomputed from the same "
+        "history (noise multiplier, sample rate, steps) by Google's dp_accounting RDP accountant on the same "
+        "Renyi orders. A relative gap above 1% on any device, or a report claiming less than the ledgers, "
+        "is flagged.",
+        "",
+        "| arm | devices | delta | epsilon max (ledger) | median | max (recomputed) | largest gap | agree |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for arm, r in acc["arms"].items():
-        out.append(f"| {arm} | {r['n_devices']} | {r['delta']:g} | {_f(r['epsilon_max'])} | {_f(r['epsilon_median'])} | "
-                   f"{_f(r['epsilon_recomputed_max'])} | {100 * r['max_relative_gap']:.3f}% | {_f(r['agree'])} |")
+        out.append(
+            f"| {arm} | {r['n_devices']} | {r['delta']:g} | {_f(r['epsilon_max'])} | {_f(r['epsilon_median'])} | "
+            f"{_f(r['epsilon_recomputed_max'])} | {100 * r['max_relative_gap']:.3f}% | {_f(r['agree'])} |"
+        )
         if r["n_flagged"]:
             out.append(f"| | flagged devices ({r['n_flagged']}): {', '.join(r['flagged_devices'])} | | | | | | |")
     return out + ["", "![epsilon per device](audit_epsilon.png)", ""]
@@ -60,8 +69,10 @@ def _accounting(acc: dict) -> list[str]:
 def _wire(w: dict) -> list[str]:
     out = ["## 2. What leaves a device (wire log)", ""]
     for arm, r in w.get("arms", {}).items():
-        out.append(f"- {arm}: {r['rounds']} rounds, {r['messages_up']} uploads, {r['bytes_up']:,} bytes up, "
-                   f"{r['bytes_down']:,} bytes down; clean: {_f(r['ok'])}")
+        out.append(
+            f"- {arm}: {r['rounds']} rounds, {r['messages_up']} uploads, {r['bytes_up']:,} bytes up, "
+            f"{r['bytes_down']:,} bytes down; clean: {_f(r['ok'])}"
+        )
         out += [f"  - {p}" for p in r["problems"][:10]]
     if w.get("arrays"):
         out += ["", "| array | shape | dtype | bytes per message |", "| --- | --- | --- | --- |"]
@@ -74,9 +85,11 @@ def _at_rest(r: dict) -> list[str]:
     out = ["## 3. What a stolen device file reveals (at rest)", ""]
     if "note" in r:
         return out + [r["note"], ""]
-    out += [f"- stores scanned: {r['devices_scanned']} in `{r['stores_dir']}`; plaintext findings: "
-            f"{r['plaintext_findings']} (encodings searched: {r['encodings']})",
-            f"- key files: {len(r['key_files'])}; permission problems: {len(r['key_file_problems'])}"]
+    out += [
+        f"- stores scanned: {r['devices_scanned']} in `{r['stores_dir']}`; plaintext findings: "
+        f"{r['plaintext_findings']} (encodings searched: {r['encodings']})",
+        f"- key files: {len(r['key_files'])}; permission problems: {len(r['key_file_problems'])}",
+    ]
     out += [f"  - {p}" for p in r["findings"][:10] + r["key_file_problems"][:10]]
     return out + [""]
 
@@ -86,40 +99,61 @@ def _mia(m: dict) -> list[str]:
     setup = m.get("setup")
     if not setup:
         return out + [m.get("note", ""), ""]
-    out += [f"Members: {setup['members']} pairs, {setup['members_are']}. Non-members: {setup['non_members']} pairs, "
-            f"{setup['non_members_are']}. Attacks: loss threshold, and LiRA with {setup['shadows']} shadow trainings "
-            f"of the centralized arm ({setup['shadow_epochs']} epochs each) on the other train interactions plus a "
-            "random half of the candidates. Headline = the stronger attack per metric. With "
-            f"{setup['non_members']} non-members, TPR at 0.1% FPR rests on the top "
-            f"{max(1, int(setup['non_members'] * 0.001))} non-member score(s): read it as indicative.", "",
-            "| arm | AUC | TPR@1%FPR | TPR@0.1%FPR | loss AUC | LiRA AUC |", "| --- | --- | --- | --- | --- | --- |"]
+    out += [
+        f"Members: {setup['members']} pairs, {setup['members_are']}. Non-members: {setup['non_members']} pairs, "
+        f"{setup['non_members_are']}. Attacks: loss threshold, and LiRA with {setup['shadows']} shadow trainings "
+        f"of the centralized arm ({setup['shadow_epochs']} epochs each) on the other train interactions plus a "
+        "random half of the candidates. Headline = the stronger attack per metric. With "
+        f"{setup['non_members']} non-members, TPR at 0.1% FPR rests on the top "
+        f"{max(1, int(setup['non_members'] * 0.001))} non-member score(s): read it as indicative.",
+        "",
+        "| arm | AUC | TPR@1%FPR | TPR@0.1%FPR | loss AUC | LiRA AUC |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for arm, r in m.items():
         if arm == "setup":
             continue
         lira = r["attacks"].get("lira", {}).get("auc")
-        out.append(f"| {arm} | {_f(r['auc'])} | {_f(r['tpr@1%fpr'])} | {_f(r['tpr@0.1%fpr'])} | "
-                   f"{_f(r['attacks']['loss']['auc'])} | {_f(lira)} |")
-    return out + ["", "AUC 0.5 and TPR equal to the FPR mean the attack does no better than chance.", "",
-                  "![ROC](audit_mia_roc.png)", ""]
+        out.append(
+            f"| {arm} | {_f(r['auc'])} | {_f(r['tpr@1%fpr'])} | {_f(r['tpr@0.1%fpr'])} | "
+            f"{_f(r['attacks']['loss']['auc'])} | {_f(lira)} |"
+        )
+    return out + [
+        "",
+        "AUC 0.5 and TPR equal to the FPR mean the attack does no better than chance.",
+        "",
+        "![ROC](audit_mia_roc.png)",
+        "",
+    ]
 
 
 def _canary(c: dict) -> list[str]:
-    out = ["## 5. Testing the guarantee: one-run canary audit", "",
-           f"Retrained `federated_dp` with the run's settings on {c['users']} users for {c['rounds']} rounds "
-           f"({c['trainer']} trainer), with m = {c['m']} canary interactions (each on a fresh item of its own, "
-           f"host device drawn at random, included with probability 1/2: {c['included']} were). The auditor guessed "
-           f"'included' for the {c['guesses'] // 2} highest-scoring canaries (logit of host user and canary item in "
-           f"the final model) and 'excluded' for the {c['guesses'] // 2} lowest, abstaining on the rest.", "",
-           "| arm | formal epsilon | guesses | correct | empirical epsilon lower bound | ceiling |",
-           "| --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "## 5. Testing the guarantee: one-run canary audit",
+        "",
+        f"Retrained `federated_dp` with the run's settings on {c['users']} users for {c['rounds']} rounds "
+        f"({c['trainer']} trainer), with m = {c['m']} canary interactions (each on a fresh item of its own, "
+        f"host device drawn at random, included with probability 1/2: {c['included']} were). The auditor guessed "
+        f"'included' for the {c['guesses'] // 2} highest-scoring canaries (logit of host user and canary item in "
+        f"the final model) and 'excluded' for the {c['guesses'] // 2} lowest, abstaining on the rest.",
+        "",
+        "| arm | formal epsilon | guesses | correct | empirical epsilon lower bound | ceiling |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     rows = [("federated_dp", c)] + ([("federated (no DP)", c["no_dp_contrast"])] if "no_dp_contrast" in c else [])
     for name, r in rows:
-        out.append(f"| {name} | {_f(r['epsilon_formal'])} | {r['guesses']} | {r['correct']} | "
-                   f"{_f(r['epsilon_lower_bound'])} | {_f(r['ceiling'])} |")
-    out += ["", f"Bound at {100 * c['confidence']:g}% confidence, delta {c['delta']:g} (Steinke, Nasr and Jagielski "
-            "2023, Theorem 3.1 with the delta term of their Algorithm 2). The ceiling is the bound if every guess "
-            "were right: no attack with this many guesses can certify more. A lower bound near 0 does not show "
-            "the run is private; a bound above the formal epsilon would show the accounting or the code is wrong.", ""]
+        out.append(
+            f"| {name} | {_f(r['epsilon_formal'])} | {r['guesses']} | {r['correct']} | "
+            f"{_f(r['epsilon_lower_bound'])} | {_f(r['ceiling'])} |"
+        )
+    out += [
+        "",
+        f"Bound at {100 * c['confidence']:g}% confidence, delta {c['delta']:g} (Steinke, Nasr and Jagielski "
+        "2023, Theorem 3.1 with the delta term of their Algorithm 2). The ceiling is the bound if every guess "
+        "were right: no attack with this many guesses can certify more. A lower bound near 0 does not show "
+        "the run is private; a bound above the formal epsilon would show the accounting or the code is wrong.",
+        "",
+    ]
     return out
 
 
@@ -160,9 +194,13 @@ ASSUMPTIONS = """## Assumptions, in plain words
 
 def render_audit(a: dict, report: dict) -> str:
     meta = report["meta"]
-    lines = [f"# fedrec privacy audit: {meta['dataset']}", "",
-             f"Run `{a['run']}` (seed {a['seed']}, report commit `{meta.get('git_commit')}`), audited at commit "
-             f"`{a['meta']['git_commit']}` in {a['meta']['wall_s']:.0f} s.", ""]
+    lines = [
+        f"# fedrec privacy audit: {meta['dataset']}",
+        "",
+        f"Run `{a['run']}` (seed {a['seed']}, report commit `{meta.get('git_commit')}`), audited at commit "
+        f"`{a['meta']['git_commit']}` in {a['meta']['wall_s']:.0f} s.",
+        "",
+    ]
     lines += _verdicts(a) + [""]
     for name, (title, section) in SECTIONS.items():
         if name in a:

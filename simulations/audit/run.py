@@ -58,8 +58,13 @@ def accounting_section(run: AuditedRun) -> tuple[dict, dict]:
         ledger = run.path / "privacy" / privacy.get("ledger", f"{arm}_ledger.csv")
         result = check_ledger(read_ledger(ledger), float(privacy["delta"]), privacy.get("epsilon_max"))
         per_device[arm] = result.pop("per_device")
-        arms[arm] = {**result, "ledger": str(ledger.relative_to(run.path)), "unit": privacy.get("unit"),
-                     "noise_multiplier": privacy.get("noise_multiplier"), "sample_rate": privacy.get("sample_rate")}
+        arms[arm] = {
+            **result,
+            "ledger": str(ledger.relative_to(run.path)),
+            "unit": privacy.get("unit"),
+            "noise_multiplier": privacy.get("noise_multiplier"),
+            "sample_rate": privacy.get("sample_rate"),
+        }
     if not arms:
         return not_applicable("no DP arm in this run, so no privacy budget was spent or accounted"), per_device
     primary = arms.get(PRIMARY_DP_ARM) or next(iter(arms.values()))
@@ -96,18 +101,25 @@ def mia_section(run: AuditedRun, opts: AuditOptions, console: Console) -> tuple[
         console.print(f"LiRA: {opts.shadows} shadow trainings of the centralized arm, {epochs} epochs each")
         with progress(opts.show) as bar:
             task = bar.add_task("shadow models", total=opts.shadows)
-            shadows = train_shadows(run.split, cands, cfg.central, opts.shadows,
-                                    epochs, run.seed, on_done=lambda: bar.advance(task))
+            shadows = train_shadows(
+                run.split, cands, cfg.central, opts.shadows, epochs, run.seed, on_done=lambda: bar.advance(task)
+            )
     out, curves = {}, {}
     for arm in arms:
         out[arm], raw = attack_arm(run.run_dir.read_scores(arm), cands, shadows)
         curves.update({f"{arm} ({attack})": pair for attack, pair in raw.items()})
-        console.print(f"  MIA {arm}: AUC {out[arm]['auc']:.3f}  TPR@1%FPR {out[arm]['tpr@1%fpr']:.3f}  "
-                      f"TPR@0.1%FPR {out[arm]['tpr@0.1%fpr']:.3f}")
-    out["setup"] = {"members": int(cands.member.sum()), "non_members": int((~cands.member).sum()),
-                    "members_are": "one random train interaction per user (seeded)",
-                    "non_members_are": "each user's test interaction (never trained on by any arm)",
-                    "shadows": opts.shadows, "shadow_epochs": shadows.epochs if shadows else None}
+        console.print(
+            f"  MIA {arm}: AUC {out[arm]['auc']:.3f}  TPR@1%FPR {out[arm]['tpr@1%fpr']:.3f}  "
+            f"TPR@0.1%FPR {out[arm]['tpr@0.1%fpr']:.3f}"
+        )
+    out["setup"] = {
+        "members": int(cands.member.sum()),
+        "non_members": int((~cands.member).sum()),
+        "members_are": "one random train interaction per user (seeded)",
+        "non_members_are": "each user's test interaction (never trained on by any arm)",
+        "shadows": opts.shadows,
+        "shadow_epochs": shadows.epochs if shadows else None,
+    }
     return out, curves
 
 
@@ -115,25 +127,29 @@ def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dic
     if PRIMARY_DP_ARM not in run.report["arms"]:
         return not_applicable(f"no {PRIMARY_DP_ARM} arm in this run: there is no formal guarantee to test")
     nodes = run_config_of(run.report).simulation.nodes
-    data = load(opts.data or run.report["meta"]["dataset"], opts.data_dir,
-                min(opts.canary_users, run.data.n_users))
+    data = load(opts.data or run.report["meta"]["dataset"], opts.data_dir, min(opts.canary_users, run.data.n_users))
     split = temporal_split(data, run.seed)
     out = {}
     variants = ["federated_dp"] + (["federated"] if opts.canary_contrast else [])
     audited = audited_federation(run.report, "federated_dp", opts.canary_rounds)
     rounds, delta = audited.server.rounds, audited.privacy.delta
     for name in variants:
-        federation = audited if name == "federated_dp" else replace(
-            audited, privacy=replace(audited.privacy, mechanism="none"))
-        console.print(f"canary audit: {name}, {opts.canaries} canaries on {data.n_users} users, {rounds} rounds "
-                      f"({opts.canary_trainer} trainer)")
+        federation = (
+            audited if name == "federated_dp" else replace(audited, privacy=replace(audited.privacy, mechanism="none"))
+        )
+        console.print(
+            f"canary audit: {name}, {opts.canaries} canaries on {data.n_users} users, {rounds} rounds "
+            f"({opts.canary_trainer} trainer)"
+        )
         t0 = time.perf_counter()
         train = canary_trainer(opts.canary_trainer, federation, name, nodes, run.path, opts.show)
         result = canary_audit(data, split, train, opts.canaries, opts.canary_guesses, run.seed, delta, opts.confidence)
         result["wall_s"] = time.perf_counter() - t0
-        console.print(f"  {name}: {result['correct']}/{result['guesses']} guesses correct -> epsilon >= "
-                      f"{result['epsilon_lower_bound']:.3f} (ceiling {result['ceiling']:.3f}, formal "
-                      f"{result['epsilon_formal']})")
+        console.print(
+            f"  {name}: {result['correct']}/{result['guesses']} guesses correct -> epsilon >= "
+            f"{result['epsilon_lower_bound']:.3f} (ceiling {result['ceiling']:.3f}, formal "
+            f"{result['epsilon_formal']})"
+        )
         out[name] = result
     head = dict(out["federated_dp"])
     head["trainer"], head["rounds"], head["users"] = opts.canary_trainer, rounds, data.n_users
@@ -197,14 +213,20 @@ def audit(path: Path, opts: AuditOptions) -> dict:
     run = open_run(path, opts.data, opts.data_dir)
     result: dict = {"run": str(run.path), "dataset": run.report["meta"]["dataset"], "seed": run.seed}
     steps = {
-        "accounting": ("[bold]accounting[/bold]: ledgers recomputed with dp_accounting",
-                       lambda: _accounting_with_plot(run)),
+        "accounting": (
+            "[bold]accounting[/bold]: ledgers recomputed with dp_accounting",
+            lambda: _accounting_with_plot(run),
+        ),
         "wire": ("[bold]wire[/bold]: wire logs against the model's global parameters", lambda: wire_section(run)),
-        "at_rest": ("[bold]at rest[/bold]: plaintext scan of the device stores",
-                    lambda: _at_rest_section(run, opts, console)),
+        "at_rest": (
+            "[bold]at rest[/bold]: plaintext scan of the device stores",
+            lambda: _at_rest_section(run, opts, console),
+        ),
         "mia": ("[bold]membership inference[/bold]", lambda: _mia_with_plot(run, opts, console)),
-        "canary": ("[bold]canary audit[/bold] (one run, Steinke et al. 2023)",
-                   lambda: canary_section(run, opts, console)),
+        "canary": (
+            "[bold]canary audit[/bold] (one run, Steinke et al. 2023)",
+            lambda: canary_section(run, opts, console),
+        ),
     }
     for name in SECTIONS:
         if name not in opts.skip:
@@ -239,5 +261,7 @@ def headline(result: dict) -> dict:
         mia = result["mia"]
         out["mia"] = {k: mia[k] for k in ("skipped", "not_applicable") if k in mia} or {
             arm: {k: r[k] for k in ("auc", "tpr@1%fpr", "tpr@0.1%fpr")}
-            for arm, r in mia.items() if arm != "setup" and "auc" in r}
+            for arm, r in mia.items()
+            if arm != "setup" and "auc" in r
+        }
     return out

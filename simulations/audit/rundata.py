@@ -55,10 +55,14 @@ def _check_split(run_dir: RunDir, data: Interactions, split: Split) -> None:
     with path.open(newline="") as fh:
         rows = [(r["user_id"], r["item_id"]) for r in csv.DictReader(fh)]
     users = np.flatnonzero(split.test_items >= 0)
-    rebuilt = list(zip(data.user_ids[users].astype(str).tolist(), data.item_ids[split.test_items[users]].astype(str).tolist()))
+    rebuilt = list(
+        zip(data.user_ids[users].astype(str).tolist(), data.item_ids[split.test_items[users]].astype(str).tolist())
+    )
     if sorted(rows) != sorted(rebuilt):
-        raise DataError(f"{path}: the split rebuilt from report.json (dataset {data.name}, seed {split.seed}) "
-                        "differs from the run's test split; pass --data to point at the run's dataset")
+        raise DataError(
+            f"{path}: the split rebuilt from report.json (dataset {data.name}, seed {split.seed}) "
+            "differs from the run's test split; pass --data to point at the run's dataset"
+        )
 
 
 def open_run(path: Path, data_override: str | None = None, data_dir: str | None = None) -> AuditedRun:
@@ -72,8 +76,10 @@ def open_run(path: Path, data_override: str | None = None, data_dir: str | None 
     if data.n_users != meta["n_users"] and users is None:
         data = data.subset_users(int(meta["n_users"]))  # older reports lack meta.users: the first N users
     if (data.n_users, data.n_items) != (meta["n_users"], meta["n_items"]):
-        raise DataError(f"{path}/report.json: run has {meta['n_users']} users x {meta['n_items']} items, "
-                        f"the reloaded dataset {data.n_users} x {data.n_items}")
+        raise DataError(
+            f"{path}/report.json: run has {meta['n_users']} users x {meta['n_items']} items, "
+            f"the reloaded dataset {data.n_users} x {data.n_items}"
+        )
     split = temporal_split(data, int(meta["seed"]))
     _check_split(run_dir, data, split)
     return AuditedRun(run_dir, report, data, split)

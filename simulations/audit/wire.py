@@ -25,8 +25,11 @@ def expected_arrays(model_json: Path) -> dict[str, dict]:
     """Name -> {shape, dtype} of every global parameter of the run's model (from its model.json)."""
     device = read_model_info(model_json).federation.device
     model = NeuMF(1, device.n_items, device.model)
-    return {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-            for name, t in model.state_dict().items() if not name.startswith(LOCAL_PREFIX)}
+    return {
+        name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        for name, t in model.state_dict().items()
+        if not name.startswith(LOCAL_PREFIX)
+    }
 
 
 def check_metric_keys(entry: dict, private: bool) -> list[str]:
@@ -38,8 +41,10 @@ def check_metric_keys(entry: dict, private: bool) -> list[str]:
     extra = sorted(set(entry.get("metric_keys", [])) - set(allowed))
     if not extra:
         return []
-    return [f"round {entry.get('round')} {direction}: reply metric(s) {', '.join(extra)} are not on the "
-            f"allow-list of {'a private' if private else 'a non-private'} run ({', '.join(allowed)})"]
+    return [
+        f"round {entry.get('round')} {direction}: reply metric(s) {', '.join(extra)} are not on the "
+        f"allow-list of {'a private' if private else 'a non-private'} run ({', '.join(allowed)})"
+    ]
 
 
 def check_line(entry: dict, expected: dict[str, dict]) -> list[str]:
@@ -64,8 +69,10 @@ def check_line(entry: dict, expected: dict[str, dict]) -> list[str]:
         else:
             dense_bytes = int(np.prod(shape)) * np.dtype(dtype if dtype != "bfloat16" else "float16").itemsize
             if int(meta.get("bytes", 0)) < dense_bytes:
-                problems.append(f"{where}: {name} carries {meta.get('bytes')} bytes, fewer than a dense "
-                                f"{shape} {dtype} array ({dense_bytes})")
+                problems.append(
+                    f"{where}: {name} carries {meta.get('bytes')} bytes, fewer than a dense "
+                    f"{shape} {dtype} array ({dense_bytes})"
+                )
     if entry.get("same_names_in_all") is False:
         problems.append(f"{where}: messages of this round carried different array names")
     missing = sorted(set(expected) - set(arrays))
@@ -89,7 +96,9 @@ def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
     for entry in lines:
         for name, meta in entry.get("arrays", {}).items():
             seen.setdefault(name, {"shape": meta.get("shape"), "dtype": meta.get("dtype"), "bytes": meta.get("bytes")})
-    by_direction = {d: sum(int(e.get("bytes_total", 0)) for e in lines if e.get("direction") == d) for d in ("down", "up")}
+    by_direction = {
+        d: sum(int(e.get("bytes_total", 0)) for e in lines if e.get("direction") == d) for d in ("down", "up")
+    }
     return {
         "ok": not problems and bool(lines),
         "log": str(wire_log),

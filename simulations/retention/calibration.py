@@ -13,8 +13,8 @@ Each map is fitted on one half of the held-out users or ratings and checked on t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import isotonic_regression
@@ -65,7 +65,9 @@ class PickCalibration:
         return self.curve[unseen_ranks(scores, seen)].astype(np.float32)
 
 
-def _rank_counts(ranks: np.ndarray, users: np.ndarray, n_open: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+def _rank_counts(
+    ranks: np.ndarray, users: np.ndarray, n_open: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Held-out hits at each rank and how many users had an unseen item at that rank."""
     hits = np.bincount(ranks, minlength=n_items + 1)[:n_items].astype(np.float64)
     exposed = np.bincount(n_open[users], minlength=n_items + 1)[::-1].cumsum()[::-1][1:].astype(np.float64)
@@ -96,18 +98,27 @@ def calibrate_picks(fit: PickFit, data: Interactions, seed: int, n_next: int = N
             break
         hi = min(hi, n_items)
         cells = exposed_b[lo:hi].sum()
-        bands.append({"ranks": [lo + 1, hi], "cells": int(cells),
-                      "predicted": float((curve[lo:hi] * exposed_b[lo:hi]).sum() / max(cells, 1)),
-                      "observed": float(hits_b[lo:hi].sum() / max(cells, 1))})
+        bands.append(
+            {
+                "ranks": [lo + 1, hi],
+                "cells": int(cells),
+                "predicted": float((curve[lo:hi] * exposed_b[lo:hi]).sum() / max(cells, 1)),
+                "observed": float(hits_b[lo:hi].sum() / max(cells, 1)),
+            }
+        )
     top = min(10, n_items)
-    return PickCalibration(curve, {
-        "held_out": f"each user's last {n_next} interactions (at most half of them), {len(pairs)} pairs",
-        "fit_users": len(a_users), "check_users": len(b_users),
-        "top10_predicted_picks": float(curve[:top].sum()),
-        "top10_observed_picks": float(hits_b[:top].sum() / max(len(b_users), 1)),
-        "top10_picks_if_random": float(n_next * top / max(n_open.mean(), 1)),
-        "by_rank_band": bands,
-    })
+    return PickCalibration(
+        curve,
+        {
+            "held_out": f"each user's last {n_next} interactions (at most half of them), {len(pairs)} pairs",
+            "fit_users": len(a_users),
+            "check_users": len(b_users),
+            "top10_predicted_picks": float(curve[:top].sum()),
+            "top10_observed_picks": float(hits_b[:top].sum() / max(len(b_users), 1)),
+            "top10_picks_if_random": float(n_next * top / max(n_open.mean(), 1)),
+            "by_rank_band": bands,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -136,13 +147,24 @@ def calibrate_likes(fit: RatingFit, data: Interactions, seed: int) -> LikeCalibr
     edges = np.quantile(p_check, np.linspace(0, 1, 11)[1:-1])
     decile = np.searchsorted(edges, p_check, side="right")
     base = float(liked[fits_map].mean())
-    return LikeCalibration(knots, values, {
-        "held_out": f"random {RATING_HOLDOUT:.0%} of ratings, {int(test.sum())} ratings",
-        "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
-        "liked_base_rate": float(y_check.mean()),
-        "brier": float(np.mean((p_check - y_check) ** 2)),
-        "brier_base_rate": float(np.mean((base - y_check) ** 2)),
-        "by_decile": [{"decile": d + 1, "predicted": float(p_check[decile == d].mean()),
-                       "observed": float(y_check[decile == d].mean()), "n": int((decile == d).sum())}
-                      for d in range(10) if (decile == d).any()],
-    })
+    return LikeCalibration(
+        knots,
+        values,
+        {
+            "held_out": f"random {RATING_HOLDOUT:.0%} of ratings, {int(test.sum())} ratings",
+            "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
+            "liked_base_rate": float(y_check.mean()),
+            "brier": float(np.mean((p_check - y_check) ** 2)),
+            "brier_base_rate": float(np.mean((base - y_check) ** 2)),
+            "by_decile": [
+                {
+                    "decile": d + 1,
+                    "predicted": float(p_check[decile == d].mean()),
+                    "observed": float(y_check[decile == d].mean()),
+                    "n": int((decile == d).sum()),
+                }
+                for d in range(10)
+                if (decile == d).any()
+            ],
+        },
+    )

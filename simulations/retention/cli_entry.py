@@ -9,8 +9,9 @@ from fedrec.simulations.retention.report_section import tables
 from fedrec.simulations.retention.run import run_retention
 
 
-def retention_for_run_dir(run_dir: Path, seeds: list[int], data_dir: str | None, show: bool = True,
-                          dataset: str | None = None) -> str:
+def retention_for_run_dir(
+    run_dir: Path, seeds: list[int], data_dir: str | None, show: bool = True, dataset: str | None = None
+) -> str:
     """Returns the printed tables (markdown, so they paste into docs unchanged)."""
     from fedrec.simulations.experiment import load
     from fedrec.simulations.rundir import RunDir

@@ -43,8 +43,15 @@ def prepare(data: Interactions, parts: tuple[list[Part], list[Part]] | None = No
     model = UserModel(prior=fit_beta(days, gaps), gaps=gaps)
     seen = interacted(data)
     picks, likes = parts if parts is not None else fit_parts(data, seen)
-    return Setup(seen, combine(picks, likes), model, observed_retention(days), observed_survival(days, model.horizon),
-                 picks, likes)
+    return Setup(
+        seen,
+        combine(picks, likes),
+        model,
+        observed_retention(days),
+        observed_survival(days, model.horizon),
+        picks,
+        likes,
+    )
 
 
 def popularity_scores(data: Interactions) -> np.ndarray:
@@ -75,15 +82,19 @@ def build_policies(setup: Setup, arms: dict[str, np.ndarray], popularity: np.nda
             pairs.append((name, oracle.name))
             blocks.append(sat[j])
             index.append(j)
-            first.setdefault(name, {})[oracle.name] = {"picks": float(sat[pick_index[oracle.pick.name], :, 0].mean()),
-                                                       "liked_picks": float(sat[j, :, 0].mean())}
+            first.setdefault(name, {})[oracle.name] = {
+                "picks": float(sat[pick_index[oracle.pick.name], :, 0].mean()),
+                "liked_picks": float(sat[j, :, 0].mean()),
+            }
     for j, oracle in enumerate(setup.oracles):
         sat = slate_satisfaction(oracle.scores, setup.seen, [oracle.value, oracle.pick.probability], n)
         pairs.append((GREEDY, oracle.name))
         blocks.append(sat[0])
         index.append(j)
-        first.setdefault(GREEDY, {})[oracle.name] = {"picks": float(sat[1, :, 0].mean()),
-                                                     "liked_picks": float(sat[0, :, 0].mean())}
+        first.setdefault(GREEDY, {})[oracle.name] = {
+            "picks": float(sat[1, :, 0].mean()),
+            "liked_picks": float(sat[0, :, 0].mean()),
+        }
     return Policies(pairs, np.stack(blocks), np.asarray(index), first)
 
 
@@ -91,18 +102,24 @@ def run_seed(setup: Setup, policies: Policies, seed: int, betas=BETAS) -> tuple[
     """One seed: ({arm: {oracle: {beta: metrics}}}, {arm: {oracle: {beta: survival}}}, S_ref per oracle)."""
     draws = draw(setup.model, setup.seen.shape[0], seed)
     pop = [i for i, (arm, _) in enumerate(policies.pairs) if arm == POPULARITY]
-    at_zero = metrics(simulate(policies.satisfaction[pop], np.zeros(len(pop)), np.zeros(1), draws, setup.model),
-                      setup.model.horizon)
+    at_zero = metrics(
+        simulate(policies.satisfaction[pop], np.zeros(len(pop)), np.zeros(1), draws, setup.model), setup.model.horizon
+    )
     s_ref = np.empty(len(setup.oracles))
     s_ref[policies.oracle_index[pop]] = at_zero["satisfaction"][:, 0]
-    out = metrics(simulate(policies.satisfaction, s_ref[policies.oracle_index], np.asarray(betas, dtype=np.float64),
-                           draws, setup.model), setup.model.horizon)
+    out = metrics(
+        simulate(
+            policies.satisfaction, s_ref[policies.oracle_index], np.asarray(betas, dtype=np.float64), draws, setup.model
+        ),
+        setup.model.horizon,
+    )
     values: dict = {}
     curves: dict = {}
     for p, (arm, oracle) in enumerate(policies.pairs):
         for b, beta in enumerate(betas):
             values.setdefault(arm, {}).setdefault(oracle, {})[beta_key(beta)] = {
-                k: float(v[p, b]) for k, v in out.items() if k != "survival"}
+                k: float(v[p, b]) for k, v in out.items() if k != "survival"
+            }
             curves.setdefault(arm, {}).setdefault(oracle, {})[beta_key(beta)] = out["survival"][p, b]
     return values, curves, s_ref
 

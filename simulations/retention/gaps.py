@@ -24,7 +24,7 @@ class GapHistogram:
     n_gaps: int
 
     @classmethod
-    def from_gaps(cls, gaps: np.ndarray, name: str) -> "GapHistogram":
+    def from_gaps(cls, gaps: np.ndarray, name: str) -> GapHistogram:
         if len(gaps) == 0:
             raise DataError(f"no {name} day gaps in the dataset: every user is active on a single day")
         counts = np.bincount(gaps.astype(np.int64))[1:].astype(np.float64)

@@ -17,8 +17,11 @@ HEADLINE_METRICS = ("d30", "active_days")
 
 def private_arms(report_arms: dict, simulated: list[str]) -> list[str]:
     """Arms with a privacy record (or a DP arm's name) among those simulated."""
-    return [a for a in simulated if "privacy" in report_arms.get(a, {}) or a in KNOWN_PRIVATE
-            or a.startswith(PREFERRED_PRIVATE)]
+    return [
+        a
+        for a in simulated
+        if "privacy" in report_arms.get(a, {}) or a in KNOWN_PRIVATE or a.startswith(PREFERRED_PRIVATE)
+    ]
 
 
 def _accuracy(report_arms: dict, arm: str) -> float:
@@ -53,12 +56,20 @@ def headline(report_arms: dict, simulated: list[str], summary: dict, reference: 
         by_oracle[oracle] = {
             **{m: _cell(summary["ci95"], shown, oracle).get(m) for m in HEADLINE_METRICS},
             "vs_reference": {m: _cell(summary["paired_vs_reference"], shown, oracle).get(m) for m in HEADLINE_METRICS},
-            "vs_popularity": {m: _cell(summary["paired_vs_popularity"], shown, oracle).get(m)
-                              for m in HEADLINE_METRICS},
+            "vs_popularity": {
+                m: _cell(summary["paired_vs_popularity"], shown, oracle).get(m) for m in HEADLINE_METRICS
+            },
         }
     rho_arms = [a for a in dict.fromkeys([FEDERATED, best_private(report_arms, simulated)]) if a in simulated]
-    rho = {a: {o: {m: _cell(summary["rho"], a, o).get(m) for m in HEADLINE_METRICS} for o in oracles}
-           for a in rho_arms}
-    return {"beta": HEADLINE_BETA, "arm": arm, "chosen_because": why, "shown_arm": shown,
-            "reference_arm": reference, "popularity": POPULARITY, "by_oracle": by_oracle,
-            "rho": rho, "best_private_arm": best_private(report_arms, simulated)}
+    rho = {a: {o: {m: _cell(summary["rho"], a, o).get(m) for m in HEADLINE_METRICS} for o in oracles} for a in rho_arms}
+    return {
+        "beta": HEADLINE_BETA,
+        "arm": arm,
+        "chosen_because": why,
+        "shown_arm": shown,
+        "reference_arm": reference,
+        "popularity": POPULARITY,
+        "by_oracle": by_oracle,
+        "rho": rho,
+        "best_private_arm": best_private(report_arms, simulated),
+    }

@@ -26,14 +26,16 @@ class WRMFConfig:
 def _solve_rows(observed: sp.csr_matrix, features: np.ndarray, config: WRMFConfig) -> np.ndarray:
     k = features.shape[1]
     outer = np.einsum("jd,je->jde", features, features).reshape(len(features), k * k)
-    gram = (features.T @ features + config.reg * np.eye(k))[None] + config.alpha * np.asarray(
-        observed @ outer).reshape(-1, k, k)
+    gram = (features.T @ features + config.reg * np.eye(k))[None] + config.alpha * np.asarray(observed @ outer).reshape(
+        -1, k, k
+    )
     rhs = (1.0 + config.alpha) * np.asarray(observed @ features)
     return np.linalg.solve(gram, rhs[..., None])[..., 0]
 
 
-def fit_wrmf(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
-             config: WRMFConfig = WRMFConfig()) -> np.ndarray:
+def fit_wrmf(
+    users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, config: WRMFConfig = WRMFConfig()
+) -> np.ndarray:
     """[n_users, n_items] predicted preference x_u . y_i (about 1 for items a user would pick)."""
     rng = np.random.default_rng(config.seed)
     observed = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))

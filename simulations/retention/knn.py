@@ -24,8 +24,14 @@ class KNNConfig:
     bias_reg: float = 15.0
 
 
-def fit_item_knn(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int,
-                 config: KNNConfig = KNNConfig()) -> np.ndarray:
+def fit_item_knn(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    n_users: int,
+    n_items: int,
+    config: KNNConfig = KNNConfig(),
+) -> np.ndarray:
     """[n_users, n_items] predicted rating."""
     biases = fit_biased_mf(users, items, ratings, n_users, n_items, MFConfig(dim=0, reg=config.bias_reg, iters=3))
     baseline = biases.dense()

@@ -33,8 +33,9 @@ class BiasedMF:
 
     def dense(self) -> np.ndarray:
         """Predicted rating for every (user, item)."""
-        return (self.mu + self.user[:, -1:] + self.item[None, :, -1]
-                + self.user[:, :-1] @ self.item[:, :-1].T).astype(np.float32)
+        return (self.mu + self.user[:, -1:] + self.item[None, :, -1] + self.user[:, :-1] @ self.item[:, :-1].T).astype(
+            np.float32
+        )
 
 
 def _ridge_rows(design: sp.csr_matrix, targets: sp.csr_matrix, features: np.ndarray, reg: float) -> np.ndarray:
@@ -46,8 +47,9 @@ def _ridge_rows(design: sp.csr_matrix, targets: sp.csr_matrix, features: np.ndar
     return np.linalg.solve(gram, rhs[..., None])[..., 0]
 
 
-def fit_biased_mf(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int,
-                  config: MFConfig = MFConfig()) -> BiasedMF:
+def fit_biased_mf(
+    users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int, config: MFConfig = MFConfig()
+) -> BiasedMF:
     rng = np.random.default_rng(config.seed)
     ratings = ratings.astype(np.float64)
     mu = float(ratings.mean())

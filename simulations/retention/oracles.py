@@ -10,8 +10,8 @@ A slate's satisfaction is its expected number of liked picks: sum over its items
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,9 +50,13 @@ class Oracle:
 
     def describe(self, seen: np.ndarray) -> dict:
         greedy_first = -np.sort(-np.where(seen, 0.0, self.value), axis=1)[:, :10].sum(axis=1)
-        return {"pick_model": self.pick.name, "pick_family": self.pick.family,
-                "like_model": self.like.name, "like_family": self.like.family,
-                "greedy_first_slate_liked_picks": float(greedy_first.mean())}
+        return {
+            "pick_model": self.pick.name,
+            "pick_family": self.pick.family,
+            "like_model": self.like.name,
+            "like_family": self.like.family,
+            "greedy_first_slate_liked_picks": float(greedy_first.mean()),
+        }
 
 
 def interacted(data: Interactions) -> np.ndarray:
@@ -66,9 +70,12 @@ def has_ratings(data: Interactions) -> bool:
     return bool(len(data)) and bool(np.isfinite(data.ratings).all())
 
 
-def ease_scores(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
-                lam: float = EASE_ORACLE_LAMBDA) -> np.ndarray:
-    x = np.zeros((n_users, n_items), dtype=np.float32)  # float32 halves the cost; lambda keeps the gram well conditioned
+def ease_scores(
+    users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, lam: float = EASE_ORACLE_LAMBDA
+) -> np.ndarray:
+    x = np.zeros(
+        (n_users, n_items), dtype=np.float32
+    )  # float32 halves the cost; lambda keeps the gram well conditioned
     x[users, items] = 1.0
     return x @ ease_weights(x, lam)
 
@@ -111,19 +118,26 @@ def pick_part(family: Family, data: Interactions, seen: np.ndarray, seed: int) -
 def like_part(family: Family, data: Interactions, seen: np.ndarray, seed: int) -> Part:
     cal = calibrate_likes(family.fit, data, seed)
     predicted = np.clip(family.fit(data.users, data.items, data.ratings, data.n_users, data.n_items), 1.0, 5.0)
-    return Part(family.name, f"{family.description}, liked = rating >= {LIKED_RATING:g}",
-                np.where(seen, 0.0, cal.probabilities(predicted)).astype(np.float32), cal.check)
+    return Part(
+        family.name,
+        f"{family.description}, liked = rating >= {LIKED_RATING:g}",
+        np.where(seen, 0.0, cal.probabilities(predicted)).astype(np.float32),
+        cal.check,
+    )
 
 
 def no_like_part(data: Interactions, seen: np.ndarray) -> Part:
-    return Part(NO_LIKE_MODEL, "none: the dataset has no ratings, so every pick counts as liked",
-                (~seen).astype(np.float32), {"skipped": f"{data.name} has no ratings"})
+    return Part(
+        NO_LIKE_MODEL,
+        "none: the dataset has no ratings, so every pick counts as liked",
+        (~seen).astype(np.float32),
+        {"skipped": f"{data.name} has no ratings"},
+    )
 
 
 def fit_parts(data: Interactions, seen: np.ndarray, seed: int = 0) -> tuple[list[Part], list[Part]]:
     picks = [pick_part(f, data, seen, seed) for f in PICK_FAMILIES]
-    likes = ([like_part(f, data, seen, seed) for f in LIKE_FAMILIES] if has_ratings(data)
-             else [no_like_part(data, seen)])
+    likes = [like_part(f, data, seen, seed) for f in LIKE_FAMILIES] if has_ratings(data) else [no_like_part(data, seen)]
     return picks, likes
 
 

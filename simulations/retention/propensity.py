@@ -37,8 +37,14 @@ class BetaPrior:
         return stats.beta.ppf(quantiles, self.a, self.b)
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "mean": self.mean, "n_users": self.n_users, "neg_log_lik": self.nll,
-                "method": "Beta-geometric MLE, censored at the dataset's last day"}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "mean": self.mean,
+            "n_users": self.n_users,
+            "neg_log_lik": self.nll,
+            "method": "Beta-geometric MLE, censored at the dataset's last day",
+        }
 
 
 def _neg_log_lik(log_ab: np.ndarray, returns: np.ndarray, censor_survival: np.ndarray) -> float:
@@ -55,7 +61,8 @@ def fit_beta(days: ActiveDays, gaps: GapModel) -> BetaPrior:
     survival = np.where(returns == 0, gaps.first.survival(left), gaps.later.survival(left))
     if not (returns > 0).any():
         raise DataError("cannot fit return propensities: no user is active on more than one day")
-    res = optimize.minimize(_neg_log_lik, x0=np.zeros(2), args=(returns, survival), method="L-BFGS-B",
-                            bounds=[(-8.0, 8.0), (-8.0, 8.0)])
+    res = optimize.minimize(
+        _neg_log_lik, x0=np.zeros(2), args=(returns, survival), method="L-BFGS-B", bounds=[(-8.0, 8.0), (-8.0, 8.0)]
+    )
     a, b = np.exp(res.x)
     return BetaPrior(a=float(a), b=float(b), n_users=int(days.n_users), nll=float(res.fun))

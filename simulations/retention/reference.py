@@ -12,8 +12,9 @@ from scipy.special import expit, logit
 from fedrec.simulations.retention.simulator import NEVER, Draws, UserModel
 
 
-def simulate_user(sat: np.ndarray, s_ref: float, beta: float, pi: float, uniforms: np.ndarray, gaps: np.ndarray,
-                  model: UserModel) -> tuple[int, int, int, float]:
+def simulate_user(
+    sat: np.ndarray, s_ref: float, beta: float, pi: float, uniforms: np.ndarray, gaps: np.ndarray, model: UserModel
+) -> tuple[int, int, int, float]:
     """(first return day or NEVER, last visit day, visits, summed slate satisfaction) of one user."""
     day, smooth, visits, total, first, last = 0, s_ref, 0, 0.0, NEVER, 0
     for n in range(model.max_visits):
@@ -30,14 +31,16 @@ def simulate_user(sat: np.ndarray, s_ref: float, beta: float, pi: float, uniform
     return first, last, visits, total
 
 
-def simulate_loop(satisfaction: np.ndarray, s_ref: np.ndarray, betas: np.ndarray, draws: Draws,
-                  model: UserModel) -> np.ndarray:
+def simulate_loop(
+    satisfaction: np.ndarray, s_ref: np.ndarray, betas: np.ndarray, draws: Draws, model: UserModel
+) -> np.ndarray:
     """[policy, beta, user, 4]: ``simulate_user`` for every cell."""
     n_pol, n_users, _ = satisfaction.shape
     out = np.zeros((n_pol, len(betas), n_users, 4))
     for p in range(n_pol):
         for b, beta in enumerate(betas):
             for u in range(n_users):
-                out[p, b, u] = simulate_user(satisfaction[p, u], s_ref[p], beta, draws.propensity[u],
-                                             draws.uniforms[u], draws.gaps[u], model)
+                out[p, b, u] = simulate_user(
+                    satisfaction[p, u], s_ref[p], beta, draws.propensity[u], draws.uniforms[u], draws.gaps[u], model
+                )
     return out

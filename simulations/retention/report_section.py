@@ -71,8 +71,12 @@ def tables(report: dict, plots: bool = False) -> str:
     ret = report["retention"]
     parts = []
     for oracle, info in ret["oracles"].items():
-        parts += [f"### User model `{oracle}`: pick = {info['pick_family']}; like = {info['like_family']} (simulated)",
-                  "", oracle_table(report, oracle), ""]
+        parts += [
+            f"### User model `{oracle}`: pick = {info['pick_family']}; like = {info['like_family']} (simulated)",
+            "",
+            oracle_table(report, oracle),
+            "",
+        ]
         if plots and oracle in ret.get("plots", {}):
             parts += [f"![survival curves, user model {oracle} (simulated)]({ret['plots'][oracle]})", ""]
     return "\n".join(parts)
@@ -88,16 +92,21 @@ def _checks(report: dict) -> list[str]:
         "### Checks (protocol.md)",
         "",
         f"- Calibration at beta 0 (tolerance ±{cal['tolerance']}): "
-        + ", ".join(f"{k} simulated {cal[k]['simulated']:.3f} vs observed {cal[k]['observed']:.3f}"
-                    for k in ("d1", "d7", "d30"))
+        + ", ".join(
+            f"{k} simulated {cal[k]['simulated']:.3f} vs observed {cal[k]['observed']:.3f}" for k in ("d1", "d7", "d30")
+        )
         + f" — {'holds' if cal['holds'] else 'DOES NOT HOLD'}.",
         f"- Identical retention for every arm at beta 0: {'holds' if ident['holds'] else 'DOES NOT HOLD'} "
         f"(largest difference {ident['max_abs_diff']:.3g}).",
         f"- Retention (d30 and active days) rises with beta for every arm better than popularity: "
         f"{'holds' if mono['holds'] else 'DOES NOT HOLD'} ("
-        + "; ".join(f"{arm}/{o} {'better' if c['better_than_popularity'] else 'not better'} than popularity, "
-                    + ("rises" if c["rises_with_beta"] else "falls" if c["falls_with_beta"] else "not monotone")
-                    for arm, by_o in mono["by_arm"].items() for o, c in by_o.items()) + ").",
+        + "; ".join(
+            f"{arm}/{o} {'better' if c['better_than_popularity'] else 'not better'} than popularity, "
+            + ("rises" if c["rises_with_beta"] else "falls" if c["falls_with_beta"] else "not monotone")
+            for arm, by_o in mono["by_arm"].items()
+            for o, c in by_o.items()
+        )
+        + ").",
     ]
     for oracle, c in checks["satisfaction_ordering"].items():
         expected = " >= ".join(c["order"])
@@ -109,12 +118,15 @@ def _checks(report: dict) -> list[str]:
 
 def _pick_check(name: str, info: dict) -> str:
     c = info["checks"]
-    bands = ", ".join(f"{b['ranks'][0]}–{b['ranks'][1]}: {b['predicted']:.4f}/{b['observed']:.4f}"
-                      for b in c["by_rank_band"])
-    return (f"- pick `{name}` ({info['family']}; held out: {c['held_out']}; map fitted on {c['fit_users']} users, "
-            f"checked on the other {c['check_users']}): expected held-out picks in the top 10 "
-            f"{c['top10_predicted_picks']:.3f} predicted vs {c['top10_observed_picks']:.3f} observed "
-            f"(a random ranking: {c['top10_picks_if_random']:.3f}). P(pick) by rank band, predicted/observed: {bands}.")
+    bands = ", ".join(
+        f"{b['ranks'][0]}–{b['ranks'][1]}: {b['predicted']:.4f}/{b['observed']:.4f}" for b in c["by_rank_band"]
+    )
+    return (
+        f"- pick `{name}` ({info['family']}; held out: {c['held_out']}; map fitted on {c['fit_users']} users, "
+        f"checked on the other {c['check_users']}): expected held-out picks in the top 10 "
+        f"{c['top10_predicted_picks']:.3f} predicted vs {c['top10_observed_picks']:.3f} observed "
+        f"(a random ranking: {c['top10_picks_if_random']:.3f}). P(pick) by rank band, predicted/observed: {bands}."
+    )
 
 
 def _like_check(name: str, info: dict) -> str:
@@ -122,9 +134,11 @@ def _like_check(name: str, info: dict) -> str:
     if "skipped" in c:
         return f"- like `{name}`: {info['family']}."
     deciles = ", ".join(f"{d['predicted']:.2f}/{d['observed']:.2f}" for d in c["by_decile"])
-    return (f"- like `{name}` ({info['family']}; held out: {c['held_out']}; map fitted on half, checked on the "
-            f"other half): rating RMSE {c['rmse']:.3f}; Brier {c['brier']:.4f} (base rate {c['liked_base_rate']:.3f} "
-            f"alone: {c['brier_base_rate']:.4f}). P(like) by decile, predicted/observed: {deciles}.")
+    return (
+        f"- like `{name}` ({info['family']}; held out: {c['held_out']}; map fitted on half, checked on the "
+        f"other half): rating RMSE {c['rmse']:.3f}; Brier {c['brier']:.4f} (base rate {c['liked_base_rate']:.3f} "
+        f"alone: {c['brier_base_rate']:.4f}). P(like) by decile, predicted/observed: {deciles}."
+    )
 
 
 def _oracle_checks(report: dict) -> list[str]:
@@ -133,11 +147,15 @@ def _oracle_checks(report: dict) -> list[str]:
     lines += [_pick_check(n, i) for n, i in parts["pick"].items()]
     lines += [_like_check(n, i) for n, i in parts["like"].items()]
     first = report["retention"].get("first_slate", {})
-    greedy = ", ".join(f"{o} {i['greedy_first_slate_liked_picks']:.3f}" for o, i in report["retention"]["oracles"].items())
+    greedy = ", ".join(
+        f"{o} {i['greedy_first_slate_liked_picks']:.3f}" for o, i in report["retention"]["oracles"].items()
+    )
     lines.append(f"- Expected liked picks in oracle-greedy's first slate: {greedy}.")
     if first:
-        rows = "; ".join(f"{arm}: " + ", ".join(f"{o} {c['picks']:.3f}/{c['liked_picks']:.3f}" for o, c in by_o.items())
-                         for arm, by_o in first.items())
+        rows = "; ".join(
+            f"{arm}: " + ", ".join(f"{o} {c['picks']:.3f}/{c['liked_picks']:.3f}" for o, c in by_o.items())
+            for arm, by_o in first.items()
+        )
         lines.append(f"- First slate, expected picks / expected liked picks (mean over users): {rows}.")
     return lines + [""]
 
@@ -193,19 +211,31 @@ def headline_lines(report: dict) -> list[str]:
         return []
     arm, ref, pop = h["shown_arm"], h["reference_arm"], h["popularity"]
     n_cells = len(ret.get("cells", ret["seeds"]))
-    who = f"`{arm}` ({h['chosen_because']})" if h["arm"] else f"{h['chosen_because'][:1].upper()}{h['chosen_because'][1:]}; shown instead: `{arm}`"
-    lines = [f"**Headline (simulated, beta {h['beta']}).** {who}, under each user model: d30 and active days, then "
-             f"paired differences against `{ref}` and `{pop}`; 95% intervals over {n_cells} cells (training x "
-             "simulator seeds).", ""]
+    who = (
+        f"`{arm}` ({h['chosen_because']})"
+        if h["arm"]
+        else f"{h['chosen_because'][:1].upper()}{h['chosen_because'][1:]}; shown instead: `{arm}`"
+    )
+    lines = [
+        f"**Headline (simulated, beta {h['beta']}).** {who}, under each user model: d30 and active days, then "
+        f"paired differences against `{ref}` and `{pop}`; 95% intervals over {n_cells} cells (training x "
+        "simulator seeds).",
+        "",
+    ]
     for oracle, c in h["by_oracle"].items():
-        lines.append(f"- `{oracle}`: d30 {_with_ci(c['d30'])}{_versus(c, 'd30', 3, ref, pop)}; active days "
-                     f"{_with_ci(c['active_days'], 2)}{_versus(c, 'active_days', 2, ref, pop)}.")
+        lines.append(
+            f"- `{oracle}`: d30 {_with_ci(c['d30'])}{_versus(c, 'd30', 3, ref, pop)}; active days "
+            f"{_with_ci(c['active_days'], 2)}{_versus(c, 'active_days', 2, ref, pop)}."
+        )
     for arm_name, by_oracle in h["rho"].items():
-        rows = "; ".join(f"`{o}` d30 {_rho_text(v['d30'])}, active days {_rho_text(v['active_days'])}"
-                         for o, v in by_oracle.items())
+        rows = "; ".join(
+            f"`{o}` d30 {_rho_text(v['d30'])}, active days {_rho_text(v['active_days'])}" for o, v in by_oracle.items()
+        )
         label = " (best private arm by HR@10)" if arm_name == h["best_private_arm"] else ""
-        lines.append(f"- Gap closed, rho = (R − R_{pop}) / (R_{ref} − R_{pop}), of `{arm_name}`{label} at beta "
-                     f"{h['beta']} (Fieller 95% intervals): {rows}.")
+        lines.append(
+            f"- Gap closed, rho = (R − R_{pop}) / (R_{ref} − R_{pop}), of `{arm_name}`{label} at beta "
+            f"{h['beta']} (Fieller 95% intervals): {rows}."
+        )
     return lines + [""]
 
 
@@ -215,19 +245,21 @@ def markdown(report: dict) -> str:
         return ""
     if "skipped" in ret:
         return f"## Retention (simulated)\n\nSkipped: {ret['skipped']}.\n"
-    return "\n".join([
-        "## Retention (simulated)",
-        "",
-        *headline_lines(report),
-        MEANING.format(k=ret["slate_size"]),
-        "",
-        "d1 = share of users back the day after their first visit; dN = back within N days; active days = mean "
-        "number of days with a visit in the 60-day horizon (day 0 included); satisfaction = mean expected number of "
-        "liked picks per served slate. Brackets: 95% interval over cells. rho = (R_arm − R_popularity) / "
-        f"(R_{ret['reference_arm']} − R_popularity) on d30, with Fieller's interval.",
-        "",
-        tables(report, plots=True),
-        *_checks(report),
-        *_oracle_checks(report),
-        *_model(report),
-    ])
+    return "\n".join(
+        [
+            "## Retention (simulated)",
+            "",
+            *headline_lines(report),
+            MEANING.format(k=ret["slate_size"]),
+            "",
+            "d1 = share of users back the day after their first visit; dN = back within N days; active days = mean "
+            "number of days with a visit in the 60-day horizon (day 0 included); satisfaction = mean expected number of "
+            "liked picks per served slate. Brackets: 95% interval over cells. rho = (R_arm − R_popularity) / "
+            f"(R_{ret['reference_arm']} − R_popularity) on d30, with Fieller's interval.",
+            "",
+            tables(report, plots=True),
+            *_checks(report),
+            *_oracle_checks(report),
+            *_model(report),
+        ]
+    )

@@ -11,8 +11,15 @@ from rich.console import Console
 from fedrec.common.datasets import Interactions
 from fedrec.common.errors import FedrecError
 from fedrec.simulations.report import render
-from fedrec.simulations.retention.engine import (GREEDY, POPULARITY, TRAINING_SEED_STRIDE, Setup, popularity_scores,
-                                                 prepare, run_seeds)
+from fedrec.simulations.retention.engine import (
+    GREEDY,
+    POPULARITY,
+    TRAINING_SEED_STRIDE,
+    Setup,
+    popularity_scores,
+    prepare,
+    run_seeds,
+)
 from fedrec.simulations.retention.headline import headline
 from fedrec.simulations.retention.slates import K
 from fedrec.simulations.retention.summary import summarize
@@ -37,8 +44,10 @@ def arm_scores(run_dir: RunDir, report: dict, data: Interactions, given: dict[st
             continue
         if out[name].shape != (data.n_users, data.n_items):
             where = f"arms[{name!r}]" if name in given else str(path)
-            raise FedrecError(f"{where}: scores have shape {out[name].shape}, expected "
-                              f"({data.n_users}, {data.n_items}) for {data.name}")
+            raise FedrecError(
+                f"{where}: scores have shape {out[name].shape}, expected "
+                f"({data.n_users}, {data.n_items}) for {data.name}"
+            )
     if not out:
         raise FedrecError(f"{run_dir.path / 'scores'}: no arm score matrices (<arm>.npy) to simulate")
     return out
@@ -64,8 +73,10 @@ def extra_training_seeds(run_dir: RunDir, report: dict, names: list[str], given:
 
 
 def _parts_report(setup: Setup) -> dict:
-    return {"pick": {p.name: {"family": p.family, "checks": p.check} for p in setup.picks},
-            "like": {p.name: {"family": p.family, "checks": p.check} for p in setup.likes}}
+    return {
+        "pick": {p.name: {"family": p.family, "checks": p.check} for p in setup.picks},
+        "like": {p.name: {"family": p.family, "checks": p.check} for p in setup.likes},
+    }
 
 
 def plot_name(oracle: str) -> str:
@@ -73,12 +84,16 @@ def plot_name(oracle: str) -> str:
 
 
 def _mean_curves(curves: list[dict], oracle: str) -> dict:
-    return {arm: {beta: np.mean([c[arm][oracle][beta] for c in curves], axis=0) for beta in curves[0][arm][oracle]}
-            for arm in curves[0] if oracle in curves[0][arm]}
+    return {
+        arm: {beta: np.mean([c[arm][oracle][beta] for c in curves], axis=0) for beta in curves[0][arm][oracle]}
+        for arm in curves[0]
+        if oracle in curves[0][arm]
+    }
 
 
-def run_retention(run_dir: Path, data: Interactions, arms: dict[str, np.ndarray] | None = None,
-                  seeds=SEEDS, show: bool = True) -> dict:
+def run_retention(
+    run_dir: Path, data: Interactions, arms: dict[str, np.ndarray] | None = None, seeds=SEEDS, show: bool = True
+) -> dict:
     """Simulated retention for every arm of ``run_dir`` under every user model and beta; updates the report.
 
     Cells: every training seed whose scores are on disk (scores/seed_<s>/) times every simulator seed."""
@@ -93,16 +108,23 @@ def run_retention(run_dir: Path, data: Interactions, arms: dict[str, np.ndarray]
     console = Console(stderr=True, quiet=not show)
     console.print(f"retention: fitting and calibrating the user models on {data.name} ({data.n_users} users)")
     setup = prepare(data)
-    console.print(f"retention: simulating {len(scores)} arms x {len(setup.oracles)} user models x "
-                  f"{len(training)} training seeds x {len(seeds)} simulator seeds")
+    console.print(
+        f"retention: simulating {len(scores)} arms x {len(setup.oracles)} user models x "
+        f"{len(training)} training seeds x {len(seeds)} simulator seeds"
+    )
     per_cell, curves, refs, first = run_seeds(setup, [t[1] for t in training], popularity_scores(data), seeds)
     s_ref = {o.name: float(refs[:, j].mean()) for j, o in enumerate(setup.oracles)}
     summary = summarize(per_cell, setup.observed, s_ref, reference, first[0])
     plots = {}
     for oracle in setup.oracles:
         name = plot_name(oracle.name)
-        survival_png(_mean_curves(curves, oracle.name), setup.observed_survival["survival"],
-                     setup.observed_survival["n_users"], oracle.name, rd.path / name)
+        survival_png(
+            _mean_curves(curves, oracle.name),
+            setup.observed_survival["survival"],
+            setup.observed_survival["n_users"],
+            oracle.name,
+            rd.path / name,
+        )
         plots[oracle.name] = name
     report["meta"]["retention_observed"] = {k: setup.observed[k] for k in ("d1", "d7", "d30", "n_users")}
     for name in scores:
@@ -114,15 +136,20 @@ def run_retention(run_dir: Path, data: Interactions, arms: dict[str, np.ndarray]
         "label": "simulated",
         "seeds": list(seeds),
         "training_seeds": [t[0] for t in training],
-        "cells": [{"training_seed": t[0], "simulator_seed": s + TRAINING_SEED_STRIDE * i}
-                  for i, t in enumerate(training) for s in seeds],
+        "cells": [
+            {"training_seed": t[0], "simulator_seed": s + TRAINING_SEED_STRIDE * i}
+            for i, t in enumerate(training)
+            for s in seeds
+        ],
         "slate_size": K,
         "satisfaction": "expected number of liked picks in a slate: sum over its items of P(pick | shown) P(like | picked)",
         "reference_arm": reference,
         "s_ref": s_ref,
         "user_model": setup.model.to_dict(),
-        "observed": {**setup.observed, "survival_cohort": {k: v for k, v in setup.observed_survival.items()
-                                                           if k != "survival"}},
+        "observed": {
+            **setup.observed,
+            "survival_cohort": {k: v for k, v in setup.observed_survival.items() if k != "survival"},
+        },
         "oracles": {o.name: o.describe(setup.seen) for o in setup.oracles},
         "user_model_parts": _parts_report(setup),
         "first_slate": first[0],

@@ -35,8 +35,12 @@ class UserModel:
         return self.horizon + 1  # at most one visit per day, days 0..horizon
 
     def to_dict(self) -> dict:
-        return {"horizon_days": self.horizon, "smoothing": self.smoothing, "propensity_prior": self.prior.to_dict(),
-                "gap_histograms": self.gaps.summary()}
+        return {
+            "horizon_days": self.horizon,
+            "smoothing": self.smoothing,
+            "propensity_prior": self.prior.to_dict(),
+            "gap_histograms": self.gaps.summary(),
+        }
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,7 @@ class Outcome:
     satisfaction_sum: np.ndarray
 
 
-def simulate(satisfaction: np.ndarray, s_ref: np.ndarray, betas: np.ndarray, draws: Draws,
-             model: UserModel) -> Outcome:
+def simulate(satisfaction: np.ndarray, s_ref: np.ndarray, betas: np.ndarray, draws: Draws, model: UserModel) -> Outcome:
     """satisfaction [policy, user, visit]; s_ref [policy]: popularity's mean S under that policy's oracle."""
     n_pol, n_users, _ = satisfaction.shape
     shape = (n_pol, len(betas), n_users)

@@ -22,8 +22,9 @@ def ranked_unseen(scores: np.ndarray, seen: np.ndarray, length: int) -> tuple[np
     return top, np.isfinite(np.take_along_axis(masked, top, axis=1))
 
 
-def slate_satisfaction(scores: np.ndarray, seen: np.ndarray, values: list[np.ndarray], n_slates: int,
-                       k: int = K) -> np.ndarray:
+def slate_satisfaction(
+    scores: np.ndarray, seen: np.ndarray, values: list[np.ndarray], n_slates: int, k: int = K
+) -> np.ndarray:
     """[len(values), n_users, n_slates]: each value matrix summed over each served slate.
 
     With value = P(pick) P(like) that is the slate's expected number of liked picks. A slate the

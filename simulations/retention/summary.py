@@ -38,8 +38,10 @@ def intervals(per_seed: list[Nested]) -> Nested:
 
 
 def means(ci: Nested) -> Nested:
-    return {arm: {o: {b: {m: v["mean"] for m, v in cell.items()} for b, cell in bo.items()} for o, bo in ao.items()}
-            for arm, ao in ci.items()}
+    return {
+        arm: {o: {b: {m: v["mean"] for m, v in cell.items()} for b, cell in bo.items()} for o, bo in ao.items()}
+        for arm, ao in ci.items()
+    }
 
 
 def paired(per_seed: list[Nested], reference: str) -> Nested:
@@ -49,8 +51,13 @@ def paired(per_seed: list[Nested], reference: str) -> Nested:
     for arm, oracle, beta in _cells(per_seed):
         if arm in (reference, GREEDY) or reference not in per_seed[0]:
             continue
-        _put(out, arm, oracle, beta, {
-            m: mean_ci([s[arm][oracle][beta][m] - s[reference][oracle][beta][m] for s in per_seed]) for m in METRICS})
+        _put(
+            out,
+            arm,
+            oracle,
+            beta,
+            {m: mean_ci([s[arm][oracle][beta][m] - s[reference][oracle][beta][m] for s in per_seed]) for m in METRICS},
+        )
     return out
 
 
@@ -64,8 +71,10 @@ def rho(per_seed: list[Nested], reference: str) -> Nested:
         values = {}
         for m in RHO_METRICS:
             pop = [s[POPULARITY][oracle][beta][m] for s in per_seed]
-            values[m] = ratio_ci([s[arm][oracle][beta][m] - p for s, p in zip(per_seed, pop)],
-                                 [s[reference][oracle][beta][m] - p for s, p in zip(per_seed, pop)])
+            values[m] = ratio_ci(
+                [s[arm][oracle][beta][m] - p for s, p in zip(per_seed, pop)],
+                [s[reference][oracle][beta][m] - p for s, p in zip(per_seed, pop)],
+            )
         _put(out, arm, oracle, beta, values)
     return out
 
@@ -97,8 +106,12 @@ def check_monotone(mean: Nested, s_ref: dict[str, float]) -> dict:
             series = {m: [by_beta[b][m] for b in order] for m in RHO_METRICS}
             rises = all(np.all(np.diff(v) >= 0) for v in series.values())
             falls = all(np.all(np.diff(v) <= 0) for v in series.values())
-            out.setdefault(arm, {})[oracle] = {"better_than_popularity": bool(better), "rises_with_beta": bool(rises),
-                                               "falls_with_beta": bool(falls), "holds": bool(rises or not better)}
+            out.setdefault(arm, {})[oracle] = {
+                "better_than_popularity": bool(better),
+                "rises_with_beta": bool(rises),
+                "falls_with_beta": bool(falls),
+                "holds": bool(rises or not better),
+            }
     return {"holds": all(c["holds"] for ao in out.values() for c in ao.values()), "by_arm": out}
 
 
@@ -138,13 +151,18 @@ def check_calibration(mean: Nested, observed: dict) -> dict:
     out = {}
     for key in ("d1", "d7", "d30"):
         diff = cell[key] - observed[key]
-        out[key] = {"simulated": cell[key], "observed": observed[key], "diff": diff,
-                    "within_tolerance": bool(abs(diff) <= CALIBRATION_TOLERANCE)}
+        out[key] = {
+            "simulated": cell[key],
+            "observed": observed[key],
+            "diff": diff,
+            "within_tolerance": bool(abs(diff) <= CALIBRATION_TOLERANCE),
+        }
     return {"tolerance": CALIBRATION_TOLERANCE, "holds": all(v["within_tolerance"] for v in out.values()), **out}
 
 
-def summarize(per_seed: list[Nested], observed: dict, s_ref: dict[str, float], reference: str,
-              first_slate: dict | None = None) -> dict:
+def summarize(
+    per_seed: list[Nested], observed: dict, s_ref: dict[str, float], reference: str, first_slate: dict | None = None
+) -> dict:
     ci = intervals(per_seed)
     mean = means(ci)
     return {

@@ -10,8 +10,9 @@ from fedrec.simulations.plots import plt
 from fedrec.simulations.retention.engine import GREEDY
 
 
-def survival_png(curves: dict[str, dict[str, np.ndarray]], observed: list[float], n_observed: int,
-                 oracle: str, path: Path) -> Path:
+def survival_png(
+    curves: dict[str, dict[str, np.ndarray]], observed: list[float], n_observed: int, oracle: str, path: Path
+) -> Path:
     """curves: arm -> beta -> mean survival over seeds (day 0..horizon)."""
     betas = sorted(next(iter(curves.values())), key=float)
     cols = min(2, len(betas))
@@ -22,8 +23,14 @@ def survival_png(curves: dict[str, dict[str, np.ndarray]], observed: list[float]
             style = {"linestyle": "--", "color": "grey"} if arm == GREEDY else {}
             ax.plot(np.arange(1, len(by_beta[beta])), by_beta[beta][1:], label=arm, linewidth=1.4, **style)
         if observed:
-            ax.plot(np.arange(1, len(observed)), observed[1:], color="black", linestyle=":", linewidth=1.6,
-                    label=f"observed (data, {n_observed} users)")
+            ax.plot(
+                np.arange(1, len(observed)),
+                observed[1:],
+                color="black",
+                linestyle=":",
+                linewidth=1.6,
+                label=f"observed (data, {n_observed} users)",
+            )
         ax.set_title(f"user model {oracle}, beta {beta} (simulated)")
         ax.set_xlabel("day t since first visit (everyone visits on day 0)")
         ax.set_ylabel("share with a visit on day >= t")

@@ -64,8 +64,9 @@ def taste_components(x: np.ndarray | csr_matrix, rank: int) -> tuple[np.ndarray,
     return u[:, order], s[order], vt[order].T
 
 
-def _factors(components: tuple[np.ndarray, np.ndarray, np.ndarray], rank: int,
-             temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def _factors(
+    components: tuple[np.ndarray, np.ndarray, np.ndarray], rank: int, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
     u, s, v = (c[..., :rank] for c in components)
     scale = temperature / float(((u * s) @ v.T).std())  # temperature in units of the affinity's spread
     root = np.sqrt(s * scale)
@@ -99,6 +100,10 @@ def fit_factors(data: Interactions, seed: int = 0) -> FactorModel:
             scores[(rank, temperature)] = heldout_loglik(train, held, fit_bias(train, affinity) + affinity)
     rank, temperature = max(scores, key=scores.get)
     users, items = _factors(taste_components(x, rank), rank, temperature)
-    return FactorModel(bias=fit_bias(x, users @ items.T), users=users, items=items,
-                       heldout_loglik=scores[(rank, temperature)],
-                       popularity_loglik=heldout_loglik(train, held, fit_bias(train, np.zeros_like(train))))
+    return FactorModel(
+        bias=fit_bias(x, users @ items.T),
+        users=users,
+        items=items,
+        heldout_loglik=scores[(rank, temperature)],
+        popularity_loglik=heldout_loglik(train, held, fit_bias(train, np.zeros_like(train))),
+    )

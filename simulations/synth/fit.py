@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import numpy as np
 
@@ -27,21 +27,31 @@ def _profiles(data: Interactions) -> ActivityProfiles:
     day = data.timestamps // SECONDS_PER_DAY
     counts = np.bincount(data.users, minlength=data.n_users)
     on_first = np.bincount(data.users, weights=day == days.first[data.users], minlength=data.n_users)
-    return ActivityProfiles(interactions=counts.astype(np.int64), active_days=days.counts.astype(np.int64),
-                            start_day=(days.first - day.min()).astype(np.int64), first_day_share=on_first / counts)
+    return ActivityProfiles(
+        interactions=counts.astype(np.int64),
+        active_days=days.counts.astype(np.int64),
+        start_day=(days.first - day.min()).astype(np.int64),
+        first_day_share=on_first / counts,
+    )
 
 
 def _taste(model: FactorModel) -> TasteModel:
     order = np.argsort(model.bias)
     bias = model.bias[order]
-    design = np.stack([np.ones_like(bias), bias, bias ** 2], axis=1)
+    design = np.stack([np.ones_like(bias), bias, bias**2], axis=1)
     coef, *_ = np.linalg.lstsq(design, model.items[order], rcond=None)
     residual = model.items[order] - design @ coef
     rank = model.users.shape[1]
     jitter = 1e-9 * np.eye(rank)  # keeps Cholesky defined if a component is degenerate
-    return TasteModel(bias_quantiles=bias, item_coef=coef, item_chol=np.linalg.cholesky(np.cov(residual.T) + jitter),
-                      user_mean=model.users.mean(axis=0), user_chol=np.linalg.cholesky(np.cov(model.users.T) + jitter),
-                      heldout_loglik=model.heldout_loglik, popularity_loglik=model.popularity_loglik)
+    return TasteModel(
+        bias_quantiles=bias,
+        item_coef=coef,
+        item_chol=np.linalg.cholesky(np.cov(residual.T) + jitter),
+        user_mean=model.users.mean(axis=0),
+        user_chol=np.linalg.cholesky(np.cov(model.users.T) + jitter),
+        heldout_loglik=model.heldout_loglik,
+        popularity_loglik=model.popularity_loglik,
+    )
 
 
 def _ratings(data: Interactions, bias: np.ndarray) -> RatingModel:
@@ -56,13 +66,19 @@ def _ratings(data: Interactions, bias: np.ndarray) -> RatingModel:
     z = (bias - bias.mean()) / bias.std()
     slope = float(np.polyfit(z, item, 1, w=np.sqrt(n_i))[0])
     levels, counts = np.unique(r, return_counts=True)
-    return RatingModel(levels=levels.astype(np.float32), shares=counts / counts.sum(), user_sd=float(user.std()),
-                       item_slope=slope, item_sd=float(np.std(item - slope * z)),
-                       noise_sd=float(np.std(r - mu - user[data.users] - item[data.items])))
+    return RatingModel(
+        levels=levels.astype(np.float32),
+        shares=counts / counts.sum(),
+        user_sd=float(user.std()),
+        item_slope=slope,
+        item_sd=float(np.std(item - slope * z)),
+        noise_sd=float(np.std(r - mu - user[data.users] - item[data.items])),
+    )
 
 
-def _bisect(evaluate: Callable[[float], float], target: float, bracket: tuple[float, float],
-            steps: int = CALIBRATION_STEPS) -> float:
+def _bisect(
+    evaluate: Callable[[float], float], target: float, bracket: tuple[float, float], steps: int = CALIBRATION_STEPS
+) -> float:
     """Log-scale bisection for an ``evaluate`` that increases with its argument."""
     lo, hi = np.log(bracket[0]), np.log(bracket[1])
     for _ in range(steps):
@@ -84,8 +100,11 @@ def _calibrated(stats: SynthStats, seed: int) -> SynthStats:
 
     def with_spread(stats: SynthStats) -> SynthStats:
         pop = population(stats, *size)
-        spread = _bisect(lambda s: heldout_shift(interactions(stats, replace(pop, order_spread=s))),
-                         stats.heldout_shift, SPREAD_BRACKET)
+        spread = _bisect(
+            lambda s: heldout_shift(interactions(stats, replace(pop, order_spread=s))),
+            stats.heldout_shift,
+            SPREAD_BRACKET,
+        )
         return replace(stats, order_spread=spread)
 
     def lift(strength: float) -> float:
@@ -106,11 +125,20 @@ def fit_synth(data: Interactions, seed: int = 0, calibrate: bool = True) -> Synt
     day = data.timestamps // SECONDS_PER_DAY
     profiles = _profiles(data)
     stats = SynthStats(
-        source=data.name, n_users=data.n_users, n_items=data.n_items, n_interactions=len(data),
+        source=data.name,
+        n_users=data.n_users,
+        n_items=data.n_items,
+        n_interactions=len(data),
         lorenz=np.concatenate([[0.0], np.cumsum(popularity) / popularity.sum()]),
-        max_user_share=float(profiles.interactions.max() / data.n_items), profiles=profiles,
-        taste=_taste(model), ratings=_ratings(data, model.bias), gaps=fit_gaps(active_days(data)),
-        first_day=int(day.min()), window_days=int(day.max() - day.min()),
-        validation_lift=validation_lift(data), heldout_shift=heldout_shift(data), order_spread=1.0,
+        max_user_share=float(profiles.interactions.max() / data.n_items),
+        profiles=profiles,
+        taste=_taste(model),
+        ratings=_ratings(data, model.bias),
+        gaps=fit_gaps(active_days(data)),
+        first_day=int(day.min()),
+        window_days=int(day.max() - day.min()),
+        validation_lift=validation_lift(data),
+        heldout_shift=heldout_shift(data),
+        order_spread=1.0,
     )
     return _calibrated(stats, seed) if calibrate else stats

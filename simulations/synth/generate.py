@@ -16,9 +16,9 @@ large enough population holds exactly M items.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from scipy.special import log_softmax
@@ -95,7 +95,7 @@ def _items(stats: SynthStats, n_items: int, rng: np.random.Generator) -> tuple[n
     taste = stats.taste
     source_rank = (np.arange(len(taste.bias_quantiles)) + 0.5) / len(taste.bias_quantiles)
     bias = np.interp((np.arange(n_items) + 0.5) / n_items, source_rank, taste.bias_quantiles)
-    design = np.stack([np.ones(n_items), bias, bias ** 2], axis=1)
+    design = np.stack([np.ones(n_items), bias, bias**2], axis=1)
     factors = design @ taste.item_coef + rng.standard_normal((n_items, taste.rank)) @ taste.item_chol.T
     z = (bias - taste.bias_quantiles.mean()) / taste.bias_quantiles.std()
     rating = stats.ratings.item_slope * z + rng.normal(0.0, stats.ratings.item_sd, n_items)
@@ -114,9 +114,13 @@ def _users(stats: SynthStats, n_users: int, n_items: int, rng: np.random.Generat
     days = np.minimum.reduce([prof.active_days[source], counts, stats.window_days - start + 1])
     taste = stats.taste
     return dict(
-        user_factors=taste.strength * (taste.user_mean + rng.standard_normal((n_users, taste.rank)) @ taste.user_chol.T),
+        user_factors=taste.strength
+        * (taste.user_mean + rng.standard_normal((n_users, taste.rank)) @ taste.user_chol.T),
         user_rating=rng.normal(0.0, stats.ratings.user_sd, n_users),
-        interactions=counts, active_days=days, start_day=start, first_day_share=prof.first_day_share[source],
+        interactions=counts,
+        active_days=days,
+        start_day=start,
+        first_day_share=prof.first_day_share[source],
     )
 
 
@@ -127,11 +131,13 @@ def _inclusion(logits: np.ndarray, picks: np.ndarray, iterations: int = 12) -> n
     lam = picks.astype(np.float64)[:, None].copy()
     for _ in range(iterations):
         e = np.exp(-lam * p)
-        lam += ((picks[:, None] - (1.0 - e).sum(axis=1, keepdims=True)) / (p * e).sum(axis=1, keepdims=True))
+        lam += (picks[:, None] - (1.0 - e).sum(axis=1, keepdims=True)) / (p * e).sum(axis=1, keepdims=True)
     return 1.0 - np.exp(-lam * p)
 
 
-def _owners(user_factors: np.ndarray, item_factors: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _owners(
+    user_factors: np.ndarray, item_factors: np.ndarray, counts: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """For each item, the candidate user (of a few drawn at random) with the highest affinity plus Gumbel noise;
     an item whose owner already holds as many owned items as interactions gets none (-1)."""
     n_items = len(item_factors)
@@ -145,8 +151,9 @@ def _owners(user_factors: np.ndarray, item_factors: np.ndarray, counts: np.ndarr
     return np.where(rank_in_owner < counts[owner], owner, -1)
 
 
-def _calibrate(stats: SynthStats, bias: np.ndarray, factors: np.ndarray, n_items: int, seed: int,
-               forced: np.ndarray) -> np.ndarray:
+def _calibrate(
+    stats: SynthStats, bias: np.ndarray, factors: np.ndarray, n_items: int, seed: int, forced: np.ndarray
+) -> np.ndarray:
     """Shift the item biases until a pilot population's expected item counts follow the target shares
     (less ``forced``, each item's share of interactions guaranteed by its owner).
 
@@ -182,8 +189,17 @@ def population(stats: SynthStats, n_users: int, n_items: int, seed: int) -> Popu
     owner = _owners(users["user_factors"], factors, users["interactions"], _rng(seed, _OWNERS))
     forced = (owner >= 0) / float(users["interactions"].sum())
     bias = _calibrate(stats, bias, factors, n_items, seed, forced)
-    return Population(item_bias=bias, item_factors=factors, item_rating=rating, item_ids=ids,
-                      rating_cuts=cuts, order_spread=stats.order_spread, seed=seed, owner=owner, **users)
+    return Population(
+        item_bias=bias,
+        item_factors=factors,
+        item_rating=rating,
+        item_ids=ids,
+        rating_cuts=cuts,
+        order_spread=stats.order_spread,
+        seed=seed,
+        owner=owner,
+        **users,
+    )
 
 
 def _truncated_gaps(hist: GapHistogram, room: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
@@ -240,8 +256,12 @@ def _chunk(stats: SynthStats, pop: Population, lo: int, hi: int) -> Chunk:
     items, stamps = items[by_key], stamps[by_time]
     score = pop.user_rating[lo:hi][user] + pop.item_rating[items] + rng.normal(0.0, stats.ratings.noise_sd, len(items))
     levels = stats.ratings.levels[np.searchsorted(pop.rating_cuts, score)]
-    return Chunk(users=user + lo + 1, items=pop.item_ids[items], timestamps=stamps.astype(np.int64),
-                 ratings=levels.astype(np.int64))
+    return Chunk(
+        users=user + lo + 1,
+        items=pop.item_ids[items],
+        timestamps=stamps.astype(np.int64),
+        ratings=levels.astype(np.int64),
+    )
 
 
 def chunks(stats: SynthStats, pop: Population) -> Iterator[Chunk]:
@@ -258,8 +278,13 @@ def interactions(stats: SynthStats, pop: Population) -> Interactions:
     n_users, n_items, seed = pop.n_users, pop.n_items, pop.seed
     parts = list(chunks(stats, pop))
     cat = {f: np.concatenate([getattr(c, f) for c in parts]) for f in ("users", "items", "timestamps", "ratings")}
-    return from_raw(f"synth-{n_users}x{n_items}-s{seed}", cat["users"], cat["items"], cat["timestamps"],
-                    cat["ratings"].astype(np.float32))
+    return from_raw(
+        f"synth-{n_users}x{n_items}-s{seed}",
+        cat["users"],
+        cat["items"],
+        cat["timestamps"],
+        cat["ratings"].astype(np.float32),
+    )
 
 
 def check_out(out: Path) -> None:

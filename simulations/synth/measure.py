@@ -12,7 +12,6 @@ from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.simple import ease_weights
 from fedrec.simulations.retention.observed import active_days, observed_retention
 
-
 EASE_LAMBDA = 300.0
 DENSE_CELLS = 20_000 * 3_000
 
@@ -73,7 +72,7 @@ def order_spearman(data: Interactions) -> float:
     n = np.bincount(data.users, minlength=data.n_users).astype(np.float64)
     sums = [np.bincount(data.users, weights=w, minlength=data.n_users) for w in (a, b, a * a, b * b, a * b)]
     with np.errstate(invalid="ignore", divide="ignore"):
-        cov = sums[4] / n - sums[0] * sums[1] / n ** 2
+        cov = sums[4] / n - sums[0] * sums[1] / n**2
         var_a = sums[2] / n - (sums[0] / n) ** 2
         var_b = sums[3] / n - (sums[1] / n) ** 2
         corr = cov / np.sqrt(var_a * var_b)
@@ -109,12 +108,20 @@ def measure(data: Interactions, dense_ok: bool | None = None) -> PopulationStats
     retention = observed_retention(days)
     ratings = data.ratings[np.isfinite(data.ratings)]
     return PopulationStats(
-        users=data.n_users, items=data.n_items, interactions=len(data),
-        per_user_mean=float(per_user.mean()), per_user_median=float(np.median(per_user)),
+        users=data.n_users,
+        items=data.n_items,
+        interactions=len(data),
+        per_user_mean=float(per_user.mean()),
+        per_user_median=float(np.median(per_user)),
         per_user_p90=float(np.percentile(per_user, 90)),
         item_gini=gini(np.bincount(data.items, minlength=data.n_items)),
-        d1=retention["d1"], d7=retention["d7"], d30=retention["d30"],
-        active_days_mean=float(days.counts.mean()), single_day_share=float(np.mean(days.counts == 1)),
-        order_spearman=order_spearman(data), heldout_shift=heldout_shift(data), validation_lift=validation_lift(data) if dense_ok else float("nan"),
+        d1=retention["d1"],
+        d7=retention["d7"],
+        d30=retention["d30"],
+        active_days_mean=float(days.counts.mean()),
+        single_day_share=float(np.mean(days.counts == 1)),
+        order_spearman=order_spearman(data),
+        heldout_shift=heldout_shift(data),
+        validation_lift=validation_lift(data) if dense_ok else float("nan"),
         rating_mean=float(ratings.mean()) if len(ratings) else float("nan"),
     )

@@ -9,8 +9,9 @@ from fedrec.simulations.synth.fit import fit_synth
 from fedrec.simulations.synth.generate import check_out, check_sizes, write_csv
 
 
-def synth_csv(out: Path, n_users: int, n_items: int, seed: int, source: str = "ml-100k",
-              data_dir: str | None = None) -> str:
+def synth_csv(
+    out: Path, n_users: int, n_items: int, seed: int, source: str = "ml-100k", data_dir: str | None = None
+) -> str:
     """Checks the arguments before the fit (seconds), so that a typo fails at once."""
     check_sizes(n_users, n_items)
     check_out(out)

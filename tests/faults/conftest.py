@@ -31,8 +31,13 @@ def run_cli(*args: str, obey_modes: bool = False, timeout: float = 300) -> CliRe
     """``python -m fedrec.simulations.main ARGS`` in a fresh process, as a user would run it."""
     env = {**os.environ, "COLUMNS": "80", "PYTHONWARNINGS": "ignore"}
     prefix = obey_permissions() if obey_modes else []
-    proc = subprocess.run([*prefix, sys.executable, "-m", "fedrec.simulations.main", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "fedrec.simulations.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -54,7 +59,7 @@ def cli():
 
 def flip(blob: bytes, at: int) -> bytes:
     """``blob`` with the lowest bit of byte ``at`` inverted."""
-    return blob[:at] + bytes([blob[at] ^ 0x01]) + blob[at + 1:]
+    return blob[:at] + bytes([blob[at] ^ 0x01]) + blob[at + 1 :]
 
 
 def small_model_state(seed: int = 0):

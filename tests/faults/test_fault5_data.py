@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 
 from fedrec.common.datasets import load_csv
 from fedrec.common.errors import DataError
-from fedrec.common.split import temporal_split
 from fedrec.common.manifest import load_manifest
-
-from conftest import assert_one_line_error
+from fedrec.common.split import temporal_split
 
 
 def log_rows(n_users: int = 30, per_user: int = 8, n_items: int = 40, seed: int = 0) -> list[list]:
@@ -49,8 +48,9 @@ def test_repeated_pairs_count_once_at_their_latest_time(tmp_path):
     data = load_csv(write_csv(tmp_path / "dups.csv", with_repeats(rows, 500)))
     assert len(data) == len(rows) and data.n_merged == 500
     latest = {(u, i): t for u, i, t, _ in rows}  # the copies are all older than the originals
-    got = dict(zip(zip(data.user_ids[data.users].tolist(), data.item_ids[data.items].tolist()),
-                   data.timestamps.tolist()))
+    got = dict(
+        zip(zip(data.user_ids[data.users].tolist(), data.item_ids[data.items].tolist()), data.timestamps.tolist())
+    )
     assert got == latest
     assert data.subset_users(10).n_merged == int(data.merged[:10].sum())
 
@@ -77,8 +77,9 @@ def test_a_later_copy_moves_the_pair_to_its_latest_time(tmp_path):
 
 def test_the_harness_reports_the_merged_count(tmp_path, cli):
     path = write_csv(tmp_path / "dups.csv", with_repeats(log_rows(), 500))
-    result = cli("baseline", "--dataset", str(path), "--arms", "popularity", "--out", str(tmp_path / "run"),
-                 "--no-retention")
+    result = cli(
+        "baseline", "--dataset", str(path), "--arms", "popularity", "--out", str(tmp_path / "run"), "--no-retention"
+    )
     assert result.code == 0, result.stderr
     assert "500 repeated (user, item) rows merged" in result.stderr
     report = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -119,8 +120,13 @@ def test_non_utf8_byte_names_its_line(tmp_path):
         load_csv(path)
 
 
-@pytest.mark.parametrize("value,message", [("1e30", ":5: timestamp '1e30' is outside the 64-bit range"),
-                                           (str(2**64 + 1), ":5: item id 18446744073709551617 does not fit")])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("1e30", ":5: timestamp '1e30' is outside the 64-bit range"),
+        (str(2**64 + 1), ":5: item id 18446744073709551617 does not fit"),
+    ],
+)
 def test_cli_refuses_overflow_with_one_line(tmp_path, cli, value, message):
     rows = log_rows(n_users=5)
     rows[3][2 if value == "1e30" else 1] = value
@@ -136,10 +142,14 @@ def test_cli_refuses_non_utf8_and_manifest_ids_keep_their_type(tmp_path, cli):
     clean = write_csv(tmp_path / "clean.csv", rows)
     dirty = tmp_path / "dirty.csv"
     dirty.write_bytes(clean.read_bytes().replace(b"\n3,", b"\n3\xff,", 1))
-    assert_one_line_error(cli("data", "provision", "--dataset", str(dirty), "--out", str(tmp_path / "d"),
-                              "--quiet"), f"{dirty}:", "not UTF-8 text (byte 0xff")
-    result = cli("data", "provision", "--dataset", str(clean), "--out", str(tmp_path / "c"), "--quiet",
-                 "--workers", "1")
+    assert_one_line_error(
+        cli("data", "provision", "--dataset", str(dirty), "--out", str(tmp_path / "d"), "--quiet"),
+        f"{dirty}:",
+        "not UTF-8 text (byte 0xff",
+    )
+    result = cli(
+        "data", "provision", "--dataset", str(clean), "--out", str(tmp_path / "c"), "--quiet", "--workers", "1"
+    )
     assert result.code == 0, result.stderr
     manifest = load_manifest(tmp_path / "c")
     assert all(type(i) is int for i in manifest.item_ids)

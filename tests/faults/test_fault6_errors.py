@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, flip, model_info, small_model_state
 
 from fedrec.client.store_key import store_key
 from fedrec.common.datasets import from_raw
@@ -16,8 +17,6 @@ from fedrec.common.split import temporal_split
 from fedrec.common.store import DeviceStore, StoreError, peek_header
 from fedrec.server.checkpoint import load_checkpoint, save_checkpoint, save_final_model
 from fedrec.simulations.provision import device_key_for, provision
-
-from conftest import assert_one_line_error, flip, model_info, small_model_state
 
 MASTER = bytes(range(40, 72))
 
@@ -56,8 +55,9 @@ def test_fetch_into_read_only_data_dir(read_only, cli):
 
 
 def test_baseline_into_read_only_out_fails_before_fitting(read_only, log_csv, cli):
-    result = cli("baseline", "--dataset", str(log_csv), "--arms", "popularity", "--out", str(read_only / "run"),
-                 obey_modes=True)
+    result = cli(
+        "baseline", "--dataset", str(log_csv), "--arms", "popularity", "--out", str(read_only / "run"), obey_modes=True
+    )
     assert_one_line_error(result, f"{read_only / 'run'}: cannot write there", "--out")
 
 
@@ -90,8 +90,11 @@ def test_every_flipped_recipe_byte_is_one_line_naming_the_store(fleet):
     raw = store.read_bytes()
     for at in recipe_offsets(store):
         store.write_bytes(flip(raw, at))
-        for attempt in (lambda: peek_header(store), lambda: store_key(store, fleet.parent / "master.key"),
-                        lambda: DeviceStore.open(store, key)):
+        for attempt in (
+            lambda: peek_header(store),
+            lambda: store_key(store, fleet.parent / "master.key"),
+            lambda: DeviceStore.open(store, key),
+        ):
             with pytest.raises(StoreError) as caught:
                 attempt()
             assert str(caught.value).startswith(f"{store}: ") and "\n" not in str(caught.value)
@@ -106,9 +109,10 @@ def test_flipped_recipe_byte_through_the_cli(fleet, cli, pick):
     raw = store.read_bytes()
     store.write_bytes(flip(raw, recipe_offsets(store)[pick]))
     key_file = str(fleet.parent / "master.key")
-    for command in (["store", "inspect", str(store), "--key-file", key_file],
-                    ["store", "rotate-key", str(store), "--key-file", key_file, "--new-key-file",
-                     str(fleet.parent / "new.key")]):
+    for command in (
+        ["store", "inspect", str(store), "--key-file", key_file],
+        ["store", "rotate-key", str(store), "--key-file", key_file, "--new-key-file", str(fleet.parent / "new.key")],
+    ):
         assert_one_line_error(cli(*command), f"{store}: header field 'key_recipe' is unreadable")
     store.write_bytes(raw)
     assert cli("store", "inspect", str(store), "--key-file", key_file).code == 0
@@ -141,8 +145,9 @@ def test_truncated_global_model_through_the_cli(tmp_path, cli):
     state, config = small_model_state()
     model = save_final_model(tmp_path, state, model_info(config))
     model.write_bytes(model.read_bytes()[:-200])
-    result = cli("recommend", "--store", str(tmp_path / "d.db"), "--key-file", str(tmp_path / "d.key"),
-                 "--model", str(model))
+    result = cli(
+        "recommend", "--store", str(tmp_path / "d.db"), "--key-file", str(tmp_path / "d.key"), "--model", str(model)
+    )
     assert_one_line_error(result, f"{model}: unreadable, truncated or damaged")
 
 
@@ -150,7 +155,7 @@ def test_sqlite_header_recipe_edited_in_place(fleet):
     """The same through SQLite (an edit, not a bit flip): refused at the header, naming the store."""
     store = fleet / "stores" / "device-00002.db"
     conn = sqlite3.connect(store)
-    conn.execute("UPDATE meta SET value = '{\"source\": \"key\", \"per_device\": tru' WHERE key = 'key_recipe'")
+    conn.execute('UPDATE meta SET value = \'{"source": "key", "per_device": tru\' WHERE key = \'key_recipe\'')
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match=f"^{store}: header field 'key_recipe' is unreadable"):

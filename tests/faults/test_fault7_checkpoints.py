@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import assert_one_line_error, flip, model_info, small_model_state
 
 from fedrec.common.model_files import ModelFileError
 from fedrec.server.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_final_model
-
-from conftest import assert_one_line_error, flip, model_info, small_model_state
 
 
 def same_state(a: dict, b: dict) -> bool:
@@ -81,6 +80,13 @@ def test_global_model_flipped_byte_refused_by_the_cli(tmp_path, cli):
     assert same_state(torch.load(model, weights_only=True), state)  # still a plain state dict for torch users
     raw = model.read_bytes()
     model.write_bytes(flip(raw, raw.index(state["output.weight"].numpy().tobytes()) + 1))
-    result = cli("recommend", "--store", str(tmp_path / "device.db"), "--key-file", str(tmp_path / "device.key"),
-                 "--model", str(model))
+    result = cli(
+        "recommend",
+        "--store",
+        str(tmp_path / "device.db"),
+        "--key-file",
+        str(tmp_path / "device.key"),
+        "--model",
+        str(model),
+    )
     assert_one_line_error(result, f"{model}: content does not match the SHA-256 digest in {tmp_path / 'model.json'}")

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 
 from fedrec.common.datasets import from_raw
 from fedrec.common.split import temporal_split
 from fedrec.common.store import DeviceStore
 from fedrec.simulations.provision import device_key_for, provision
-
-from conftest import assert_one_line_error
 
 KEY = bytes(range(32))
 MASTER = bytes(range(50, 82))
@@ -112,14 +111,21 @@ def test_a_store_under_neither_key_still_fails_in_one_line(fleet, cli):
     root, stores = fleet
     (root / "other.key").write_bytes(bytes(32))
     (root / "other.key").chmod(0o600)
-    result = cli("store", "rotate-key", str(stores[0]), "--key-file", str(root / "other.key"),
-                 "--new-key-file", str(root / "new.key"))
+    result = cli(
+        "store",
+        "rotate-key",
+        str(stores[0]),
+        "--key-file",
+        str(root / "other.key"),
+        "--new-key-file",
+        str(root / "new.key"),
+    )
     assert_one_line_error(result, f"{stores[0]}: wrong key")
     assert not stores[0].with_name(stores[0].name + ".rotating").exists()
     assert contents(stores[0], device_key_for(MASTER, stores[0].stem))  # untouched under its own key
 
 
-SMALL = 'central.model = {gmf_dim = 8, mlp_dim = 8, layers = [16, 8]}\ncentral.train = {epochs = 2, batch_size = 64}\n'
+SMALL = "central.model = {gmf_dim = 8, mlp_dim = 8, layers = [16, 8]}\ncentral.train = {epochs = 2, batch_size = 64}\n"
 
 
 @pytest.fixture(scope="module")
@@ -135,14 +141,34 @@ def baseline_run(tmp_path_factory):
             day = int(rng.integers(0, 20))
             for _ in range(3):
                 for item in rng.choice(30, size=3, replace=False):
-                    writer.writerow([u, int(item), day * 86_400 + int(rng.integers(0, 80_000)), int(rng.integers(1, 6))])
+                    writer.writerow(
+                        [u, int(item), day * 86_400 + int(rng.integers(0, 80_000)), int(rng.integers(1, 6))]
+                    )
                 day += int(rng.integers(1, 9))
     (root / "small.toml").write_text(SMALL)
     run = root / "run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, "-m", "fedrec.simulations.main", "baseline", "--dataset", str(path),
-                           "--arms", "popularity,centralized", "--config", str(root / "small.toml"), "--out", str(run),
-                           "--no-retention", "--quiet"], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedrec.simulations.main",
+            "baseline",
+            "--dataset",
+            str(path),
+            "--arms",
+            "popularity,centralized",
+            "--config",
+            str(root / "small.toml"),
+            "--out",
+            str(run),
+            "--no-retention",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     return run, path
 
@@ -167,10 +193,11 @@ def test_missing_ledger_and_wire_log_skip_only_their_sections(baseline_run, tmp_
     run = tmp_path / "run"
     subprocess.run(["cp", "-r", str(source), str(run)], check=True)
     report = json.loads((run / "report.json").read_text())
-    report["arms"]["federated_dp"] = {"accuracy": report["arms"]["popularity"]["accuracy"],
-                                      "info": {"model_dir": "models/federated_dp"},
-                                      "privacy": {"delta": 1e-5, "epsilon_max": 1.0,
-                                                  "ledger": "federated_dp_ledger.csv"}}
+    report["arms"]["federated_dp"] = {
+        "accuracy": report["arms"]["popularity"]["accuracy"],
+        "info": {"model_dir": "models/federated_dp"},
+        "privacy": {"delta": 1e-5, "epsilon_max": 1.0, "ledger": "federated_dp_ledger.csv"},
+    }
     (run / "report.json").write_text(json.dumps(report))
     (run / "models" / "federated_dp").mkdir(parents=True)
     result = cli("audit", str(run), "--dataset", str(path), "--shadows", "0", "--skip", "canary")

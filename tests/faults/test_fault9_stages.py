@@ -46,8 +46,16 @@ def test_retention_without_day_gaps_is_skipped_and_the_report_written(tmp_path, 
 
 def test_no_retention_switch(tmp_path, cli):
     run = tmp_path / "run"
-    result = cli("baseline", "--dataset", str(single_day_log(tmp_path / "oneday.csv")), "--arms", "popularity",
-                 "--out", str(run), "--no-retention")
+    result = cli(
+        "baseline",
+        "--dataset",
+        str(single_day_log(tmp_path / "oneday.csv")),
+        "--arms",
+        "popularity",
+        "--out",
+        str(run),
+        "--no-retention",
+    )
     assert result.code == 0, result.stderr
     assert "retention skipped" not in result.stderr
     report = json.loads((run / "report.json").read_text())
@@ -58,8 +66,10 @@ def test_no_retention_switch(tmp_path, cli):
 def test_small_catalogue_recommends_only_unseen_items(tmp_path, cli):
     path = single_day_log(tmp_path / "oneday.csv")
     run = tmp_path / "run"
-    assert cli("baseline", "--dataset", str(path), "--arms", "popularity,random", "--out", str(run),
-               "--no-retention").code == 0
+    assert (
+        cli("baseline", "--dataset", str(path), "--arms", "popularity,random", "--out", str(run), "--no-retention").code
+        == 0
+    )
     data = load_csv(path)
     split = temporal_split(data, 0)
     seen = split.seen_matrix("test")

@@ -25,17 +25,39 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 18
 
 
 def _server(tmp_path: Path, certs: Path, port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([*FEDREC, "server", "--certs", str(certs), "--out", str(tmp_path / "run"), "--host",
-                             "127.0.0.1", "--port", str(port), "--run-config", "device.n_items=20", "--timeout", "600"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [
+            *FEDREC,
+            "server",
+            "--certs",
+            str(certs),
+            "--out",
+            str(tmp_path / "run"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--run-config",
+            "device.n_items=20",
+            "--timeout",
+            "600",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.e2e
 def test_sigkill_of_the_server_takes_its_superlink_with_it(tmp_path):
     certs = tmp_path / "certs"
-    subprocess.run([*FEDREC, "certs", "init", "--out", str(certs), "--ip", "127.0.0.1", "--devices", "1"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*FEDREC, "certs", "init", "--out", str(certs), "--ip", "127.0.0.1", "--devices", "1"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     port, log = free_port(), tmp_path / "server.log"
     server = _server(tmp_path, certs, port, log)
     try:
@@ -43,9 +65,23 @@ def test_sigkill_of_the_server_takes_its_superlink_with_it(tmp_path):
         tree = descendants(server.pid)
         assert tree and port_in_use("127.0.0.1", port)
 
-        second = subprocess.run([*FEDREC, "server", "--certs", str(certs), "--out", str(tmp_path / "run"),
-                                 "--host", "127.0.0.1", "--port", str(free_port())],
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [
+                *FEDREC,
+                "server",
+                "--certs",
+                str(certs),
+                "--out",
+                str(tmp_path / "run"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 1 and "Traceback" not in second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"another fedrec server (pid {server.pid})" in lines[0]
