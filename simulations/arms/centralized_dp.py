@@ -1,0 +1,297 @@
+"""Centralized DP NeuMF: the pooled split trained with Opacus DP-SGD, so a report separates what DP costs
+from what federation costs.
+
+The unit is the federated arms' unit: one interaction together with the negatives drawn for it. The
+negatives are drawn uniformly over the whole catalogue for each sampled record, with fresh randomness, and
+a drawn positive is simply kept as a (noisy) negative label. A record's loss therefore depends on that
+record alone; drawing "non-positives of the user" would make one record change the negatives of the
+user's other records and break the per-example sensitivity bound. ``output.bias`` is frozen: it shifts
+every score alike, cannot change a ranking, and would otherwise take most of the clipping norm.
+
+Noise is calibrated once for the planned schedule (epochs x batches at sample rate 1/batches) with the RDP
+accountant, and the accountant's own epsilon after training is reported. The optional serving refit fits
+each user's row to the frozen DP item side on that user's own interactions only; it never feeds training,
+so other users' records stay protected by the DP model (the joint-DP view, as on a device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedrec.client.local_training import GroupBCE
+from fedrec.common.errors import FedrecError
+from fedrec.common.model import ModelConfig, NeuMF
+from fedrec.common.privacy import noise_for_budget
+from fedrec.common.sampling import positive_keys
+from fedrec.common.split import Split
+from fedrec.common.training import with_negatives
+from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.arms.centralized import model_scores, torch_threads, train_with_validation
+
+UNIT = "record-level (one interaction with its sampled negatives), pooled"
+# The winner of bench/dp_recipe.py (docs/dp-search.md): a small NeuMF with item bias.
+DP_MODEL = ModelConfig(gmf_dim=16, mlp_dim=16, layers=(32, 16), item_bias=True, init_std=0.1)
+
+
+@dataclass(frozen=True)
+class DPRecipe:
+    """How the DP model is trained; ``epsilon`` inf = Opacus clipping without noise, 0 = no Opacus at all."""
+
+    model: ModelConfig = DP_MODEL
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    epochs: int = 20
+    batch_size: int = 4096
+    popularity_prior: bool = False  # add log(DP item count) to every logit (Gaussian histogram, composed)
+    count_sigma: float = 10.0  # noise std of that histogram (each record adds 1 to one count: L2 sensitivity 1)
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (with adam_eps)
+    lr: float = 1.0
+    embedding_lr: float = 0.0  # SGD lr of the user and item tables (0 = lr): a row's mean gradient is ~ its share of records
+    momentum: float = 0.9
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    negatives: int = 4
+    freeze_output_bias: bool = True
+    include_validation: bool = True  # train on train+validation (the test-time data, as the centralized refit)
+    serving_refit_epochs: int = 0  # joint-DP user-row refit after training (0 = serve the DP user rows)
+    serving_refit_lr: float = 0.01
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise FedrecError(f"centralized_dp optimizer must be sgd or adam, not {self.optimizer!r}")
+        if self.epsilon < 0 or self.epochs < 1 or self.batch_size < 1 or self.max_grad_norm <= 0:
+            raise FedrecError("centralized_dp needs epsilon >= 0, epochs >= 1, batch_size >= 1, max_grad_norm > 0")
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DPPrivacy:
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    unit: str = UNIT
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _optimizer(model: NeuMF, recipe: DPRecipe) -> torch.optim.Optimizer:
+    tables = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("_emb.weight")]
+    dense = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("_emb.weight")]
+    groups = [{"params": tables, "lr": recipe.embedding_lr or recipe.lr}, {"params": dense, "lr": recipe.lr}]
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=recipe.lr, eps=recipe.adam_eps)
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+
+
+def _groups(users: torch.Tensor, items: torch.Tensor, n_items: int, negatives: int,
+            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, 1+k] user/item groups, positive first, negatives uniform over the catalogue (record-only)."""
+    neg = torch.randint(0, n_items, (len(items), negatives), generator=generator)
+    group = torch.cat([items[:, None], neg], dim=1)
+    labels = torch.zeros(group.shape)
+    labels[:, 0] = 1.0
+    return users[:, None].expand_as(group).contiguous(), group, labels
+
+
+def _histogram(recipe: DPRecipe) -> list[tuple[float, float, int]]:
+    """The DP item-count release as an accountant entry: one Gaussian step, sampling rate 1."""
+    return [(recipe.count_sigma, 1.0, 1)] if recipe.popularity_prior else []
+
+
+def history_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def composed_noise(recipe: DPRecipe, q: float, steps: int) -> float:
+    """Smallest DP-SGD noise multiplier whose steps, composed with the count histogram, stay within epsilon."""
+    if not recipe.popularity_prior:
+        return noise_for_budget(recipe.epsilon, recipe.delta, q, steps)
+    if history_epsilon(_histogram(recipe), recipe.delta) >= recipe.epsilon:
+        raise FedrecError(f"centralized_dp: count_sigma {recipe.count_sigma} alone spends epsilon {recipe.epsilon}")
+    low, high = 0.0, 1.0
+    while history_epsilon(_histogram(recipe) + [(high, q, steps)], recipe.delta) > recipe.epsilon:
+        low, high = high, 2 * high
+    while high - low > 1e-3 * high:
+        mid = (low + high) / 2
+        fits = history_epsilon(_histogram(recipe) + [(mid, q, steps)], recipe.delta) <= recipe.epsilon
+        low, high = (low, mid) if fits else (mid, high)
+    return high
+
+
+def planned_privacy(n_records: int, recipe: DPRecipe) -> DPPrivacy:
+    """Sample rate, steps and noise multiplier for the planned schedule (RDP, Poisson sampling)."""
+    batches = max(1, math.ceil(n_records / recipe.batch_size))
+    q, steps = 1.0 / batches, recipe.epochs * batches
+    if not recipe.private:
+        return DPPrivacy(math.inf, recipe.delta, 0.0, q, steps)
+    sigma = 0.0 if math.isinf(recipe.epsilon) else composed_noise(recipe, q, steps)
+    return DPPrivacy(recipe.epsilon, recipe.delta, sigma, q, steps)
+
+
+class PriorNeuMF(nn.Module):
+    """NeuMF plus a fixed per-item logit offset (the DP popularity prior), which takes no clipping budget."""
+
+    def __init__(self, model: NeuMF, prior: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.n_users, self.n_items = model.n_users, model.n_items
+        self.register_buffer("prior", prior.float())
+
+    @property
+    def user_emb(self) -> nn.Embedding:
+        return self.model.user_emb
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.model(users, items) + self.prior[items]
+
+    @torch.no_grad()
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.score_users(users) + self.prior
+
+
+def popularity_prior(items: np.ndarray, n_items: int, recipe: DPRecipe, generator: torch.Generator) -> torch.Tensor:
+    """log of the odds a uniform negative sampler implies: (noisy count / N) / (negatives / n_items)."""
+    counts = torch.from_numpy(np.bincount(items, minlength=n_items)).double()
+    noisy = (counts + torch.normal(0.0, recipe.count_sigma, counts.shape, generator=generator, dtype=torch.float64))
+    return torch.log((noisy.clamp(min=0) + 1) * n_items / (len(items) * recipe.negatives))
+
+
+def _plain_epoch(model, optimizer, users, items, recipe, generator) -> float:
+    loss_fn, total = GroupBCE(), 0.0
+    order = torch.randperm(len(users), generator=generator)
+    for start in range(0, len(order), recipe.batch_size):
+        idx = order[start : start + recipe.batch_size]
+        u, i, y = _groups(users[idx], items[idx], model.n_items, recipe.negatives, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(u, i), y)
+        loss.backward()
+        optimizer.step()
+        total += float(loss) * len(idx)
+    return total / len(order)
+
+
+def train_dp(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray, recipe: DPRecipe, seed: int,
+             noise_seed: int | None = None, on_epoch: Callable[[int, NeuMF, float], None] | None = None
+             ) -> tuple[NeuMF | PriorNeuMF, DPPrivacy]:
+    """NeuMF trained on the given positives with Opacus DP-SGD (ghost clipping, Poisson sampling)."""
+    torch.manual_seed(seed)
+    model = NeuMF(n_users, n_items, recipe.model)
+    if recipe.freeze_output_bias:
+        model.output.bias.requires_grad_(False)
+    noise = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
+    if recipe.popularity_prior:
+        exact = not recipe.private or math.isinf(recipe.epsilon)  # no budget to protect: counts as they are
+        counted = dataclasses.replace(recipe, count_sigma=0.0) if exact else recipe
+        model = PriorNeuMF(model, popularity_prior(items, n_items, counted, noise))
+    optimizer = _optimizer(model, recipe)
+    generator = torch.Generator().manual_seed(seed + 1)  # negatives and the plain arm's shuffling
+    u_t, i_t = torch.from_numpy(users.astype(np.int64)), torch.from_numpy(items.astype(np.int64))
+    plan = planned_privacy(len(u_t), recipe)
+    if not recipe.private:
+        for epoch in range(1, recipe.epochs + 1):
+            loss = _plain_epoch(model, optimizer, u_t, i_t, recipe, generator)
+            if on_epoch:
+                on_epoch(epoch, model, loss)
+        return model, plan
+    torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
+    engine = PrivacyEngine(accountant="rdp")
+    batches = round(1.0 / plan.sample_rate)
+    loader = DataLoader(TensorDataset(u_t, i_t), batch_size=math.ceil(len(u_t) / batches))
+    module, optimizer, criterion, loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, criterion=GroupBCE(),
+        noise_multiplier=plan.noise_multiplier, max_grad_norm=recipe.max_grad_norm, poisson_sampling=True,
+        grad_sample_mode="ghost", noise_generator=noise)
+    empty = 0
+    for epoch in range(1, recipe.epochs + 1):
+        total, count = 0.0, 0
+        for bu, bi in loader:
+            if len(bu) == 0:  # ghost clipping cannot run on an empty Poisson batch: release pure noise
+                _noise_step(optimizer, plan, recipe, noise)
+                empty += 1
+                continue
+            u, i, y = _groups(bu, bi, n_items, recipe.negatives, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(module(u, i), y)
+            loss.backward()
+            optimizer.step()
+            total, count = total + float(loss.detach()) * len(bu), count + len(bu)
+        if on_epoch:
+            on_epoch(epoch, model, total / max(count, 1))
+    steps = sum(n for _, _, n in engine.accountant.history) + empty
+    history = _histogram(recipe) + [(plan.noise_multiplier, plan.sample_rate, steps)]
+    spent = DPPrivacy(history_epsilon(history, recipe.delta) if plan.noise_multiplier > 0 else math.inf,
+                      recipe.delta, plan.noise_multiplier, plan.sample_rate, steps)
+    module._close()
+    return model, spent
+
+
+def _noise_step(optimizer, plan: DPPrivacy, recipe: DPRecipe, generator: torch.Generator) -> None:
+    std = plan.noise_multiplier * recipe.max_grad_norm / max(1, optimizer.expected_batch_size)
+    for p in optimizer.params:
+        p.grad = torch.normal(0.0, std, p.shape, generator=generator)
+    optimizer.original_optimizer.step()
+    for p in optimizer.params:
+        p.grad = None
+
+
+def serving_refit(model: NeuMF, users: np.ndarray, items: np.ndarray, epochs: int, lr: float, seed: int) -> None:
+    """Each user row fitted to the frozen item side on that user's own positives (never fed to training)."""
+    if epochs <= 0:
+        return
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.user_emb.weight.requires_grad_(True)
+    optimizer = torch.optim.Adam([model.user_emb.weight], lr=lr)
+    keys = positive_keys(users, items, model.n_items)
+    rng = np.random.default_rng(seed)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for _ in range(epochs):
+        u, i, y = with_negatives(users, items, keys, model.n_items, 4, rng)
+        order = rng.permutation(len(u))
+        u, i, y = (torch.from_numpy(a[order]) for a in (u, i, y))
+        for start in range(0, len(u), 1024):
+            sl = slice(start, start + 1024)
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(u[sl], i[sl]), y[sl]).backward()
+            optimizer.step()
+    model.user_emb.weight.requires_grad_(False)
+
+
+def fit_centralized_dp(split: Split, seed: int, recipe: DPRecipe = DPRecipe(), show: bool = True) -> ArmResult:
+    """DP-SGD NeuMF on the pooled data (train, plus validation when ``include_validation``), fixed schedule."""
+    t0 = time.perf_counter()
+    if recipe.include_validation:
+        users, items, _ = train_with_validation(split)
+    else:
+        users, items = split.train_users, split.train_items
+    with torch_threads(recipe.threads):
+        model, spent = train_dp(split.n_users, split.n_items, users, items, recipe, seed)
+        serving_refit(model, users, items, recipe.serving_refit_epochs, recipe.serving_refit_lr, seed)
+        scores = model_scores(model)
+    info = {"recipe": recipe.to_dict(), "privacy": spent.to_dict(), "train_s": time.perf_counter() - t0}
+    result = ArmResult("centralized_dp", scores, info)
+    result.model = model  # type: ignore[attr-defined]
+    return result
