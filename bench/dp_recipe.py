@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.client.local_training import GroupBCE
 from fedrec.common.datasets import load_dataset
+from fedrec.common.item_features import ml100k_item_features
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.model import NeuMF
 from fedrec.common.split import Split, temporal_split
@@ -50,6 +51,8 @@ def val_ndcg(model: NeuMF, split: Split) -> float:
 
 def recipe_from(overrides: dict) -> DPRecipe:
     model = overrides.pop("model", {})
+    if "frozen" in overrides:
+        overrides["frozen"] = tuple(overrides["frozen"])
     if "layers" in model:
         model["layers"] = tuple(model["layers"])
     return dataclasses.replace(BASE, model=dataclasses.replace(BASE.model, **model), **overrides)
@@ -60,7 +63,8 @@ def item_row_snr(model: NeuMF, split: Split, recipe: DPRecipe, sigma: float, cou
     Opacus adds to that row (sigma * C * sqrt(row width) / expected batch), by item-frequency bucket."""
     probe = copy.deepcopy(model)
     core = probe.model if isinstance(probe, PriorNeuMF) else probe
-    core.output.bias.requires_grad_(not recipe.freeze_output_bias)
+    for pname, p in core.named_parameters():
+        p.requires_grad_(not pname.startswith(recipe.frozen))
     params = [p for p in probe.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.0)
     users, items = torch.from_numpy(split.train_users), torch.from_numpy(split.train_items)
@@ -77,6 +81,9 @@ def item_row_snr(model: NeuMF, split: Split, recipe: DPRecipe, sigma: float, cou
     crit(module(u, i), y).backward()
     opt.step()  # lr 0: only clips, sums and scales, so .grad is the clipped mean gradient without noise
     rows = core.item_emb.weight.grad
+    if rows is None:  # the item table is frozen: nothing of it is noised
+        module._close()
+        return {}
     signal = rows.norm(dim=1).numpy()
     noise = sigma * recipe.max_grad_norm * math.sqrt(rows.shape[1]) / opt.expected_batch_size
     module._close()
@@ -90,7 +97,8 @@ def item_row_snr(model: NeuMF, split: Split, recipe: DPRecipe, sigma: float, cou
     return out
 
 
-def run(name: str, recipe: DPRecipe, split: Split, pop: float, snr: bool, refit_epochs: int) -> dict:
+def run(name: str, recipe: DPRecipe, split: Split, pop: float, snr: bool, refit_epochs: int,
+        features: np.ndarray) -> dict:
     t0 = time.perf_counter()
     curve: list[tuple[int, float, float]] = []
     marks = {max(1, recipe.epochs // 4), max(1, recipe.epochs // 2), recipe.epochs}
@@ -101,7 +109,7 @@ def run(name: str, recipe: DPRecipe, split: Split, pop: float, snr: bool, refit_
             print(f"  [{name}] epoch {epoch} loss {loss:.4f} val NDCG@10 {curve[-1][2]:.4f}", flush=True)
 
     model, spent = train_dp(split.n_users, split.n_items, split.train_users, split.train_items, recipe, 0,
-                            on_epoch=on_epoch)
+                            on_epoch=on_epoch, features=features)
     train_s = time.perf_counter() - t0
     row = {"name": name, "recipe": recipe.to_dict(), "epsilon": spent.epsilon, "sigma": spent.noise_multiplier,
            "q": spent.sample_rate, "steps": spent.steps, "val_ndcg@10": curve[-1][2], "curve": curve,
@@ -117,6 +125,35 @@ def run(name: str, recipe: DPRecipe, split: Split, pop: float, snr: bool, refit_
     return row
 
 
+# Rows written before a knob existed lack it: they ran at its neutral value (freeze_output_bias=True was
+# the older spelling of frozen=["output.bias"]).
+NEUTRAL = {"popularity_prior": False, "embedding_lr": 0.0, "item_lr_scale": 1.0, "feature_init": False,
+           "frozen": ["output.bias"], "count_sigma": 10.0, "item_features": "ml-100k"}
+
+
+def _differences(recipe: dict) -> str:
+    base = json.loads(json.dumps(BASE.to_dict()))  # tuples as lists, as in the results file
+    recipe = {**NEUTRAL, **recipe}
+    diff = [f"{k}={v}" for k, v in recipe.items() if k in base and k not in ("model", "epsilon")
+            and v != base[k]]
+    diff += [f"{k}={v}" for k, v in recipe["model"].items() if v != base["model"][k]]
+    return " ".join(diff) or "base"
+
+
+def print_table(path: Path) -> None:
+    """One row per configuration, differences from BASE; SNR = median per-step ratio for items with 50-200."""
+    print("| # | configuration (differences from BASE) | epsilon | sigma | steps | val NDCG@10 | after serving refit "
+          "| popularity | SNR/step, items with 50-200 | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        r = json.loads(line)
+        eps = "no DP" if r["recipe"]["epsilon"] == 0 else ("clip only" if math.isinf(r["epsilon"]) else f"{r['epsilon']:.3g}")
+        snr = r.get("snr", {}).get("items_50-200", {}).get("median_snr_step")
+        print(f"| {n} | {_differences(r['recipe'])} | {eps} | {r['sigma']:.3f} | {r['steps']} | {r['val_ndcg@10']:.4f} "
+              f"| {r.get('val_ndcg@10_refit', float('nan')):.4f} | {r['popularity_val_ndcg@10']:.4f} "
+              f"| {'' if snr is None else f'{snr:.3f}'} | {r['wall_s']:.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one 2-epoch configuration: checks the plumbing")
@@ -126,9 +163,14 @@ def main() -> None:
     ap.add_argument("--results", default="runs/dp_recipe.jsonl")
     ap.add_argument("--refit-epochs", type=int, default=3, help="serving refit epochs scored at the end (0 = none)")
     ap.add_argument("--snr", action="store_true")
+    ap.add_argument("--table", action="store_true", help="print the results file as a markdown table and exit")
     args = ap.parse_args()
+    if args.table:
+        print_table(Path(args.results))
+        return
     torch.set_num_threads(1)
-    split = temporal_split(load_dataset("ml-100k"), 0)
+    data = load_dataset("ml-100k")
+    split, features = temporal_split(data, 0), ml100k_item_features(data.item_ids)
     pop = round(float(hit_ndcg(full_ranks(fit_popularity(split, 0).scores, split, "validation", 0))[1]), 4)
     print(f"popularity validation NDCG@10 {pop:.4f}", flush=True)
     todo = [cfg for stage in (["quick"] if args.quick else args.stage) for cfg in STAGES[stage]]
@@ -140,7 +182,8 @@ def main() -> None:
         if name in done:
             print(f"[{name}] already in {path}", flush=True)
             continue
-        row = run(name, recipe_from(dict(overrides)), split, pop, args.snr, 0 if args.quick else args.refit_epochs)
+        row = run(name, recipe_from(dict(overrides)), split, pop, args.snr, 0 if args.quick else args.refit_epochs,
+                  features)
         print(f"[{name}] eps {row['epsilon']:.3g} sigma {row['sigma']:.3f} steps {row['steps']} val NDCG@10 "
               f"{row['val_ndcg@10']:.4f} refit {row.get('val_ndcg@10_refit', float('nan')):.4f} (popularity {pop:.4f}) "
               f"{row['wall_s']:.0f}s" + (f" snr {json.dumps(row['snr'])}" if "snr" in row else ""), flush=True)

@@ -12,10 +12,10 @@ from fedrec.common.config import FedrecConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.model import ModelConfig
 from fedrec.common.split import temporal_split
-from fedrec.simulations.arms.centralized_dp import DPRecipe, _groups, fit_centralized_dp, train_dp
+from fedrec.simulations.arms.centralized_dp import DPRecipe, PriorNeuMF, _groups, fit_centralized_dp, train_dp
 from fedrec.simulations.arms.registry import central_fitters
 
-TINY = DPRecipe(model=ModelConfig(gmf_dim=4, mlp_dim=4, layers=(8,), init_std=0.1), epochs=3, batch_size=32,
+TINY = DPRecipe(model=ModelConfig(gmf_dim=4, mlp_dim=4, layers=(8,), init_std=0.1), epochs=3, batch_size=32, embedding_lr=5.0, feature_init=False,
                 lr=0.5, include_validation=False)
 
 
@@ -25,7 +25,9 @@ def split(tiny):
 
 
 def _train(split, recipe, noise_seed=None):
-    return train_dp(split.n_users, split.n_items, split.train_users, split.train_items, recipe, 0, noise_seed)
+    """The trained NeuMF (without the prior wrapper) and the privacy spent."""
+    model, spent = train_dp(split.n_users, split.n_items, split.train_users, split.train_items, recipe, 0, noise_seed)
+    return (model.model if isinstance(model, PriorNeuMF) else model), spent
 
 
 def test_arm_trains_within_budget(split):
@@ -78,6 +80,32 @@ def test_registry_uses_the_federated_budget(split):
     assert centralized_dp_recipe(config).epsilon == 2.0
 
 
+def test_public_features_must_match_the_split(split):
+    with pytest.raises(FedrecError, match="feature_init"):
+        fit_centralized_dp(split, 0, dataclasses.replace(TINY, feature_init=True), show=False)
+
+
 def test_bad_recipe_is_one_line_error():
     with pytest.raises(FedrecError, match="optimizer"):
         DPRecipe(optimizer="rmsprop")
+
+
+def test_prior_release_is_charged_to_the_budget():
+    from fedrec.common.privacy import noise_for_budget
+    from fedrec.simulations.arms.centralized_dp import composed_noise, history_epsilon
+
+    with_prior = DPRecipe(count_sigma=3.0)
+    sigma = composed_noise(with_prior, 0.05, 200)
+    assert sigma > noise_for_budget(8.0, 1e-5, 0.05, 200)  # the histogram takes part of epsilon
+    assert history_epsilon([(3.0, 1.0, 1), (sigma, 0.05, 200)], 1e-5) <= 8.0 + 1e-9
+    with pytest.raises(FedrecError, match="count_sigma"):
+        composed_noise(DPRecipe(count_sigma=0.1), 0.05, 200)
+
+
+def test_public_item_features(ml100k_dir):
+    from fedrec.common.datasets import load_dataset
+    from fedrec.common.item_features import ml100k_item_features
+
+    data = load_dataset("ml-100k", ml100k_dir)
+    features = ml100k_item_features(data.item_ids, ml100k_dir)
+    assert features.shape[0] == data.n_items and (features.sum(axis=1) >= 1).all()

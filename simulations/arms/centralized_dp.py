@@ -30,7 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.client.local_training import GroupBCE
+from fedrec.common.datasets import load_dataset
 from fedrec.common.errors import FedrecError
+from fedrec.common.item_features import ml100k_item_features
 from fedrec.common.model import ModelConfig, NeuMF
 from fedrec.common.privacy import noise_for_budget
 from fedrec.common.sampling import positive_keys
@@ -40,8 +42,9 @@ from fedrec.simulations.arms.base import ArmResult
 from fedrec.simulations.arms.centralized import model_scores, torch_threads, train_with_validation
 
 UNIT = "record-level (one interaction with its sampled negatives), pooled"
-# The winner of bench/dp_recipe.py (docs/dp-search.md): a small NeuMF with item bias.
-DP_MODEL = ModelConfig(gmf_dim=16, mlp_dim=16, layers=(32, 16), item_bias=True, init_std=0.1)
+# The winner of bench/dp_recipe.py (docs/dp-search.md): NeuMF's GMF branch alone with its output weights frozen
+# (a plain dot product, so every gradient lands in the user and item rows), popularity carried by the DP prior.
+DP_MODEL = ModelConfig(kind="gmf", gmf_dim=32, item_bias=False, init_std=0.1)
 
 
 @dataclass(frozen=True)
@@ -51,18 +54,24 @@ class DPRecipe:
     model: ModelConfig = DP_MODEL
     epsilon: float = 8.0
     delta: float = 1e-5
-    epochs: int = 20
+    epochs: int = 10
     batch_size: int = 4096
-    popularity_prior: bool = False  # add log(DP item count) to every logit (Gaussian histogram, composed)
+    feature_init: bool = True  # item rows start from an SVD of the public genre/decade features ...
+    item_features: str = "ml-100k"  # ... of this dataset (its .item file; the split must hold all its items)
+    popularity_prior: bool = True  # add log(DP item count) to every logit (Gaussian histogram, composed)
+    min_count: float = 0.0  # items whose DP count is below this keep their initial row (needs popularity_prior)
     count_sigma: float = 10.0  # noise std of that histogram (each record adds 1 to one count: L2 sensitivity 1)
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (with adam_eps)
     lr: float = 1.0
-    embedding_lr: float = 0.0  # SGD lr of the user and item tables (0 = lr): a row's mean gradient is ~ its share of records
+    embedding_lr: float = 100.0  # SGD lr of the user and item tables (0 = lr): a row's mean gradient is ~ its share of records
+    item_lr_scale: float = 1.0  # the item table's lr relative to embedding_lr (small: a DP residual on public rows)
     momentum: float = 0.9
     adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 0.05
     negatives: int = 4
-    freeze_output_bias: bool = True
+    # Parameters (name prefixes) kept at their init: output.bias shifts every score alike and cannot change a
+    # ranking; freezing "output." as well leaves GMF a plain dot product whose whole gradient sits in the rows.
+    frozen: tuple[str, ...] = ("output.",)
     include_validation: bool = True  # train on train+validation (the test-time data, as the centralized refit)
     serving_refit_epochs: int = 0  # joint-DP user-row refit after training (0 = serve the DP user rows)
     serving_refit_lr: float = 0.01
@@ -96,9 +105,12 @@ class DPPrivacy:
 
 
 def _optimizer(model: NeuMF, recipe: DPRecipe) -> torch.optim.Optimizer:
-    tables = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("_emb.weight")]
-    dense = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("_emb.weight")]
-    groups = [{"params": tables, "lr": recipe.embedding_lr or recipe.lr}, {"params": dense, "lr": recipe.lr}]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    table_lr = recipe.embedding_lr or recipe.lr
+    groups = [{"params": [p for n, p in named if n.endswith("user_emb.weight")], "lr": table_lr},
+              {"params": [p for n, p in named if n.endswith("item_emb.weight")], "lr": table_lr * recipe.item_lr_scale},
+              {"params": [p for n, p in named if not n.endswith("_emb.weight")], "lr": recipe.lr}]
+    groups = [g for g in groups if g["params"]]
     if recipe.optimizer == "adam":
         return torch.optim.Adam(groups, lr=recipe.lr, eps=recipe.adam_eps)
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
@@ -141,6 +153,23 @@ def composed_noise(recipe: DPRecipe, q: float, steps: int) -> float:
     return high
 
 
+def _rare_rows(model: nn.Module, recipe: DPRecipe, n_records: int) -> Callable[[], None]:
+    """A hook that puts the rows of items with a DP count below ``min_count`` back to their initial value
+    after each step: the choice uses only the released histogram and discarding part of a noisy update is
+    post-processing, so shared embeddings are trained only where the data can pay for them."""
+    if recipe.min_count <= 0 or not isinstance(model, PriorNeuMF):
+        return lambda: None
+    counts = torch.exp(model.prior) * n_records * recipe.negatives / model.n_items - 1  # the prior's noisy counts
+    rare = torch.flatnonzero(counts < recipe.min_count)
+    table = model.model.item_emb.weight
+    initial = table.detach()[rare].clone()
+
+    def keep() -> None:
+        with torch.no_grad():
+            table[rare] = initial
+    return keep
+
+
 def planned_privacy(n_records: int, recipe: DPRecipe) -> DPPrivacy:
     """Sample rate, steps and noise multiplier for the planned schedule (RDP, Poisson sampling)."""
     batches = max(1, math.ceil(n_records / recipe.batch_size))
@@ -179,7 +208,7 @@ def popularity_prior(items: np.ndarray, n_items: int, recipe: DPRecipe, generato
     return torch.log((noisy.clamp(min=0) + 1) * n_items / (len(items) * recipe.negatives))
 
 
-def _plain_epoch(model, optimizer, users, items, recipe, generator) -> float:
+def _plain_epoch(model, optimizer, users, items, recipe, generator, keep: Callable[[], None]) -> float:
     loss_fn, total = GroupBCE(), 0.0
     order = torch.randperm(len(users), generator=generator)
     for start in range(0, len(order), recipe.batch_size):
@@ -189,30 +218,50 @@ def _plain_epoch(model, optimizer, users, items, recipe, generator) -> float:
         loss = loss_fn(model(u, i), y)
         loss.backward()
         optimizer.step()
+        keep()
         total += float(loss) * len(idx)
     return total / len(order)
 
 
+def feature_rows(features: np.ndarray, dim: int, scale: float, seed: int) -> torch.Tensor:
+    """[n_items, dim] rows spanned by the top singular directions of the centred features, mean row norm
+    ``scale * sqrt(dim)``; columns beyond the features' rank are filled with noise of std ``scale``."""
+    x = features - features.mean(axis=0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    k = min(dim, int((s > 1e-6).sum()))
+    rows = np.random.default_rng(seed).normal(0.0, scale, (len(x), dim))
+    top = u[:, :k] * s[:k]
+    rows[:, :k] = top * (scale * math.sqrt(k) / np.linalg.norm(top, axis=1).mean())
+    return torch.from_numpy(rows).float()
+
+
 def train_dp(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray, recipe: DPRecipe, seed: int,
-             noise_seed: int | None = None, on_epoch: Callable[[int, NeuMF, float], None] | None = None
+             noise_seed: int | None = None, features: np.ndarray | None = None, on_epoch: Callable[[int, NeuMF, float], None] | None = None
              ) -> tuple[NeuMF | PriorNeuMF, DPPrivacy]:
     """NeuMF trained on the given positives with Opacus DP-SGD (ghost clipping, Poisson sampling)."""
     torch.manual_seed(seed)
     model = NeuMF(n_users, n_items, recipe.model)
-    if recipe.freeze_output_bias:
-        model.output.bias.requires_grad_(False)
+    if recipe.feature_init:
+        if features is None:
+            raise FedrecError("centralized_dp: feature_init needs the public item features")
+        dim = recipe.model.embedding_dim
+        with torch.no_grad():
+            model.item_emb.weight[:, :dim] = feature_rows(features, dim, recipe.model.init_std, seed)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(recipe.frozen))
     noise = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
     if recipe.popularity_prior:
         exact = not recipe.private or math.isinf(recipe.epsilon)  # no budget to protect: counts as they are
         counted = dataclasses.replace(recipe, count_sigma=0.0) if exact else recipe
         model = PriorNeuMF(model, popularity_prior(items, n_items, counted, noise))
+    keep = _rare_rows(model, recipe, len(items))
     optimizer = _optimizer(model, recipe)
     generator = torch.Generator().manual_seed(seed + 1)  # negatives and the plain arm's shuffling
     u_t, i_t = torch.from_numpy(users.astype(np.int64)), torch.from_numpy(items.astype(np.int64))
     plan = planned_privacy(len(u_t), recipe)
     if not recipe.private:
         for epoch in range(1, recipe.epochs + 1):
-            loss = _plain_epoch(model, optimizer, u_t, i_t, recipe, generator)
+            loss = _plain_epoch(model, optimizer, u_t, i_t, recipe, generator, keep)
             if on_epoch:
                 on_epoch(epoch, model, loss)
         return model, plan
@@ -237,6 +286,7 @@ def train_dp(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray, r
             loss = criterion(module(u, i), y)
             loss.backward()
             optimizer.step()
+            keep()
             total, count = total + float(loss.detach()) * len(bu), count + len(bu)
         if on_epoch:
             on_epoch(epoch, model, total / max(count, 1))
@@ -280,6 +330,17 @@ def serving_refit(model: NeuMF, users: np.ndarray, items: np.ndarray, epochs: in
     model.user_emb.weight.requires_grad_(False)
 
 
+def public_features(recipe: DPRecipe, split: Split) -> np.ndarray:
+    """The public item features, in the split's item order (dense index = sorted original id)."""
+    if recipe.item_features != "ml-100k":
+        raise FedrecError(f"centralized_dp: item_features {recipe.item_features!r}: only ml-100k ships item features")
+    features = ml100k_item_features(load_dataset("ml-100k").item_ids)
+    if len(features) != split.n_items:
+        raise FedrecError(f"centralized_dp: feature_init needs all {len(features)} ML-100K items, the split has "
+                          f"{split.n_items} (set feature_init = false for subsets and other datasets)")
+    return features
+
+
 def fit_centralized_dp(split: Split, seed: int, recipe: DPRecipe = DPRecipe(), show: bool = True) -> ArmResult:
     """DP-SGD NeuMF on the pooled data (train, plus validation when ``include_validation``), fixed schedule."""
     t0 = time.perf_counter()
@@ -287,8 +348,9 @@ def fit_centralized_dp(split: Split, seed: int, recipe: DPRecipe = DPRecipe(), s
         users, items, _ = train_with_validation(split)
     else:
         users, items = split.train_users, split.train_items
+    features = public_features(recipe, split) if recipe.feature_init else None
     with torch_threads(recipe.threads):
-        model, spent = train_dp(split.n_users, split.n_items, users, items, recipe, seed)
+        model, spent = train_dp(split.n_users, split.n_items, users, items, recipe, seed, features=features)
         serving_refit(model, users, items, recipe.serving_refit_epochs, recipe.serving_refit_lr, seed)
         scores = model_scores(model)
     info = {"recipe": recipe.to_dict(), "privacy": spent.to_dict(), "train_s": time.perf_counter() - t0}
