@@ -35,6 +35,7 @@ from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.centralized import model_scores
 from fedrec.simulations.arms.centralized_dp import (DPRecipe, PriorNeuMF, _groups, composed_noise, feature_rows,
+                                                    log_odds_prior,
                                                     serving_refit)
 from fedrec.simulations.arms.simple import fit_popularity
 
@@ -64,7 +65,7 @@ def main() -> None:
     for u in range(n_users):  # each device releases its own noisy count vector (sensitivity 1 per record)
         own = torch.from_numpy(np.bincount(positives[u], minlength=n_items)).double()
         counts += own + torch.normal(0.0, args["count_sigma"], (n_items,), generator=gen, dtype=torch.float64)
-    prior = torch.log((counts.clamp(min=0) + 1) * n_items / (len(split.train_items) * recipe.negatives)).float()
+    prior = log_odds_prior(counts, recipe.negatives)
 
     torch.manual_seed(args["seed"])
     table = NeuMF(1, n_items, recipe.model).item_emb.weight.detach().clone()

@@ -32,7 +32,8 @@ from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.model import NeuMF
 from fedrec.common.split import Split, temporal_split
 from fedrec.simulations.arms.centralized import model_scores
-from fedrec.simulations.arms.centralized_dp import DPRecipe, PriorNeuMF, _groups, planned_privacy, serving_refit, train_dp
+from fedrec.simulations.arms.centralized_dp import (DPRecipe, PriorNeuMF, _groups, fit_centralized_dp,
+                                                    planned_privacy, serving_refit, train_dp)
 from fedrec.simulations.arms.simple import fit_popularity
 
 BASE = dataclasses.replace(DPRecipe(), include_validation=False)
@@ -134,9 +135,13 @@ NEUTRAL = {"popularity_prior": False, "embedding_lr": 0.0, "item_lr_scale": 1.0,
 def _differences(recipe: dict) -> str:
     base = json.loads(json.dumps(BASE.to_dict()))  # tuples as lists, as in the results file
     recipe = {**NEUTRAL, **recipe}
-    diff = [f"{k}={v}" for k, v in recipe.items() if k in base and k not in ("model", "epsilon")
+    ignored = ("model", "epsilon", "serving_refit_epochs", "include_validation", "threads")  # not used by the search
+    diff = [f"{k}={v}" for k, v in recipe.items() if k in base and k not in ignored
             and v != base[k]]
-    diff += [f"{k}={v}" for k, v in recipe["model"].items() if v != base["model"][k]]
+    if recipe["epsilon"] == 0:  # plain training clips nothing
+        diff = [d for d in diff if not d.startswith("max_grad_norm=")]
+    unused = ("mlp_dim", "layers", "dropout") if recipe["model"]["kind"] == "gmf" else ()
+    diff += [f"{k}={v}" for k, v in recipe["model"].items() if v != base["model"][k] and k not in unused]
     return " ".join(diff) or "base"
 
 
@@ -154,6 +159,48 @@ def print_table(path: Path) -> None:
               f"| {'' if snr is None else f'{snr:.3f}'} | {r['wall_s']:.0f} |")
 
 
+def grad_norms() -> None:
+    """Median per-example gradient norm per parameter at init (torch.func), for the clipping budget."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.set_num_threads(1)
+    split = temporal_split(load_dataset("ml-100k"), 0)
+    idx = torch.randint(0, len(split.train_users), (256,), generator=torch.Generator().manual_seed(0))
+    u, i, y = _groups(torch.from_numpy(split.train_users)[idx], torch.from_numpy(split.train_items)[idx],
+                      split.n_items, 4, torch.Generator().manual_seed(0))
+    configs = {"neumf 16/16, tower 32-16, item bias": dataclasses.replace(BASE.model, kind="neumf", gmf_dim=16,
+                                                                          mlp_dim=16, layers=(32, 16), item_bias=True),
+               "gmf 16, item bias": dataclasses.replace(BASE.model, gmf_dim=16, item_bias=True),
+               "gmf 16, no bias": dataclasses.replace(BASE.model, gmf_dim=16)}
+    for label, cfg in configs.items():
+        torch.manual_seed(0)
+        model = NeuMF(split.n_users, split.n_items, cfg)
+        params = {k: v.detach() for k, v in model.named_parameters() if k != "output.bias"}
+
+        def loss(p, uu, ii, yy):
+            out = functional_call(model, {**p, "output.bias": model.output.bias}, (uu[None], ii[None]))
+            return torch.nn.functional.binary_cross_entropy_with_logits(out, yy[None], reduction="sum")
+
+        per = vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, u, i, y)
+        norms = {k: v.flatten(1).norm(dim=1) for k, v in per.items()}
+        total = torch.stack([n ** 2 for n in norms.values()]).sum(0).sqrt()
+        parts = " ".join(f"{k} {n.median():.3f}" for k, n in norms.items())
+        print(f"{label}: total {total.median():.3f} | {parts}", flush=True)
+
+
+def arm_on_test(seeds: list[int]) -> None:
+    """The finished arm (train+validation, defaults) scored on test: a reference, not a search axis."""
+    torch.set_num_threads(1)
+    data = load_dataset("ml-100k")
+    for seed in seeds:
+        split = temporal_split(data, seed)
+        pop = hit_ndcg(full_ranks(fit_popularity(split, seed).scores, split, "test", seed))[1]
+        result = fit_centralized_dp(split, seed, show=False)
+        ndcg = hit_ndcg(full_ranks(result.scores, split, "test", seed))[1]
+        print(f"seed {seed} centralized_dp test NDCG@10 {ndcg:.4f} (popularity {pop:.4f}, ratio {ndcg / pop:.2f}) "
+              f"privacy {json.dumps(result.info['privacy'])} {result.info['train_s']:.0f}s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one 2-epoch configuration: checks the plumbing")
@@ -164,9 +211,18 @@ def main() -> None:
     ap.add_argument("--refit-epochs", type=int, default=3, help="serving refit epochs scored at the end (0 = none)")
     ap.add_argument("--snr", action="store_true")
     ap.add_argument("--table", action="store_true", help="print the results file as a markdown table and exit")
+    ap.add_argument("--arm", default="", metavar="SEEDS",
+                    help="e.g. 0,1,2: run the centralized_dp arm with its defaults and print TEST NDCG@10 beside popularity's")
+    ap.add_argument("--grad-norms", action="store_true", help="per-parameter per-example gradient norms at init")
     args = ap.parse_args()
+    if args.grad_norms:
+        grad_norms()
+        return
     if args.table:
         print_table(Path(args.results))
+        return
+    if args.arm:
+        arm_on_test([int(x) for x in args.arm.split(",")])
         return
     torch.set_num_threads(1)
     data = load_dataset("ml-100k")

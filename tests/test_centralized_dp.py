@@ -109,3 +109,16 @@ def test_public_item_features(ml100k_dir):
     data = load_dataset("ml-100k", ml100k_dir)
     features = ml100k_item_features(data.item_ids, ml100k_dir)
     assert features.shape[0] == data.n_items and (features.sum(axis=1) >= 1).all()
+
+
+def test_rows_below_the_dp_count_keep_their_init(split):
+    from fedrec.common.model import NeuMF
+
+    everything_rare = dataclasses.replace(TINY, min_count=1e9)
+    model, _ = _train(split, everything_rare)
+    torch.manual_seed(0)
+    init = NeuMF(split.n_users, split.n_items, TINY.model)
+    assert torch.equal(model.item_emb.weight, init.item_emb.weight)
+    assert not torch.equal(model.user_emb.weight, init.user_emb.weight)
+    with pytest.raises(FedrecError, match="min_count"):
+        _train(split, dataclasses.replace(everything_rare, popularity_prior=False))

@@ -5,13 +5,18 @@ The unit is the federated arms' unit: one interaction together with the negative
 negatives are drawn uniformly over the whole catalogue for each sampled record, with fresh randomness, and
 a drawn positive is simply kept as a (noisy) negative label. A record's loss therefore depends on that
 record alone; drawing "non-positives of the user" would make one record change the negatives of the
-user's other records and break the per-example sensitivity bound. ``output.bias`` is frozen: it shifts
-every score alike, cannot change a ranking, and would otherwise take most of the clipping norm.
+user's other records and break the per-example sensitivity bound.
 
-Noise is calibrated once for the planned schedule (epochs x batches at sample rate 1/batches) with the RDP
-accountant, and the accountant's own epsilon after training is reported. The optional serving refit fits
-each user's row to the frozen DP item side on that user's own interactions only; it never feeds training,
-so other users' records stay protected by the DP model (the joint-DP view, as on a device).
+The recipe (docs/dp-search.md) keeps the clipping norm for what personalises: popularity is a fixed logit
+offset from a Gaussian-noised item histogram (its release composed with the DP-SGD steps in one RDP
+accountant) instead of a learned bias column, the output layer is frozen (it shifts or scales every score
+alike), item rows start from public item features, and plain SGD with momentum and a large table learning
+rate replaces Adam, whose per-coordinate normalisation turns noise on untouched rows into full-size steps.
+
+Noise is calibrated once for the planned schedule (epochs x batches at sample rate 1/batches), and the
+accountant's own epsilon after training is reported. The optional serving refit fits each user's row to
+the frozen DP item side on that user's own interactions only; it never feeds training, so other users'
+records stay protected by the DP model (the joint-DP view, as on a device).
 """
 
 from __future__ import annotations
@@ -68,12 +73,12 @@ class DPRecipe:
     momentum: float = 0.9
     adam_eps: float = 1e-8
     max_grad_norm: float = 0.05
-    negatives: int = 4
+    negatives: int = 8
     # Parameters (name prefixes) kept at their init: output.bias shifts every score alike and cannot change a
     # ranking; freezing "output." as well leaves GMF a plain dot product whose whole gradient sits in the rows.
     frozen: tuple[str, ...] = ("output.",)
     include_validation: bool = True  # train on train+validation (the test-time data, as the centralized refit)
-    serving_refit_epochs: int = 0  # joint-DP user-row refit after training (0 = serve the DP user rows)
+    serving_refit_epochs: int = 3  # joint-DP user-row refit after training (0 = serve the DP user rows)
     serving_refit_lr: float = 0.01
     threads: int = 1
 
@@ -153,14 +158,15 @@ def composed_noise(recipe: DPRecipe, q: float, steps: int) -> float:
     return high
 
 
-def _rare_rows(model: nn.Module, recipe: DPRecipe, n_records: int) -> Callable[[], None]:
-    """A hook that puts the rows of items with a DP count below ``min_count`` back to their initial value
-    after each step: the choice uses only the released histogram and discarding part of a noisy update is
+def _rare_rows(model: nn.Module, recipe: DPRecipe, released: torch.Tensor | None) -> Callable[[], None]:
+    """A hook that puts the rows of items with a released count below ``min_count`` back to their initial
+    value after each step: the choice uses only the DP histogram and discarding part of a noisy update is
     post-processing, so shared embeddings are trained only where the data can pay for them."""
-    if recipe.min_count <= 0 or not isinstance(model, PriorNeuMF):
+    if recipe.min_count <= 0:
         return lambda: None
-    counts = torch.exp(model.prior) * n_records * recipe.negatives / model.n_items - 1  # the prior's noisy counts
-    rare = torch.flatnonzero(counts < recipe.min_count)
+    if released is None:
+        raise FedrecError("centralized_dp: min_count needs popularity_prior (the DP counts it selects by)")
+    rare = torch.nonzero(released < recipe.min_count).flatten()
     table = model.model.item_emb.weight
     initial = table.detach()[rare].clone()
 
@@ -201,11 +207,17 @@ class PriorNeuMF(nn.Module):
         return self.model.score_users(users) + self.prior
 
 
-def popularity_prior(items: np.ndarray, n_items: int, recipe: DPRecipe, generator: torch.Generator) -> torch.Tensor:
-    """log of the odds a uniform negative sampler implies: (noisy count / N) / (negatives / n_items)."""
+def noisy_counts(items: np.ndarray, n_items: int, recipe: DPRecipe, generator: torch.Generator) -> torch.Tensor:
+    """The released histogram: item counts plus N(0, count_sigma^2) each (one record moves one count by 1)."""
     counts = torch.from_numpy(np.bincount(items, minlength=n_items)).double()
-    noisy = (counts + torch.normal(0.0, recipe.count_sigma, counts.shape, generator=generator, dtype=torch.float64))
-    return torch.log((noisy.clamp(min=0) + 1) * n_items / (len(items) * recipe.negatives))
+    return counts + torch.normal(0.0, recipe.count_sigma, counts.shape, generator=generator, dtype=torch.float64)
+
+
+def log_odds_prior(noisy: torch.Tensor, negatives: int) -> torch.Tensor:
+    """log of the odds a uniform negative sampler implies, (count / total) / (negatives / n_items), computed
+    from the released counts alone (their sum stands in for the number of records)."""
+    counts = noisy.clamp(min=0) + 1
+    return torch.log(counts * len(counts) / (counts.sum() * negatives)).float()
 
 
 def _plain_epoch(model, optimizer, users, items, recipe, generator, keep: Callable[[], None]) -> float:
@@ -253,8 +265,11 @@ def train_dp(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray, r
     if recipe.popularity_prior:
         exact = not recipe.private or math.isinf(recipe.epsilon)  # no budget to protect: counts as they are
         counted = dataclasses.replace(recipe, count_sigma=0.0) if exact else recipe
-        model = PriorNeuMF(model, popularity_prior(items, n_items, counted, noise))
-    keep = _rare_rows(model, recipe, len(items))
+        released = noisy_counts(items, n_items, counted, noise)
+        model = PriorNeuMF(model, log_odds_prior(released, recipe.negatives))
+        keep = _rare_rows(model, recipe, released)
+    else:
+        keep = _rare_rows(model, recipe, None)
     optimizer = _optimizer(model, recipe)
     generator = torch.Generator().manual_seed(seed + 1)  # negatives and the plain arm's shuffling
     u_t, i_t = torch.from_numpy(users.astype(np.int64)), torch.from_numpy(items.astype(np.int64))
