@@ -7,9 +7,10 @@ the Flower run config (flat dotted keys, pyproject's ``[tool.flwr.app.config]`` 
 report's ``meta.config``. Ranges are checked where the field is defined.
 
     FedrecConfig
-    ├── central: CentralConfig          the centralized NeuMF arm (and centralized_dp)
+    ├── central: CentralConfig          the centralized NeuMF arm
     │   ├── model: ModelConfig
     │   └── train: TrainConfig
+    ├── centralized_dp: CentralDPConfig the pooled Opacus arm (at federation.privacy's epsilon, delta)
     ├── federation: FederationConfig    = the Flower run config of one federated run
     │   ├── server: ServerConfig        rounds, evaluation, where the run writes
     │   │   └── strategy: StrategyConfig
@@ -59,6 +60,49 @@ def _one_of(value: str, choices: tuple[str, ...], name: str) -> None:
 class CentralConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class CentralDPConfig:
+    """The centralized_dp arm (NeuMF on the pooled split with Opacus DP-SGD, docs/dp-search.md). It runs at
+    federation.privacy's epsilon and delta, so it compares with federated_dp at the same budget.
+    The defaults are the validation winner: GMF's dot product with the output layer frozen (every gradient
+    lands in the rows), popularity from a DP item histogram, item rows from public features, SGD."""
+
+    model: ModelConfig = ModelConfig(kind="gmf", gmf_dim=32, item_bias=False, init_std=0.1)
+    epochs: int = 10
+    batch_size: int = 4096
+    feature_init: bool = True  # item rows start from an SVD of the public genre/decade features ...
+    item_features: str = "ml-100k"  # ... of this dataset (its .item file; the split must hold all its items)
+    popularity_prior: bool = True  # add log(DP item count) to every logit (Gaussian histogram, composed)
+    min_count: float = 0.0  # items whose DP count is below this keep their initial row (needs popularity_prior)
+    count_sigma: float = 10.0  # noise std of that histogram (each record adds 1 to one count: L2 sensitivity 1)
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (with adam_eps)
+    lr: float = 1.0
+    embedding_lr: float = (
+        100.0  # SGD lr of the user and item tables (0 = lr): a row's mean gradient is ~ its share of records
+    )
+    item_lr_scale: float = 1.0  # the item table's lr relative to embedding_lr (small: a DP residual on public rows)
+    momentum: float = 0.9
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 0.05
+    negatives: int = 8
+    # Parameters (name prefixes) kept at their init: output.bias shifts every score alike and cannot change a
+    # ranking; freezing "output." as well leaves GMF a plain dot product whose whole gradient sits in the rows.
+    frozen: tuple[str, ...] = ("output.",)
+    include_validation: bool = True  # train on train+validation (the test-time data, as the centralized refit)
+    serving_refit_epochs: int = 3  # joint-DP user-row refit after training (0 = serve the DP user rows)
+    serving_refit_lr: float = 0.01
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _one_of(self.optimizer, OPTIMIZERS, "optimizer")
+        for name in ("epochs", "batch_size", "negatives"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "max_grad_norm"):
+            _positive(getattr(self, name), name)
+        for name in ("count_sigma", "embedding_lr", "item_lr_scale", "momentum", "min_count", "serving_refit_epochs"):
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -234,6 +278,7 @@ DEFAULT_CENTRAL = CentralConfig(
 @dataclass(frozen=True)
 class FedrecConfig:
     central: CentralConfig = DEFAULT_CENTRAL
+    centralized_dp: CentralDPConfig = field(default_factory=CentralDPConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 

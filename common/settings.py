@@ -56,6 +56,13 @@ def _where(source: str, key: str) -> str:
     return f"{source}: {key}" if key else source
 
 
+def _is_int(x: Any) -> bool:
+    """An int, or the text of one (the flat form of a tuple of ints is "64,32,16")."""
+    if isinstance(x, str):
+        return x.strip().lstrip("-").isdigit()
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     """``value`` as field type ``tp``; ints widen to floats, nothing else converts silently."""
     if tp is bool:
@@ -73,13 +80,14 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         if isinstance(value, str):
             return value
     elif typing.get_origin(tp) is tuple:
-        items = value.split(",") if isinstance(value, str) else value
+        element = typing.get_args(tp)[0]  # tuple[int, ...] or tuple[str, ...]
+        items = [x for x in value.split(",") if x.strip()] if isinstance(value, str) else value
         if isinstance(items, (list, tuple)):
-            try:
-                return tuple(int(x) for x in items if not (isinstance(x, str) and not x.strip()))
-            except (TypeError, ValueError):
-                pass
-        raise FedrecError(f"{_where(source, key)}: expected a list of integers, got {value!r}")
+            if element is str and all(isinstance(x, str) for x in items):
+                return tuple(x.strip() for x in items)
+            if element is int and all(_is_int(x) for x in items):
+                return tuple(int(x) for x in items)
+        raise FedrecError(f"{_where(source, key)}: expected a list of {element.__name__}s, got {value!r}")
     else:
         raise TypeError(f"unsupported settings field type {tp!r}")
     name = getattr(tp, "__name__", str(tp))

@@ -9,6 +9,7 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.split import Split
 from fedrec.simulations.arms.base import ArmResult
 from fedrec.simulations.arms.centralized import fit_centralized
+from fedrec.simulations.arms.centralized_dp import DPRecipe, fit_centralized_dp
 from fedrec.simulations.arms.simple import fit_ease, fit_popularity, fit_random
 
 CENTRAL_ARMS: dict[str, Callable[..., ArmResult]] = {
@@ -16,6 +17,7 @@ CENTRAL_ARMS: dict[str, Callable[..., ArmResult]] = {
     "popularity": fit_popularity,
     "ease": fit_ease,
     "centralized": fit_centralized,
+    "centralized_dp": fit_centralized_dp,
 }
 
 
@@ -29,6 +31,9 @@ def central_fitters(
             raise FedrecError(f"unknown arm {name!r}: choose from {', '.join(CENTRAL_ARMS)}")
         if name == "centralized":
             fitters[name] = lambda split, seed, c=config.central: fit_centralized(split, seed, c, show=show)
+        elif name == "centralized_dp":
+            recipe = DPRecipe.at(config.centralized_dp, config.federation.privacy)
+            fitters[name] = lambda split, seed, r=recipe: fit_centralized_dp(split, seed, r, show=show)
         else:
             fitters[name] = CENTRAL_ARMS[name]
     return fitters

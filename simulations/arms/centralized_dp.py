@@ -1,0 +1,377 @@
+"""Centralized DP NeuMF: the pooled split trained with Opacus DP-SGD, so a report separates what DP costs
+from what federation costs.
+
+The unit is the federated arms' unit: one interaction together with the negatives drawn for it. The
+negatives are drawn uniformly over the whole catalogue for each sampled record, with fresh randomness, and
+a drawn positive is simply kept as a (noisy) negative label. A record's loss therefore depends on that
+record alone; drawing "non-positives of the user" would make one record change the negatives of the
+user's other records and break the per-example sensitivity bound.
+
+The recipe (docs/dp-search.md) keeps the clipping norm for what personalises: popularity is a fixed logit
+offset from a Gaussian-noised item histogram (its release composed with the DP-SGD steps in one RDP
+accountant) instead of a learned bias column, the output layer is frozen (it shifts or scales every score
+alike), item rows start from public item features, and plain SGD with momentum and a large table learning
+rate replaces Adam, whose per-coordinate normalisation turns noise on untouched rows into full-size steps.
+
+Noise is calibrated once for the planned schedule (epochs x batches at sample rate 1/batches), and the
+accountant's own epsilon after training is reported. The optional serving refit fits each user's row to
+the frozen DP item side on that user's own interactions only; it never feeds training, so other users'
+records stay protected by the DP model (the joint-DP view, as on a device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedrec.client.local_training import GroupBCE
+from fedrec.common.config import CentralDPConfig, PrivacyConfig
+from fedrec.common.datasets import load_dataset
+from fedrec.common.errors import FedrecError
+from fedrec.common.item_features import ml100k_item_features
+from fedrec.common.model import NeuMF
+from fedrec.common.privacy import noise_for_budget
+from fedrec.common.sampling import positive_keys
+from fedrec.common.settings import require, to_nested
+from fedrec.common.split import Split
+from fedrec.common.training import with_negatives
+from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.arms.centralized import model_scores, torch_threads, train_with_validation
+
+UNIT = "record-level (one interaction with its sampled negatives), pooled"
+
+
+@dataclass(frozen=True)
+class DPRecipe(CentralDPConfig):
+    """The arm's settings and the guarantee it is trained to: the federation's epsilon and delta, so both
+    arms run at the same budget (``epsilon`` inf = Opacus clipping without noise, 0 = no Opacus at all)."""
+
+    epsilon: float = 8.0
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.epsilon >= 0, "epsilon", f"must be >= 0, got {self.epsilon}")
+
+    @classmethod
+    def at(cls, settings: CentralDPConfig, privacy: PrivacyConfig) -> DPRecipe:
+        fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+        return cls(**fields, epsilon=privacy.epsilon, delta=privacy.delta)
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon > 0
+
+
+@dataclass(frozen=True)
+class DPPrivacy:
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    unit: str = UNIT
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _optimizer(model: NeuMF, recipe: DPRecipe) -> torch.optim.Optimizer:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    table_lr = recipe.embedding_lr or recipe.lr
+    groups = [
+        {"params": [p for n, p in named if n.endswith("user_emb.weight")], "lr": table_lr},
+        {"params": [p for n, p in named if n.endswith("item_emb.weight")], "lr": table_lr * recipe.item_lr_scale},
+        {"params": [p for n, p in named if not n.endswith("_emb.weight")], "lr": recipe.lr},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=recipe.lr, eps=recipe.adam_eps)
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+
+
+def _groups(
+    users: torch.Tensor, items: torch.Tensor, n_items: int, negatives: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, 1+k] user/item groups, positive first, negatives uniform over the catalogue (record-only)."""
+    neg = torch.randint(0, n_items, (len(items), negatives), generator=generator)
+    group = torch.cat([items[:, None], neg], dim=1)
+    labels = torch.zeros(group.shape)
+    labels[:, 0] = 1.0
+    return users[:, None].expand_as(group).contiguous(), group, labels
+
+
+def _histogram(recipe: DPRecipe) -> list[tuple[float, float, int]]:
+    """The DP item-count release as an accountant entry: one Gaussian step, sampling rate 1."""
+    return [(recipe.count_sigma, 1.0, 1)] if recipe.popularity_prior else []
+
+
+def history_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def composed_noise(recipe: DPRecipe, q: float, steps: int) -> float:
+    """Smallest DP-SGD noise multiplier whose steps, composed with the count histogram, stay within epsilon."""
+    if not recipe.popularity_prior:
+        return noise_for_budget(recipe.epsilon, recipe.delta, q, steps)
+    if history_epsilon(_histogram(recipe), recipe.delta) >= recipe.epsilon:
+        raise FedrecError(f"centralized_dp: count_sigma {recipe.count_sigma} alone spends epsilon {recipe.epsilon}")
+    low, high = 0.0, 1.0
+    while history_epsilon(_histogram(recipe) + [(high, q, steps)], recipe.delta) > recipe.epsilon:
+        low, high = high, 2 * high
+    while high - low > 1e-3 * high:
+        mid = (low + high) / 2
+        fits = history_epsilon(_histogram(recipe) + [(mid, q, steps)], recipe.delta) <= recipe.epsilon
+        low, high = (low, mid) if fits else (mid, high)
+    return high
+
+
+def _rare_rows(model: nn.Module, recipe: DPRecipe, released: torch.Tensor | None) -> Callable[[], None]:
+    """A hook that puts the rows of items with a released count below ``min_count`` back to their initial
+    value after each step: the choice uses only the DP histogram and discarding part of a noisy update is
+    post-processing, so shared embeddings are trained only where the data can pay for them."""
+    if recipe.min_count <= 0:
+        return lambda: None
+    if released is None:
+        raise FedrecError("centralized_dp: min_count needs popularity_prior (the DP counts it selects by)")
+    rare = torch.nonzero(released < recipe.min_count).flatten()
+    table = model.model.item_emb.weight
+    initial = table.detach()[rare].clone()
+
+    def keep() -> None:
+        with torch.no_grad():
+            table[rare] = initial
+
+    return keep
+
+
+def planned_privacy(n_records: int, recipe: DPRecipe) -> DPPrivacy:
+    """Sample rate, steps and noise multiplier for the planned schedule (RDP, Poisson sampling)."""
+    batches = max(1, math.ceil(n_records / recipe.batch_size))
+    q, steps = 1.0 / batches, recipe.epochs * batches
+    if not recipe.private:
+        return DPPrivacy(math.inf, recipe.delta, 0.0, q, steps)
+    sigma = 0.0 if math.isinf(recipe.epsilon) else composed_noise(recipe, q, steps)
+    return DPPrivacy(recipe.epsilon, recipe.delta, sigma, q, steps)
+
+
+class PriorNeuMF(nn.Module):
+    """NeuMF plus a fixed per-item logit offset (the DP popularity prior), which takes no clipping budget."""
+
+    def __init__(self, model: NeuMF, prior: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.n_users, self.n_items = model.n_users, model.n_items
+        self.register_buffer("prior", prior.float())
+
+    @property
+    def user_emb(self) -> nn.Embedding:
+        return self.model.user_emb
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.model(users, items) + self.prior[items]
+
+    @torch.no_grad()
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.score_users(users) + self.prior
+
+
+def noisy_counts(items: np.ndarray, n_items: int, recipe: DPRecipe, generator: torch.Generator) -> torch.Tensor:
+    """The released histogram: item counts plus N(0, count_sigma^2) each (one record moves one count by 1)."""
+    counts = torch.from_numpy(np.bincount(items, minlength=n_items)).double()
+    return counts + torch.normal(0.0, recipe.count_sigma, counts.shape, generator=generator, dtype=torch.float64)
+
+
+def log_odds_prior(noisy: torch.Tensor, negatives: int) -> torch.Tensor:
+    """log of the odds a uniform negative sampler implies, (count / total) / (negatives / n_items), computed
+    from the released counts alone (their sum stands in for the number of records)."""
+    counts = noisy.clamp(min=0) + 1
+    return torch.log(counts * len(counts) / (counts.sum() * negatives)).float()
+
+
+def _plain_epoch(model, optimizer, users, items, recipe, generator, keep: Callable[[], None]) -> float:
+    loss_fn, total = GroupBCE(), 0.0
+    order = torch.randperm(len(users), generator=generator)
+    for start in range(0, len(order), recipe.batch_size):
+        idx = order[start : start + recipe.batch_size]
+        u, i, y = _groups(users[idx], items[idx], model.n_items, recipe.negatives, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(u, i), y)
+        loss.backward()
+        optimizer.step()
+        keep()
+        total += float(loss) * len(idx)
+    return total / len(order)
+
+
+def feature_rows(features: np.ndarray, dim: int, scale: float, seed: int) -> torch.Tensor:
+    """[n_items, dim] rows spanned by the top singular directions of the centred features, mean row norm
+    ``scale * sqrt(dim)``; columns beyond the features' rank are filled with noise of std ``scale``."""
+    x = features - features.mean(axis=0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    k = min(dim, int((s > 1e-6).sum()))
+    rows = np.random.default_rng(seed).normal(0.0, scale, (len(x), dim))
+    top = u[:, :k] * s[:k]
+    rows[:, :k] = top * (scale * math.sqrt(k) / np.linalg.norm(top, axis=1).mean())
+    return torch.from_numpy(rows).float()
+
+
+def train_dp(
+    n_users: int,
+    n_items: int,
+    users: np.ndarray,
+    items: np.ndarray,
+    recipe: DPRecipe,
+    seed: int,
+    noise_seed: int | None = None,
+    features: np.ndarray | None = None,
+    on_epoch: Callable[[int, NeuMF, float], None] | None = None,
+) -> tuple[NeuMF | PriorNeuMF, DPPrivacy]:
+    """NeuMF trained on the given positives with Opacus DP-SGD (ghost clipping, Poisson sampling)."""
+    torch.manual_seed(seed)
+    model = NeuMF(n_users, n_items, recipe.model)
+    if recipe.feature_init:
+        if features is None:
+            raise FedrecError("centralized_dp: feature_init needs the public item features")
+        dim = recipe.model.embedding_dim
+        with torch.no_grad():
+            model.item_emb.weight[:, :dim] = feature_rows(features, dim, recipe.model.init_std, seed)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(recipe.frozen))
+    noise = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
+    if recipe.popularity_prior:
+        exact = not recipe.private or math.isinf(recipe.epsilon)  # no budget to protect: counts as they are
+        counted = dataclasses.replace(recipe, count_sigma=0.0) if exact else recipe
+        released = noisy_counts(items, n_items, counted, noise)
+        model = PriorNeuMF(model, log_odds_prior(released, recipe.negatives))
+        keep = _rare_rows(model, recipe, released)
+    else:
+        keep = _rare_rows(model, recipe, None)
+    optimizer = _optimizer(model, recipe)
+    generator = torch.Generator().manual_seed(seed + 1)  # negatives and the plain arm's shuffling
+    u_t, i_t = torch.from_numpy(users.astype(np.int64)), torch.from_numpy(items.astype(np.int64))
+    plan = planned_privacy(len(u_t), recipe)
+    if not recipe.private:
+        for epoch in range(1, recipe.epochs + 1):
+            loss = _plain_epoch(model, optimizer, u_t, i_t, recipe, generator, keep)
+            if on_epoch:
+                on_epoch(epoch, model, loss)
+        return model, plan
+    torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
+    engine = PrivacyEngine(accountant="rdp")
+    batches = round(1.0 / plan.sample_rate)
+    loader = DataLoader(TensorDataset(u_t, i_t), batch_size=math.ceil(len(u_t) / batches))
+    module, optimizer, criterion, loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        criterion=GroupBCE(),
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=recipe.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="ghost",
+        noise_generator=noise,
+    )
+    empty = 0
+    for epoch in range(1, recipe.epochs + 1):
+        total, count = 0.0, 0
+        for bu, bi in loader:
+            if len(bu) == 0:  # ghost clipping cannot run on an empty Poisson batch: release pure noise
+                _noise_step(optimizer, plan, recipe, noise)
+                empty += 1
+                continue
+            u, i, y = _groups(bu, bi, n_items, recipe.negatives, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(module(u, i), y)
+            loss.backward()
+            optimizer.step()
+            keep()
+            total, count = total + float(loss.detach()) * len(bu), count + len(bu)
+        if on_epoch:
+            on_epoch(epoch, model, total / max(count, 1))
+    steps = sum(n for _, _, n in engine.accountant.history) + empty
+    history = _histogram(recipe) + [(plan.noise_multiplier, plan.sample_rate, steps)]
+    spent = DPPrivacy(
+        history_epsilon(history, recipe.delta) if plan.noise_multiplier > 0 else math.inf,
+        recipe.delta,
+        plan.noise_multiplier,
+        plan.sample_rate,
+        steps,
+    )
+    module._close()
+    return model, spent
+
+
+def _noise_step(optimizer, plan: DPPrivacy, recipe: DPRecipe, generator: torch.Generator) -> None:
+    std = plan.noise_multiplier * recipe.max_grad_norm / max(1, optimizer.expected_batch_size)
+    for p in optimizer.params:
+        p.grad = torch.normal(0.0, std, p.shape, generator=generator)
+    optimizer.original_optimizer.step()
+    for p in optimizer.params:
+        p.grad = None
+
+
+def serving_refit(model: NeuMF, users: np.ndarray, items: np.ndarray, epochs: int, lr: float, seed: int) -> None:
+    """Each user row fitted to the frozen item side on that user's own positives (never fed to training)."""
+    if epochs <= 0:
+        return
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.user_emb.weight.requires_grad_(True)
+    optimizer = torch.optim.Adam([model.user_emb.weight], lr=lr)
+    keys = positive_keys(users, items, model.n_items)
+    rng = np.random.default_rng(seed)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for _ in range(epochs):
+        u, i, y = with_negatives(users, items, keys, model.n_items, 4, rng)
+        order = rng.permutation(len(u))
+        u, i, y = (torch.from_numpy(a[order]) for a in (u, i, y))
+        for start in range(0, len(u), 1024):
+            sl = slice(start, start + 1024)
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(u[sl], i[sl]), y[sl]).backward()
+            optimizer.step()
+    model.user_emb.weight.requires_grad_(False)
+
+
+def public_features(recipe: DPRecipe, split: Split) -> np.ndarray:
+    """The public item features, in the split's item order (dense index = sorted original id)."""
+    if recipe.item_features != "ml-100k":
+        raise FedrecError(f"centralized_dp: item_features {recipe.item_features!r}: only ml-100k ships item features")
+    features = ml100k_item_features(load_dataset("ml-100k").item_ids)
+    if len(features) != split.n_items:
+        raise FedrecError(
+            f"centralized_dp: feature_init needs all {len(features)} ML-100K items, the split has "
+            f"{split.n_items} (set feature_init = false for subsets and other datasets)"
+        )
+    return features
+
+
+def fit_centralized_dp(split: Split, seed: int, recipe: DPRecipe = DPRecipe(), show: bool = True) -> ArmResult:
+    """DP-SGD NeuMF on the pooled data (train, plus validation when ``include_validation``), fixed schedule."""
+    t0 = time.perf_counter()
+    if recipe.include_validation:
+        users, items, _ = train_with_validation(split)
+    else:
+        users, items = split.train_users, split.train_items
+    features = public_features(recipe, split) if recipe.feature_init else None
+    with torch_threads(recipe.threads):
+        model, spent = train_dp(split.n_users, split.n_items, users, items, recipe, seed, features=features)
+        serving_refit(model, users, items, recipe.serving_refit_epochs, recipe.serving_refit_lr, seed)
+        scores = model_scores(model)
+    info = {"recipe": to_nested(recipe), "privacy": spent.to_dict(), "train_s": time.perf_counter() - t0}
+    result = ArmResult("centralized_dp", scores, info)
+    result.model = model  # type: ignore[attr-defined]
+    return result
