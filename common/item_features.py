@@ -34,7 +34,7 @@ def ml100k_item_features(item_ids: np.ndarray, data_dir: str | Path | None = Non
     vocab = sorted({g for gs in genres.values() for g in gs}) + sorted(set(decades.values()))
     column = {name: j for j, name in enumerate(vocab)}
     out = np.zeros((len(item_ids), len(vocab)), dtype=np.float32)
-    for row, item in enumerate(item_ids.tolist()):
+    for index, item in enumerate(item_ids.tolist()):
         for name in genres.get(item, []) + ([decades[item]] if item in decades else []):
-            out[row, column[name]] = 1.0
+            out[index, column[name]] = 1.0
     return out
