@@ -88,13 +88,14 @@ def _run_flower(arm: FederatedArm, cfg: FederationConfig) -> FederationResult:
 
         def on_round(server_round: int, entry: dict) -> None:
             ev, tr = entry["evaluate"], entry["train"]
-            eps = max(entry["epsilons"], default=0.0)
-            bar.update(
-                task,
-                completed=server_round,
-                description=f"{arm.name}  loss {tr.get('train-loss', 0):.3f}  val NDCG@10 "
-                f"{ev.get('ndcg@10', 0):.4f}  eps {eps:.2f}",
-            )
+            shown = [arm.name]  # a DP reply carries no loss and no accuracy (fedrec.common.replies)
+            if "train-loss" in tr:
+                shown.append(f"loss {tr['train-loss']:.3f}")
+            if "ndcg@10" in ev:
+                shown.append(f"val NDCG@10 {ev['ndcg@10']:.4f}")
+            if entry["epsilons"]:
+                shown.append(f"eps max {max(entry['epsilons']):.2f}")
+            bar.update(task, completed=server_round, description="  ".join(shown))
 
         server_app = make_server_app(cfg, on_round=on_round, results=results)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import subprocess
+from importlib import metadata
 import tempfile
 from pathlib import Path
 
@@ -20,12 +21,13 @@ TOP_N = 50
 
 
 def git_commit() -> str:
-    """The commit of the code that produced a report; '-dirty' when the tree has local edits."""
-    root = Path(__file__).resolve().parent.parent
+    """The commit of the code that produced a report; '-dirty' when the tree has local edits. Git itself
+    finds the checkout this module lives in; an installed wheel has none and reports its version."""
+    root = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
-            return "unknown"
+            return f"unknown (fedrec {metadata.version('fedrec')}, not a git checkout)"
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=root,
