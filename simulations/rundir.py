@@ -6,8 +6,8 @@ import csv
 import json
 import os
 import subprocess
-from importlib import metadata
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
