@@ -35,12 +35,39 @@ def accuracy_section(report: dict) -> str:
     return "\n".join(lines)
 
 
+PRIVATE_ARMS = ("federated_dp", "centralized_dp")
+
+
+def _private_epsilon(arm: dict) -> str:
+    privacy = arm.get("info", {}).get("privacy") or arm.get("privacy") or {}
+    eps = privacy.get("epsilon_budget", privacy.get("epsilon"))
+    return f"epsilon {eps:g}, delta {privacy.get('delta', 0):g}" if eps is not None else "DP"
+
+
+def headline(report: dict) -> str:
+    """One sentence: how the private arms compare with popularity and centralized (test NDCG@10)."""
+    arms = report["arms"]
+    private = [name for name in PRIVATE_ARMS if "accuracy" in arms.get(name, {})]
+    if not private:
+        return ""
+    refs = {ref: arms[ref]["accuracy"]["ndcg@10"] for ref in ("popularity", "centralized") if ref in arms}
+    parts = []
+    for name in private:
+        value = arms[name]["accuracy"]["ndcg@10"]
+        against = ", ".join(f"{value / ref:.2f}x {label} ({ref:.4f})" for label, ref in refs.items() if ref > 0)
+        parts.append(f"{name} ({_private_epsilon(arms[name])}, record-level) NDCG@10 {_fmt_ci(arms[name], 'ndcg@10')}"
+                     + (f": {against}" if against else ""))
+    return "**Private recommendation:** " + "; ".join(parts) + " (test, full ranking, means over the seeds)."
+
+
 def header_section(report: dict) -> str:
     meta = report["meta"]
+    top = headline(report)
     return "\n".join(
         [
             f"# fedrec report: {meta['dataset']}",
             "",
+            *([top, ""] if top else []),
             f"- users {meta['n_users']}, items {meta['n_items']}, interactions {meta.get('n_interactions', '?')}"
             f" (repeated user-item rows merged into their latest: {meta.get('duplicates_merged', 0)})",
             f"- seed {meta['seed']} (all seeds: {meta.get('seeds', [meta['seed']])}), commit `{meta['git_commit']}`, "
