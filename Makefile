@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-OUT ?= runs/demo
+# A run dir per demo: a harness run never writes into a dir that already holds one.
+OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 PACKAGES := common client server simulations
 LINTED := $(PACKAGES) bench tests
