@@ -55,8 +55,10 @@ def headline(report: dict) -> str:
     for name in private:
         value = arms[name]["accuracy"]["ndcg@10"]
         against = ", ".join(f"{value / ref:.2f}x {label} ({ref:.4f})" for label, ref in refs.items() if ref > 0)
-        parts.append(f"{name} ({_private_epsilon(arms[name])}, record-level) NDCG@10 {_fmt_ci(arms[name], 'ndcg@10')}"
-                     + (f": {against}" if against else ""))
+        parts.append(
+            f"{name} ({_private_epsilon(arms[name])}, record-level) NDCG@10 {_fmt_ci(arms[name], 'ndcg@10')}"
+            + (f": {against}" if against else "")
+        )
     return "**Private recommendation:** " + "; ".join(parts) + " (test, full ranking, means over the seeds)."
 
 

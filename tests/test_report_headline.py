@@ -10,13 +10,20 @@ def arm(ndcg: float, **extra) -> dict:
 
 
 def test_the_headline_compares_the_private_arms_with_popularity_and_centralized():
-    report = {"arms": {"popularity": arm(0.04), "centralized": arm(0.08),
-                       "federated_dp": arm(0.05, privacy={"epsilon_budget": 8.0, "delta": 1e-5}),
-                       "centralized_dp": arm(0.06, info={"privacy": {"epsilon": 7.99, "delta": 1e-5}})}}
+    report = {
+        "arms": {
+            "popularity": arm(0.04),
+            "centralized": arm(0.08),
+            "federated_dp": arm(0.05, privacy={"epsilon_budget": 8.0, "delta": 1e-5}),
+            "centralized_dp": arm(0.06, info={"privacy": {"epsilon": 7.99, "delta": 1e-5}}),
+        }
+    }
     text = headline(report)
     assert text.startswith("**Private recommendation:**") and "\n" not in text
-    assert "federated_dp (epsilon 8, delta 1e-05, record-level) NDCG@10 0.0500: 1.25x popularity (0.0400), " \
-           "0.62x centralized (0.0800)" in text
+    assert (
+        "federated_dp (epsilon 8, delta 1e-05, record-level) NDCG@10 0.0500: 1.25x popularity (0.0400), "
+        "0.62x centralized (0.0800)" in text
+    )
     assert "centralized_dp (epsilon 7.99" in text and "1.50x popularity" in text
 
 
