@@ -132,6 +132,7 @@ def simulate(
     sweep: str = typer.Option("", help="Extra federated_dp budgets, e.g. 1,2,4 (accuracy-vs-epsilon plot)."),
     seeds: str = typer.Option("0", help="Comma-separated seeds."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+    retention: bool = typer.Option(True, help="Run the retention simulator after the accuracy arms."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Federated arms through Flower's simulation engine beside the centralized arms; writes a run dir."""
@@ -153,6 +154,7 @@ def simulate(
         clients,
         parse_list(sweep, float),
         not quiet,
+        retention,
     )
     report = run(exp)
     err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")

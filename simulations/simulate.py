@@ -28,6 +28,7 @@ def build_experiment(
     users: int | None,
     sweep: list[float],
     show: bool,
+    retention: bool = True,
 ) -> Experiment:
     data = load(dataset, data_dir, users)
     central = [a for a in arms if a not in FEDERATED_ARMS]
@@ -63,6 +64,7 @@ def build_experiment(
         users=users,
         config=cfg.to_dict(),
         show=show,
+        retention=retention,
         data=data,
         post=post,
     )
