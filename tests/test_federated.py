@@ -34,6 +34,18 @@ from fedrec.simulations.provision import provision
 SMALL = ModelConfig(gmf_dim=8, mlp_dim=8, layers=(16, 8))
 
 
+def node_of(tmp_path, data, training: LocalTraining) -> DeviceConfig:
+    """The device section of a node serving every user of ``data``, provisioned under ``tmp_path``."""
+    stores = provisioned(tmp_path, data)
+    return DeviceConfig(
+        model=SMALL,
+        n_items=data.n_items,
+        participation=1.0,
+        fleet=Fleet(str(stores), str(stores / "master.key")),
+        training=training,
+    )
+
+
 def provisioned(tmp_path, data, seed=0):
     stores = tmp_path / "stores"
     stores.mkdir()
@@ -83,15 +95,7 @@ def test_two_rounds_on_flower_simulation_engine(tmp_path, tiny):
 
 def test_gateway_aggregate_equals_per_device_fedavg(tmp_path, tiny):
     """A node serving three devices replies with exactly the example-weighted mean of their updates."""
-    data = tiny.subset_users(3)
-    stores = provisioned(tmp_path, data)
-    device = DeviceConfig(
-        model=SMALL,
-        n_items=data.n_items,
-        participation=1.0,
-        fleet=Fleet(str(stores), str(stores / "master.key")),
-        training=LocalTraining(steps_per_epoch=2),
-    )
+    device = node_of(tmp_path, tiny.subset_users(3), LocalTraining(steps_per_epoch=2))
     params = initial_state(device)
     devices = node_devices({}, device.fleet)
 
@@ -110,15 +114,7 @@ def test_gateway_aggregate_equals_per_device_fedavg(tmp_path, tiny):
 def test_private_replies_weigh_devices_equally_and_carry_only_public_counts(tmp_path, tiny):
     """Under DP a reply's weight is the number of devices (not their history lengths), and its metrics
     are exactly the private allow-list."""
-    data = tiny.subset_users(3)
-    stores = provisioned(tmp_path, data)
-    device = DeviceConfig(
-        model=SMALL,
-        n_items=data.n_items,
-        participation=1.0,
-        fleet=Fleet(str(stores), str(stores / "master.key")),
-        training=LocalTraining(steps_per_epoch=2),
-    )
+    device = node_of(tmp_path, tiny.subset_users(3), LocalTraining(steps_per_epoch=2))
     privacy = DevicePrivacy(1.0, budget=100.0)
     params = initial_state(device)
     devices = node_devices({}, device.fleet)
@@ -137,15 +133,7 @@ def test_private_replies_weigh_devices_equally_and_carry_only_public_counts(tmp_
 def test_batched_node_equals_the_opacus_path_through_the_fleet(tmp_path, tiny, monkeypatch):
     """One DP round of a node, batched executor against Opacus device by device, through train_fleet:
     with sample rate 1 both take every example, so aggregate, ledgers and stored user rows agree."""
-    data = tiny.subset_users(4)
-    stores = provisioned(tmp_path, data)
-    base = DeviceConfig(
-        model=SMALL,
-        n_items=data.n_items,
-        participation=1.0,
-        fleet=Fleet(str(stores), str(stores / "master.key")),
-        training=LocalTraining(steps_per_epoch=1, epochs=3, optimizer="sgd", lr=0.05),
-    )
+    base = node_of(tmp_path, tiny.subset_users(4), LocalTraining(steps_per_epoch=1, epochs=3, optimizer="sgd", lr=0.05))
     privacy = DevicePrivacy(0.7, max_grad_norm=0.5, budget=1e6)
     params = initial_state(base)
     devices = node_devices({}, base.fleet)
