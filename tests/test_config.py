@@ -216,3 +216,17 @@ def test_command_line_overrides_are_checked_like_the_file():
     with pytest.raises(FedrecError, match="command line: federation.server.rounds: must be >= 1"):
         load_config(None, {"federation.server.rounds": 0})
     assert load_config(None, {"federation.privacy.epsilon": 2}).federation.privacy.epsilon == 2.0
+
+
+def test_config_show_prints_a_complete_config_that_loads_back(tmp_path):
+    (tmp_path / "tuned.toml").write_text(TUNED)
+    shown = subprocess.run(
+        [sys.executable, "-m", "fedrec.simulations.main", "config", "show", str(tmp_path / "tuned.toml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    (tmp_path / "shown.toml").write_text(shown.stdout)
+    assert load_config(tmp_path / "shown.toml") == load_config(tmp_path / "tuned.toml") != load_config(None)
+    assert "[federation.device.training]" in shown.stdout and 'optimizer = "sgd"' in shown.stdout
