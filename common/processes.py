@@ -96,6 +96,34 @@ def _signal(pids: list[int], sig: int) -> None:
             pass
 
 
+def _start_reaper(tree: bool) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "fedrec.common.reaper", str(os.getpid()), *(["--tree"] if tree else [])]
+    return subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def _release(reaper: subprocess.Popen, grace: float) -> None:
+    """The command ends normally: the reaper exits without touching anything."""
+    if reaper.stdin is not None:
+        try:
+            reaper.stdin.write(b"done\n")
+            reaper.stdin.close()
+        except BrokenPipeError:
+            pass
+    reaper.wait(timeout=grace)
+
+
+@contextmanager
+def reaped_descendants(grace: float = 10.0) -> Iterator[None]:
+    """Every process started inside the block (by us or by a library) ends if this process dies."""
+    reaper = _start_reaper(tree=True)
+    try:
+        yield
+    finally:
+        _release(reaper, grace)
+
+
 class Children:
     """The processes one command started; ``stop()`` ends all of them and is safe to call twice. Should
     the command die without stopping them (SIGKILL, a crash), its reaper (``fedrec.common.reaper``)
@@ -108,13 +136,7 @@ class Children:
 
     def _watch(self, pid: int) -> None:
         if self._reaper is None or self._reaper.poll() is not None:
-            self._reaper = subprocess.Popen(
-                [sys.executable, "-m", "fedrec.common.reaper", str(os.getpid())],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            self._reaper = _start_reaper(tree=False)
         assert self._reaper.stdin is not None
         self._reaper.stdin.write(f"{pid}\n".encode())
         self._reaper.stdin.flush()
@@ -160,13 +182,8 @@ class Children:
     def stop(self, grace: float = 10.0) -> None:
         for name in reversed(list(self.procs)):
             self.stop_one(name, grace)
-        if self._reaper is not None and self._reaper.stdin is not None:
-            try:
-                self._reaper.stdin.write(b"done\n")
-                self._reaper.stdin.close()
-            except BrokenPipeError:
-                pass
-            self._reaper.wait(timeout=grace)
+        if self._reaper is not None:
+            _release(self._reaper, grace)
             self._reaper = None
 
 

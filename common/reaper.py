@@ -1,6 +1,8 @@
 """A watchdog that ends a command's child processes when the command itself dies, even by SIGKILL.
 
-``Children`` starts one reaper per command and tells it the PID of every child it starts. The reaper
+``Children`` starts one reaper per command and tells it the PID of every child it starts; code that
+starts processes it does not name (Ray under Flower's simulation engine) runs inside
+``processes.reaped_descendants()``, whose reaper (``--tree``) records every descendant of the command. The reaper
 polls: while its parent lives it keeps a record of every descendant of those children (with each
 process's start time, so a recycled PID is never signalled); once the parent is gone, or its pipe
 closes without the word ``done``, it sends SIGTERM to all of them (Flower shuts down gracefully on
@@ -74,7 +76,14 @@ def reap(known: dict[int, str]) -> None:
     _signal_all(_live(known), signal.SIGKILL)
 
 
-def watch(parent: int) -> None:
+def _adopt_children(parent: int, known: dict[int, str]) -> None:
+    """Tree mode: every direct child of ``parent`` but this reaper counts as started by the command."""
+    for child in children_by_parent().get(parent, []):
+        if child != os.getpid() and child not in known and (started := start_time(child)) is not None:
+            known[child] = started
+
+
+def watch(parent: int, tree: bool = False) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole foreground group: the parent handles it
     known: dict[int, str] = {}
     buffer = b""
@@ -94,9 +103,11 @@ def watch(parent: int) -> None:
                     known[int(line)] = started
         if os.getppid() != parent:
             break
+        if tree:
+            _adopt_children(parent, known)
         _record(known)
     reap(known)
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]))
+    watch(int(sys.argv[1]), tree="--tree" in sys.argv[2:])

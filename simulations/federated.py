@@ -28,6 +28,7 @@ from fedrec.common.manifest import is_provisioned, load_manifest
 from fedrec.common.model import NeuMF
 from fedrec.common.model_files import load_global_model
 from fedrec.common.privacy import UNIT
+from fedrec.common.processes import reaped_descendants
 from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
 from fedrec.server.app import make_server_app
@@ -101,20 +102,21 @@ def _run_flower(arm: FederatedArm, cfg: FederationConfig) -> FederationResult:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
         logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation notice, per-round logs
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=arm.nodes,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {
-                    "num_cpus": arm.nodes,
-                    "include_dashboard": False,
-                    "logging_level": "error",
-                    "log_to_driver": False,
+        with reaped_descendants():  # Ray's processes end with the harness, even after a SIGKILL
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=arm.nodes,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {
+                        "num_cpus": arm.nodes,
+                        "include_dashboard": False,
+                        "logging_level": "error",
+                        "log_to_driver": False,
+                    },
                 },
-            },
-        )
+            )
     if not results:
         raise FedrecError(f"{arm.name}: the federated run ended without a final model (see the Flower log above)")
     return results[0]

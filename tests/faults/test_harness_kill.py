@@ -1,0 +1,70 @@
+"""A harness killed with SIGKILL mid-simulation leaves none of Ray's processes behind (issue 14, item 4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedrec.common.processes import alive, descendants
+
+FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.e2e
+def test_sigkill_of_a_simulation_takes_rays_processes_with_it(tmp_path, ml100k_dir):
+    log = tmp_path / "simulate.log"
+    harness = subprocess.Popen(
+        [
+            *FEDREC,
+            "simulate",
+            "--out",
+            str(tmp_path / "run"),
+            "--clients",
+            "8",
+            "--rounds",
+            "50",
+            "--arms",
+            "federated",
+            "--no-retention",
+            "--quiet",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline, tree = time.monotonic() + 240, []
+        while time.monotonic() < deadline:
+            assert harness.poll() is None, log.read_text()[-2000:]
+            tree = descendants(harness.pid)
+            if any("ClientAppActor" in _command(p) or "raylet" in _command(p) for p in tree):
+                break
+            time.sleep(1)
+        ray = [p for p in tree if "ray" in _command(p).lower()]
+        assert ray, "Ray never started"
+        time.sleep(3)
+        tree = descendants(harness.pid)
+        harness.send_signal(signal.SIGKILL)
+        harness.wait(timeout=30)
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and any(alive(p) for p in tree):
+            time.sleep(0.5)
+        left = {p: _command(p)[:80] for p in tree if alive(p)}
+        assert not left, f"left behind by the killed harness: {left}"
+    finally:
+        if harness.poll() is None:
+            os.killpg(harness.pid, signal.SIGKILL)
