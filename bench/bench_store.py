@@ -7,7 +7,7 @@
    same chunk bytes unencrypted (and, for scale, one plain row per event). Median of ``--repeats``.
 2. Provision all ML-100K devices (943 stores), encrypted with ``--workers`` processes, against writing
    the same plain stores in the same way.
-Targets (issue 3): history load <= 5 ms; provisioning <= 10 s on 2 cores; encrypted read <= 3x plain.
+Targets: history load <= 5 ms; provisioning <= 10 s on 2 cores; encrypted read <= 3x plain.
 """
 
 from __future__ import annotations

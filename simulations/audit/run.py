@@ -248,7 +248,7 @@ HEADLINE = {
 
 
 def headline(result: dict) -> dict:
-    """The fields issue 7 requires of audit.json, for the terminal."""
+    """The headline fields of audit.json, for the terminal."""
     out = {}
     for section, keys in HEADLINE.items():
         if section in result:
