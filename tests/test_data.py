@@ -13,6 +13,8 @@ from fedrec.common.datasets import load_csv, load_dataset
 from fedrec.common.errors import DataError
 from fedrec.common.fetch import fetch_ml100k, verify
 
+FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
+
 
 def write(tmp_path: Path, text: str, name: str = "log.csv") -> Path:
     path = tmp_path / name
@@ -90,9 +92,7 @@ def test_ml100k_shape(ml100k_dir):
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, args, message):
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedrec.simulations.main", *args], capture_output=True, text=True, cwd=tmp_path
-    )
+    proc = subprocess.run([*FEDREC, *args], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -103,9 +103,7 @@ def test_cli_bad_csv_line(tmp_path):
     path = write(tmp_path, "user,item,timestamp\n1,2,3\n4,5,six\n")
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "fedrec.simulations.main",
+            *FEDREC,
             "baseline",
             "--dataset",
             str(path),

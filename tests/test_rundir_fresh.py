@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
+
 
 def baseline(path, out):
     return subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "fedrec.simulations.main",
+            *FEDREC,
             "baseline",
             "--dataset",
             str(path),

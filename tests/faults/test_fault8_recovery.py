@@ -21,6 +21,8 @@ from fedrec.common.split import temporal_split
 from fedrec.common.store import DeviceStore
 from fedrec.simulations.provision import device_key_for, provision
 
+FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
+
 KEY = bytes(range(32))
 MASTER = bytes(range(50, 82))
 NEW_MASTER = bytes(range(90, 122))
@@ -150,9 +152,7 @@ def baseline_run(tmp_path_factory):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "fedrec.simulations.main",
+            *FEDREC,
             "baseline",
             "--dataset",
             str(path),

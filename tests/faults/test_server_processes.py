@@ -24,24 +24,14 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 18
         time.sleep(0.5)
 
 
+def _server_argv(tmp_path: Path, certs: Path, port: int) -> list[str]:
+    out = ["--out", str(tmp_path / "run"), "--host", "127.0.0.1", "--port", str(port)]
+    return [*FEDREC, "server", "--certs", str(certs), *out, "--run-config", "device.n_items=20", "--timeout", "600"]
+
+
 def _server(tmp_path: Path, certs: Path, port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            *FEDREC,
-            "server",
-            "--certs",
-            str(certs),
-            "--out",
-            str(tmp_path / "run"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--run-config",
-            "device.n_items=20",
-            "--timeout",
-            "600",
-        ],
+        _server_argv(tmp_path, certs, port),
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -65,23 +55,7 @@ def test_sigkill_of_the_server_takes_its_superlink_with_it(tmp_path):
         tree = descendants(server.pid)
         assert tree and port_in_use("127.0.0.1", port)
 
-        second = subprocess.run(
-            [
-                *FEDREC,
-                "server",
-                "--certs",
-                str(certs),
-                "--out",
-                str(tmp_path / "run"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(free_port()),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        second = subprocess.run(_server_argv(tmp_path, certs, free_port()), capture_output=True, text=True, timeout=120)
         assert second.returncode == 1 and "Traceback" not in second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"another fedrec server (pid {server.pid})" in lines[0]
