@@ -27,6 +27,8 @@ from fedrec.simulations.synth.fit import fit_synth
 from fedrec.simulations.synth.generate import synthesize
 from fedrec.simulations.synth.measure import PopulationStats, measure
 
+SYNTH = [sys.executable, "-m", "fedrec.simulations.main", "data", "synth"]
+
 ROWS = (
     ("users", "{:,}"),
     ("items", "{:,}"),
@@ -53,11 +55,7 @@ def run_cli(users: int, items: int, seed: int, out: Path) -> tuple[float, float]
     t0 = time.perf_counter()
     subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "fedrec.simulations.main",
-            "data",
-            "synth",
+            *SYNTH,
             "--users",
             str(users),
             "--items",

@@ -16,6 +16,8 @@ from fedrec.simulations.synth.generate import synthesize, write_csv
 from fedrec.simulations.synth.measure import gini, measure, validation_lift
 from fedrec.simulations.synth.run import synth_csv
 
+SYNTH = [sys.executable, "-m", "fedrec.simulations.main", "data", "synth"]
+
 
 @pytest.fixture(scope="session")
 def ml100k(ml100k_dir) -> Interactions:
@@ -118,11 +120,7 @@ def test_bad_arguments_fail_before_the_fit(tmp_path, kwargs, message):
 def test_cli_bad_argument_is_one_line(tmp_path):
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "fedrec.simulations.main",
-            "data",
-            "synth",
+            *SYNTH,
             "--users",
             "-3",
             "--out",
