@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from fedrec.common.errors import FedrecError
-from fedrec.common.reaper import children_by_parent, start_time
+from fedrec.common.reaper import children_by_parent, signal_all, start_time
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -86,14 +86,6 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
-
-
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _start_reaper(tree: bool) -> subprocess.Popen:
@@ -205,11 +197,11 @@ def _terminate(proc: subprocess.Popen, grace: float) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=grace)
-        _signal([p for p in escaped if alive(p)], signal.SIGTERM)  # helpers in sessions of their own
+        signal_all([p for p in escaped if alive(p)], signal.SIGTERM)  # helpers in sessions of their own
         deadline = time.monotonic() + min(grace, 3.0)
         while time.monotonic() < deadline and any(alive(p) for p in escaped):
             time.sleep(0.1)
-        _signal([p for p in escaped if alive(p)], signal.SIGKILL)
+        signal_all([p for p in escaped if alive(p)], signal.SIGKILL)
     if proc.stdout is not None:
         proc.stdout.close()
 

@@ -59,7 +59,8 @@ def _live(known: dict[int, str]) -> list[int]:
     return [pid for pid, started in known.items() if start_time(pid) == started]
 
 
-def _signal_all(pids: list[int], sig: int) -> None:
+def signal_all(pids: list[int], sig: int) -> None:
+    """Signal each PID; one that is gone or not ours is skipped."""
     for pid in pids:
         try:
             os.kill(pid, sig)
@@ -69,11 +70,11 @@ def _signal_all(pids: list[int], sig: int) -> None:
 
 def reap(known: dict[int, str]) -> None:
     _record(known)
-    _signal_all(_live(known), signal.SIGTERM)
+    signal_all(_live(known), signal.SIGTERM)
     deadline = time.monotonic() + GRACE_S
     while time.monotonic() < deadline and _live(known):
         time.sleep(0.2)
-    _signal_all(_live(known), signal.SIGKILL)
+    signal_all(_live(known), signal.SIGKILL)
 
 
 def _adopt_children(parent: int, known: dict[int, str]) -> None:
