@@ -28,6 +28,7 @@ from fedrec.common.config import CentralConfig
 from fedrec.common.datasets import load_dataset
 from fedrec.common.metrics import evaluate_scores
 from fedrec.common.model import ModelConfig
+from fedrec.common.settings import to_nested
 from fedrec.common.split import temporal_split
 from fedrec.common.training import TrainConfig
 from fedrec.simulations.arms.centralized import fit_centralized
@@ -110,7 +111,7 @@ def describe(settings: dict, base: dict) -> str:
 def canonical(settings: dict) -> str:
     """The full configuration as text, so that equal configurations spelled differently are fitted once."""
     cfg = build(settings)
-    return json.dumps({"model": cfg.model.to_dict(), "train": cfg.train.to_dict()}, sort_keys=True, default=list)
+    return json.dumps(to_nested(cfg), sort_keys=True)
 
 
 def evaluate_config(settings: dict, splits: dict, seeds: list[int]) -> dict:

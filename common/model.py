@@ -7,7 +7,7 @@ once per forward. Parameters named ``user_emb.*`` are local: they never leave a 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -47,9 +47,6 @@ class ModelConfig:
     @property
     def embedding_dim(self) -> int:
         return self.gmf_dim * self.uses_gmf + self.mlp_dim * self.uses_mlp
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class NeuMF(nn.Module):

@@ -172,13 +172,3 @@ def from_flat(cls: type[T], flat: Mapping[str, Any], source: str, complete: bool
         if missing:
             raise FedrecError(f"{source}: missing key {missing[0]} ({len(missing)} missing)")
     return from_nested(cls, unflatten(flat), source, base)
-
-
-def subset(flat: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """The keys under ``prefix.``, with the prefix removed."""
-    head = prefix + "."
-    return {k[len(head) :]: v for k, v in flat.items() if k.startswith(head)}
-
-
-def prefixed(flat: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    return {f"{prefix}.{k}": v for k, v in flat.items()}

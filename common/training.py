@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,9 +38,6 @@ class TrainConfig:
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0.0 < self.lr_decay <= 1.0, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def with_negatives(

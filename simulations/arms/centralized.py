@@ -14,6 +14,7 @@ from fedrec.common.config import CentralConfig
 from fedrec.common.metrics import full_ranks, hit_ndcg, sampled_ranks
 from fedrec.common.model import ModelConfig, NeuMF, from_pretrained
 from fedrec.common.sampling import positive_keys
+from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
 from fedrec.common.training import TrainConfig, embedding_l2, per_example_bce, recency_oversample, with_negatives
 from fedrec.simulations.arms.base import ArmResult
@@ -186,8 +187,8 @@ def fit_centralized(split: Split, seed: int, config: CentralConfig = CentralConf
         scores = model_scores(model)
     final = stages["neumf"]
     info = {
-        "model": config.model.to_dict(),
-        "train": cfg.to_dict(),
+        "model": to_nested(config.model),
+        "train": to_nested(cfg),
         **final,
         "epoch_s_mean": float(np.mean([s["epoch_s_mean"] for s in stages.values()])),
         "pretrain": {
