@@ -116,6 +116,30 @@ def _noise_only_step(optimizer, privacy: DevicePrivacy, expected_batch: float, g
         p.grad = grad
 
 
+def make_private_ghost(
+    engine: PrivacyEngine,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    generator: torch.Generator,
+) -> tuple:
+    """Opacus' DP-SGD as every fedrec arm runs it: Poisson sampling, ghost clipping (one loss per example,
+    the group BCE of a positive and its negatives), the noise drawn from ``generator``."""
+    return engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        criterion=GroupBCE(),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="ghost",
+        noise_generator=generator,
+    )
+
+
 def train_private(
     model: NeuMF,
     items: torch.Tensor,
@@ -135,16 +159,14 @@ def train_private(
             param.requires_grad_(False)
     engine = PrivacyEngine(accountant="rdp")
     optimizer = make_optimizer(model, training)
-    module, optimizer, criterion, loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=_loader(items, labels, training.steps_per_epoch),
-        criterion=GroupBCE(),
-        noise_multiplier=privacy.noise_multiplier,
-        max_grad_norm=privacy.max_grad_norm,
-        poisson_sampling=True,
-        grad_sample_mode="ghost",
-        noise_generator=generator,
+    module, optimizer, criterion, loader = make_private_ghost(
+        engine,
+        model,
+        optimizer,
+        _loader(items, labels, training.steps_per_epoch),
+        privacy.noise_multiplier,
+        privacy.max_grad_norm,
+        generator,
     )
     # Opacus scales by int(N * q), which is 0 on a device with fewer examples than steps per epoch; the
     # scale is post-processing (it multiplies clipped sum and noise alike), so any constant >= 1 is safe.

@@ -34,7 +34,7 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedrec.client.local_training import GroupBCE
+from fedrec.client.local_training import GroupBCE, make_private_ghost
 from fedrec.common.config import CentralDPConfig, PrivacyConfig
 from fedrec.common.datasets import load_dataset
 from fedrec.common.errors import FedrecError
@@ -273,16 +273,8 @@ def train_dp(
     engine = PrivacyEngine(accountant="rdp")
     batches = round(1.0 / plan.sample_rate)
     loader = DataLoader(TensorDataset(u_t, i_t), batch_size=math.ceil(len(u_t) / batches))
-    module, optimizer, criterion, loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=loader,
-        criterion=GroupBCE(),
-        noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=recipe.max_grad_norm,
-        poisson_sampling=True,
-        grad_sample_mode="ghost",
-        noise_generator=noise,
+    module, optimizer, criterion, loader = make_private_ghost(
+        engine, model, optimizer, loader, plan.noise_multiplier, recipe.max_grad_norm, noise
     )
     empty = 0
     for epoch in range(1, recipe.epochs + 1):
