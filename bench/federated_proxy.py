@@ -50,6 +50,7 @@ DEFAULTS = {
     "every": 10,
     "refit": 10,
     "model": {},
+    "row_avg": False,  # average each item row over the devices whose examples touched it (by count)
     "seed": 0,
 }
 
@@ -101,6 +102,7 @@ def main() -> None:
     t0 = time.time()
     for rnd in range(1, args["rounds"] + 1):
         total = {k: torch.zeros_like(x, dtype=torch.float64) for k, x in glob.items()}
+        row_weight = torch.zeros(n_items, 1, dtype=torch.float64)
         weight, loss = 0, 0.0
         for u in np.flatnonzero(rng.random(n_users) < args["fraction"]):
             model = NeuMF(1, n_items, model_cfg)
@@ -108,12 +110,22 @@ def main() -> None:
             items, labels = make_examples(positives[u], seen[u], n_items, local.negatives, rng)
             out = train_local(model, items, labels, local, privacy, PrivacyLedger(), int(rnd * 100_000 + u))
             users[u] = model.user_emb.weight.detach()[0]
+            counts = torch.bincount(items.flatten(), minlength=n_items).double()[:, None]
             for k, x in global_state(model).items():
-                total[k] += x.double() * len(items)
+                if args["row_avg"] and k == "item_emb.weight":
+                    total[k] += x.double() * counts
+                else:
+                    total[k] += x.double() * len(items)
+            row_weight += counts
             weight += len(items)
             loss += out.loss * len(items)
         for k in glob:
-            delta = (total[k] / weight).float() - glob[k]
+            if args["row_avg"] and k == "item_emb.weight":
+                touched = row_weight > 0
+                mean = torch.where(touched, total[k] / row_weight.clamp(min=1e-12), glob[k].double())
+                delta = mean.float() - glob[k]
+            else:
+                delta = (total[k] / weight).float() - glob[k]
             if args["strategy"] == "fedadam":
                 m[k] = 0.9 * m[k] + 0.1 * delta
                 v[k] = 0.99 * v[k] + 0.01 * delta * delta
