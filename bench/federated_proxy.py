@@ -31,7 +31,7 @@ from fedrec.common.model import ModelConfig, NeuMF, global_state
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.sampling import positive_keys
 from fedrec.common.split import temporal_split
-from fedrec.common.training import with_negatives
+from fedrec.common.training import recency_oversample, with_negatives
 
 DEFAULTS = {
     "rounds": 30,
@@ -50,7 +50,10 @@ DEFAULTS = {
     "every": 10,
     "refit": 10,
     "model": {},
-    "row_avg": False,  # average each item row over the devices whose examples touched it (by count)
+    "row_avg": False,
+    "emb_l2": 0.0,
+    "recent_last": 0,
+    "recent_repeats": 0,  # average each item row over the devices whose examples touched it (by count)
     "seed": 0,
 }
 
@@ -83,7 +86,12 @@ def main() -> None:
     model_cfg = ModelConfig(**args["model"])
     split = temporal_split(load_dataset("ml-100k"), args["seed"])
     n_users, n_items = split.n_users, split.n_items
-    positives = [split.train_items[split.train_users == u] for u in range(n_users)]
+    positives = []
+    for u in range(n_users):
+        mine = split.train_users == u
+        times = split.train_timestamps[mine]
+        order = recency_oversample(np.zeros(len(times), np.int64), times, args["recent_last"], args["recent_repeats"])
+        positives.append(split.train_items[mine][order])
     seen = [np.concatenate([positives[u], [split.val_items[u], split.test_items[u]]]) for u in range(n_users)]
     keys = positive_keys(split.train_users, split.train_items, n_items)
     glob = global_state(NeuMF(1, n_items, model_cfg))
@@ -96,6 +104,7 @@ def main() -> None:
         epochs=args["local_epochs"],
         negatives=args["negatives"],
         optimizer=args["optimizer"],
+        emb_l2=args["emb_l2"],
     )
     privacy = DevicePrivacy(args["noise"], args["clip"], budget=math.inf)  # the proxy accounts nothing
     rng = np.random.default_rng(args["seed"])

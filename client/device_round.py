@@ -18,10 +18,12 @@ from fedrec.client.local_training import LocalOutcome, make_examples, personaliz
 from fedrec.common.config import DeviceConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
+from fedrec.common.item_rows import example_counts
 from fedrec.common.metrics import ranks_from_scores
 from fedrec.common.model import NeuMF, global_state
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.store import DeviceStore
+from fedrec.common.training import recency_oversample
 
 EMBEDDING, LEDGER, ROUNDS, SERVING = "user_embedding", "privacy_ledger", "rounds", "serving_embedding"
 
@@ -42,6 +44,7 @@ class TrainResult:
     state: dict[str, torch.Tensor]  # global parameters after local training
     num_examples: int
     outcome: LocalOutcome
+    item_counts: torch.Tensor | None = None  # examples per item row (training without DP only)
 
 
 def device_seed(seed: int, server_round: int, device_id: str) -> int:
@@ -88,10 +91,17 @@ def round_examples(
     """This round's training examples and seed. Training never reads the held-out items; under DP the
     negatives depend on nothing but their own record."""
     round_seed = device_seed(task.device.seed, task.round.number, device_id)
-    train = np.asarray(store.read_events("train").items, dtype=np.int64)
-    avoid = None if task.privacy.private else train
+    events = store.read_events("train")
+    train = np.asarray(events.items, dtype=np.int64)
+    training = task.device.training
+    if task.privacy.private:  # each record once, negatives from the record alone
+        positives, avoid = train, None
+    else:
+        users = np.zeros(len(train), dtype=np.int64)
+        positives = train[recency_oversample(users, events.timestamps, training.recent_last, training.recent_repeats)]
+        avoid = train
     items, labels = make_examples(
-        train, avoid, task.device.n_items, task.device.training.negatives, np.random.default_rng(round_seed)
+        positives, avoid, task.device.n_items, training.negatives, np.random.default_rng(round_seed)
     )
     return items, labels, round_seed
 
@@ -122,7 +132,8 @@ def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: D
         outcome = train_local(model, items, labels, task.device.training, task.privacy, ledger, round_seed)
         if not outcome.refused:
             write_round(store, prefix, model.user_emb.weight, ledger)
-    return TrainResult(global_state(model), 0 if outcome.refused else len(items), outcome)
+    counts = None if task.privacy.private else example_counts(items, task.device.n_items)
+    return TrainResult(global_state(model), 0 if outcome.refused else len(items), outcome, counts)
 
 
 def serving_model(

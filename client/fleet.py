@@ -31,6 +31,7 @@ from fedrec.client.store_key import store_key
 from fedrec.common.config import Fleet
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
+from fedrec.common.item_rows import COUNTS, ITEM_TABLE, RowMean
 from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.manifest import load_manifest
 from fedrec.common.metrics import hit_ndcg
@@ -106,9 +107,12 @@ def train_fleet(
     devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train every participating device; return the weighted mean of their global params: by example
-    count without DP (FedAvg), one weight per device under DP (the count would reveal history lengths)."""
+    count without DP (FedAvg), one weight per device under DP (the count would reveal history lengths).
+    Without DP and with ``device.item_row_average`` the item table is the mean over the examples that
+    used each row, sent with those counts (fedrec.common.item_rows)."""
     device, private = task.device, task.privacy.private
     total: dict[str, torch.Tensor] = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_params.items()}
+    rows = RowMean(global_params[ITEM_TABLE]) if device.item_row_average and not private else None
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
     sampled = [
         ref for ref in devices if participates(ref.device_id, task.round.number, device.participation, device.seed)
@@ -121,6 +125,8 @@ def train_fleet(
         n = 1 if private else result.num_examples
         for k, v in result.state.items():
             total[k] += v.double() * n
+        if rows is not None and result.item_counts is not None:
+            rows.add(result.state[ITEM_TABLE], result.item_counts)
         weight += n
         loss_sum += result.outcome.loss * n
         steps = max(steps, result.outcome.steps)
@@ -129,6 +135,8 @@ def train_fleet(
         mean = {k: (v / weight).to(global_params[k].dtype) for k, v in total.items()}
     else:
         mean = {k: v.clone() for k, v in global_params.items()}
+    if rows is not None:
+        mean[ITEM_TABLE], mean[COUNTS] = rows.mean(), rows.counts
     metrics = {
         "num-examples": weight,
         "train-loss": loss_sum / weight if weight else 0.0,

@@ -23,6 +23,7 @@ from fedrec.common.config import LocalTraining
 from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import NeuMF
 from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.training import embedding_l2
 
 # Opacus' notices that fire on every device round: secure RNG off (documented in docs/simulate.md) and
 # ghost clipping's backward hooks on modules whose inputs need no gradient (the embeddings).
@@ -195,7 +196,8 @@ def train_private(
 def train_plain(
     model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining, seed: int
 ) -> LocalOutcome:
-    """The non-private arm: same examples, same number of steps, plain minibatch SGD."""
+    """The non-private arm: same examples, same number of steps, plain minibatch training, with the
+    centralized recipe's L2 on the rows each example uses."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, training)
     criterion = GroupBCE()
@@ -207,7 +209,10 @@ def train_plain(
         for start in range(0, len(items), batch):
             idx = order[start : start + batch]
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(users.expand(len(idx), items.shape[1]), items[idx]), labels[idx])
+            batch_users = users.expand(len(idx), items.shape[1])
+            loss = criterion(model(batch_users, items[idx]), labels[idx])
+            if training.emb_l2 > 0:
+                loss = loss + training.emb_l2 * embedding_l2(model, batch_users, items[idx]).sum(-1).mean()
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)

@@ -108,13 +108,20 @@ class CentralDPConfig:
 @dataclass(frozen=True)
 class LocalTraining:
     """One device's training in a round; the same recipe on every device, so every device that trains
-    the same rounds has the same accountant history."""
+    the same rounds has the same accountant history.
+
+    ``emb_l2`` and the recency weighting are the centralized recipe's (``TrainConfig``) and apply without DP
+    only: repeating a record multiplies what one record moves, and a second embedding lookup defeats
+    per-example clipping, so a private device trains on each record once with the loss alone."""
 
     epochs: int = 1
     steps_per_epoch: int = 8  # the DP-SGD sample rate is 1 / steps_per_epoch
     lr: float = 0.01
     optimizer: str = "adam"  # inside the one DP optimizer (Opacus wraps it)
     negatives: int = 4
+    emb_l2: float = 0.0  # L2 on the rows each example uses (no DP)
+    recent_last: int = 0  # the device's most recent train positives repeated each round ... (no DP)
+    recent_repeats: int = 0  # ... this many extra times
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -122,6 +129,8 @@ class LocalTraining:
         _positive(self.lr, "lr")
         _one_of(self.optimizer, OPTIMIZERS, "optimizer")
         require(self.negatives >= 1, "negatives", f"must be >= 1, got {self.negatives}")
+        for name in ("emb_l2", "recent_last", "recent_repeats"):
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
 
     @property
     def sample_rate(self) -> float:
@@ -168,6 +177,9 @@ class DeviceConfig:
     # A node serving many devices (a gateway, a simulated fleet) trains its DP devices "batched" (stacked,
     # the same mathematics as Opacus per device, tested equal) or "per_device" with Opacus itself.
     executor: str = "batched"
+    # Without DP, each item row is averaged over the examples that used it (fedrec.common.item_rows);
+    # a private device never sends the per-row counts this needs.
+    item_row_average: bool = True
 
     def __post_init__(self) -> None:
         _fraction(self.participation, "participation")

@@ -9,13 +9,14 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from fedrec.common.config import StrategyConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, RoundInfo
+from fedrec.common.item_rows import COUNTS, ITEM_TABLE, for_weighted_mean
 
 LIST_KEYS = ("epsilons",)
 SUM_KEYS = ("num-examples", "devices", "refused")
@@ -58,6 +59,7 @@ class FedrecStrategyMixin:
     last_round: int = 0  # the final round (of this start) is always evaluated
     last_train_metrics: MetricRecord | None = None
     last_evaluate_metrics: MetricRecord | None = None
+    sent_arrays: ArrayRecord | None = None  # this round's global model, as sent
 
     def _config(self, server_round: int, final: bool) -> ConfigRecord:
         info = RoundInfo(number=self.round_offset + server_round, final=final)
@@ -87,9 +89,21 @@ class FedrecStrategyMixin:
         with self.wire_log.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
 
+    def _average_item_rows(self, replies: list[Message]) -> None:
+        """Replies with per-row example counts (training without DP) are rewritten in place so that the
+        strategy's weighted mean gives each item row its count-weighted mean (fedrec.common.item_rows)."""
+        if not replies or not all(COUNTS in m.content["arrays"] for m in replies) or self.sent_arrays is None:
+            return
+        arrays = [{k: a.numpy() for k, a in m.content["arrays"].items()} for m in replies]
+        weights = [float(m.content["metrics"]["num-examples"]) for m in replies]
+        rewritten = for_weighted_mean(arrays, weights, self.sent_arrays[ITEM_TABLE].numpy())
+        for message, new in zip(replies, rewritten):
+            message.content["arrays"] = ArrayRecord({k: Array(v) for k, v in new.items()})
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self.sent_arrays = arrays
         config = self._config(server_round, final=False)
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._log_wire(server_round, "down", [m.content["arrays"] for m in messages])
@@ -106,6 +120,7 @@ class FedrecStrategyMixin:
         )
         useful = [m for m in replies if not m.has_content() or float(m.content["metrics"]["num-examples"]) > 0]
         idle = [m for m in replies if m not in useful]
+        self._average_item_rows([m for m in useful if m.has_content()])
         arrays, metrics = (None, None)
         if any(m.has_content() for m in useful):
             arrays, metrics = super().aggregate_train(server_round, useful)  # type: ignore[misc]

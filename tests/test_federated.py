@@ -22,6 +22,7 @@ from fedrec.common.config import (
     Serving,
 )
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
+from fedrec.common.item_rows import COUNTS, ITEM_TABLE
 from fedrec.common.keys import create_key_file
 from fedrec.common.model import ModelConfig, NeuMF, global_names
 from fedrec.common.replies import EVALUATE_PRIVATE, TRAIN_PRIVATE
@@ -94,7 +95,8 @@ def test_two_rounds_on_flower_simulation_engine(tmp_path, tiny):
 
 
 def test_gateway_aggregate_equals_per_device_fedavg(tmp_path, tiny):
-    """A node serving three devices replies with exactly the example-weighted mean of their updates."""
+    """A node serving three devices replies with exactly the example-weighted mean of their updates, and
+    the item table's rows with the mean over the examples that used each row, plus those counts."""
     device = node_of(tmp_path, tiny.subset_users(3), LocalTraining(steps_per_epoch=2))
     params = initial_state(device)
     devices = node_devices({}, device.fleet)
@@ -107,7 +109,15 @@ def test_gateway_aggregate_equals_per_device_fedavg(tmp_path, tiny):
     weights = np.array([m["num-examples"] for _, m in singles], dtype=float)
     assert metrics["num-examples"] == weights.sum()
     for name in params:
-        expected = sum(w * s[name].double() for w, (s, _) in zip(weights, singles)) / weights.sum()
+        if name == ITEM_TABLE:
+            counts = [s[COUNTS] for s, _ in singles]
+            rows = sum(c[:, None] * s[name].double() for c, (s, _) in zip(counts, singles))
+            used = sum(counts) > 0
+            expected = params[name].double().clone()
+            expected[used] = rows[used] / sum(counts)[used, None]
+            assert torch.equal(together[COUNTS], sum(counts))
+        else:
+            expected = sum(w * s[name].double() for w, (s, _) in zip(weights, singles)) / weights.sum()
         assert torch.allclose(together[name].double(), expected, atol=1e-6)
 
 

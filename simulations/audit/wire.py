@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.common.errors import DataError
+from fedrec.common.item_rows import COUNTS
 from fedrec.common.model import LOCAL_PREFIX, NeuMF
 from fedrec.common.model_files import read_model_info
 from fedrec.common.replies import allowed_keys
@@ -47,14 +48,17 @@ def check_metric_keys(entry: dict, private: bool) -> list[str]:
     ]
 
 
-def check_line(entry: dict, expected: dict[str, dict]) -> list[str]:
-    """Every problem with one round-direction of the log, as readable sentences."""
+def check_line(entry: dict, expected: dict[str, dict], private: bool = True) -> list[str]:
+    """Every problem with one round-direction of the log, as readable sentences. A reply without DP may
+    also carry the per-row example counts of the item table (fedrec.common.item_rows); a private one may not."""
     where = f"round {entry.get('round')} {entry.get('direction')}"
     if entry.get("direction") == "evaluate":
         return []  # evaluation replies carry metrics only (checked by check_metric_keys)
     arrays: dict[str, dict] = entry.get("arrays", {})
     problems = []
     for name, meta in arrays.items():
+        if name == COUNTS and not private and entry.get("direction") == "up":
+            continue
         if name.startswith(LOCAL_PREFIX):
             problems.append(f"{where}: local array {name} crossed the wire")
             continue
@@ -90,7 +94,7 @@ def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
         raise DataError(f"{wire_log}: not found (the server's wire log)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{wire_log}:{exc.lineno}: not JSON") from None
-    problems = [p for entry in lines for p in check_line(entry, expected) + check_metric_keys(entry, private)]
+    problems = [p for entry in lines for p in check_line(entry, expected, private) + check_metric_keys(entry, private)]
     keys = sorted({k for e in lines for k in e.get("metric_keys", [])})
     seen: dict[str, dict] = {}
     for entry in lines:
