@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 from test_deployment import RUN_CONFIG, _read, tiny_fleet, wait_exit, wait_for_text
 
 from fedrec.client.store_key import store_key
@@ -197,3 +198,31 @@ def test_the_device_door_admits_exactly_flowers_fleet_routes():
     ):
         assert not admitted(method, path, fleet_only=True), (method, path)
     assert admitted("POST", "/v1/control/list-runs", fleet_only=False)  # the operator door (mutual TLS)
+
+
+def test_operator_certificates_are_for_tls_clients_and_the_loopback_ca_key_is_gone(tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from fedrec.common.certs import create_ca, issue_operator_cert, issue_server_cert, loopback_pki
+
+    create_ca(tmp_path)
+    usage = x509.ExtendedKeyUsage
+
+    def eku(path: Path) -> list:
+        return list(x509.load_pem_x509_certificate(path.read_bytes()).extensions.get_extension_for_class(usage).value)
+
+    operator_cert = issue_operator_cert(tmp_path)
+    assert (
+        eku(operator_cert.cert) == [ExtendedKeyUsageOID.CLIENT_AUTH] and operator_cert.key.stat().st_mode & 0o077 == 0
+    )
+    assert eku(issue_server_cert(tmp_path, [], ["127.0.0.1"]).cert) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    inner = loopback_pki(tmp_path / "loopback")
+    assert inner.cert.is_file() and not (tmp_path / "loopback" / "ca.key").exists()
+
+
+def test_operator_mistakes_are_one_line(cli, tmp_path):
+    assert_one_line_error(cli("operator", "--server", "127.0.0.1:1", "ls"), "--ca-cert is required")
+    assert_one_line_error(
+        cli("operator", "--server", "127.0.0.1:1", "--certs", str(tmp_path), "ls"), "file not found (--ca-cert)"
+    )
