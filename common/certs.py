@@ -26,11 +26,21 @@ CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.pem"
 DEVICE_KEY_SUFFIX, DEVICE_PUB_SUFFIX = "", ".pub"  # <name> (private, OpenSSH) and <name>.pub
 DEVICES_DIR = "devices"
+OPERATOR_CERT_SUFFIX, OPERATOR_KEY_SUFFIX = ".crt", ".pem"  # <name>.crt and <name>.pem (private)
 
 
 @dataclass(frozen=True)
 class ServerPki:
     """Paths of the files a SuperLink needs (``--ssl-ca-certfile --ssl-certfile --ssl-keyfile``)."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class OperatorCredential:
+    """What ``fedrec operator`` presents: the CA to verify the server, a client certificate and its key."""
 
     ca_cert: Path
     cert: Path
@@ -140,13 +150,12 @@ def load_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
-def issue_server_cert(out: Path, server_names: list[str], ips: list[str], days: int = 825) -> ServerPki:
-    """A TLS server certificate signed by the CA in ``out``, valid for every given name and address."""
+def _issue(out: Path, common_name: str, usage: x509.ObjectIdentifier, alt_names: list[x509.GeneralName], days: int):
+    """A leaf certificate signed by the CA in ``out`` for one purpose (TLS server or TLS client)."""
     ca_cert, ca_key = load_ca(out)
     key = ec.generate_private_key(ec.SECP384R1())
     start, end = _validity(days)
-    common_name = server_names[0] if server_names else ips[0] if ips else "fedrec-superlink"
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
         .issuer_name(ca_cert.subject)
@@ -154,15 +163,51 @@ def issue_server_cert(out: Path, server_names: list[str], ips: list[str], days: 
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(min(end, ca_cert.not_valid_after_utc))
-        .add_extension(x509.SubjectAlternativeName(_alt_names(server_names, ips)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA384())
     )
-    _write(out / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
-    _write(out / SERVER_KEY, _pem_key(key), private=True)
+    if alt_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    return builder.sign(ca_key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def issue_server_cert(out: Path, server_names: list[str], ips: list[str], days: int = 825) -> ServerPki:
+    """A TLS server certificate signed by the CA in ``out``, valid for every given name and address."""
+    common_name = server_names[0] if server_names else ips[0] if ips else "fedrec-superlink"
+    cert, key = _issue(out, common_name, ExtendedKeyUsageOID.SERVER_AUTH, _alt_names(server_names, ips), days)
+    _write(out / SERVER_CERT, cert)
+    _write(out / SERVER_KEY, key, private=True)
     return ServerPki(out / CA_CERT, out / SERVER_CERT, out / SERVER_KEY)
+
+
+def issue_operator_cert(out: Path, name: str = "operator", days: int = 365) -> OperatorCredential:
+    """A TLS *client* certificate for the operator: what the server's operator door asks for.
+
+    Devices authenticate with SSH keys and hold no certificate from the CA, and the server's own
+    certificate is for TLS servers only (extended key usage), so only this one opens the door.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise FedrecError(f"operator name {name!r} must be a plain file name")
+    cert, key = _issue(out, name, ExtendedKeyUsageOID.CLIENT_AUTH, [], days)
+    credential = OperatorCredential(
+        out / CA_CERT, out / f"{name}{OPERATOR_CERT_SUFFIX}", out / f"{name}{OPERATOR_KEY_SUFFIX}"
+    )
+    _write(credential.cert, cert)
+    _write(credential.key, key, private=True)
+    return credential
+
+
+def loopback_pki(out: Path) -> ServerPki:
+    """A throwaway CA and a 127.0.0.1 certificate for the SuperLink behind the doors (fresh each start).
+
+    Flower insists on TLS for SuperNode authentication; this keeps the inner hop independent of the
+    public certificate's names. The CA key is deleted once the certificate is issued.
+    """
+    create_ca(out, common_name="fedrec loopback CA (one server start)", days=30, overwrite=True)
+    pki = issue_server_cert(out, ["localhost"], ["127.0.0.1"], days=30)
+    (out / CA_KEY).unlink()
+    return pki
 
 
 def create_device_keys(out: Path, name: str) -> DeviceKeys:

@@ -64,6 +64,49 @@ def certs_device(
         say(f"device key {keys.private_key} (to the device), {keys.public_key} (register on the server)")
 
 
+@certs_app.command("operator")
+def certs_operator(
+    out: Path = typer.Option(..., help="Directory holding the CA from `fedrec certs init`."),
+    name: str = typer.Option("operator", help="File names NAME.crt and NAME.pem (private)."),
+) -> None:
+    """Issue an operator client certificate: what `fedrec server --operator-port` asks for."""
+    from fedrec.common.certs import issue_operator_cert
+
+    credential = issue_operator_cert(out, name)
+    say(f"operator certificate {credential.cert} + key {credential.key} (to the operator only, never to devices)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def operator(
+    ctx: typer.Context,
+    server: str = typer.Option(..., help="HOST:PORT of the server's operator door (`fedrec server --operator-port`)."),
+    certs: Optional[Path] = typer.Option(None, help="Directory with ca.crt and NAME.crt/NAME.pem."),
+    name: str = typer.Option("operator", help="The operator certificate's name in --certs."),
+    ca_cert: Optional[Path] = typer.Option(None, help="CA of the server certificate (overrides --certs)."),
+    cert: Optional[Path] = typer.Option(None, help="Operator client certificate (overrides --certs)."),
+    key: Optional[Path] = typer.Option(None, help="Its private key (overrides --certs)."),
+) -> None:
+    """Run `flwr ARGS` against the server with the operator certificate, e.g. `fedrec operator --server
+    fl.example.org:9093 --certs pki supernode list` (the connection is named `fedrec` and is the default)."""
+    from fedrec.common.certs import CA_CERT, OPERATOR_CERT_SUFFIX, OPERATOR_KEY_SUFFIX, OperatorCredential
+    from fedrec.common.errors import FedrecError
+    from fedrec.server.operator import OperatorSettings, run_flwr
+
+    def pick(given: Optional[Path], file: str, flag: str) -> Path:
+        if given is None and certs is None:
+            raise FedrecError(f"{flag} is required (or --certs DIR)")
+        return given or certs / file
+
+    credential = OperatorCredential(
+        pick(ca_cert, CA_CERT, "--ca-cert"),
+        pick(cert, f"{name}{OPERATOR_CERT_SUFFIX}", "--cert"),
+        pick(key, f"{name}{OPERATOR_KEY_SUFFIX}", "--key"),
+    )
+    if not ctx.args:
+        raise FedrecError("give the flwr command to run, e.g. `fedrec operator --server HOST:PORT --certs pki ls`")
+    raise typer.Exit(run_flwr(OperatorSettings(server, credential), list(ctx.args)))
+
+
 @app.command()
 def server(
     out: Path = typer.Option(
@@ -79,7 +122,13 @@ def server(
         [], help="Device public key or directory of *.pub to register (default CERTS/devices)."
     ),
     host: str = typer.Option("0.0.0.0", help="Address to listen on."),
-    port: int = typer.Option(9092, help="The one TLS port (Fleet, Control and Runtime APIs)."),
+    port: int = typer.Option(9092, help="The devices' TLS port: it serves the Fleet API and nothing else."),
+    operator_port: Optional[int] = typer.Option(
+        None, help="Also open an operator port (mutual TLS, operator certificate; off: operate on this machine)."
+    ),
+    operator_ca: Optional[Path] = typer.Option(
+        None, help="CA of operator client certificates (default: the CA; see `fedrec certs operator`)."
+    ),
     config: Optional[Path] = typer.Option(None, help="fedrec TOML config; its [federation.*] tables set the run."),
     rounds: Optional[int] = typer.Option(None, help="Federated rounds (run config server.rounds)."),
     run_config: Optional[str] = typer.Option(None, help='Run config overrides, e.g. "device.training.epochs=2".'),
@@ -110,6 +159,8 @@ def server(
         manifest=manifest,
         host=host,
         port=port,
+        operator_port=operator_port,
+        operator_ca=operator_ca,
         wait_for=wait_for,
         startup_timeout=timeout,
         app_dir=app_dir.resolve() if app_dir else None,

@@ -2,7 +2,10 @@
 
 Everything on the wire is Flower's: ``flower-superlink`` serves the Fleet, Control and Runtime APIs
 on one TLS port; ``flwr supernode register`` admits device keys; ``flwr run <app> fedrec --stream``
-submits the same ServerApp the simulation uses and streams its log. The Flower CLI reads its
+submits the same ServerApp the simulation uses and streams its log. Flower 1.42 does not
+authenticate the Control API, so the SuperLink listens on 127.0.0.1 only and the network reaches
+it through doors (``fedrec.server.front``): the public port relays the Fleet API alone, and an
+optional operator port admits only a client certificate from the operator CA. The Flower CLI reads its
 connection from ``$FLWR_HOME/config.toml``, which this launcher writes into its state directory,
 so nothing in the user's home is touched. The SuperLink keeps its state in a SQLite file there:
 registrations survive a restart, and the ServerApp resumes from ``checkpoint.pt`` in the out dir.
@@ -16,6 +19,7 @@ import re
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,18 +27,27 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fedrec.common.certs import CA_CERT, DEVICE_PUB_SUFFIX, SERVER_CERT, SERVER_KEY
+from fedrec.common.certs import CA_CERT, DEVICE_PUB_SUFFIX, SERVER_CERT, SERVER_KEY, ServerPki, loopback_pki
 from fedrec.common.config import FederationConfig, StrategyConfig, load_config
 from fedrec.common.errors import FedrecError
 from fedrec.common.files import writable_dir
 from fedrec.common.manifest import load_manifest
-from fedrec.common.processes import Children, exclusive, flower_env, port_in_use, terminate_on_sigterm, wait_until
+from fedrec.common.processes import (
+    Children,
+    exclusive,
+    flower_env,
+    free_port,
+    port_in_use,
+    terminate_on_sigterm,
+    wait_until,
+)
 from fedrec.common.settings import flatten, from_flat
 from fedrec.server.checkpoint import load_checkpoint
 from fedrec.server.flower_app import write_app
 
 CONNECTION = "fedrec"  # the connection name in $FLWR_HOME/config.toml
 BIND_ALL = {"", "0.0.0.0", "::"}
+LOOPBACK = "127.0.0.1"
 
 Say = Callable[[str], None]
 
@@ -55,6 +68,8 @@ class ServerSettings:
     wait_for: int | None = None  # online devices before the run starts (default: all registered)
     startup_timeout: float = 120.0
     app_dir: Path | None = None  # a Flower App of one's own; default: the one written into state_dir
+    operator_port: int | None = None  # the operator door (mutual TLS); None: operators work on this machine only
+    operator_ca: Path | None = None  # the CA of operator client certificates (default: ca_cert)
 
     @property
     def run_config(self) -> dict[str, object]:
@@ -71,6 +86,7 @@ def settings(
     state_dir: Path | None,
     federation: FederationConfig,
     manifest: Path | None = None,
+    operator_ca: Path | None = None,
     **rest,
 ) -> ServerSettings:
     """Fill paths from a ``fedrec certs`` directory (each overridable for a PKI of one's own) and resolve
@@ -103,8 +119,10 @@ def settings(
         strategy = replace(strategy, min_nodes=max(1, wait_for if wait_for is not None else len(keys)))
     server = replace(federation.server, out_dir=str(out), strategy=strategy)  # absolute: the ServerApp runs elsewhere
     federation = replace(federation, server=server, device=device)
+    ca = pick(ca_cert, CA_CERT, "--ca-cert")
     return ServerSettings(
-        ca_cert=pick(ca_cert, CA_CERT, "--ca-cert"),
+        ca_cert=ca,
+        operator_ca=pick(operator_ca, CA_CERT, "--operator-ca") if operator_ca else ca,
         cert=pick(cert, SERVER_CERT, "--cert"),
         key=pick(key, SERVER_KEY, "--key"),
         devices=tuple(p.resolve() for p in keys),
@@ -141,13 +159,13 @@ def _address(host: str, port: int) -> str:
         return f"{host}:{port}"
 
 
-def write_flwr_config(s: ServerSettings, host: str) -> Path:
-    """The Flower CLI's connection, TLS verified against our CA (``root-certificates``)."""
-    home = s.state_dir / "flwr-home"
+def write_flwr_config(state_dir: Path, port: int, ca_cert: Path) -> Path:
+    """The Flower CLI's connection to the loopback SuperLink, TLS verified (``root-certificates``)."""
+    home = state_dir / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "{_address(host, s.port)}"\nroot-certificates = "{s.ca_cert}"\n'
+        f'address = "{_address(LOOPBACK, port)}"\nroot-certificates = "{ca_cert}"\n'
     )
     return home
 
@@ -282,15 +300,13 @@ def run_status(children: Children, run_id: str) -> str:
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
-def startup_failure(link_log: Path, s: ServerSettings) -> str:
-    """Why the SuperLink did not come up, in one line, from its log."""
-    text = link_log.read_text(errors="replace") if link_log.exists() else ""
+def startup_failure(log: Path, what: str, port: int, host: str, flag: str) -> str:
+    """Why ``what`` did not come up, in one line, from its log."""
+    text = log.read_text(errors="replace") if log.exists() else ""
     if "address already in use" in text.lower():
-        return f"port {s.port} on {s.host} is already in use (another SuperLink?); choose another --port"
+        return f"port {port} on {host} is already in use (another SuperLink?); choose another {flag}"
     errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
-    return (
-        f"the SuperLink did not start on port {s.port}: {errors[-1] if errors else 'no error logged'} (see {link_log})"
-    )
+    return f"the {what} did not start on port {port}: {errors[-1] if errors else 'no error logged'} (see {log})"
 
 
 def serve(s: ServerSettings, say: Say) -> None:
@@ -298,55 +314,107 @@ def serve(s: ServerSettings, say: Say) -> None:
     writable_dir(s.out, "--out")
     checkpoint = load_checkpoint(s.out)  # a damaged checkpoint is refused here, before any process starts
     s.state_dir.mkdir(parents=True, exist_ok=True)
+    s.state_dir.chmod(0o700)  # the SuperLink database, the loopback key, the operator's Flower CLI
     host = connect_host(s.cert, s.host)
     with exclusive(s.state_dir / "server.lock", "fedrec server"):
-        if port_in_use(s.host, s.port):
-            raise FedrecError(
-                f"port {s.port} on {s.host} is in use (another SuperLink, or one left by a killed "
-                f"server?): stop it or choose another --port"
-            )
+        for port, flag in ((s.port, "--port"), (s.operator_port, "--operator-port")):
+            if port is not None and port_in_use(s.host, port):
+                raise FedrecError(
+                    f"port {port} on {s.host} is in use (another SuperLink, or one left by a killed "
+                    f"server?): stop it or choose another {flag}"
+                )
         _serve(s, host, say, resuming=checkpoint is not None)
 
 
+def superlink_argv(pki: ServerPki, port: int, database: Path) -> list[str]:
+    """The SuperLink on loopback only: every API it serves is reachable from this machine alone."""
+    return [
+        "flower-superlink",
+        "--ssl-ca-certfile",
+        str(pki.ca_cert),
+        "--ssl-certfile",
+        str(pki.cert),
+        "--ssl-keyfile",
+        str(pki.key),
+        "--enable-supernode-auth",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--database",
+        str(database),
+        "--disable-runtime-dependency-installation",
+    ]
+
+
+def door_argv(s: ServerSettings, port: int, upstream: int, upstream_ca: Path, client_ca: Path | None) -> list[str]:
+    """A door on the public address: the Fleet API alone, or (``client_ca``) everything for operators."""
+    argv = [sys.executable, "-m", "fedrec.server.front", "--host", s.host, "--port", str(port)]
+    argv += ["--cert", str(s.cert), "--key", str(s.key), "--upstream", f"{LOOPBACK}:{upstream}"]
+    argv += ["--upstream-ca", str(upstream_ca)]
+    return argv + (["--client-ca", str(client_ca)] if client_ca else ["--fleet-only"])
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One process of ours that listens: where, its log, and the flag that moves it."""
+
+    name: str
+    argv: list[str]
+    host: str
+    port: int
+    flag: str
+    log: Path
+
+
+def start_listener(children: Children, it: Listener, ready: Callable[[], bool], timeout: float) -> subprocess.Popen:
+    """Start it and wait for its TLS handshake; a failure is one line from its log."""
+    proc = children.start(it.name, it.argv, log=it.log)
+    try:
+        wait_until(ready, timeout, f"{it.name} on port {it.port} (see {it.log})", alive=lambda: proc.poll() is None)
+    except FedrecError:
+        raise FedrecError(startup_failure(it.log, it.name, it.port, it.host, it.flag)) from None
+    return proc
+
+
 def _serve(s: ServerSettings, host: str, say: Say, resuming: bool) -> None:
-    children = Children(flower_env(write_flwr_config(s, host)))
-    link_log = s.state_dir / "superlink.log"
+    pki = loopback_pki(s.state_dir / "loopback")
+    inner = free_port(LOOPBACK)
+    children = Children(flower_env(write_flwr_config(s.state_dir, inner, pki.ca_cert)))
     with terminate_on_sigterm():
         try:
-            link = children.start(
-                "superlink",
-                [
-                    "flower-superlink",
-                    "--ssl-ca-certfile",
-                    str(s.ca_cert),
-                    "--ssl-certfile",
-                    str(s.cert),
-                    "--ssl-keyfile",
-                    str(s.key),
-                    "--enable-supernode-auth",
-                    "--host",
-                    s.host,
-                    "--port",
-                    str(s.port),
-                    "--database",
-                    str(s.state_dir / "superlink.db"),
-                    "--disable-runtime-dependency-installation",
-                ],
-                log=link_log,
+            argv = superlink_argv(pki, inner, s.state_dir / "superlink.db")
+            link = start_listener(
+                children,
+                Listener("SuperLink", argv, LOOPBACK, inner, "--port", s.state_dir / "superlink.log"),
+                lambda: tls_ready(LOOPBACK, inner, pki.ca_cert),
+                s.startup_timeout,
             )
             say(
-                f"SuperLink (pid {link.pid}) on {_address(s.host, s.port)}, TLS + SuperNode authentication; "
-                f"log {link_log}"
+                f"SuperLink (pid {link.pid}) on {_address(LOOPBACK, inner)} only, TLS + SuperNode authentication; "
+                f"log {s.state_dir / 'superlink.log'}"
             )
-            try:
-                wait_until(
-                    lambda: tls_ready(host, s.port, s.ca_cert),
+            argv = door_argv(s, s.port, inner, pki.ca_cert, None)
+            start_listener(
+                children,
+                Listener("device door", argv, s.host, s.port, "--port", s.state_dir / "device-door.log"),
+                lambda: tls_ready(host, s.port, s.ca_cert),
+                s.startup_timeout,
+            )
+            say(f"devices connect to {_address(s.host, s.port)} (TLS; the Fleet API only, nothing else answers)")
+            if s.operator_port is not None:
+                argv = door_argv(s, s.operator_port, inner, pki.ca_cert, s.operator_ca)
+                log = s.state_dir / "operator-door.log"
+                start_listener(
+                    children,
+                    Listener("operator door", argv, s.host, s.operator_port, "--operator-port", log),
+                    lambda: port_in_use(s.host, s.operator_port),  # a handshake needs the operator's certificate
                     s.startup_timeout,
-                    f"SuperLink on port {s.port} (see {link_log})",
-                    alive=lambda: link.poll() is None,
                 )
-            except FedrecError:
-                raise FedrecError(startup_failure(link_log, s)) from None
+                say(
+                    f"operators connect to {_address(s.host, s.operator_port)} (mutual TLS: a client certificate "
+                    f"from {s.operator_ca}; `fedrec operator`)"
+                )
             record_node_ids(s.state_dir / "devices.json", register_devices(children, s.devices, say))
             want = s.wait_for if s.wait_for is not None else len(s.devices)
             if want:

@@ -69,10 +69,11 @@ def wait_exit(proc, log: Path, timeout: float = WAIT) -> int:
         raise AssertionError(f"still running after {timeout:.0f} s:\n{_read(log)[-3000:]}") from None
 
 
-def tiny_provision(out: Path) -> tuple[dict, bytes]:
-    """Three users over 20 items with titles, provisioned as encrypted stores under one master key."""
+def tiny_provision(out: Path, firsts: tuple[int, ...] = (0, 10, 5)) -> tuple[dict, bytes]:
+    """One user per entry of ``firsts`` (10 items each, from that offset) over 20 items with titles,
+    provisioned as encrypted stores under one master key."""
     users, items, stamps = [], [], []
-    for user, first in enumerate((0, 10, 5)):  # together the three users touch all 20 items
+    for user, first in enumerate(firsts):  # together the three default users touch all 20 items
         users += [1000 + user] * 10
         items += [101 + (first + j) % N_ITEMS for j in range(10)]
         stamps += list(range(user * 100, user * 100 + 10))
@@ -90,9 +91,9 @@ def tiny_provision(out: Path) -> tuple[dict, bytes]:
     return load_manifest(out), master
 
 
-def tiny_fleet(out: Path) -> list[tuple[Path, Path]]:
+def tiny_fleet(out: Path, firsts: tuple[int, ...] = (0, 10, 5)) -> list[tuple[Path, Path]]:
     """The tiny group with each store re-keyed onto its own key file, as real devices hold them."""
-    manifest, master = tiny_provision(out)
+    manifest, master = tiny_provision(out, firsts)
     fleet = []
     for device in manifest.devices:
         store, key_file, device_id = manifest.store_path(device), out / f"{device.device_id}.key", device.device_id
