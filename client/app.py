@@ -17,11 +17,12 @@ from flwr.clientapp import ClientApp
 
 from fedrec.client.device_round import DeviceRef
 from fedrec.client.fleet import evaluate_fleet, node_devices, train_fleet
+from fedrec.client.secagg_mod import secure_aggregation_mod
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.model import is_local
 
-app = ClientApp()
+app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ when a train message asks for it
 log = logging.getLogger("fedrec.client")
 
 
