@@ -44,7 +44,7 @@ from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.replies import allowed_keys
 from fedrec.server.strategies import aggregate_train_metrics
 
-log = logging.getLogger("fedrec.server")
+log = logging.getLogger("flwr")  # Flower's logger: its lines reach the run log `fedrec server` streams
 
 SECURE_DIRECTION = "up-secure"  # the wire-log line of a securely aggregated round
 SETTING = "federation.server.secure_aggregation"
