@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +32,7 @@ from fedrec.client.secagg_mod import REFUSED, secure_aggregation_mod
 from fedrec.common.config import FederationConfig, SecureAggregation, load_config
 from fedrec.common.errors import FedrecError
 from fedrec.common.keys import create_key_file
-from fedrec.common.settings import from_flat
+from fedrec.common.settings import from_flat, from_nested
 from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state, resolve_items, run_federation
 from fedrec.server.secure_aggregation import SECURE_DIRECTION, quantization_bound, secure_grid
@@ -155,6 +156,7 @@ def test_gateways_secure_sum_equals_the_plain_sum(fleet, tmp_path):
     assert bound == pytest.approx(2 * sa.clipping_range / sa.quantization_range)
     gap = max_gap(plain, secure)
     assert bound / 50 < gap <= bound + 1e-6, (gap, bound)  # quantized (not the plain path), and within the bound
+    print(f"secure vs plain aggregate: largest gap {gap:.3g}, bound {bound:.3g}", file=sys.stderr)
     (line,) = [entry for entry in wire if entry["direction"] == SECURE_DIRECTION]
     assert line["revealed"] and line["masked_vectors"] == NODES and line["nodes_sampled"] == NODES
     assert [s["nodes"] for s in line["stages"]] == [NODES] * 4
@@ -221,3 +223,41 @@ def test_bound_and_settings():
             "run config",
             complete=False,
         )
+
+
+@pytest.mark.e2e
+def test_flower_simulation_engine_runs_rounds_under_secagg(tmp_path, tiny):
+    """`fedrec simulate`'s path (Flower's simulation engine, Ray) with secure aggregation on: each round is
+    revealed as one aggregate of the three gateways, and the model moves."""
+    from fedrec.simulations.federated import FederatedArm, fit_federated
+
+    data = tiny.subset_users(6)
+    cfg = from_flat(
+        FederationConfig,
+        {
+            "server.rounds": 2,
+            "device.participation": 1.0,
+            "device.model.gmf_dim": 4,
+            "device.model.mlp_dim": 4,
+            "device.model.layers": "8,4",
+            "device.training.steps_per_epoch": 2,
+            "device.serving.refit_steps": 1,
+            "server.secure_aggregation.enabled": True,
+            "server.secure_aggregation.reconstruction_threshold": 2,
+            "server.secure_aggregation.max_weight": 2.0,
+        },
+        "test",
+        complete=False,
+        base=load_config().federation,
+    )
+    result = fit_federated(
+        FederatedArm("federated_dp", data, tmp_path, cfg, nodes=3, show=False), temporal_split(data, 0), 0
+    )
+    model_dir = tmp_path / result.info["model_dir"]
+    wire = [json.loads(line) for line in (model_dir / "wire.jsonl").read_text().splitlines()]
+    secure = [e for e in wire if e["direction"] == SECURE_DIRECTION]
+    assert [(e["revealed"], e["masked_vectors"]) for e in secure] == [(True, 3), (True, 3)]
+    assert [e["n_messages"] for e in wire if e["direction"] == "up"] == [1, 1]
+    final = torch.load(model_dir / "global_model.pt", weights_only=True)
+    start = initial_state(from_nested(FederationConfig, result.info["federation"], "report").device)
+    assert max_gap(final, start) > 0
