@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
-from flwr.common import Parameters, parameters_to_ndarrays
+from flwr.common import FitIns, Parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -36,6 +36,7 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
 from fedrec.common.config import SecureAggregation, ServerConfig
@@ -155,8 +156,6 @@ class _RoundStrategy(Strategy):
         return None
 
     def configure_fit(self, server_round, parameters, client_manager):
-        from flwr.common import FitIns
-
         return [(proxy, FitIns(Parameters(tensors=[], tensor_type=""), {})) for proxy in self._proxies]
 
     def aggregate_fit(self, server_round, results, failures):
@@ -196,8 +195,6 @@ class _Workflow(SecAggPlusWorkflow):
         return done
 
     def __call__(self, grid, context) -> None:
-        from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
-
         state = WorkflowState()
         for name, stage in (
             ("setup", self.setup_stage),
