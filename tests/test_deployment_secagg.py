@@ -5,12 +5,15 @@ sharing): SecAgg+ rebuilds its masks from the other three's shares and the round
 sum of three. Nothing the server writes holds a device's update: the wire log shows one aggregate and
 the masked vectors' sizes, and the bytes of a survivor's update (replayed from a copy of its store)
 occur nowhere in the server's directory, while the global parameters sent down do.
+``FEDREC_SECAGG_KILL=sigkill`` kills the device's processes with SIGKILL (a crash) instead of SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,7 +31,7 @@ from fedrec.common.config import FederationConfig
 from fedrec.common.instructions import DeviceInstructions, RoundInfo, resolve_privacy
 from fedrec.common.keys import create_key_file
 from fedrec.common.manifest import load_manifest
-from fedrec.common.processes import free_port
+from fedrec.common.processes import descendants, free_port
 from fedrec.common.settings import from_flat
 from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state
@@ -100,7 +103,12 @@ def test_secure_aggregation_survives_a_killed_device(tmp_path, children):  # noq
     while _read(victim_log).count("Receiving: train message") < 3:
         assert time.monotonic() < deadline and server.poll() is None, _read(server_log)[-3000:]
         time.sleep(0.2)
-    children.stop_one(f"device-{VICTIM}")
+    if os.environ.get("FEDREC_SECAGG_KILL") == "sigkill":  # a crash: no goodbye to the SuperLink
+        victim = children.procs[f"device-{VICTIM}"]
+        for pid in [victim.pid, *descendants(victim.pid)]:
+            os.kill(pid, signal.SIGKILL)
+    else:  # SIGTERM, as an OS ends an app: the SuperNode leaves the federation at once
+        children.stop_one(f"device-{VICTIM}")
 
     assert wait_exit(server, server_log) == 0, _read(server_log)[-3000:]
     elapsed = time.monotonic() - started
