@@ -229,9 +229,9 @@ class SecureAggregation:
             f"must be >= 2, got {self.reconstruction_threshold}",
         )
         require(
-            self.num_shares == 0 or self.reconstruction_threshold <= self.num_shares,
+            self.num_shares == 0 or self.reconstruction_threshold < self.num_shares,  # Flower's own rule
             "reconstruction_threshold",
-            f"must be <= num_shares ({self.num_shares}), got {self.reconstruction_threshold}",
+            f"must be < num_shares ({self.num_shares}), got {self.reconstruction_threshold}",
         )
         _positive(self.clipping_range, "clipping_range")
         require(self.quantization_range >= 2, "quantization_range", f"must be >= 2, got {self.quantization_range}")

@@ -216,10 +216,10 @@ def test_bound_and_settings():
     assert quantization_bound([4.0, 4.0], sa) == pytest.approx(2 * 0.5 / 2**10)
     assert quantization_bound([1.0, 3.0], sa) > quantization_bound([4.0, 4.0], sa)
     assert np.isclose(quantization_bound([0.0, 0.0], sa), 0.0)
-    with pytest.raises(FedrecError, match="secure_aggregation.reconstruction_threshold: must be <= num_shares"):
+    with pytest.raises(FedrecError, match="secure_aggregation.reconstruction_threshold: must be < num_shares"):
         from_flat(
             FederationConfig,
-            {"server.secure_aggregation.num_shares": 3, "server.secure_aggregation.reconstruction_threshold": 4},
+            {"server.secure_aggregation.num_shares": 3, "server.secure_aggregation.reconstruction_threshold": 3},
             "run config",
             complete=False,
         )
