@@ -10,29 +10,38 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedrec.client.device_round import DeviceRef
-from fedrec.client.fleet import evaluate_fleet, node_devices, train_fleet
+from fedrec.client.secagg_mod import secure_aggregation_mod
 from fedrec.common.errors import FedrecError
-from fedrec.common.instructions import DeviceInstructions
-from fedrec.common.model import is_local
 
-app = ClientApp()
+if TYPE_CHECKING:
+    import torch
+
+    from fedrec.client.device_round import DeviceRef
+    from fedrec.common.instructions import DeviceInstructions
+
+# Torch, Opacus and the device code load with the first train or evaluate request, not on import: a
+# SuperNode starts one ClientApp process per message, and SecAgg+'s key stages need none of them.
+app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ when a train message asks for it
 log = logging.getLogger("fedrec.client")
 
 
 def _instructions(msg: Message) -> DeviceInstructions:
     """Only what the server sent: the device section whole, the privacy mechanism, this round's facts."""
+    from fedrec.common.instructions import DeviceInstructions
+
     if "config" not in msg.content:
         raise FedrecError("the server sent no config record")
     return DeviceInstructions.from_config(dict(msg.content["config"]))
 
 
 def _global_params(msg: Message) -> dict[str, torch.Tensor]:
+    from fedrec.common.model import is_local
+
     state = msg.content["arrays"].to_torch_state_dict()
     leaked = [k for k in state if is_local(k)]
     if leaked:
@@ -46,16 +55,20 @@ def _error_reply(msg: Message, context: Context, what: str, exc: Exception) -> M
 
 
 def _setup() -> None:
+    import torch
+
     torch.set_num_threads(1)  # one core per ClientApp; the simulation runs several side by side
 
 
-Work = Callable[[DeviceInstructions, list[DeviceRef]], RecordDict]
+Work = Callable[["DeviceInstructions", "list[DeviceRef]"], RecordDict]
 
 
 def _reply(msg: Message, context: Context, what: str, work: Work) -> Message:
     """Reply with ``work(task, devices)`` for this node's devices; any failure becomes an error reply."""
     _setup()
     try:
+        from fedrec.client.fleet import node_devices
+
         task = _instructions(msg)
         devices = node_devices(context.node_config, task.device.fleet)
         return Message(content=work(task, devices), reply_to=msg)
@@ -65,6 +78,8 @@ def _reply(msg: Message, context: Context, what: str, work: Work) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    from fedrec.client.fleet import train_fleet
+
     def work(task: DeviceInstructions, devices: list[DeviceRef]) -> RecordDict:
         mean, metrics = train_fleet(devices, _global_params(msg), task)
         return RecordDict({"arrays": ArrayRecord(mean), "metrics": MetricRecord(metrics)})
@@ -74,6 +89,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    from fedrec.client.fleet import evaluate_fleet
+
     def work(task: DeviceInstructions, devices: list[DeviceRef]) -> RecordDict:
         return RecordDict({"metrics": MetricRecord(evaluate_fleet(devices, _global_params(msg), task))})
 

@@ -26,12 +26,26 @@ def client(
     quiet: bool = typer.Option(False, help="Do not echo the SuperNode's log."),
     stores_dir: Optional[Path] = typer.Option(None, help="Gateway: a provisioned dir; serve all its devices."),
     master_key_file: Optional[Path] = typer.Option(None, help="Gateway: the group's master key file."),
+    require_secure_aggregation: bool = typer.Option(
+        False, help="Answer train requests only under secure aggregation (SecAgg+); refuse plain ones."
+    ),
 ) -> None:
     """Run this device (or a gateway for a group of devices) as a Flower SuperNode that trains when asked."""
     from fedrec.client.supernode import ClientSettings, run_client
 
     run_client(
-        ClientSettings(store, key_file, superlink, root_cert, auth_key, port, max_wait, stores_dir, master_key_file),
+        ClientSettings(
+            store,
+            key_file,
+            superlink,
+            root_cert,
+            auth_key,
+            port,
+            max_wait,
+            stores_dir,
+            master_key_file,
+            require_secure_aggregation,
+        ),
         say,
         echo=not quiet,
     )

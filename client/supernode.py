@@ -20,6 +20,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
+from fedrec.client.secagg_mod import REQUIRE_KEY
 from fedrec.client.store_key import store_key
 from fedrec.common.errors import FedrecError
 from fedrec.common.keys import derive_device_key, load_key_file
@@ -43,6 +44,7 @@ class ClientSettings:
     max_wait: float | None = None  # give up connecting after this many seconds (None: keep retrying)
     stores_dir: Path | None = None
     master_key_file: Path | None = None
+    require_secure_aggregation: bool = False  # refuse train requests outside SecAgg+ (client/secagg_mod.py)
 
     @property
     def name(self) -> str:
@@ -97,6 +99,8 @@ def supernode_argv(s: ClientSettings, port: int) -> list[str]:
         node_config = f'store="{s.store.resolve()}" key-file="{s.key_file.resolve()}"'
     else:
         node_config = f'stores-dir="{s.stores_dir.resolve()}" master-key-file="{s.master_key_file.resolve()}"'
+    if s.require_secure_aggregation:
+        node_config += f' {REQUIRE_KEY}="required"'
     argv = [
         "flower-supernode",
         "--superlink",

@@ -13,7 +13,8 @@ report's ``meta.config``. Ranges are checked where the field is defined.
     ├── centralized_dp: CentralDPConfig the pooled Opacus arm (at federation.privacy's epsilon, delta)
     ├── federation: FederationConfig    = the Flower run config of one federated run
     │   ├── server: ServerConfig        rounds, evaluation, where the run writes
-    │   │   └── strategy: StrategyConfig
+    │   │   ├── strategy: StrategyConfig
+    │   │   └── secure_aggregation: SecureAggregation   Flower's SecAgg+ on train replies
     │   ├── privacy: PrivacyConfig      what the operator promises; the server derives DevicePrivacy
     │   └── device: DeviceConfig        sent whole to every device, every round
     │       ├── model: ModelConfig
@@ -216,11 +217,52 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class SecureAggregation:
+    """Flower's SecAgg+ on the train replies (deployment and simulation alike): the server learns only the
+    weighted sum of the nodes' updates, and only if at least ``reconstruction_threshold`` nodes are in it.
+    Each node sends its update minus the global parameters it received; every coordinate of that delta
+    is clipped to [-clipping_range, clipping_range] and stochastically rounded onto ``quantization_range``
+    levels (``fedrec.server.secure_aggregation.quantization_bound`` states the error)."""
+
+    enabled: bool = False
+    num_shares: int = 0  # key shares per node; 0 = every sampled node (SecAgg), else a neighbourhood (SecAgg+)
+    reconstruction_threshold: int = 3  # shares that rebuild a key = the fewest nodes a revealed sum covers
+    clipping_range: float = 1.0  # bound on each coordinate of a node's (weight-scaled) update delta
+    quantization_range: int = 2**22  # integer levels over [-clipping_range, clipping_range]
+    modulus_range: int = 2**32  # masks live modulo this (a power of 2); nodes * quantization_range must stay below
+    max_weight: float = 1.0  # the largest node weight (num-examples); 1 = one DP device per node
+    timeout: float = 120.0  # seconds each stage waits for replies; a node that misses it has dropped out
+
+    def __post_init__(self) -> None:
+        require(self.num_shares == 0 or self.num_shares >= 3, "num_shares", f"must be 0 or >= 3, got {self.num_shares}")
+        require(
+            self.reconstruction_threshold >= 2,
+            "reconstruction_threshold",
+            f"must be >= 2, got {self.reconstruction_threshold}",
+        )
+        require(
+            self.num_shares == 0 or self.reconstruction_threshold < self.num_shares,  # Flower's own rule
+            "reconstruction_threshold",
+            f"must be < num_shares ({self.num_shares}), got {self.reconstruction_threshold}",
+        )
+        _positive(self.clipping_range, "clipping_range")
+        require(self.quantization_range >= 2, "quantization_range", f"must be >= 2, got {self.quantization_range}")
+        require(
+            self.modulus_range > self.quantization_range and self.modulus_range & (self.modulus_range - 1) == 0,
+            "modulus_range",
+            f"must be a power of 2 above quantization_range, got {self.modulus_range}",
+        )
+        _positive(self.max_weight, "max_weight")
+        _positive(self.timeout, "timeout")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     rounds: int = 30
     eval_every: int = 10  # on-device validation every N rounds, and after the last
     out_dir: str = ""  # checkpoints, rounds.jsonl, wire.jsonl, the final model
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    secure_aggregation: SecureAggregation = field(default_factory=SecureAggregation)
 
     def __post_init__(self) -> None:
         require(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")

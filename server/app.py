@@ -1,4 +1,5 @@
-"""The fedrec ServerApp: Flower's own strategies over the Message API (see server/federation.py)."""
+"""The fedrec ServerApp: Flower's own strategies over the Message API (see server/federation.py), with train
+replies summed under SecAgg+ when the run asks for it (server/secure_aggregation.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedrec.common.config import FederationConfig
 from fedrec.common.settings import from_flat
 from fedrec.server.federation import FederationResult, RoundCallback, run_federation
+from fedrec.server.secure_aggregation import secure_grid
 
 
 def make_server_app(
@@ -21,7 +23,7 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config or from_flat(FederationConfig, dict(context.run_config), "run config")
-        outcome = run_federation(grid, cfg, on_round)
+        outcome = run_federation(secure_grid(grid, cfg.server), cfg, on_round)
         if results is not None:
             results.append(outcome)
 

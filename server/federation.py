@@ -102,7 +102,7 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
         result = strategy.start(
             grid=grid, initial_arrays=ArrayRecord(state), num_rounds=remaining, evaluate_fn=after_round
         )
-        final = result.arrays.to_torch_state_dict()
+        final = result.arrays.to_torch_state_dict() or state  # empty when no round produced an update
     path = save_final_model(out_dir, final, resolved)
     log.info("final global model written to %s (checkpoints in %s)", path, out_dir)
     return FederationResult(path, cfg, privacy)

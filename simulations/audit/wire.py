@@ -18,6 +18,7 @@ from fedrec.common.item_rows import COUNTS
 from fedrec.common.model import LOCAL_PREFIX, NeuMF
 from fedrec.common.model_files import read_model_info
 from fedrec.common.replies import allowed_keys
+from fedrec.server.secure_aggregation import SECURE_DIRECTION
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -54,6 +55,8 @@ def check_line(entry: dict, expected: dict[str, dict], private: bool = True) -> 
     where = f"round {entry.get('round')} {entry.get('direction')}"
     if entry.get("direction") == "evaluate":
         return []  # evaluation replies carry metrics only (checked by check_metric_keys)
+    if entry.get("direction") == SECURE_DIRECTION:
+        return []  # masked vectors only; the aggregate they reveal is the round's "up" line
     arrays: dict[str, dict] = entry.get("arrays", {})
     problems = []
     for name, meta in arrays.items():

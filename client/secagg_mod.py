@@ -1,0 +1,80 @@
+"""SecAgg+ on the device: Flower's ``secaggplus_mod`` in front of fedrec's own train handler.
+
+The four SecAgg+ stages arrive as train messages that carry Flower's ``secaggplus_configs`` record;
+``secaggplus_mod`` answers the key stages itself and, in the masked-vector stage, calls the train
+handler the plain path uses (same stores, same training, same replies), then quantizes, masks and
+sends the result. In between, this module turns the handler's reply into what the mod expects (a
+legacy FitRes layout) and replaces the trained global parameters by their difference from the ones
+the server sent: a round's update is small, so it fits the clipping range where the weights need
+not. The reply keeps its public metrics record (``fedrec.common.replies``) beside the masked vector.
+
+A device whose node config says ``secure-aggregation="required"`` (``fedrec client
+--require-secure-aggregation``) refuses to answer a train request outside SecAgg+: a device adding
+only its share of the noise must not hand its update to the server in the clear.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import Context, Error, Message
+from flwr.app.message_type import MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
+
+from fedrec.common.errors import FedrecError
+
+log = logging.getLogger("fedrec.client")
+
+REQUIRE_KEY = "secure-aggregation"  # node config key; value "required"
+REFUSED = 2  # error code of a refused plain train request
+
+
+def under_secure_aggregation(msg: Message) -> bool:
+    return msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records
+
+
+def update_delta(sent: Message, reply: Message) -> list[np.ndarray]:
+    """The trained global parameters minus the ones the server sent, in the order it sent them."""
+    given, trained = sent.content["arrays"], reply.content["arrays"]
+    if list(given.keys()) != list(trained.keys()):
+        raise FedrecError("the train reply's arrays do not match the global parameters the server sent")
+    return [
+        np.asarray(t, dtype=np.float64) - np.asarray(g, dtype=np.float64)
+        for t, g in zip(trained.to_numpy_ndarrays(), given.to_numpy_ndarrays())
+    ]
+
+
+def as_fit_reply(sent: Message, reply: Message) -> Message:
+    """The handler's reply in the layout ``secaggplus_mod`` reads: the delta as FitRes parameters, the
+    weight (``num-examples``) as FitRes' example count, the public metrics alongside."""
+    if reply.has_error():
+        raise FedrecError(reply.error.reason)
+    metrics = reply.content["metrics"]
+    fit = FitRes(
+        Status(Code.OK, ""), ndarrays_to_parameters(update_delta(sent, reply)), int(metrics["num-examples"]), {}
+    )
+    content = compat.fitres_to_recorddict(fit, keep_input=False)
+    content["metrics"] = metrics
+    return Message(content, reply_to=sent)
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """SecAgg+ for train messages that ask for it; everything else goes straight to the handler."""
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    if not under_secure_aggregation(msg):
+        if str(context.node_config.get(REQUIRE_KEY, "")) == "required":
+            reason = "this device answers train requests only under secure aggregation (SecAgg+)"
+            log.error("node %s: %s", context.node_id, reason)
+            return Message(Error(code=REFUSED, reason=reason), reply_to=msg)
+        return call_next(msg, context)
+    try:
+        return secaggplus_mod(msg, context, lambda m, c: as_fit_reply(m, call_next(m, c)))
+    except Exception as exc:  # noqa: BLE001 - the server treats an error reply as this node dropping out
+        log.exception("secure aggregation failed on node %s", context.node_id)
+        return Message(Error(code=1, reason=f"secure aggregation: {type(exc).__name__}: {exc}"), reply_to=msg)

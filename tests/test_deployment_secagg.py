@@ -1,0 +1,135 @@
+"""End to end on loopback, over TLS with authenticated devices: `fedrec server` with
+``server.secure_aggregation.enabled`` and four `fedrec client --require-secure-aggregation`
+SuperNodes. One device is killed once it has the round's masked-vector request (after the key
+sharing): SecAgg+ rebuilds its masks from the other three's shares and the round completes with the
+sum of three. Nothing the server writes holds a device's update: the wire log shows one aggregate and
+the masked vectors' sizes, and the bytes of a survivor's update (replayed from a copy of its store)
+occur nowhere in the server's directory, while the global parameters sent down do.
+``FEDREC_SECAGG_KILL=sigkill`` kills the device's processes with SIGKILL (a crash) instead of SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_log
+from test_deployment import FEDREC, ROOT, WAIT, _read, children, wait_exit, wait_for_text  # noqa: F401
+
+from fedrec.client.device_round import DeviceRef
+from fedrec.client.fleet import train_fleet
+from fedrec.client.store_key import store_key
+from fedrec.common.config import FederationConfig
+from fedrec.common.instructions import DeviceInstructions, RoundInfo, resolve_privacy
+from fedrec.common.keys import create_key_file
+from fedrec.common.manifest import load_manifest
+from fedrec.common.processes import descendants, free_port
+from fedrec.common.settings import from_flat
+from fedrec.common.split import temporal_split
+from fedrec.server.federation import initial_state
+from fedrec.server.launcher import parse_run_config
+from fedrec.server.secure_aggregation import SECURE_DIRECTION
+from fedrec.simulations.provision import provision
+
+DEVICES, N_ITEMS, VICTIM = 4, 20, 3
+RUN_CONFIG = (
+    f'device.n_items={N_ITEMS} device.model.gmf_dim=4 device.model.mlp_dim=4 device.model.layers="8,4" '
+    "device.training.steps_per_epoch=2 device.training.negatives=2 device.participation=1.0 "
+    "device.serving.refit_steps=1 privacy.epsilon=8.0 device.training.lr=0.05 device.seed=0 "
+    "server.secure_aggregation.enabled=true server.secure_aggregation.reconstruction_threshold=3 "
+    "server.secure_aggregation.timeout=60.0 server.strategy.min_nodes=3"
+)
+
+
+def fleet(out: Path) -> list[Path]:
+    out.mkdir(parents=True)
+    data = synthetic_log(n_users=DEVICES, n_items=N_ITEMS, per_user=8)
+    provision(data, temporal_split(data, 0), out, create_key_file(out / "master.key"))
+    return [load_manifest(out).store_path(d) for d in load_manifest(out).devices]
+
+
+def replayed_update(store: Path, key_file: Path) -> dict[str, torch.Tensor]:
+    """What this device trained in round 1, recomputed from a copy of its store (training is seeded)."""
+    cfg = from_flat(FederationConfig, {**parse_run_config(RUN_CONFIG), "server.rounds": 1}, "test", complete=False)
+    task = DeviceInstructions(cfg.device, resolve_privacy(cfg.privacy, cfg.device, 1), RoundInfo(1, False))
+    ref = DeviceRef(store.stem, store, store_key(store, key_file), durable=False)
+    state, _ = train_fleet([ref], initial_state(cfg.device), task)
+    return state
+
+
+def argv(flags: dict) -> list[str]:
+    return [str(x) for pair in flags.items() for x in pair]
+
+
+def occurs(needle: bytes, directory: Path) -> list[str]:
+    return [str(p) for p in directory.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+@pytest.mark.e2e
+def test_secure_aggregation_survives_a_killed_device(tmp_path, children):  # noqa: F811
+    certs, out = tmp_path / "certs", tmp_path / "server"
+    stores = fleet(tmp_path / "fleet")
+    shutil.copytree(tmp_path / "fleet", tmp_path / "before")  # for the replay
+    key_file = tmp_path / "fleet" / "master.key"  # a provisioned store's key derives from it and its id
+
+    def fedrec(name: str, *args: str):
+        return children.start(name, [*FEDREC, *args], log=tmp_path / f"{name}.log", cwd=ROOT)
+
+    proc = fedrec("certs", "certs", "init", "--out", str(certs), "--ip", "127.0.0.1", "--devices", str(DEVICES))
+    assert wait_exit(proc, tmp_path / "certs.log", 60) == 0, _read(tmp_path / "certs.log")
+    port = free_port()
+    started = time.monotonic()
+    server_flags = {"--certs": certs, "--out": out, "--host": "127.0.0.1", "--port": port, "--rounds": 1}
+    server_flags.update({"--run-config": RUN_CONFIG, "--timeout": WAIT})
+    server = fedrec("server", "server", *argv(server_flags))
+    server_log = tmp_path / "server.log"
+    wait_for_text(server_log, f"waiting for {DEVICES} device(s)", server)
+    for i, store in enumerate(stores):
+        flags = {"--store": store, "--key-file": key_file, "--superlink": f"127.0.0.1:{port}", "--max-wait": 60}
+        flags.update({"--root-cert": certs / "ca.crt", "--auth-key": certs / "devices" / f"device-{i}"})
+        fedrec(f"device-{i}", "client", *argv(flags), "--require-secure-aggregation")
+
+    # The third train message is the masked-vector request: the key sharing is behind it. Kill the device.
+    victim_log = tmp_path / f"device-{VICTIM}.log"
+    deadline = time.monotonic() + WAIT
+    while _read(victim_log).count("Receiving: train message") < 3:
+        assert time.monotonic() < deadline and server.poll() is None, _read(server_log)[-3000:]
+        time.sleep(0.2)
+    if os.environ.get("FEDREC_SECAGG_KILL") == "sigkill":  # a crash: no goodbye to the SuperLink
+        victim = children.procs[f"device-{VICTIM}"]
+        for pid in [victim.pid, *descendants(victim.pid)]:
+            os.kill(pid, signal.SIGKILL)
+    else:  # SIGTERM, as an OS ends an app: the SuperNode leaves the federation at once
+        children.stop_one(f"device-{VICTIM}")
+
+    assert wait_exit(server, server_log) == 0, _read(server_log)[-3000:]
+    elapsed = time.monotonic() - started
+    log = _read(server_log)
+    assert "finished:completed" in log
+    wire = [json.loads(line) for line in (out / "wire.jsonl").read_text().splitlines()]
+    (secure,) = [e for e in wire if e["direction"] == SECURE_DIRECTION]
+    assert [s["nodes"] for s in secure["stages"]] == [4, 4, 3, 3] and secure["revealed"], secure
+    assert secure["masked_vectors"] == 3 and secure["masked_bytes_total"] > 0
+    assert [e["n_messages"] for e in wire if e["direction"] == "up"] == [1]  # one aggregate, no device reply
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[0]["train"]["devices"] == 3 and torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 1
+
+    # A survivor's update, as it would have crossed the wire without SecAgg+, is nowhere on the server.
+    survivor = tmp_path / "before" / stores[0].relative_to(tmp_path / "fleet")
+    update = replayed_update(survivor, tmp_path / "before" / "master.key")
+    sent = initial_state(from_flat(FederationConfig, parse_run_config(RUN_CONFIG), "test", complete=False).device)
+    name = "item_emb.weight"
+    trained = update[name].numpy().astype(np.float32)
+    delta = trained.astype(np.float64) - sent[name].numpy().astype(np.float64)
+    assert np.abs(delta).max() > 0
+    assert occurs(sent[name].numpy().tobytes()[:64], out), "control: the global parameters sent down are found"
+    assert occurs(trained.tobytes()[:64], out) == [] and occurs(delta.tobytes()[:64], out) == []
+    print(f"secure round with one device killed: {elapsed:.0f} s, stages {secure['stages']}", file=sys.stderr)
