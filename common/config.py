@@ -304,6 +304,13 @@ class FederationConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
+    def __post_init__(self) -> None:
+        require(
+            not (self.server.secure_aggregation.enabled and self.device.item_row_average and not self.privacy.private),
+            "device.item_row_average",
+            "needs each node's per-row counts, which secure aggregation hides: set it to false",
+        )
+
 
 @dataclass(frozen=True)
 class SimulationConfig:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_log
+from synthetic_data import synthetic_log
 from test_deployment import FEDREC, ROOT, WAIT, _read, children, wait_exit, wait_for_text  # noqa: F401
 
 from fedrec.client.device_round import DeviceRef

@@ -21,11 +21,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_log
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+from synthetic_data import synthetic_log
 
 from fedrec.client.app import app as client_app
 from fedrec.client.secagg_mod import REFUSED, secure_aggregation_mod
