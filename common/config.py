@@ -315,9 +315,18 @@ class FederationConfig:
 @dataclass(frozen=True)
 class SimulationConfig:
     nodes: int = 2  # simulated SuperNodes (worker processes), each serving a share of the fleet
+    # An existing Ray cluster's head (GCS) as host:port, or "auto"; empty = a private Ray on this machine.
+    # The harness is then a driver on a node of that cluster (docs/simulate.md); Ray Client (ray://) is not.
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         require(self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}")
+        host, _, port = self.ray_address.rpartition(":")
+        require(
+            self.ray_address in ("", "auto") or (bool(host) and port.isdigit() and "://" not in host),
+            "ray_address",
+            f"must be host:port of a Ray head, or auto, got {self.ray_address!r}",
+        )
 
 
 # Chosen by validation NDCG@10 in bench/neumf_search.py (docs/neumf-search.md), then refit on train+validation.

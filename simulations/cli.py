@@ -132,6 +132,9 @@ def simulate(
     sweep: str = typer.Option("", help="Extra federated_dp budgets, e.g. 1,2,4 (accuracy-vs-epsilon plot)."),
     seeds: str = typer.Option("0", help="Comma-separated seeds."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+    ray_address: Optional[str] = typer.Option(
+        None, help="An existing Ray cluster's head host:port, or auto (overrides simulation.ray_address)."
+    ),
     retention: bool = typer.Option(True, help="Run the retention simulator after the accuracy arms."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
@@ -142,7 +145,12 @@ def simulate(
 
     cfg = load_config(
         config,
-        {"federation.server.rounds": rounds, "federation.privacy.epsilon": epsilon, "federation.privacy.delta": delta},
+        {
+            "federation.server.rounds": rounds,
+            "federation.privacy.epsilon": epsilon,
+            "federation.privacy.delta": delta,
+            "simulation.ray_address": ray_address,
+        },
     )
     exp = build_experiment(
         cfg,

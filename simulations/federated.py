@@ -35,6 +35,7 @@ from fedrec.server.app import make_server_app
 from fedrec.server.federation import FederationResult
 from fedrec.simulations.arms.base import ArmResult
 from fedrec.simulations.progress import progress
+from fedrec.simulations.ray_backend import backend_config, require_head
 
 
 @dataclass
@@ -46,6 +47,7 @@ class FederatedArm:
     run_dir: Path
     federation: FederationConfig  # this arm's settings (privacy.mechanism says whether it is private)
     nodes: int = 2
+    ray_address: str = ""  # an existing Ray cluster (simulation.ray_address); empty = a private Ray
     primary_seed: int = 0
     show: bool = True
 
@@ -68,7 +70,7 @@ def arm_config(arm: FederatedArm, stores: Path, key_file: Path, out_dir: Path, s
     f = arm.federation
     device = replace(
         f.device,
-        fleet=Fleet(str(stores), str(key_file)),
+        fleet=Fleet(str(stores.resolve()), str(key_file.resolve())),  # read by workers in another cwd
         n_items=arm.data.n_items,
         seed=seed,
         state_prefix=f"{arm.name}/",
@@ -83,6 +85,7 @@ def _run_flower(arm: FederatedArm, cfg: FederationConfig) -> FederationResult:
 
     from fedrec.client.app import app as client_app
 
+    require_head(arm.ray_address)
     results: list[FederationResult] = []
     with progress(arm.show) as bar:
         task = bar.add_task(f"{arm.name}", total=cfg.server.rounds)
@@ -102,20 +105,16 @@ def _run_flower(arm: FederatedArm, cfg: FederationConfig) -> FederationResult:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
         logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation notice, per-round logs
+        # run_simulation, deprecated in flwr 1.42 and pinned with it (pyproject), because the supported
+        # path cannot serve the harness: `flwr run` makes a SuperLink start `flwr-simulation`, which
+        # loads the ServerApp by import path in its own process (no on_round, no results here), and
+        # its federation config gives ray.init no cluster address (docs/simulate.md).
         with reaped_descendants():  # Ray's processes end with the harness, even after a SIGKILL
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=arm.nodes,
-                backend_config={
-                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                    "init_args": {
-                        "num_cpus": arm.nodes,
-                        "include_dashboard": False,
-                        "logging_level": "error",
-                        "log_to_driver": False,
-                    },
-                },
+                backend_config=backend_config(arm.nodes, arm.ray_address),
             )
     if not results:
         raise FedrecError(f"{arm.name}: the federated run ended without a final model (see the Flower log above)")

@@ -41,6 +41,7 @@ def build_experiment(
             run_dir=Path(out),
             federation=replace(cfg.federation, privacy=privacy),
             nodes=cfg.simulation.nodes,
+            ray_address=cfg.simulation.ray_address,
             primary_seed=seeds[0],
             show=show,
         )
