@@ -16,6 +16,13 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 UNIT = "record-level (one interaction with its sampled negatives), per device"
+SHARED_UNIT = (
+    "record-level (one interaction with its sampled negatives), central: noise on the sum of >= min_devices devices"
+)
+
+
+def unit_of(mechanism: str) -> str:
+    return SHARED_UNIT if mechanism == "distributed" else UNIT
 
 
 @dataclass

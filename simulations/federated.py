@@ -27,7 +27,7 @@ from fedrec.common.keys import create_key_file, load_key_file
 from fedrec.common.manifest import is_provisioned, load_manifest
 from fedrec.common.model import NeuMF
 from fedrec.common.model_files import load_global_model
-from fedrec.common.privacy import UNIT
+from fedrec.common.privacy import unit_of
 from fedrec.common.processes import reaped_descendants
 from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
@@ -164,9 +164,9 @@ def export_ledgers(result: FederationResult, path: Path) -> dict:
         "epsilon_median": float(np.median(epsilons)),
         "delta": privacy.delta,
         "noise_multiplier": privacy.noise_multiplier,
-        "sample_rate": device.training.sample_rate,
+        "sample_rate": device.shared_noise.record_rate if privacy.shared else device.training.sample_rate,
         "steps": int(max(steps)),
-        "unit": UNIT,
+        "unit": unit_of(privacy.mechanism),
         "epsilon_budget": privacy.budget,
         "accountant": "rdp (opacus)",
         "ledger": str(path.name),

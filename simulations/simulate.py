@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from fedrec.common.config import FedrecConfig, PrivacyConfig
+from fedrec.common.config import FederationConfig, FedrecConfig, PrivacyConfig
 from fedrec.simulations.arms.registry import central_fitters
 from fedrec.simulations.experiment import Experiment, load
 from fedrec.simulations.federated import FederatedArm, fit_federated
 
-FEDERATED_ARMS = ("federated", "federated_dp")
+FEDERATED_ARMS = ("federated", "federated_dp", "federated_ddp")
 DEFAULT_ARMS = ("random", "popularity", "ease", "centralized", *FEDERATED_ARMS)
 
 
@@ -34,12 +34,12 @@ def build_experiment(
     central = [a for a in arms if a not in FEDERATED_ARMS]
     fitters = central_fitters(central, cfg, show=show)
 
-    def federated(name: str, privacy: PrivacyConfig):
+    def federated(name: str, privacy: PrivacyConfig, federation: FederationConfig | None = None):
         arm = FederatedArm(
             name=name,
             data=data,
             run_dir=Path(out),
-            federation=replace(cfg.federation, privacy=privacy),
+            federation=replace(federation or cfg.federation, privacy=privacy),
             nodes=cfg.simulation.nodes,
             primary_seed=seeds[0],
             show=show,
@@ -48,7 +48,13 @@ def build_experiment(
 
     privacy = cfg.federation.privacy
     for name in arms:
-        if name in FEDERATED_ARMS:
+        if name == "federated_ddp":
+            fitters[name] = federated(
+                name,
+                replace(privacy, mechanism="distributed", max_grad_norm=cfg.centralized_dp.max_grad_norm),
+                shared_noise_federation(cfg),
+            )
+        elif name in FEDERATED_ARMS:
             fitters[name] = federated(name, replace(privacy, mechanism="local" if name == "federated_dp" else "none"))
     for eps in sweep:
         fitters[sweep_arm_name(eps)] = federated(sweep_arm_name(eps), replace(privacy, mechanism="local", epsilon=eps))
@@ -68,6 +74,24 @@ def build_experiment(
         data=data,
         post=post,
     )
+
+
+def shared_noise_federation(cfg: FedrecConfig) -> FederationConfig:
+    """federated_ddp runs the centralized_dp recipe: its model (the prior in the item table's last column),
+    negatives and clipping norm; every device in every round; one histogram round, then ``steps`` rounds."""
+    recipe, federation = cfg.centralized_dp, cfg.federation
+    device = federation.device
+    model = replace(recipe.model, kind="gmf", item_bias=device.shared_noise.count_sigma > 0)
+    device = replace(
+        device,
+        model=model,
+        training=replace(device.training, negatives=recipe.negatives),
+        participation=1.0,
+    )
+    rounds = device.shared_noise.steps + int(device.shared_noise.count_sigma > 0)
+    strategy = replace(federation.server.strategy, name="fedavg", node_fraction=1.0)
+    server = replace(federation.server, rounds=rounds, strategy=strategy)
+    return replace(federation, server=server, device=device)
 
 
 def add_sweep(epsilons: list[float], fed_epsilon: float):
