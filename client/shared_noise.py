@@ -87,6 +87,8 @@ def _commit(store: DeviceStore, prefix: str, ledger: PrivacyLedger, rows: dict[s
 
 def device_share(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: DeviceInstructions) -> Share:
     device, privacy, shared = task.device, task.privacy, task.device.shared_noise
+    if shared.min_devices < 1:
+        raise FedrecError("server message: device.shared_noise.min_devices must be resolved (>= 1) by the server")
     prefix, share_std = device.state_prefix, 1.0 / math.sqrt(shared.min_devices)
     seed = device_seed(device.seed, task.round.number, ref.device_id)
     generator = torch.Generator().manual_seed(zlib.crc32(f"noise:{seed}".encode()))

@@ -43,6 +43,16 @@ def resolve_items(device: DeviceConfig) -> DeviceConfig:
     raise FedrecError("run config: set device.n_items (catalogue size) or device.fleet.stores_dir with a manifest")
 
 
+def resolve_min_devices(device: DeviceConfig) -> DeviceConfig:
+    """``shared_noise.min_devices`` 0 = the whole fleet of the manifest (public)."""
+    if device.shared_noise.min_devices > 0:
+        return device
+    if not (device.fleet.stores_dir and is_provisioned(device.fleet.stores_dir)):
+        raise FedrecError("run config: set device.shared_noise.min_devices or device.fleet.stores_dir with a manifest")
+    fleet = len(load_manifest(device.fleet.stores_dir).devices)
+    return replace(device, shared_noise=replace(device.shared_noise, min_devices=fleet))
+
+
 def train_records(device: DeviceConfig) -> int:
     """The fleet's number of train records (public, from the manifest; 0 without one)."""
     if device.fleet.stores_dir and is_provisioned(device.fleet.stores_dir):
@@ -65,6 +75,8 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
     """Train for the configured rounds, checkpointing each; resume from ``out_dir`` if a checkpoint is there."""
     cfg = replace(cfg, device=resolve_items(cfg.device))
     privacy = resolve_privacy(cfg.privacy, cfg.device, cfg.server.rounds, train_records(cfg.device))
+    if privacy.shared:
+        cfg = replace(cfg, device=resolve_min_devices(cfg.device))
     out_dir = Path(cfg.server.out_dir or "fedrec-server")
     out_dir.mkdir(parents=True, exist_ok=True)
     total_rounds = cfg.server.rounds

@@ -21,6 +21,7 @@ from fedrec.common.privacy import history_epsilon
 from fedrec.common.split import temporal_split
 from fedrec.server.shared_noise import SharedNoiseAggregation
 from fedrec.simulations.audit.accounting import check_ledger, read_ledger
+from fedrec.simulations.audit.wire import audit_wire_log
 from fedrec.simulations.federated import FederatedArm, fit_federated
 from tests.test_federated import provisioned
 
@@ -210,7 +211,7 @@ def test_device_refuses_past_its_budget(tmp_path, tiny):
 def test_federated_ddp_on_flower_simulation_engine(tmp_path, tiny):
     data = tiny.subset_users(6)
     split = temporal_split(data, 0)
-    shared = SharedNoise(record_rate=0.5, min_devices=6, count_sigma=5.0, feature_init="", table_lr=5.0, steps=2)
+    shared = SharedNoise(record_rate=0.5, min_devices=0, count_sigma=5.0, feature_init="", table_lr=5.0, steps=2)
     fed = FederationConfig(
         server=ServerConfig(rounds=3, eval_every=3),
         privacy=PrivacyConfig(mechanism="distributed", epsilon=8.0, max_grad_norm=CLIP),
@@ -224,7 +225,12 @@ def test_federated_ddp_on_flower_simulation_engine(tmp_path, tiny):
     assert 7.9 < privacy["epsilon_max"] <= 8.0 + 1e-9
     audit = check_ledger(read_ledger(tmp_path / "privacy" / "federated_ddp_ledger.csv"), 1e-5, privacy["epsilon_max"])
     assert audit["agree"] and audit["n_devices"] == 6
-    final = torch.load(tmp_path / result.info["model_dir"] / "global_model.pt", weights_only=True)
+    model_dir = tmp_path / result.info["model_dir"]
+    wire = audit_wire_log(model_dir / "wire.jsonl", model_dir / "model.json")
+    assert wire["ok"], wire["problems"]
+    assert set(wire["arrays"]) == {"item_emb.weight", "item_counts", "output.weight", "output.bias"}
+    final = torch.load(model_dir / "global_model.pt", weights_only=True)
     prior = final["item_emb.weight"][:, GMF.embedding_dim]
     assert prior.std() > 0  # round 1's histogram became the prior column
+    assert result.info["federation"]["device"]["shared_noise"]["min_devices"] == 6  # 0 = the whole fleet
     assert result.scores.shape == (data.n_users, data.n_items)
