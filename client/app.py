@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from fedrec.client.device_round import DeviceRef
 from fedrec.client.fleet import evaluate_fleet, node_devices, train_fleet
 from fedrec.client.shared_noise import train_fleet_shared
+from fedrec.client.user_level import train_fleet_user
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.model import is_local
@@ -67,7 +68,8 @@ def _reply(msg: Message, context: Context, what: str, work: Work) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     def work(task: DeviceInstructions, devices: list[DeviceRef]) -> RecordDict:
-        fleet = train_fleet_shared if task.privacy.shared else train_fleet
+        fleet = {"distributed": train_fleet_shared, "user": train_fleet_user}.get(task.privacy.mechanism)
+        fleet = fleet if task.privacy.private and fleet else train_fleet
         update, metrics = fleet(devices, _global_params(msg), task)
         return RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord(metrics)})
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import math
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ def histogram_round(task: DeviceInstructions) -> bool:
     return task.round.number == 1 and task.device.shared_noise.count_sigma > 0
 
 
-def _noise(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
+def noise(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
     return torch.normal(0.0, std, shape, generator=generator) if std > 0 else torch.zeros(shape)
 
 
@@ -103,7 +103,7 @@ def device_share(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: D
         if histogram_round(task):
             train = np.asarray(store.read_events("train").items, dtype=np.int64)
             counts = torch.from_numpy(np.bincount(train, minlength=device.n_items)).double()
-            arrays = {COUNTS: counts + _noise(counts.shape, sigma * share_std, generator).double()}
+            arrays = {COUNTS: counts + noise(counts.shape, sigma * share_std, generator).double()}
             ledger.record(sigma, rate, 1)
             _commit(store, prefix, ledger, {})
             return Share(arrays, ledger.epsilon(privacy.delta), ledger.steps)
@@ -136,20 +136,34 @@ def _dp_step(
     std = privacy.noise_multiplier * privacy.max_grad_norm
     width = trained_width(model)
     table = sums.items.clone()
-    table[:, :width] += _noise((device.n_items, width), std / math.sqrt(shared.min_devices), generator)
-    step = (sums.user + _noise(tuple(sums.user.shape), std, generator)) / privacy.expected_batch
+    table[:, :width] += noise((device.n_items, width), std / math.sqrt(shared.min_devices), generator)
+    step = (sums.user + noise(tuple(sums.user.shape), std, generator)) / privacy.expected_batch
     momentum = shared.momentum * momentum + step  # torch.optim.SGD's momentum, on this row alone
     return {ITEM: table}, user_row - shared.table_lr * momentum, momentum
 
 
+def user_history(task: DeviceInstructions, rounds: int | None = None) -> tuple[tuple[float, float, int], ...]:
+    """A user's accountant history after ``rounds`` (default: this one) of the ``user`` mechanism: every
+    round counts, sampled or not (the sampling amplifies it)."""
+    done = task.round.number if rounds is None else rounds
+    entry = (task.privacy.noise_multiplier, task.device.participation, done)
+    return (entry,) if done > 0 else ()
+
+
+ShareFn = Callable[[DeviceRef, dict[str, torch.Tensor], DeviceInstructions], Share]
+
+
 def train_fleet_shared(
-    devices: Iterable[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
+    devices: Iterable[DeviceRef],
+    global_params: dict[str, torch.Tensor],
+    task: DeviceInstructions,
+    share_of: ShareFn = device_share,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every device's share, summed over this node's devices; ``num-examples`` is how many reported."""
     total: dict[str, torch.Tensor] = {}
     epsilons, refused, steps = [], 0, 0
     for ref in devices:
-        share = device_share(ref, global_params, task)
+        share = share_of(ref, global_params, task)
         epsilons.append(share.epsilon)
         steps = max(steps, share.steps)
         if share.arrays is None:

@@ -40,8 +40,9 @@ from fedrec.common.training import TrainConfig
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
 # local = record-level DP-SGD on each device (Opacus); distributed = record-level DP-SGD with the noise shared
-# across devices and only the sum released (federated_ddp, docs/privacy.md)
-MECHANISMS = ("none", "local", "distributed")
+# across devices and only the sum released (federated_ddp); user = user-level DP-FedAvg with the noise shared
+# the same way (federated_user_dp); docs/privacy.md
+MECHANISMS = ("none", "local", "distributed", "user")
 EVAL_STAGES = ("validation", "test")
 EXECUTORS = ("batched", "per_device")
 

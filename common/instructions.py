@@ -27,7 +27,8 @@ class DevicePrivacy:
     """The mechanism a device runs. ``noise_multiplier`` 0 = no DP; otherwise the device refuses any round
     that would take its composed epsilon past ``budget``. Under ``distributed`` the noise multiplier is that
     of the sum over all devices (each device adds its 1/sqrt(min_devices) share) and ``expected_batch`` is
-    the public expected number of records sampled per round, which divides the sum."""
+    the public expected number of records sampled per round, which divides the sum; under ``user`` it is
+    the expected number of sampled devices (every device's whole update is one unit)."""
 
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
@@ -48,7 +49,8 @@ class DevicePrivacy:
 
     @property
     def shared(self) -> bool:
-        return self.private and self.mechanism == "distributed"
+        """The noise is split across devices and only the sum is used (distributed, user)."""
+        return self.private and self.mechanism in ("distributed", "user")
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,18 @@ def planned_rounds(rounds: int, participation: float, quantile: float) -> int:
     return max(1, int(binom.ppf(quantile, rounds, participation)))
 
 
-def resolve_privacy(privacy: PrivacyConfig, device: DeviceConfig, rounds: int, records: int = 0) -> DevicePrivacy:
+def resolve_privacy(
+    privacy: PrivacyConfig, device: DeviceConfig, rounds: int, records: int = 0, devices: int = 0
+) -> DevicePrivacy:
     """The noise that keeps a device of the planned schedule within epsilon; the budget is the hard stop.
-    ``records`` (the fleet's number of train records, public as in Opacus) is needed by ``distributed``."""
+    ``records`` / ``devices`` (the fleet's train records and devices, public as the dataset size in Opacus)
+    are needed by ``distributed`` / ``user``."""
     if not privacy.private:
         return DevicePrivacy(0.0, privacy.max_grad_norm, privacy.delta, 0.0)
     if privacy.mechanism == "distributed":
         return _resolve_shared(privacy, device, rounds, records)
+    if privacy.mechanism == "user":
+        return _resolve_user(privacy, device, rounds, devices)
     planned = planned_rounds(rounds, device.participation, privacy.calibration_quantile)
     sigma = noise_for_budget(
         privacy.epsilon, privacy.delta, device.training.sample_rate, device.training.steps * planned
@@ -100,7 +107,7 @@ def shared_steps(device: DeviceConfig, rounds: int) -> int:
 
 def _need(condition: bool, key: str, message: str) -> None:
     if not condition:
-        raise FedrecError(f"run config: federation.{key}: {message} under privacy.mechanism distributed")
+        raise FedrecError(f"run config: federation.{key}: {message} under this privacy.mechanism")
 
 
 def _resolve_shared(privacy: PrivacyConfig, device: DeviceConfig, rounds: int, records: int) -> DevicePrivacy:
@@ -115,3 +122,11 @@ def _resolve_shared(privacy: PrivacyConfig, device: DeviceConfig, rounds: int, r
     )
     batch = shared.record_rate * records
     return DevicePrivacy(sigma, privacy.max_grad_norm, privacy.delta, privacy.epsilon, "distributed", batch)
+
+
+def _resolve_user(privacy: PrivacyConfig, device: DeviceConfig, rounds: int, devices: int) -> DevicePrivacy:
+    """DP-FedAvg: every round is one Poisson-subsampled Gaussian step per user, sampled or not."""
+    _need(devices > 0, "device.fleet", "needs a manifest (the number of devices fixes the expected sum)")
+    q = device.participation
+    sigma = noise_for_budget(privacy.epsilon, privacy.delta, q, rounds)
+    return DevicePrivacy(sigma, privacy.max_grad_norm, privacy.delta, privacy.epsilon, "user", q * devices)

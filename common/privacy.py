@@ -21,8 +21,11 @@ SHARED_UNIT = (
 )
 
 
+USER_UNIT = "user-level (everything one user contributes; bounds record-level too), noise on the sum"
+
+
 def unit_of(mechanism: str) -> str:
-    return SHARED_UNIT if mechanism == "distributed" else UNIT
+    return {"distributed": SHARED_UNIT, "user": USER_UNIT}.get(mechanism, UNIT)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
+from scipy.stats import binom
 
 from fedrec.common.config import DeviceConfig, FederationConfig
 from fedrec.common.errors import FedrecError
@@ -43,14 +44,23 @@ def resolve_items(device: DeviceConfig) -> DeviceConfig:
     raise FedrecError("run config: set device.n_items (catalogue size) or device.fleet.stores_dir with a manifest")
 
 
+def fleet_size(device: DeviceConfig) -> int:
+    """Devices in the fleet's manifest (public; 0 without one)."""
+    if device.fleet.stores_dir and is_provisioned(device.fleet.stores_dir):
+        return len(load_manifest(device.fleet.stores_dir).devices)
+    return 0
+
+
 def resolve_min_devices(device: DeviceConfig) -> DeviceConfig:
-    """``shared_noise.min_devices`` 0 = the whole fleet of the manifest (public)."""
+    """``shared_noise.min_devices`` 0 = the whole fleet of the manifest; when devices sample themselves
+    (participation < 1), the 1st percentile of how many report (Binomial(fleet, participation))."""
     if device.shared_noise.min_devices > 0:
         return device
-    if not (device.fleet.stores_dir and is_provisioned(device.fleet.stores_dir)):
+    fleet = fleet_size(device)
+    if not fleet:
         raise FedrecError("run config: set device.shared_noise.min_devices or device.fleet.stores_dir with a manifest")
-    fleet = len(load_manifest(device.fleet.stores_dir).devices)
-    return replace(device, shared_noise=replace(device.shared_noise, min_devices=fleet))
+    minimum = fleet if device.participation >= 1 else max(1, int(binom.ppf(0.01, fleet, device.participation)))
+    return replace(device, shared_noise=replace(device.shared_noise, min_devices=minimum))
 
 
 def train_records(device: DeviceConfig) -> int:
@@ -61,7 +71,7 @@ def train_records(device: DeviceConfig) -> int:
 
 
 def initial_state(device: DeviceConfig, privacy: DevicePrivacy | None = None) -> dict[str, torch.Tensor]:
-    if privacy is not None and privacy.shared:
+    if privacy is not None and privacy.shared and privacy.mechanism == "distributed":
         return shared_initial_state(device)
     torch.manual_seed(device.seed)
     return global_state(NeuMF(1, device.n_items, device.model))
@@ -74,7 +84,9 @@ def _scalars(record: MetricRecord | None) -> dict:
 def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | None = None) -> FederationResult:
     """Train for the configured rounds, checkpointing each; resume from ``out_dir`` if a checkpoint is there."""
     cfg = replace(cfg, device=resolve_items(cfg.device))
-    privacy = resolve_privacy(cfg.privacy, cfg.device, cfg.server.rounds, train_records(cfg.device))
+    privacy = resolve_privacy(
+        cfg.privacy, cfg.device, cfg.server.rounds, train_records(cfg.device), fleet_size(cfg.device)
+    )
     if privacy.shared:
         cfg = replace(cfg, device=resolve_min_devices(cfg.device))
     out_dir = Path(cfg.server.out_dir or "fedrec-server")
@@ -97,6 +109,10 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
     )
     if privacy.shared:
         strategy.device, strategy.privacy, strategy.dropped_rounds = cfg.device, privacy, []
+        if privacy.mechanism == "user":  # the mean clipped update, applied as FedAvgM applies it
+            strategy.step = (cfg.server.strategy.server_lr, cfg.server.strategy.server_momentum, 1.0)
+        else:  # the noisy gradient, applied as the pooled recipe's SGD
+            strategy.step = (cfg.device.shared_noise.table_lr, cfg.device.shared_noise.momentum, -1.0)
     resolved = {"federation": to_nested(cfg), "privacy": to_nested(privacy)}
     rounds_log = out_dir / "rounds.jsonl"
     t_last = [time.perf_counter()]

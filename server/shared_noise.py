@@ -57,8 +57,9 @@ class SharedNoiseAggregation:
     device: DeviceConfig = DeviceConfig()
     privacy: DevicePrivacy = DevicePrivacy()
     _current: dict[str, torch.Tensor] | None = None
-    _momentum: torch.Tensor | None = None
+    _momentum: dict[str, torch.Tensor] | None = None
     dropped_rounds: list[int]
+    step: tuple[float, float, float] = (1.0, 0.0, -1.0)  # lr, momentum, sign of the sum
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -83,12 +84,16 @@ class SharedNoiseAggregation:
             prior = log_odds_prior(total[COUNTS], self.device.training.negatives)
             state[ITEM][:, self.device.model.embedding_dim :] = prior[:, None]
         else:
-            self._step(state, total[ITEM])
+            self._step(state, total)
         return ArrayRecord(state), metrics
 
-    def _step(self, state: dict[str, torch.Tensor], noisy_sum: torch.Tensor) -> None:
-        """torch.optim.SGD with momentum on the item table, the gradient = noisy sum / expected batch."""
-        shared = self.device.shared_noise
-        grad = noisy_sum / self.privacy.expected_batch
-        self._momentum = grad if self._momentum is None else shared.momentum * self._momentum + grad
-        state[ITEM] = (state[ITEM].double() - shared.table_lr * self._momentum).to(state[ITEM].dtype)
+    def _step(self, state: dict[str, torch.Tensor], noisy_sums: dict[str, torch.Tensor]) -> None:
+        """torch.optim.SGD's momentum on each summed parameter, its direction = sign x noisy sum / expected
+        batch (the item table's gradient under distributed: sign -1; the mean model update under user: +1)."""
+        lr, momentum, sign = self.step
+        buffers = self._momentum if self._momentum is not None else {}
+        for key, noisy_sum in noisy_sums.items():
+            direction = sign * noisy_sum / self.privacy.expected_batch
+            buffers[key] = momentum * buffers[key] + direction if key in buffers else direction
+            state[key] = (state[key].double() + lr * buffers[key]).to(state[key].dtype)
+        self._momentum = buffers

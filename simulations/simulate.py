@@ -10,7 +10,8 @@ from fedrec.simulations.arms.registry import central_fitters
 from fedrec.simulations.experiment import Experiment, load
 from fedrec.simulations.federated import FederatedArm, fit_federated
 
-FEDERATED_ARMS = ("federated", "federated_dp", "federated_ddp")
+FEDERATED_ARMS = ("federated", "federated_dp", "federated_ddp", "federated_user_dp")
+MECHANISM_OF = {"federated": "none", "federated_dp": "local", "federated_user_dp": "user"}
 DEFAULT_ARMS = ("random", "popularity", "ease", "centralized", *FEDERATED_ARMS)
 
 
@@ -54,8 +55,8 @@ def build_experiment(
                 replace(privacy, mechanism="distributed", max_grad_norm=cfg.centralized_dp.max_grad_norm),
                 shared_noise_federation(cfg),
             )
-        elif name in FEDERATED_ARMS:
-            fitters[name] = federated(name, replace(privacy, mechanism="local" if name == "federated_dp" else "none"))
+        elif name in FEDERATED_ARMS:  # federated_user_dp: the federated recipe, its updates clipped and noised
+            fitters[name] = federated(name, replace(privacy, mechanism=MECHANISM_OF[name]))
     for eps in sweep:
         fitters[sweep_arm_name(eps)] = federated(sweep_arm_name(eps), replace(privacy, mechanism="local", epsilon=eps))
     post = [add_federated_plots]

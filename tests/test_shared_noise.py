@@ -177,6 +177,7 @@ def _aggregator(min_devices: int) -> SharedNoiseAggregation:
     aggregation.device = DeviceConfig(model=GMF, n_items=5, shared_noise=SharedNoise(min_devices=min_devices))
     aggregation.privacy = DevicePrivacy(1.0, CLIP, 1e-5, 8.0, "distributed", 10.0)
     aggregation.dropped_rounds = []
+    aggregation.step = (aggregation.device.shared_noise.table_lr, 0.9, -1.0)
     return aggregation
 
 
@@ -234,3 +235,35 @@ def test_federated_ddp_on_flower_simulation_engine(tmp_path, tiny):
     assert prior.std() > 0  # round 1's histogram became the prior column
     assert result.info["federation"]["device"]["shared_noise"]["min_devices"] == 6  # 0 = the whole fleet
     assert result.scores.shape == (data.n_users, data.n_items)
+
+
+def test_federated_user_dp_on_flower_simulation_engine(tmp_path, tiny):
+    """User-level DP-FedAvg: sampled devices, whole updates clipped, every round counted for every user."""
+    data = tiny.subset_users(8)
+    small = ModelConfig(gmf_dim=4, mlp_dim=4, layers=(8,))
+    fed = FederationConfig(
+        server=ServerConfig(rounds=3, eval_every=3),
+        privacy=PrivacyConfig(mechanism="user", epsilon=8.0, max_grad_norm=0.5),
+        device=DeviceConfig(model=small, participation=0.5),
+    )
+    result = fit_federated(
+        FederatedArm("federated_user_dp", data, tmp_path, fed, nodes=2, show=False), data_split(data), 0
+    )
+    privacy, resolved = result.info["privacy"], result.info["device_privacy"]
+    assert resolved["mechanism"] == "user" and resolved["expected_batch"] == pytest.approx(4.0)
+    assert privacy["unit"].startswith("user-level") and privacy["sample_rate"] == 0.5
+    expected = history_epsilon(((resolved["noise_multiplier"], 0.5, 3),), 1e-5)
+    assert privacy["epsilon_max"] == pytest.approx(expected) and 7.9 < expected <= 8.0 + 1e-9
+    audit = check_ledger(
+        read_ledger(tmp_path / "privacy" / "federated_user_dp_ledger.csv"), 1e-5, privacy["epsilon_max"]
+    )
+    assert audit["agree"]
+    model_dir = tmp_path / result.info["model_dir"]
+    assert audit_wire_log(model_dir / "wire.jsonl", model_dir / "model.json")["ok"]
+    minimum = result.info["federation"]["device"]["shared_noise"]["min_devices"]
+    assert 1 <= minimum < 4  # the 1st percentile of Binomial(8, 0.5) reporting devices
+    assert result.scores.shape == (data.n_users, data.n_items)
+
+
+def data_split(data):
+    return temporal_split(data, 0)

@@ -91,7 +91,7 @@ def check_line(entry: dict, expected: dict[str, dict], complete: bool = True) ->
 def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
     expected = expected_arrays(model_json)
     info = read_model_info(model_json)
-    private, shared = info.privacy.private, info.privacy.shared
+    private, shared = info.privacy.private, info.privacy.shared and info.privacy.mechanism == "distributed"
     up = shared_up_arrays(expected, info.federation.device.n_items) if shared else expected
     try:
         lines = [json.loads(x) for x in wire_log.read_text().splitlines() if x.strip()]
