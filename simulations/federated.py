@@ -170,6 +170,8 @@ def export_ledgers(result: FederationResult, path: Path) -> dict:
         "epsilon_budget": privacy.budget,
         "accountant": "rdp (opacus)",
         "ledger": str(path.name),
+        # a record lies inside one user: a user-level epsilon bounds the record-level one
+        **({"epsilon_record_level_max": float(np.max(epsilons))} if privacy.mechanism == "user" else {}),
     }
 
 

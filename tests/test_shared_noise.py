@@ -254,6 +254,7 @@ def test_federated_user_dp_on_flower_simulation_engine(tmp_path, tiny):
     assert privacy["unit"].startswith("user-level") and privacy["sample_rate"] == 0.5
     expected = history_epsilon(((resolved["noise_multiplier"], 0.5, 3),), 1e-5)
     assert privacy["epsilon_max"] == pytest.approx(expected) and 7.9 < expected <= 8.0 + 1e-9
+    assert privacy["epsilon_record_level_max"] == privacy["epsilon_max"]
     audit = check_ledger(
         read_ledger(tmp_path / "privacy" / "federated_user_dp_ledger.csv"), 1e-5, privacy["epsilon_max"]
     )
