@@ -268,3 +268,17 @@ def test_federated_user_dp_on_flower_simulation_engine(tmp_path, tiny):
 
 def data_split(data):
     return temporal_split(data, 0)
+
+
+def test_canary_retraining_resolves_m_min_again_and_starts_rows_at_random():
+    from fedrec.simulations.audit.run import canary_federation
+
+    shared = SharedNoise(min_devices=943, feature_init="ml-100k")
+    audited = FederationConfig(
+        privacy=PrivacyConfig(mechanism="distributed"), device=DeviceConfig(model=GMF, shared_noise=shared)
+    )
+    canary = canary_federation(audited)
+    assert canary.device.shared_noise.min_devices == 0 and canary.device.shared_noise.feature_init == ""
+    assert canary.privacy == audited.privacy and canary.device.model == audited.device.model
+    local = FederationConfig(privacy=PrivacyConfig(mechanism="local"), device=DeviceConfig(shared_noise=shared))
+    assert canary_federation(local) == local
