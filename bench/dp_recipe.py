@@ -30,6 +30,7 @@ from fedrec.common.datasets import load_dataset
 from fedrec.common.item_features import ml100k_item_features
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.model import NeuMF
+from fedrec.common.settings import to_nested
 from fedrec.common.split import Split, temporal_split
 from fedrec.simulations.arms.centralized import model_scores
 from fedrec.simulations.arms.centralized_dp import (
@@ -140,7 +141,7 @@ def run(
     train_s = time.perf_counter() - t0
     row = {
         "name": name,
-        "recipe": recipe.to_dict(),
+        "recipe": to_nested(recipe),
         "epsilon": spent.epsilon,
         "sigma": spent.noise_multiplier,
         "q": spent.sample_rate,
@@ -175,7 +176,7 @@ NEUTRAL = {
 
 
 def _differences(recipe: dict) -> str:
-    base = json.loads(json.dumps(BASE.to_dict()))  # tuples as lists, as in the results file
+    base = json.loads(json.dumps(to_nested(BASE)))  # tuples as lists, as in the results file
     recipe = {**NEUTRAL, **recipe}
     ignored = ("model", "epsilon", "serving_refit_epochs", "include_validation", "threads")  # not used by the search
     diff = [f"{k}={v}" for k, v in recipe.items() if k in base and k not in ignored and v != base[k]]

@@ -79,10 +79,14 @@ def _reply(msg: Message, context: Context, what: str, work: Work) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     from fedrec.client.fleet import train_fleet
+    from fedrec.client.shared_noise import train_fleet_shared
+    from fedrec.client.user_level import train_fleet_user
 
     def work(task: DeviceInstructions, devices: list[DeviceRef]) -> RecordDict:
-        mean, metrics = train_fleet(devices, _global_params(msg), task)
-        return RecordDict({"arrays": ArrayRecord(mean), "metrics": MetricRecord(metrics)})
+        fleet = {"distributed": train_fleet_shared, "user": train_fleet_user}.get(task.privacy.mechanism)
+        fleet = fleet if task.privacy.private and fleet else train_fleet
+        update, metrics = fleet(devices, _global_params(msg), task)
+        return RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord(metrics)})
 
     return _reply(msg, context, "train", work)
 

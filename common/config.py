@@ -40,7 +40,10 @@ from fedrec.common.training import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
-MECHANISMS = ("none", "local")  # local = record-level DP-SGD on each device (Opacus)
+# local = record-level DP-SGD on each device (Opacus); distributed = record-level DP-SGD with the noise shared
+# across devices and only the sum released (federated_ddp); user = user-level DP-FedAvg with the noise shared
+# the same way (federated_user_dp); docs/privacy.md
+MECHANISMS = ("none", "local", "distributed", "user")
 EVAL_STAGES = ("validation", "test")
 EXECUTORS = ("batched", "per_device")
 
@@ -165,11 +168,37 @@ class Fleet:
 
 
 @dataclass(frozen=True)
+class SharedNoise:
+    """The ``distributed`` mechanism: one round is one DP-SGD step of the pooled recipe (docs/privacy.md).
+    Every device Poisson-samples its records at ``record_rate``, adds 1/sqrt(min_devices) of the noise to its
+    clipped gradient sum, and the server applies SGD with momentum to the sum, divided by the expected batch."""
+
+    record_rate: float = 0.5  # q: each record's Poisson rate per round
+    # m_min: each device adds 1/sqrt(m_min) of the noise and a round whose sum holds fewer reporting devices
+    # is dropped; 0 = every device of the fleet's manifest (no dropout tolerated: the least noise)
+    min_devices: int = 0
+    count_sigma: float = 10.0  # noise std of the round-1 item histogram (the popularity prior); 0 = none
+    feature_init: str = "ml-100k"  # item rows start from this dataset's public item features ("" = random)
+    table_lr: float = 3000.0  # SGD lr of the user and item rows (a row's mean gradient ~ its share of records)
+    momentum: float = 0.9
+    steps: int = 20  # DP-SGD rounds of the harness's federated_ddp arm (its server.rounds: these + round 1)
+
+    def __post_init__(self) -> None:
+        _fraction(self.record_rate, "record_rate")
+        require(self.min_devices >= 0, "min_devices", f"must be >= 0, got {self.min_devices}")
+        require(self.count_sigma >= 0, "count_sigma", f"must be >= 0, got {self.count_sigma}")
+        _positive(self.table_lr, "table_lr")
+        require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     model: ModelConfig = ModelConfig(gmf_dim=32, mlp_dim=32, layers=(64, 32, 16))
     training: LocalTraining = field(default_factory=LocalTraining)
     serving: Serving = field(default_factory=Serving)
     fleet: Fleet = field(default_factory=Fleet)
+    shared_noise: SharedNoise = field(default_factory=SharedNoise)
     participation: float = 0.25  # each device's own seeded coin per round (Poisson device sampling)
     n_items: int = 0  # catalogue size (public); 0 = read from the fleet's manifest by the server
     seed: int = 0

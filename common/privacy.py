@@ -16,6 +16,16 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 UNIT = "record-level (one interaction with its sampled negatives), per device"
+SHARED_UNIT = (
+    "record-level (one interaction with its sampled negatives), central: noise on the sum of >= min_devices devices"
+)
+
+
+USER_UNIT = "user-level (everything one user contributes; bounds record-level too), noise on the sum"
+
+
+def unit_of(mechanism: str) -> str:
+    return {"distributed": SHARED_UNIT, "user": USER_UNIT}.get(mechanism, UNIT)
 
 
 @dataclass

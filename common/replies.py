@@ -11,6 +11,10 @@ on-device rank of a held-out item depend on the user's data: only non-private re
 
 from __future__ import annotations
 
+# Under ``distributed`` a reply's arrays are a sum of noisy shares, not parameters: the clipped gradient
+# sum of the item table (named as the parameter), or in round 1 the item histogram under this name.
+SHARED_COUNTS = "item_counts"
+
 TRAIN_PRIVATE = ("num-examples", "devices", "refused", "steps-max", "epsilon-max", "epsilons")
 TRAIN_PLAIN = (*TRAIN_PRIVATE, "train-loss")
 EVALUATE_PRIVATE = ("num-examples",)

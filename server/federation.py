@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
+from scipy.stats import binom
 
 from fedrec.common.config import DeviceConfig, FederationConfig
 from fedrec.common.errors import FedrecError
@@ -20,6 +21,7 @@ from fedrec.common.manifest import is_provisioned, load_manifest
 from fedrec.common.model import NeuMF, global_state
 from fedrec.common.settings import to_nested
 from fedrec.server.checkpoint import load_checkpoint, save_checkpoint, save_final_model
+from fedrec.server.shared_noise import SharedNoiseAggregation, shared_initial_state
 from fedrec.server.strategies import build_strategy
 
 log = logging.getLogger("fedrec.server")
@@ -42,7 +44,35 @@ def resolve_items(device: DeviceConfig) -> DeviceConfig:
     raise FedrecError("run config: set device.n_items (catalogue size) or device.fleet.stores_dir with a manifest")
 
 
-def initial_state(device: DeviceConfig) -> dict[str, torch.Tensor]:
+def fleet_size(device: DeviceConfig) -> int:
+    """Devices in the fleet's manifest (public; 0 without one)."""
+    if device.fleet.stores_dir and is_provisioned(device.fleet.stores_dir):
+        return len(load_manifest(device.fleet.stores_dir).devices)
+    return 0
+
+
+def resolve_min_devices(device: DeviceConfig) -> DeviceConfig:
+    """``shared_noise.min_devices`` 0 = the whole fleet of the manifest; when devices sample themselves
+    (participation < 1), the 1st percentile of how many report (Binomial(fleet, participation))."""
+    if device.shared_noise.min_devices > 0:
+        return device
+    fleet = fleet_size(device)
+    if not fleet:
+        raise FedrecError("run config: set device.shared_noise.min_devices or device.fleet.stores_dir with a manifest")
+    minimum = fleet if device.participation >= 1 else max(1, int(binom.ppf(0.01, fleet, device.participation)))
+    return replace(device, shared_noise=replace(device.shared_noise, min_devices=minimum))
+
+
+def train_records(device: DeviceConfig) -> int:
+    """The fleet's number of train records (public, from the manifest; 0 without one)."""
+    if device.fleet.stores_dir and is_provisioned(device.fleet.stores_dir):
+        return sum(d.counts.get("train", 0) for d in load_manifest(device.fleet.stores_dir).devices)
+    return 0
+
+
+def initial_state(device: DeviceConfig, privacy: DevicePrivacy | None = None) -> dict[str, torch.Tensor]:
+    if privacy is not None and privacy.shared and privacy.mechanism == "distributed":
+        return shared_initial_state(device)
     torch.manual_seed(device.seed)
     return global_state(NeuMF(1, device.n_items, device.model))
 
@@ -54,13 +84,17 @@ def _scalars(record: MetricRecord | None) -> dict:
 def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | None = None) -> FederationResult:
     """Train for the configured rounds, checkpointing each; resume from ``out_dir`` if a checkpoint is there."""
     cfg = replace(cfg, device=resolve_items(cfg.device))
-    privacy = resolve_privacy(cfg.privacy, cfg.device, cfg.server.rounds)
+    privacy = resolve_privacy(
+        cfg.privacy, cfg.device, cfg.server.rounds, train_records(cfg.device), fleet_size(cfg.device)
+    )
+    if privacy.shared:
+        cfg = replace(cfg, device=resolve_min_devices(cfg.device))
     out_dir = Path(cfg.server.out_dir or "fedrec-server")
     out_dir.mkdir(parents=True, exist_ok=True)
     total_rounds = cfg.server.rounds
     checkpoint = load_checkpoint(out_dir)
     start_round = int(checkpoint["round"]) if checkpoint else 0
-    state = checkpoint["state"] if checkpoint else initial_state(cfg.device)
+    state = checkpoint["state"] if checkpoint else initial_state(cfg.device, privacy)
     if checkpoint:
         log.info("resuming from %s at round %d of %d", out_dir / "checkpoint.pt", start_round, total_rounds)
     strategy = build_strategy(
@@ -71,7 +105,14 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
         last_round=total_rounds - start_round,
         eval_every=cfg.server.eval_every,
         wire_log=out_dir / "wire.jsonl",
+        aggregation=(SharedNoiseAggregation,) if privacy.shared else (),
     )
+    if privacy.shared:
+        strategy.device, strategy.privacy, strategy.dropped_rounds = cfg.device, privacy, []
+        if privacy.mechanism == "user":  # the mean clipped update, applied as FedAvgM applies it
+            strategy.step = (cfg.server.strategy.server_lr, cfg.server.strategy.server_momentum, 1.0)
+        else:  # the noisy gradient, applied as the pooled recipe's SGD
+            strategy.step = (cfg.device.shared_noise.table_lr, cfg.device.shared_noise.momentum, -1.0)
     resolved = {"federation": to_nested(cfg), "privacy": to_nested(privacy)}
     rounds_log = out_dir / "rounds.jsonl"
     t_last = [time.perf_counter()]

@@ -162,8 +162,10 @@ def build_strategy(
     last_round: int,
     eval_every: int,
     wire_log: Path | None,
+    aggregation: tuple[type, ...] = (),
 ) -> FedAvg:
-    """The named Flower strategy with fedrec's mixin in front (names are checked by StrategyConfig)."""
+    """The named Flower strategy with fedrec's mixin in front (names are checked by StrategyConfig);
+    ``aggregation`` classes sit between the two (the distributed mechanism's own aggregation)."""
     base = STRATEGIES[cfg.name]
     kwargs: dict = dict(
         fraction_train=cfg.node_fraction,
@@ -177,7 +179,7 @@ def build_strategy(
         kwargs.update(server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum)
     elif cfg.name == "fedadam":
         kwargs.update(eta=cfg.server_lr, eta_l=local_lr, tau=cfg.tau)
-    strategy_cls = type(f"Fedrec{base.__name__}", (FedrecStrategyMixin, base), {})
+    strategy_cls = type(f"Fedrec{base.__name__}", (FedrecStrategyMixin, *aggregation, base), {})
     strategy = strategy_cls(**kwargs)
     strategy.instructions = instructions
     strategy.round_offset = round_offset

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from fedrec.common.config import FedrecConfig, PrivacyConfig
+from fedrec.common.config import FederationConfig, FedrecConfig, PrivacyConfig
 from fedrec.simulations.arms.registry import central_fitters
 from fedrec.simulations.experiment import Experiment, load
 from fedrec.simulations.federated import FederatedArm, fit_federated
 
-FEDERATED_ARMS = ("federated", "federated_dp")
+FEDERATED_ARMS = ("federated", "federated_dp", "federated_ddp", "federated_user_dp")
+MECHANISM_OF = {"federated": "none", "federated_dp": "local", "federated_user_dp": "user"}
 DEFAULT_ARMS = ("random", "popularity", "ease", "centralized", *FEDERATED_ARMS)
 
 
@@ -34,12 +35,12 @@ def build_experiment(
     central = [a for a in arms if a not in FEDERATED_ARMS]
     fitters = central_fitters(central, cfg, show=show)
 
-    def federated(name: str, privacy: PrivacyConfig):
+    def federated(name: str, privacy: PrivacyConfig, federation: FederationConfig | None = None):
         arm = FederatedArm(
             name=name,
             data=data,
             run_dir=Path(out),
-            federation=replace(cfg.federation, privacy=privacy),
+            federation=replace(federation or cfg.federation, privacy=privacy),
             nodes=cfg.simulation.nodes,
             ray_address=cfg.simulation.ray_address,
             primary_seed=seeds[0],
@@ -49,8 +50,14 @@ def build_experiment(
 
     privacy = cfg.federation.privacy
     for name in arms:
-        if name in FEDERATED_ARMS:
-            fitters[name] = federated(name, replace(privacy, mechanism="local" if name == "federated_dp" else "none"))
+        if name == "federated_ddp":
+            fitters[name] = federated(
+                name,
+                replace(privacy, mechanism="distributed", max_grad_norm=cfg.centralized_dp.max_grad_norm),
+                shared_noise_federation(cfg),
+            )
+        elif name in FEDERATED_ARMS:  # federated_user_dp: the federated recipe, its updates clipped and noised
+            fitters[name] = federated(name, replace(privacy, mechanism=MECHANISM_OF[name]))
     for eps in sweep:
         fitters[sweep_arm_name(eps)] = federated(sweep_arm_name(eps), replace(privacy, mechanism="local", epsilon=eps))
     post = [add_federated_plots]
@@ -69,6 +76,24 @@ def build_experiment(
         data=data,
         post=post,
     )
+
+
+def shared_noise_federation(cfg: FedrecConfig) -> FederationConfig:
+    """federated_ddp runs the centralized_dp recipe: its model (the prior in the item table's last column),
+    negatives and clipping norm; every device in every round; one histogram round, then ``steps`` rounds."""
+    recipe, federation = cfg.centralized_dp, cfg.federation
+    device = federation.device
+    model = replace(recipe.model, kind="gmf", item_bias=device.shared_noise.count_sigma > 0)
+    device = replace(
+        device,
+        model=model,
+        training=replace(device.training, negatives=recipe.negatives),
+        participation=1.0,
+    )
+    rounds = device.shared_noise.steps + int(device.shared_noise.count_sigma > 0)
+    strategy = replace(federation.server.strategy, name="fedavg", node_fraction=1.0)
+    server = replace(federation.server, rounds=rounds, strategy=strategy)
+    return replace(federation, server=server, device=device)
 
 
 def add_sweep(epsilons: list[float], fed_epsilon: float):

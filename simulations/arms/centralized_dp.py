@@ -30,17 +30,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.client.local_training import GroupBCE, make_private_ghost
 from fedrec.common.config import CentralDPConfig, PrivacyConfig
-from fedrec.common.datasets import load_dataset
+from fedrec.common.dp_recipe import composed_noise as shared_composed_noise
+from fedrec.common.dp_recipe import feature_rows, histogram_entry, log_odds_prior, public_item_features
 from fedrec.common.errors import FedrecError
-from fedrec.common.item_features import ml100k_item_features
 from fedrec.common.model import NeuMF
-from fedrec.common.privacy import noise_for_budget
+from fedrec.common.privacy import history_epsilon as ledger_epsilon
 from fedrec.common.sampling import positive_keys
 from fedrec.common.settings import require, to_nested
 from fedrec.common.split import Split
@@ -112,30 +111,17 @@ def _groups(
 
 
 def _histogram(recipe: DPRecipe) -> list[tuple[float, float, int]]:
-    """The DP item-count release as an accountant entry: one Gaussian step, sampling rate 1."""
-    return [(recipe.count_sigma, 1.0, 1)] if recipe.popularity_prior else []
+    return histogram_entry(recipe.count_sigma) if recipe.popularity_prior else []
 
 
 def history_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
-    accountant = RDPAccountant()
-    accountant.history = list(history)
-    return float(accountant.get_epsilon(delta=delta))
+    return ledger_epsilon(tuple(history), delta)
 
 
 def composed_noise(recipe: DPRecipe, q: float, steps: int) -> float:
     """Smallest DP-SGD noise multiplier whose steps, composed with the count histogram, stay within epsilon."""
-    if not recipe.popularity_prior:
-        return noise_for_budget(recipe.epsilon, recipe.delta, q, steps)
-    if history_epsilon(_histogram(recipe), recipe.delta) >= recipe.epsilon:
-        raise FedrecError(f"centralized_dp: count_sigma {recipe.count_sigma} alone spends epsilon {recipe.epsilon}")
-    low, high = 0.0, 1.0
-    while history_epsilon(_histogram(recipe) + [(high, q, steps)], recipe.delta) > recipe.epsilon:
-        low, high = high, 2 * high
-    while high - low > 1e-3 * high:
-        mid = (low + high) / 2
-        fits = history_epsilon(_histogram(recipe) + [(mid, q, steps)], recipe.delta) <= recipe.epsilon
-        low, high = (low, mid) if fits else (mid, high)
-    return high
+    sigma = recipe.count_sigma if recipe.popularity_prior else 0.0
+    return shared_composed_noise(recipe.epsilon, recipe.delta, sigma, q, steps, "centralized_dp")
 
 
 def _rare_rows(model: nn.Module, recipe: DPRecipe, released: torch.Tensor | None) -> Callable[[], None]:
@@ -194,13 +180,6 @@ def noisy_counts(items: np.ndarray, n_items: int, recipe: DPRecipe, generator: t
     return counts + torch.normal(0.0, recipe.count_sigma, counts.shape, generator=generator, dtype=torch.float64)
 
 
-def log_odds_prior(noisy: torch.Tensor, negatives: int) -> torch.Tensor:
-    """log of the odds a uniform negative sampler implies, (count / total) / (negatives / n_items), computed
-    from the released counts alone (their sum stands in for the number of records)."""
-    counts = noisy.clamp(min=0) + 1
-    return torch.log(counts * len(counts) / (counts.sum() * negatives)).float()
-
-
 def _plain_epoch(model, optimizer, users, items, recipe, generator, keep: Callable[[], None]) -> float:
     loss_fn, total = GroupBCE(), 0.0
     order = torch.randperm(len(users), generator=generator)
@@ -214,18 +193,6 @@ def _plain_epoch(model, optimizer, users, items, recipe, generator, keep: Callab
         keep()
         total += float(loss) * len(idx)
     return total / len(order)
-
-
-def feature_rows(features: np.ndarray, dim: int, scale: float, seed: int) -> torch.Tensor:
-    """[n_items, dim] rows spanned by the top singular directions of the centred features, mean row norm
-    ``scale * sqrt(dim)``; columns beyond the features' rank are filled with noise of std ``scale``."""
-    x = features - features.mean(axis=0)
-    u, s, _ = np.linalg.svd(x, full_matrices=False)
-    k = min(dim, int((s > 1e-6).sum()))
-    rows = np.random.default_rng(seed).normal(0.0, scale, (len(x), dim))
-    top = u[:, :k] * s[:k]
-    rows[:, :k] = top * (scale * math.sqrt(k) / np.linalg.norm(top, axis=1).mean())
-    return torch.from_numpy(rows).float()
 
 
 def train_dp(
@@ -340,15 +307,7 @@ def serving_refit(model: NeuMF, users: np.ndarray, items: np.ndarray, epochs: in
 
 def public_features(recipe: DPRecipe, split: Split) -> np.ndarray:
     """The public item features, in the split's item order (dense index = sorted original id)."""
-    if recipe.item_features != "ml-100k":
-        raise FedrecError(f"centralized_dp: item_features {recipe.item_features!r}: only ml-100k ships item features")
-    features = ml100k_item_features(load_dataset("ml-100k").item_ids)
-    if len(features) != split.n_items:
-        raise FedrecError(
-            f"centralized_dp: feature_init needs all {len(features)} ML-100K items, the split has "
-            f"{split.n_items} (set feature_init = false for subsets and other datasets)"
-        )
-    return features
+    return public_item_features(recipe.item_features, split.n_items, "centralized_dp")
 
 
 def fit_centralized_dp(split: Split, seed: int, recipe: DPRecipe = DPRecipe(), show: bool = True) -> ArmResult:

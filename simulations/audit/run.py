@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fedrec.common.config import FederationConfig
 from fedrec.common.errors import DataError, FedrecError
 from fedrec.common.split import temporal_split
 from fedrec.simulations.audit import plots
@@ -31,6 +32,8 @@ from fedrec.simulations.rundir import atomic_write_text, git_commit
 
 SECTIONS = ("accounting", "wire", "at_rest", "mia", "canary")
 PRIMARY_DP_ARM = "federated_dp"
+# The arms the canary audit can retrain, in order of preference (the first one in the run is audited).
+CANARY_ARMS = ("federated_dp", "federated_ddp", "federated_user_dp")
 
 
 @dataclass
@@ -123,19 +126,30 @@ def mia_section(run: AuditedRun, opts: AuditOptions, console: Console) -> tuple[
     return out, curves
 
 
+def canary_federation(federation: FederationConfig) -> FederationConfig:
+    """The audited settings for the smaller canary fleet: a shared-noise arm's m_min is that of the canary
+    fleet (0 = resolved again from its manifest), and its item rows start at random, since every canary
+    sits on an item of its own that has no public features (the mechanism and its noise are unchanged)."""
+    if federation.privacy.mechanism not in ("distributed", "user"):
+        return federation
+    shared = replace(federation.device.shared_noise, min_devices=0, feature_init="")
+    return replace(federation, device=replace(federation.device, shared_noise=shared))
+
+
 def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dict:
-    if PRIMARY_DP_ARM not in run.report["arms"]:
-        return not_applicable(f"no {PRIMARY_DP_ARM} arm in this run: there is no formal guarantee to test")
+    audited_arm = next((a for a in CANARY_ARMS if a in run.report["arms"]), None)
+    if audited_arm is None:
+        return not_applicable(f"no {' / '.join(CANARY_ARMS)} arm in this run: there is no formal guarantee to test")
     nodes = run_config_of(run.report).simulation.nodes
     data = load(opts.data or run.report["meta"]["dataset"], opts.data_dir, min(opts.canary_users, run.data.n_users))
     split = temporal_split(data, run.seed)
     out = {}
-    variants = ["federated_dp"] + (["federated"] if opts.canary_contrast else [])
-    audited = audited_federation(run.report, "federated_dp", opts.canary_rounds)
+    variants = [audited_arm] + (["federated"] if opts.canary_contrast else [])
+    audited = canary_federation(audited_federation(run.report, audited_arm, opts.canary_rounds))
     rounds, delta = audited.server.rounds, audited.privacy.delta
     for name in variants:
         federation = (
-            audited if name == "federated_dp" else replace(audited, privacy=replace(audited.privacy, mechanism="none"))
+            audited if name == audited_arm else replace(audited, privacy=replace(audited.privacy, mechanism="none"))
         )
         console.print(
             f"canary audit: {name}, {opts.canaries} canaries on {data.n_users} users, {rounds} rounds "
@@ -151,7 +165,8 @@ def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dic
             f"{result['epsilon_formal']})"
         )
         out[name] = result
-    head = dict(out["federated_dp"])
+    head = dict(out[audited_arm])
+    head["arm"] = audited_arm
     head["trainer"], head["rounds"], head["users"] = opts.canary_trainer, rounds, data.n_users
     head["below_formal"] = head["epsilon_formal"] is not None and head["epsilon_lower_bound"] <= head["epsilon_formal"]
     if "federated" in out:

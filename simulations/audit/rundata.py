@@ -36,8 +36,13 @@ class AuditedRun:
         return [a for a in MIA_ARMS if (self.path / "scores" / f"{a}.npy").exists()]
 
     def private_arms(self) -> dict[str, dict]:
-        """Arms whose report carries a privacy block (the DP arms with a ledger)."""
-        return {name: arm["privacy"] for name, arm in self.report["arms"].items() if arm.get("privacy")}
+        """Arms whose report carries a privacy block with a ledger (the federated DP arms; centralized_dp
+        reports its accountant inputs without a per-device ledger)."""
+        return {
+            name: arm["privacy"]
+            for name, arm in self.report["arms"].items()
+            if (arm.get("privacy") or {}).get("ledger")
+        }
 
     def model_dir(self, arm: str) -> Path | None:
         info = self.report["arms"].get(arm, {}).get("info", {})

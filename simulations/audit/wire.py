@@ -17,7 +17,7 @@ from fedrec.common.errors import DataError
 from fedrec.common.item_rows import COUNTS
 from fedrec.common.model import LOCAL_PREFIX, NeuMF
 from fedrec.common.model_files import read_model_info
-from fedrec.common.replies import allowed_keys
+from fedrec.common.replies import SHARED_COUNTS, allowed_keys
 from fedrec.server.secure_aggregation import SECURE_DIRECTION
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -49,9 +49,16 @@ def check_metric_keys(entry: dict, private: bool) -> list[str]:
     ]
 
 
-def check_line(entry: dict, expected: dict[str, dict], private: bool = True) -> list[str]:
-    """Every problem with one round-direction of the log, as readable sentences. A reply without DP may
-    also carry the per-row example counts of the item table (fedrec.common.item_rows); a private one may not."""
+def shared_up_arrays(expected: dict[str, dict], n_items: int) -> dict[str, dict]:
+    """What a reply may carry under the distributed mechanism: the noisy sum of the item table's clipped
+    gradients (dense, the table's shape), or in round 1 the noisy item histogram; one of them per round."""
+    return {"item_emb.weight": expected["item_emb.weight"], SHARED_COUNTS: {"shape": [n_items], "dtype": "float64"}}
+
+
+def check_line(entry: dict, expected: dict[str, dict], private: bool = True, complete: bool = True) -> list[str]:
+    """Every problem with one round-direction of the log, as readable sentences (``complete``: every
+    expected array must be there). A reply without DP may also carry the per-row example counts of the
+    item table (fedrec.common.item_rows); a private one may not."""
     where = f"round {entry.get('round')} {entry.get('direction')}"
     if entry.get("direction") == "evaluate":
         return []  # evaluation replies carry metrics only (checked by check_metric_keys)
@@ -82,7 +89,7 @@ def check_line(entry: dict, expected: dict[str, dict], private: bool = True) -> 
                 )
     if entry.get("same_names_in_all") is False:
         problems.append(f"{where}: messages of this round carried different array names")
-    missing = sorted(set(expected) - set(arrays))
+    missing = sorted(set(expected) - set(arrays)) if complete else []
     if missing and entry.get("n_messages", 1):
         problems.append(f"{where}: global parameter(s) {', '.join(missing)} missing (partial update?)")
     return problems
@@ -90,14 +97,25 @@ def check_line(entry: dict, expected: dict[str, dict], private: bool = True) -> 
 
 def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
     expected = expected_arrays(model_json)
-    private = read_model_info(model_json).privacy.private
+    info = read_model_info(model_json)
+    private, shared = info.privacy.private, info.privacy.shared and info.privacy.mechanism == "distributed"
+    up = shared_up_arrays(expected, info.federation.device.n_items) if shared else expected
     try:
         lines = [json.loads(x) for x in wire_log.read_text().splitlines() if x.strip()]
     except FileNotFoundError:
         raise DataError(f"{wire_log}: not found (the server's wire log)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{wire_log}:{exc.lineno}: not JSON") from None
-    problems = [p for entry in lines for p in check_line(entry, expected, private) + check_metric_keys(entry, private)]
+    problems = [
+        p
+        for entry in lines
+        for p in (
+            check_line(entry, up, complete=False)
+            if shared and entry.get("direction") == "up"
+            else check_line(entry, expected, private)
+        )
+        + check_metric_keys(entry, private)
+    ]
     keys = sorted({k for e in lines for k in e.get("metric_keys", [])})
     seen: dict[str, dict] = {}
     for entry in lines:

@@ -1,0 +1,284 @@
+"""federated_ddp (the ``distributed`` mechanism): the devices' summed shares are one pooled DP-SGD step."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+from fedrec.client.device_round import EMBEDDING, ledger_of, round_examples
+from fedrec.client.fleet import node_devices
+from fedrec.client.shared_gradients import CLIP_EPS
+from fedrec.client.shared_noise import device_share, train_fleet_shared
+from fedrec.common.config import DeviceConfig, FederationConfig, Fleet, PrivacyConfig, ServerConfig, SharedNoise
+from fedrec.common.errors import FedrecError
+from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo, resolve_privacy
+from fedrec.common.model import ModelConfig, NeuMF
+from fedrec.common.privacy import history_epsilon
+from fedrec.common.split import temporal_split
+from fedrec.server.shared_noise import SharedNoiseAggregation
+from fedrec.simulations.audit.accounting import check_ledger, read_ledger
+from fedrec.simulations.audit.wire import audit_wire_log
+from fedrec.simulations.federated import FederatedArm, fit_federated
+from tests.test_federated import provisioned
+
+GMF = ModelConfig(kind="gmf", gmf_dim=16, item_bias=True, init_std=0.3)
+CLIP = 0.5
+
+
+def fleet_device(tmp_path, data, shared: SharedNoise) -> DeviceConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    stores = provisioned(tmp_path, data)
+    return DeviceConfig(
+        model=GMF,
+        n_items=data.n_items,
+        participation=1.0,
+        fleet=Fleet(str(stores), str(stores / "master.key")),
+        shared_noise=shared,
+    )
+
+
+def task_for(device: DeviceConfig, sigma: float, round_number: int, batch: float) -> DeviceInstructions:
+    privacy = DevicePrivacy(sigma, CLIP, 1e-5, math.inf, "distributed", batch)
+    return DeviceInstructions(device, privacy, RoundInfo(number=round_number))
+
+
+def start_state(device: DeviceConfig) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    model = NeuMF(1, device.n_items, device.model)
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("user_emb")}
+
+
+def pooled_clipped_sum(device, refs, state, task) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The pooled reference: every record's gradient (user row and item table, prior column excluded),
+    taken with plain autograd one record at a time, clipped to CLIP over both, summed."""
+    table_sum = torch.zeros_like(state["item_emb.weight"])
+    user_sums = {}
+    for ref in refs:
+        with ref.open() as store:
+            items, labels, _ = round_examples(store, ref.device_id, task)
+        row = _initial_row(ref, device)
+        user_sum = torch.zeros_like(row)
+        for group, y in zip(items, labels):
+            model = NeuMF(1, device.n_items, GMF)
+            model.load_state_dict({**state, "user_emb.weight": row})
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                model(torch.zeros_like(group), group), y, reduction="sum"
+            )
+            g_user, g_table = torch.autograd.grad(loss, [model.user_emb.weight, model.item_emb.weight])
+            g_table[:, GMF.embedding_dim :] = 0.0
+            norm = (g_user.square().sum() + g_table.square().sum()).sqrt()
+            scale = min(1.0, CLIP / (float(norm) + CLIP_EPS))
+            table_sum += scale * g_table
+            user_sum += scale * g_user
+        user_sums[ref.device_id] = user_sum
+    return table_sum, user_sums
+
+
+def _initial_row(ref, device: DeviceConfig) -> torch.Tensor:
+    from fedrec.client.device_round import device_seed
+
+    generator = torch.Generator().manual_seed(device_seed(device.seed, 0, ref.device_id))
+    return torch.randn(1, GMF.embedding_dim, generator=generator) * GMF.init_std
+
+
+def _row_after(ref, device) -> torch.Tensor:
+    import io
+
+    import numpy as np
+
+    with ref.open() as store:
+        return torch.from_numpy(np.load(io.BytesIO(store.get_state(device.state_prefix + EMBEDDING)))).reshape(1, -1)
+
+
+def test_noise_free_sum_equals_the_pooled_clipped_sum(tmp_path, tiny):
+    data = tiny.subset_users(6)
+    device = fleet_device(tmp_path, data, SharedNoise(record_rate=1.0, min_devices=6, count_sigma=0.0, table_lr=2.0))
+    refs = node_devices({}, device.fleet)
+    state = start_state(device)
+    task = task_for(device, 1e-12, 2, batch=50.0)
+    expected_table, expected_users = pooled_clipped_sum(device, refs, state, task)
+    total, metrics = train_fleet_shared(refs, state, task)
+    assert metrics["num-examples"] == metrics["devices"] == len(refs)
+    assert torch.allclose(total["item_emb.weight"].float(), expected_table, atol=1e-6)
+    assert expected_table.abs().sum() > 0
+    for ref in refs:  # the device's own row: one SGD step on its clipped sum / expected batch
+        expected_row = _initial_row(ref, device) - 2.0 * expected_users[ref.device_id] / 50.0
+        assert torch.allclose(_row_after(ref, device), expected_row, atol=1e-6)
+
+
+def test_noise_of_the_sum_has_std_sigma_clip(tmp_path, tiny):
+    """m_min devices each add sigma C / sqrt(m_min): their sum carries sigma C per coordinate, and each
+    device's own user row carries the full sigma C."""
+    data = tiny.subset_users(8)
+    shared = SharedNoise(record_rate=0.5, min_devices=8, count_sigma=0.0, table_lr=1.0, momentum=0.0)
+    quiet, noisy = (fleet_device(tmp_path / name, data, shared) for name in ("quiet", "noisy"))
+    state, sigma = start_state(quiet), 3.0
+    clean, _ = train_fleet_shared(node_devices({}, quiet.fleet), state, task_for(quiet, 1e-12, 2, 1.0))
+    loud, _ = train_fleet_shared(node_devices({}, noisy.fleet), state, task_for(noisy, sigma, 2, 1.0))
+    noise = (loud["item_emb.weight"] - clean["item_emb.weight"])[:, : GMF.embedding_dim]
+    assert noise.numel() >= 500
+    assert abs(float(noise.std()) / (sigma * CLIP) - 1.0) < 0.12
+    assert abs(float(noise.mean())) < 0.2 * sigma * CLIP
+    rows = torch.cat(
+        [
+            _row_after(q, quiet) - _row_after(n, noisy)
+            for q, n in zip(node_devices({}, quiet.fleet), node_devices({}, noisy.fleet))
+        ]
+    )
+    assert abs(float(rows.std()) / (sigma * CLIP) - 1.0) < 0.25  # 8 x 16 draws of the full noise
+
+
+def test_histogram_round_sends_noisy_counts_and_records_it(tmp_path, tiny):
+    data = tiny.subset_users(4)
+    device = fleet_device(tmp_path, data, SharedNoise(min_devices=4, count_sigma=2.0))
+    refs = node_devices({}, device.fleet)
+    task = task_for(device, 1.0, 1, 10.0)
+    total, metrics = train_fleet_shared(refs, start_state(device), task)
+    split = temporal_split(data, 0)
+    exact = torch.bincount(torch.from_numpy(split.train_items), minlength=data.n_items).double()
+    assert set(total) == {"item_counts"}
+    residual = total["item_counts"] - exact
+    assert 0 < float(residual.std()) < 4.0  # N(0, 2^2) per item, summed over 4 shares of std 1
+    for ref in refs:
+        assert ledger_of(ref, device.state_prefix).history == [(2.0, 1.0, 1)]
+    assert metrics["steps-max"] == 1
+
+
+def test_resolved_noise_spends_the_budget_with_the_histogram():
+    device = DeviceConfig(model=GMF, participation=1.0, shared_noise=SharedNoise(record_rate=0.25, count_sigma=10.0))
+    privacy = resolve_privacy(PrivacyConfig(mechanism="distributed", epsilon=8.0), device, rounds=41, records=98_000)
+    assert privacy.shared and privacy.expected_batch == pytest.approx(0.25 * 98_000)
+    eps = history_epsilon(((10.0, 1.0, 1), (privacy.noise_multiplier, 0.25, 40)), 1e-5)
+    assert 7.9 < eps <= 8.0 + 1e-9
+    smaller = history_epsilon(((10.0, 1.0, 1), (privacy.noise_multiplier * 0.98, 0.25, 40)), 1e-5)
+    assert smaller > 8.0  # the smallest noise that fits
+    with pytest.raises(FedrecError, match="participation"):
+        resolve_privacy(
+            PrivacyConfig(mechanism="distributed"), replace(device, participation=0.5), rounds=41, records=98_000
+        )
+
+
+class _Reply:
+    def __init__(self, arrays: dict[str, torch.Tensor], devices: int):
+        metrics = {"num-examples": devices, "devices": devices, "refused": 0, "steps-max": 1}
+        metrics |= {"epsilon-max": 1.0, "epsilons": [1.0] * devices}
+        self.content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)})
+
+    def has_content(self) -> bool:
+        return True
+
+
+def _aggregator(min_devices: int) -> SharedNoiseAggregation:
+    aggregation = SharedNoiseAggregation()
+    aggregation.device = DeviceConfig(model=GMF, n_items=5, shared_noise=SharedNoise(min_devices=min_devices))
+    aggregation.privacy = DevicePrivacy(1.0, CLIP, 1e-5, 8.0, "distributed", 10.0)
+    aggregation.dropped_rounds = []
+    aggregation.step = (aggregation.device.shared_noise.table_lr, 0.9, -1.0)
+    return aggregation
+
+
+def test_round_with_fewer_than_min_devices_is_dropped():
+    state = {"item_emb.weight": torch.ones(5, GMF.embedding_dim + 1), "output.weight": torch.ones(1, 16)}
+    update = {"item_emb.weight": torch.full((5, GMF.embedding_dim + 1), 2.0)}
+    few = _aggregator(min_devices=5)
+    few._current = state
+    arrays, metrics = few.aggregate_train(3, [_Reply(update, 2), _Reply(update, 2)])
+    assert torch.equal(arrays.to_torch_state_dict()["item_emb.weight"], state["item_emb.weight"])
+    assert few.dropped_rounds == [3] and metrics["devices"] == 4
+    enough = _aggregator(min_devices=4)
+    enough._current = state
+    arrays, _ = enough.aggregate_train(3, [_Reply(update, 2), _Reply(update, 2)])
+    lr = enough.device.shared_noise.table_lr
+    expected = 1.0 - lr * 4.0 / 10.0  # the two node sums added, divided by the expected batch
+    assert torch.allclose(
+        arrays.to_torch_state_dict()["item_emb.weight"], torch.full_like(state["item_emb.weight"], expected)
+    )
+    assert enough.dropped_rounds == []
+
+
+def test_device_refuses_past_its_budget(tmp_path, tiny):
+    data = tiny.subset_users(2)
+    device = fleet_device(tmp_path, data, SharedNoise(min_devices=2, count_sigma=0.0))
+    ref = node_devices({}, device.fleet)[0]
+    privacy = DevicePrivacy(0.5, CLIP, 1e-5, 0.01, "distributed", 10.0)  # one step costs more than 0.01
+    share = device_share(ref, start_state(device), DeviceInstructions(device, privacy, RoundInfo(number=2)))
+    assert share.arrays is None and ledger_of(ref, device.state_prefix).steps == 0
+
+
+def test_federated_ddp_on_flower_simulation_engine(tmp_path, tiny):
+    data = tiny.subset_users(6)
+    split = temporal_split(data, 0)
+    shared = SharedNoise(record_rate=0.5, min_devices=0, count_sigma=5.0, feature_init="", table_lr=5.0, steps=2)
+    fed = FederationConfig(
+        server=ServerConfig(rounds=3, eval_every=3),
+        privacy=PrivacyConfig(mechanism="distributed", epsilon=8.0, max_grad_norm=CLIP),
+        device=DeviceConfig(model=GMF, participation=1.0, shared_noise=shared),
+    )
+    result = fit_federated(FederatedArm("federated_ddp", data, tmp_path, fed, nodes=2, show=False), split, 0)
+    privacy = result.info["privacy"]
+    sigma = result.info["device_privacy"]["noise_multiplier"]
+    assert privacy["steps"] == 3 and privacy["sample_rate"] == 0.5
+    assert privacy["epsilon_max"] == pytest.approx(history_epsilon(((5.0, 1.0, 1), (sigma, 0.5, 2)), 1e-5))
+    assert 7.9 < privacy["epsilon_max"] <= 8.0 + 1e-9
+    audit = check_ledger(read_ledger(tmp_path / "privacy" / "federated_ddp_ledger.csv"), 1e-5, privacy["epsilon_max"])
+    assert audit["agree"] and audit["n_devices"] == 6
+    model_dir = tmp_path / result.info["model_dir"]
+    wire = audit_wire_log(model_dir / "wire.jsonl", model_dir / "model.json")
+    assert wire["ok"], wire["problems"]
+    assert set(wire["arrays"]) == {"item_emb.weight", "item_counts", "output.weight", "output.bias"}
+    final = torch.load(model_dir / "global_model.pt", weights_only=True)
+    prior = final["item_emb.weight"][:, GMF.embedding_dim]
+    assert prior.std() > 0  # round 1's histogram became the prior column
+    assert result.info["federation"]["device"]["shared_noise"]["min_devices"] == 6  # 0 = the whole fleet
+    assert result.scores.shape == (data.n_users, data.n_items)
+
+
+def test_federated_user_dp_on_flower_simulation_engine(tmp_path, tiny):
+    """User-level DP-FedAvg: sampled devices, whole updates clipped, every round counted for every user."""
+    data = tiny.subset_users(8)
+    small = ModelConfig(gmf_dim=4, mlp_dim=4, layers=(8,))
+    fed = FederationConfig(
+        server=ServerConfig(rounds=3, eval_every=3),
+        privacy=PrivacyConfig(mechanism="user", epsilon=8.0, max_grad_norm=0.5),
+        device=DeviceConfig(model=small, participation=0.5),
+    )
+    result = fit_federated(
+        FederatedArm("federated_user_dp", data, tmp_path, fed, nodes=2, show=False), data_split(data), 0
+    )
+    privacy, resolved = result.info["privacy"], result.info["device_privacy"]
+    assert resolved["mechanism"] == "user" and resolved["expected_batch"] == pytest.approx(4.0)
+    assert privacy["unit"].startswith("user-level") and privacy["sample_rate"] == 0.5
+    expected = history_epsilon(((resolved["noise_multiplier"], 0.5, 3),), 1e-5)
+    assert privacy["epsilon_max"] == pytest.approx(expected) and 7.9 < expected <= 8.0 + 1e-9
+    assert privacy["epsilon_record_level_max"] == privacy["epsilon_max"]
+    audit = check_ledger(
+        read_ledger(tmp_path / "privacy" / "federated_user_dp_ledger.csv"), 1e-5, privacy["epsilon_max"]
+    )
+    assert audit["agree"]
+    model_dir = tmp_path / result.info["model_dir"]
+    assert audit_wire_log(model_dir / "wire.jsonl", model_dir / "model.json")["ok"]
+    minimum = result.info["federation"]["device"]["shared_noise"]["min_devices"]
+    assert 1 <= minimum < 4  # the 1st percentile of Binomial(8, 0.5) reporting devices
+    assert result.scores.shape == (data.n_users, data.n_items)
+
+
+def data_split(data):
+    return temporal_split(data, 0)
+
+
+def test_canary_retraining_resolves_m_min_again_and_starts_rows_at_random():
+    from fedrec.simulations.audit.run import canary_federation
+
+    shared = SharedNoise(min_devices=943, feature_init="ml-100k")
+    audited = FederationConfig(
+        privacy=PrivacyConfig(mechanism="distributed"), device=DeviceConfig(model=GMF, shared_noise=shared)
+    )
+    canary = canary_federation(audited)
+    assert canary.device.shared_noise.min_devices == 0 and canary.device.shared_noise.feature_init == ""
+    assert canary.privacy == audited.privacy and canary.device.model == audited.device.model
+    local = FederationConfig(privacy=PrivacyConfig(mechanism="local"), device=DeviceConfig(shared_noise=shared))
+    assert canary_federation(local) == local
