@@ -150,8 +150,10 @@ def load_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
-def _issue(out: Path, common_name: str, usage: x509.ObjectIdentifier, alt_names: list[x509.GeneralName], days: int):
-    """A leaf certificate signed by the CA in ``out`` for one purpose (TLS server or TLS client)."""
+def _issue(
+    out: Path, common_name: str, usage: x509.ObjectIdentifier, alt_names: list[x509.GeneralName], days: int
+) -> tuple[bytes, bytes]:
+    """A leaf certificate and its key (PEM) signed by the CA in ``out`` for one purpose (TLS server or client)."""
     ca_cert, ca_key = load_ca(out)
     key = ec.generate_private_key(ec.SECP384R1())
     start, end = _validity(days)
