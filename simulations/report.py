@@ -35,13 +35,15 @@ def accuracy_section(report: dict) -> str:
     return "\n".join(lines)
 
 
-PRIVATE_ARMS = ("federated_dp", "centralized_dp")
+PRIVATE_ARMS = ("federated_dp", "federated_ddp", "federated_user_dp", "centralized_dp")
 
 
 def _private_epsilon(arm: dict) -> str:
+    """The budget and the first word of the unit the arm's ledger states: "epsilon E, delta D, user-level"."""
     privacy = arm.get("info", {}).get("privacy") or arm.get("privacy") or {}
     eps = privacy.get("epsilon_budget", privacy.get("epsilon"))
-    return f"epsilon {eps:g}, delta {privacy.get('delta', 0):g}" if eps is not None else "DP"
+    unit = str(privacy.get("unit", "record-level")).split(" ")[0]
+    return f"epsilon {eps:g}, delta {privacy.get('delta', 0):g}, {unit}" if eps is not None else "DP"
 
 
 def headline(report: dict) -> str:
@@ -56,7 +58,7 @@ def headline(report: dict) -> str:
         value = arms[name]["accuracy"]["ndcg@10"]
         against = ", ".join(f"{value / ref:.2f}x {label} ({ref:.4f})" for label, ref in refs.items() if ref > 0)
         parts.append(
-            f"{name} ({_private_epsilon(arms[name])}, record-level) NDCG@10 {_fmt_ci(arms[name], 'ndcg@10')}"
+            f"{name} ({_private_epsilon(arms[name])}) NDCG@10 {_fmt_ci(arms[name], 'ndcg@10')}"
             + (f": {against}" if against else "")
         )
     return "**Private recommendation:** " + "; ".join(parts) + " (test, full ranking, means over the seeds)."

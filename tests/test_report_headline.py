@@ -29,3 +29,15 @@ def test_the_headline_compares_the_private_arms_with_popularity_and_centralized(
 
 def test_no_private_arm_no_headline():
     assert headline({"arms": {"popularity": arm(0.04)}}) == ""
+
+
+def test_the_headline_states_each_arms_own_unit():
+    report = {
+        "arms": {
+            "popularity": arm(0.04),
+            "federated_user_dp": arm(
+                0.03, info={"privacy": {"epsilon_budget": 8.0, "delta": 1e-5, "unit": "user-level (everything ...)"}}
+            ),
+        }
+    }
+    assert "federated_user_dp (epsilon 8, delta 1e-05, user-level) NDCG@10 0.0300: 0.75x popularity" in headline(report)
