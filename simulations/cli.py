@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from fedrec.common.cli import err, parse_list, say
+from fedrec.simulations.arm_names import DEFAULT_ARMS
 
 app = typer.Typer()
 data_app = typer.Typer(no_args_is_help=True, help="Obtain and provision datasets.")
@@ -126,7 +127,7 @@ def simulate(
     epsilon: Optional[float] = typer.Option(None, help="Per-device budget for federated_dp; sets the noise."),
     delta: Optional[float] = typer.Option(None, help="DP delta (default 1e-5)."),
     arms: str = typer.Option(
-        ",".join(("random", "popularity", "ease", "centralized", "federated", "federated_dp")),
+        ",".join(DEFAULT_ARMS),
         help="Comma-separated arms.",
     ),
     sweep: str = typer.Option("", help="Extra federated_dp budgets, e.g. 1,2,4 (accuracy-vs-epsilon plot)."),

@@ -6,14 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedrec.common.config import FederationConfig, FedrecConfig, PrivacyConfig
+from fedrec.simulations.arm_names import FEDERATED_ARMS
 from fedrec.simulations.arms.registry import central_fitters
 from fedrec.simulations.experiment import Experiment, load
 from fedrec.simulations.federated import FederatedArm, fit_federated
 
-FEDERATED_ARMS = ("federated", "federated_dp", "federated_ddp", "federated_user_dp")
 MECHANISM_OF = {"federated": "none", "federated_dp": "local", "federated_user_dp": "user"}
-# federated_user_dp is left out of the default run: at 943 users it sits below popularity (docs/privacy.md)
-DEFAULT_ARMS = ("random", "popularity", "ease", "centralized", "federated", "federated_dp", "federated_ddp")
 
 
 def sweep_arm_name(epsilon: float) -> str:
