@@ -35,7 +35,7 @@ from fedrec.common.item_rows import COUNTS, ITEM_TABLE, RowMean
 from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.manifest import load_manifest
 from fedrec.common.metrics import hit_ndcg
-from fedrec.common.replies import allowed_keys
+from fedrec.common.replies import allowed_keys, train_metrics
 
 
 def node_devices(node_config: Mapping[str, Any], fleet: Fleet) -> list[DeviceRef]:
@@ -137,16 +137,8 @@ def train_fleet(
         mean = {k: v.clone() for k, v in global_params.items()}
     if rows is not None:
         mean[ITEM_TABLE], mean[COUNTS] = rows.mean(), rows.counts
-    metrics = {
-        "num-examples": weight,
-        "train-loss": loss_sum / weight if weight else 0.0,
-        "devices": trained,
-        "refused": refused,
-        "steps-max": steps,
-        "epsilon-max": max(epsilons, default=0.0),
-        "epsilons": [float(e) for e in epsilons],
-    }
-    return mean, {k: metrics[k] for k in allowed_keys("train", private)}
+    loss = loss_sum / weight if weight else 0.0
+    return mean, train_metrics(weight, trained, refused, steps, epsilons, private, loss)
 
 
 def evaluate_fleet(

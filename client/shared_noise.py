@@ -44,7 +44,7 @@ from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.model import NeuMF
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.replies import SHARED_COUNTS as COUNTS
-from fedrec.common.replies import allowed_keys
+from fedrec.common.replies import train_metrics
 from fedrec.common.store import DeviceStore
 
 MOMENTUM = "user_momentum"  # the device's own SGD momentum buffer for its user row
@@ -176,12 +176,4 @@ def train_fleet_shared(
         key = COUNTS if histogram_round(task) else ITEM
         shape = (task.device.n_items,) if key == COUNTS else tuple(global_params[ITEM].shape)
         total[key] = torch.zeros(shape, dtype=torch.float64)
-    metrics = {
-        "num-examples": reported,
-        "devices": reported,
-        "refused": refused,
-        "steps-max": steps,
-        "epsilon-max": max(epsilons, default=0.0),
-        "epsilons": [float(e) for e in epsilons],
-    }
-    return total, {k: metrics[k] for k in allowed_keys("train", True)}
+    return total, train_metrics(reported, reported, refused, steps, epsilons, private=True)

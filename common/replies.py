@@ -26,3 +26,19 @@ def allowed_keys(kind: str, private: bool) -> tuple[str, ...]:
     if kind == "train":
         return TRAIN_PRIVATE if private else TRAIN_PLAIN
     return EVALUATE_PRIVATE if private else EVALUATE_PLAIN
+
+
+def train_metrics(
+    weight: float, devices: int, refused: int, steps: int, epsilons: list[float], private: bool, loss: float = 0.0
+) -> dict:
+    """A node's train-reply metrics, cut to the mechanism's allow-list (``loss`` is the mean train loss)."""
+    metrics = {
+        "num-examples": weight,
+        "train-loss": loss,
+        "devices": devices,
+        "refused": refused,
+        "steps-max": steps,
+        "epsilon-max": max(epsilons, default=0.0),
+        "epsilons": [float(e) for e in epsilons],
+    }
+    return {k: metrics[k] for k in allowed_keys("train", private)}
