@@ -77,7 +77,8 @@ def read_inputs(stores: list, task: DeviceInstructions, clock: Clock) -> tuple[l
         row = load_user_row(store, PREFIX, FEDERATED_MODEL.embedding_dim, device_seed(0, 0, store.path.stem))
         parts["store read (events, user row)"] += clock() - t
         t = clock()
-        items, labels, seed = round_examples(store, store.path.stem, task)
+        seed = device_seed(task.device.seed, task.round.number, store.path.stem)
+        items, labels = round_examples(store, task, seed)
         ledger = PrivacyLedger.from_json(store.get_state(PREFIX + LEDGER))
         works.append(DeviceWork(items, labels, row, ledger, seed))
         parts["examples"] += clock() - t

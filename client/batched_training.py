@@ -21,7 +21,6 @@ device's ledger records what ``train_private`` records) and the reference implem
 from __future__ import annotations
 
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedrec.client.device_round import stream_seed
 from fedrec.client.local_training import LocalOutcome, refuses, trained_under_dp
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
@@ -71,7 +71,7 @@ class PoissonMasks(Protocol):
 
 def seeded_masks(seed: int, n: int, steps: int, rate: float) -> torch.Tensor:
     """Each example joins each step with probability ``rate``, from a stream of its own (not the noise's)."""
-    generator = torch.Generator().manual_seed(zlib.crc32(f"poisson:{seed}".encode()))
+    generator = torch.Generator().manual_seed(stream_seed("poisson", seed))
     return torch.rand(steps, n, generator=generator) < rate
 
 
@@ -204,7 +204,7 @@ class _LazyTableNoise:
 
     def __init__(self, table: torch.Tensor, seeds: Sequence[int], std: torch.Tensor):
         self.table, self.std = table, std  # table [D, n_items, cols], std [D]
-        self.generator = torch.Generator().manual_seed(zlib.crc32(f"lazy:{','.join(map(str, seeds))}".encode()))
+        self.generator = torch.Generator().manual_seed(stream_seed("lazy", *seeds))
         self.held = torch.zeros(table.shape[:2], dtype=torch.long)  # steps whose noise each row holds
 
     def catch_up(self, items: torch.Tensor, step: int) -> None:

@@ -7,6 +7,7 @@ to the caller is the global parameters (dense) and scalar metrics.
 from __future__ import annotations
 
 import io
+import secrets
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ class DeviceRef:
     path: Path
     key: bytes
     durable: bool = True  # fsync each commit; a simulated fleet skips it (nothing survives a crash there anyway)
+    # A simulated device draws its randomness from seeds of the run config, so runs repeat. Any other device
+    # draws it from the operating system: record sampling, negatives and DP noise that the server could
+    # recompute from the run config's seed would void the guarantee against it.
+    seeded: bool = False
 
     def open(self) -> DeviceStore:
         return DeviceStore.open(self.path, self.key, durable=self.durable)
@@ -50,6 +55,16 @@ class TrainResult:
 def device_seed(seed: int, server_round: int, device_id: str) -> int:
     """Stable per-device, per-round seed (Python's hash() is salted per process)."""
     return zlib.crc32(f"{seed}:{server_round}:{device_id}".encode())
+
+
+def stream_seed(purpose: str, *seeds: int) -> int:
+    """The seed of one random stream of a round (noise, record sampling) from the round seeds it serves. A
+    simulated round's seeds fit in 32 bits and get their 32-bit hash (runs repeat); an operating-system
+    seed also keeps its high bits, so the stream is not narrowed to 32 bits an adversary could search."""
+    high = 0
+    for seed in seeds:
+        high ^= seed >> 32
+    return zlib.crc32(f"{purpose}:{','.join(map(str, seeds))}".encode()) | high << 32
 
 
 def load_user_row(store: DeviceStore, prefix: str, dim: int, seed: int) -> torch.Tensor:
@@ -85,12 +100,17 @@ def device_model(
     return model
 
 
-def round_examples(
-    store: DeviceStore, device_id: str, task: DeviceInstructions
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """This round's training examples and seed. Training never reads the held-out items; under DP the
-    negatives depend on nothing but their own record."""
-    round_seed = device_seed(task.device.seed, task.round.number, device_id)
+def round_seed_of(ref: DeviceRef, task: DeviceInstructions) -> int:
+    """The seed of everything random in this device's round (see ``DeviceRef.seeded``). Without DP nothing
+    rests on the randomness being secret, so it repeats from the run config there too."""
+    if ref.seeded or not task.privacy.private:
+        return device_seed(task.device.seed, task.round.number, ref.device_id)
+    return secrets.randbits(63)
+
+
+def round_examples(store: DeviceStore, task: DeviceInstructions, round_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This round's training examples. Training never reads the held-out items; under DP the negatives
+    depend on nothing but their own record."""
     events = store.read_events("train")
     train = np.asarray(events.items, dtype=np.int64)
     training = task.device.training
@@ -103,7 +123,7 @@ def round_examples(
     items, labels = make_examples(
         positives, avoid, task.device.n_items, training.negatives, np.random.default_rng(round_seed)
     )
-    return items, labels, round_seed
+    return items, labels
 
 
 def read_ledger(store: DeviceStore, prefix: str) -> PrivacyLedger:
@@ -128,7 +148,8 @@ def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: D
     with ref.open() as store:
         ledger = read_ledger(store, prefix)
         model = device_model(store, ref.device_id, global_params, task.device)
-        items, labels, round_seed = round_examples(store, ref.device_id, task)
+        round_seed = round_seed_of(ref, task)
+        items, labels = round_examples(store, task, round_seed)
         outcome = train_local(model, items, labels, task.device.training, task.privacy, ledger, round_seed)
         if not outcome.refused:
             write_round(store, prefix, model.user_emb.weight, ledger)

@@ -7,6 +7,7 @@ the devices themselves, so grouping devices per node changes dispatch cost, not 
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,6 +25,7 @@ from fedrec.client.device_round import (
     load_user_row,
     read_ledger,
     round_examples,
+    round_seed_of,
     train_device,
     write_round,
 )
@@ -54,7 +56,9 @@ def node_devices(node_config: Mapping[str, Any], fleet: Fleet) -> list[DeviceRef
     master = load_key_file(fleet.master_key_file)
     part, parts = int(node_config.get("partition-id", 0)), int(node_config.get("num-partitions", 1))
     return [
-        DeviceRef(d.device_id, manifest.store_path(d), derive_device_key(master, d.device_id), durable=False)
+        DeviceRef(
+            d.device_id, manifest.store_path(d), derive_device_key(master, d.device_id), durable=False, seeded=True
+        )
         for d in manifest.devices[part::parts]
     ]
 
@@ -64,6 +68,14 @@ def participates(device_id: str, server_round: int, fraction: float, seed: int) 
     if fraction >= 1.0:
         return True
     return np.random.default_rng(device_seed(seed, server_round, "sample:" + device_id)).random() < fraction
+
+
+def takes_part(ref: DeviceRef, task: DeviceInstructions) -> bool:
+    """This device's coin for the round: seeded in a simulation, from the operating system otherwise."""
+    fraction = task.device.participation
+    if ref.seeded or fraction >= 1.0:
+        return participates(ref.device_id, task.round.number, fraction, task.device.seed)
+    return secrets.randbelow(2**53) < fraction * 2**53
 
 
 STORES_OPEN = 256  # stores a batched node holds open at once (file handles, one block's results in memory)
@@ -81,7 +93,8 @@ def train_batched(
             stores = [open_stores.enter_context(ref.open()) for ref in block]
             works = []
             for ref, store in zip(block, stores):
-                items, labels, round_seed = round_examples(store, ref.device_id, task)
+                round_seed = round_seed_of(ref, task)
+                items, labels = round_examples(store, task, round_seed)
                 row = load_user_row(
                     store, prefix, device.model.embedding_dim, device_seed(device.seed, 0, ref.device_id)
                 )
@@ -114,9 +127,7 @@ def train_fleet(
     total: dict[str, torch.Tensor] = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_params.items()}
     rows = RowMean(global_params[ITEM_TABLE]) if device.item_row_average and not private else None
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
-    sampled = [
-        ref for ref in devices if participates(ref.device_id, task.round.number, device.participation, device.seed)
-    ]
+    sampled = [ref for ref in devices if takes_part(ref, task)]
     for result in _trained(sampled, global_params, task):  # a generator: one state in memory at a time
         epsilons.append(result.outcome.epsilon)
         if result.outcome.refused:

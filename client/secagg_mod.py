@@ -4,13 +4,17 @@ The four SecAgg+ stages arrive as train messages that carry Flower's ``secaggplu
 ``secaggplus_mod`` answers the key stages itself and, in the masked-vector stage, calls the train
 handler the plain path uses (same stores, same training, same replies), then quantizes, masks and
 sends the result. In between, this module turns the handler's reply into what the mod expects (a
-legacy FitRes layout) and replaces the trained global parameters by their difference from the ones
-the server sent: a round's update is small, so it fits the clipping range where the weights need
-not. The reply keeps its public metrics record (``fedrec.common.replies``) beside the masked vector.
+legacy FitRes layout). Under FedAvg it replaces the trained global parameters by their difference from
+the ones the server sent: a round's update is small, so it fits the clipping range where the weights
+need not. Under a shared-noise mechanism the reply already is the node's share of a sum; it goes on
+SecAgg+'s grid as it is (``fedrec.common.secure_sum``), with the largest weight so that SecAgg+ scales
+it by exactly one. The reply keeps its public metrics record (``fedrec.common.replies``) beside the
+masked vector.
 
 A device whose node config says ``secure-aggregation="required"`` (``fedrec client
---require-secure-aggregation``) refuses to answer a train request outside SecAgg+: a device adding
-only its share of the noise must not hand its update to the server in the clear.
+--require-secure-aggregation``) refuses to answer a train request outside SecAgg+. A deployed device
+(its node config names its store) refuses a shared-noise round outside SecAgg+ in any case: it adds
+only its share of the noise, which protects nothing unless the server sees no less than the sum.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
 from flwr.compat.common import recorddict_compat as compat
 
 from fedrec.common.errors import FedrecError
+from fedrec.common.instructions import DeviceInstructions
+from fedrec.common.secure_sum import SumGrid
 
 log = logging.getLogger("fedrec.client")
 
@@ -49,18 +55,55 @@ def update_delta(sent: Message, reply: Message) -> list[np.ndarray]:
     ]
 
 
-def as_fit_reply(sent: Message, reply: Message) -> Message:
-    """The handler's reply in the layout ``secaggplus_mod`` reads: the delta as FitRes parameters, the
-    weight (``num-examples``) as FitRes' example count, the public metrics alongside."""
+def share_vector(sent: Message, reply: Message, grid: SumGrid) -> list[np.ndarray]:
+    """A shared-noise reply's arrays, in the order the task names them, on SecAgg+'s grid."""
+    task = DeviceInstructions.from_config(dict(sent.content["config"]))
+    names, arrays = task.share_names(list(sent.content["arrays"].keys())), reply.content["arrays"]
+    if sorted(names) != sorted(arrays.keys()):
+        raise FedrecError(f"the share's arrays {sorted(arrays.keys())} are not the round's {sorted(names)}")
+    rng = np.random.default_rng()  # rounding randomness from the operating system
+    return [grid.encode(arrays[name].numpy(), rng) for name in names]
+
+
+def as_fit_reply(sent: Message, reply: Message, context: Context) -> Message:
+    """The handler's reply in the layout ``secaggplus_mod`` reads: the delta (FedAvg) or the share (a
+    shared-noise mechanism) as FitRes parameters, the weight as FitRes' example count, the public metrics
+    alongside."""
     if reply.has_error():
         raise FedrecError(reply.error.reason)
     metrics = reply.content["metrics"]
-    fit = FitRes(
-        Status(Code.OK, ""), ndarrays_to_parameters(update_delta(sent, reply)), int(metrics["num-examples"]), {}
-    )
+    if shared_noise(sent):
+        state = context.state.config_records[RECORD_KEY_STATE]
+        grid = SumGrid(float(state["clipping_range"]), int(state["target_range"]))
+        vector, weight = share_vector(sent, reply, grid), int(state["max_weight"])
+    else:
+        vector, weight = update_delta(sent, reply), int(metrics["num-examples"])
+    fit = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(vector), weight, {})
     content = compat.fitres_to_recorddict(fit, keep_input=False)
     content["metrics"] = metrics
     return Message(content, reply_to=sent)
+
+
+def shared_noise(msg: Message) -> bool:
+    config = msg.content.config_records.get("config")
+    try:
+        return config is not None and DeviceInstructions.from_config(dict(config)).privacy.shared
+    except FedrecError:
+        return False  # the train handler answers a malformed config with its own error reply
+
+
+def deployed(context: Context) -> bool:
+    """A SuperNode `fedrec client` started (its node config names its store or its gateway's group), not
+    a simulated node, whose gateway stands in for secure aggregation."""
+    return "store" in context.node_config or "stores-dir" in context.node_config
+
+
+def _plain_refusal(msg: Message, context: Context) -> str | None:
+    if str(context.node_config.get(REQUIRE_KEY, "")) == "required":
+        return "this device answers train requests only under secure aggregation (SecAgg+)"
+    if deployed(context) and shared_noise(msg):
+        return "a shared-noise round (privacy.mechanism distributed or user) needs secure aggregation (SecAgg+)"
+    return None
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -68,13 +111,13 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
     if not under_secure_aggregation(msg):
-        if str(context.node_config.get(REQUIRE_KEY, "")) == "required":
-            reason = "this device answers train requests only under secure aggregation (SecAgg+)"
+        reason = _plain_refusal(msg, context) if msg.has_content() else None
+        if reason:
             log.error("node %s: %s", context.node_id, reason)
             return Message(Error(code=REFUSED, reason=reason), reply_to=msg)
         return call_next(msg, context)
     try:
-        return secaggplus_mod(msg, context, lambda m, c: as_fit_reply(m, call_next(m, c)))
+        return secaggplus_mod(msg, context, lambda m, c: as_fit_reply(m, call_next(m, c), c))
     except Exception as exc:  # noqa: BLE001 - the server treats an error reply as this node dropping out
         log.exception("secure aggregation failed on node %s", context.node_id)
         return Message(Error(code=1, reason=f"secure aggregation: {type(exc).__name__}: {exc}"), reply_to=msg)

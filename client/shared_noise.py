@@ -12,15 +12,14 @@ gradient over both tables together (``fedrec.client.shared_gradients``) and
 Together that is the Gaussian mechanism of one central DP-SGD step on the whole parameter vector
 (docs/privacy.md). A node serving several devices replies with their sum: the value SecAgg+ would reveal.
 
-The simulation's noise is seeded per device and round so runs repeat; a deployment draws it from the
-operating system's generator.
+The simulation's noise is seeded per device and round so runs repeat; any other device draws its seeds
+from the operating system (``DeviceRef.seeded``).
 """
 
 from __future__ import annotations
 
 import io
 import math
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,8 @@ from fedrec.client.device_round import (
     embedding_bytes,
     read_ledger,
     round_examples,
+    round_seed_of,
+    stream_seed,
 )
 from fedrec.client.shared_gradients import ITEM, clipped_sums, trained_width
 from fedrec.common.errors import FedrecError
@@ -57,10 +58,6 @@ class Share:
     arrays: dict[str, torch.Tensor] | None
     epsilon: float
     steps: int
-
-
-def histogram_round(task: DeviceInstructions) -> bool:
-    return task.round.number == 1 and task.device.shared_noise.count_sigma > 0
 
 
 def noise(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
@@ -90,17 +87,17 @@ def device_share(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: D
     if shared.min_devices < 1:
         raise FedrecError("server message: device.shared_noise.min_devices must be resolved (>= 1) by the server")
     prefix, share_std = device.state_prefix, 1.0 / math.sqrt(shared.min_devices)
-    seed = device_seed(device.seed, task.round.number, ref.device_id)
-    generator = torch.Generator().manual_seed(zlib.crc32(f"noise:{seed}".encode()))
+    seed = round_seed_of(ref, task)
+    generator = torch.Generator().manual_seed(stream_seed("noise", seed))
     with ref.open() as store:
         ledger = read_ledger(store, prefix)
-        if histogram_round(task):
+        if task.histogram_round:
             sigma, rate = shared.count_sigma, 1.0
         else:
             sigma, rate = privacy.noise_multiplier, shared.record_rate
         if ledger.epsilon_if(sigma, rate, 1, privacy.delta) > privacy.budget + 1e-9:
             return Share(None, ledger.epsilon(privacy.delta), ledger.steps)
-        if histogram_round(task):
+        if task.histogram_round:
             train = np.asarray(store.read_events("train").items, dtype=np.int64)
             counts = torch.from_numpy(np.bincount(train, minlength=device.n_items)).double()
             arrays = {COUNTS: counts + noise(counts.shape, sigma * share_std, generator).double()}
@@ -129,8 +126,8 @@ def _dp_step(
     momentum = _row(store, device.state_prefix + MOMENTUM, (1, dim), 0.0, 0)
     model = NeuMF(1, device.n_items, device.model)
     model.load_state_dict({**global_params, "user_emb.weight": user_row})
-    items, labels, _ = round_examples(store, device_id, task)
-    sampler = torch.Generator().manual_seed(zlib.crc32(f"poisson:{seed}".encode()))
+    items, labels = round_examples(store, task, seed)
+    sampler = torch.Generator().manual_seed(stream_seed("poisson", seed))
     picked = torch.rand(len(items), generator=sampler) < shared.record_rate
     sums = clipped_sums(model, items[picked], labels[picked], privacy.max_grad_norm)
     std = privacy.noise_multiplier * privacy.max_grad_norm
@@ -173,7 +170,7 @@ def train_fleet_shared(
             total[key] = total[key] + value.double() if key in total else value.double()
     reported = len(epsilons) - refused
     if not total:  # nothing to add: an all-zero sum keeps the reply's layout
-        key = COUNTS if histogram_round(task) else ITEM
+        key = COUNTS if task.histogram_round else ITEM
         shape = (task.device.n_items,) if key == COUNTS else tuple(global_params[ITEM].shape)
         total[key] = torch.zeros(shape, dtype=torch.float64)
     return total, train_metrics(reported, reported, refused, steps, epsilons, private=True)

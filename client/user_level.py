@@ -10,13 +10,19 @@ carries sigma C, the Gaussian mechanism on the sum of per-user updates of L2 sen
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any
 
 import torch
 
-from fedrec.client.device_round import DeviceRef, device_model, round_examples, write_round
-from fedrec.client.fleet import participates
+from fedrec.client.device_round import (
+    DeviceRef,
+    device_model,
+    round_examples,
+    round_seed_of,
+    stream_seed,
+    write_round,
+)
+from fedrec.client.fleet import takes_part
 from fedrec.client.local_training import train_plain
 from fedrec.client.shared_noise import Share, noise, train_fleet_shared, user_history
 from fedrec.common.instructions import DeviceInstructions
@@ -32,13 +38,14 @@ def user_share(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: Dev
         return Share(None, history_epsilon(user_history(task, task.round.number - 1), privacy.delta), 0)
     with ref.open() as store:
         model = device_model(store, ref.device_id, global_params, device)
-        items, labels, seed = round_examples(store, ref.device_id, task)
+        seed = round_seed_of(ref, task)
+        items, labels = round_examples(store, task, seed)
         outcome = train_plain(model, items, labels, device.training, seed)
         write_round(store, device.state_prefix, model.user_emb.weight, PrivacyLedger(list(history)))
     update = {k: v - global_params[k] for k, v in global_state(model).items()}
     norm = math.sqrt(sum(float(v.double().square().sum()) for v in update.values()))
     scale = min(1.0, privacy.max_grad_norm / (norm + 1e-12))
-    generator = torch.Generator().manual_seed(zlib.crc32(f"user-noise:{seed}".encode()))
+    generator = torch.Generator().manual_seed(stream_seed("user-noise", seed))
     std = privacy.noise_multiplier * privacy.max_grad_norm / math.sqrt(device.shared_noise.min_devices)
     arrays = {k: scale * v + noise(tuple(v.shape), std, generator) for k, v in update.items()}
     return Share(arrays, epsilon, outcome.steps)
@@ -48,8 +55,5 @@ def train_fleet_user(
     devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The node's sampled devices (each its own coin), their shares summed."""
-    device = task.device
-    sampled = [
-        ref for ref in devices if participates(ref.device_id, task.round.number, device.participation, device.seed)
-    ]
+    sampled = [ref for ref in devices if takes_part(ref, task)]
     return train_fleet_shared(sampled, global_params, task, user_share)

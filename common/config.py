@@ -161,10 +161,17 @@ class Serving:
 @dataclass(frozen=True)
 class Fleet:
     """Where a simulated node finds its share of a provisioned fleet (empty for a one-device SuperNode,
-    whose node config names its own store)."""
+    whose node config names its own store), and the fleet's public totals for a server that holds no
+    manifest (deployment): the shared-noise mechanisms need them; 0 = read them from the manifest."""
 
     stores_dir: str = ""
     master_key_file: str = ""
+    devices: int = 0  # devices in the fleet
+    train_records: int = 0  # their train records in all (public, as the dataset size is to Opacus)
+
+    def __post_init__(self) -> None:
+        require(self.devices >= 0, "devices", f"must be >= 0, got {self.devices}")
+        require(self.train_records >= 0, "train_records", f"must be >= 0, got {self.train_records}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ nothing else: no run-config defaults on the device side, so a setting cannot sil
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,9 @@ from scipy.stats import binom
 from fedrec.common.config import DeviceConfig, PrivacyConfig
 from fedrec.common.dp_recipe import composed_noise
 from fedrec.common.errors import FedrecError
+from fedrec.common.item_rows import ITEM_TABLE
 from fedrec.common.privacy import noise_for_budget
+from fedrec.common.replies import SHARED_COUNTS
 from fedrec.common.settings import flatten, from_flat, require
 
 FLOWER_KEYS = ("server-round",)  # added by Flower's strategies to every ConfigRecord they send
@@ -71,6 +73,22 @@ class DeviceInstructions:
     @classmethod
     def from_config(cls, record: Mapping[str, Any], source: str = "server message") -> DeviceInstructions:
         return from_flat(cls, {k: v for k, v in record.items() if k not in FLOWER_KEYS}, source)
+
+    @property
+    def histogram_round(self) -> bool:
+        """Round 1 of ``distributed`` releases the item histogram instead of a gradient step."""
+        return (
+            self.privacy.mechanism == "distributed"
+            and self.round.number == 1
+            and self.device.shared_noise.count_sigma > 0
+        )
+
+    def share_names(self, parameters: Sequence[str]) -> tuple[str, ...]:
+        """The arrays, in order, of a node's share under a shared mechanism: what it adds to the round's sum
+        (``parameters``: the global model's names as the server sends them)."""
+        if self.privacy.mechanism == "user":
+            return tuple(parameters)  # the clipped, noised change of every shared parameter
+        return (SHARED_COUNTS,) if self.histogram_round else (ITEM_TABLE,)
 
 
 def planned_rounds(rounds: int, participation: float, quantile: float) -> int:

@@ -21,6 +21,7 @@ from fedrec.common.manifest import is_provisioned, load_manifest
 from fedrec.common.model import NeuMF, global_state
 from fedrec.common.settings import to_nested
 from fedrec.server.checkpoint import load_checkpoint, save_checkpoint, save_final_model
+from fedrec.server.secure_aggregation import check_shared_noise
 from fedrec.server.shared_noise import SharedNoiseAggregation, shared_initial_state
 from fedrec.server.strategies import build_strategy
 
@@ -45,7 +46,9 @@ def resolve_items(device: DeviceConfig) -> DeviceConfig:
 
 
 def fleet_size(device: DeviceConfig) -> int:
-    """Devices in the fleet's manifest (public; 0 without one)."""
+    """Devices in the fleet (public: the run config's total, else the manifest's; 0 without either)."""
+    if device.fleet.devices:
+        return device.fleet.devices
     if device.fleet.stores_dir and is_provisioned(device.fleet.stores_dir):
         return len(load_manifest(device.fleet.stores_dir).devices)
     return 0
@@ -64,7 +67,9 @@ def resolve_min_devices(device: DeviceConfig) -> DeviceConfig:
 
 
 def train_records(device: DeviceConfig) -> int:
-    """The fleet's number of train records (public, from the manifest; 0 without one)."""
+    """The fleet's number of train records (public: the run config's total, else the manifest's)."""
+    if device.fleet.train_records:
+        return device.fleet.train_records
     if device.fleet.stores_dir and is_provisioned(device.fleet.stores_dir):
         return sum(d.counts.get("train", 0) for d in load_manifest(device.fleet.stores_dir).devices)
     return 0
@@ -89,6 +94,8 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
     )
     if privacy.shared:
         cfg = replace(cfg, device=resolve_min_devices(cfg.device))
+        if cfg.server.secure_aggregation.enabled:
+            check_shared_noise(cfg.server.secure_aggregation, cfg.device.shared_noise.min_devices)
     out_dir = Path(cfg.server.out_dir or "fedrec-server")
     out_dir.mkdir(parents=True, exist_ok=True)
     total_rounds = cfg.server.rounds

@@ -11,8 +11,10 @@ The server process never holds one node's update: a node's masked vector is unif
 masks of the others, and unmasking needs ``reconstruction_threshold`` nodes' shares (the honest nodes
 refuse to hand them out for fewer active nodes). A node that drops out after the key sharing is
 recovered from its neighbours' shares; when too few remain the round is dropped (no update, the
-global model stays) and the wire log says so. The nodes send their update minus the global
-parameters (``fedrec.client.secagg_mod``); the server adds them back.
+global model stays) and the wire log says so. Under FedAvg the nodes send their update minus the global
+parameters (``fedrec.client.secagg_mod``); the server adds them back. Under a shared-noise mechanism
+they send their shares on SecAgg+'s grid and the strategy gets their exact sum
+(``fedrec.common.secure_sum``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from fedrec.common.config import SecureAggregation, ServerConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.replies import allowed_keys
+from fedrec.common.secure_sum import SumGrid
 from fedrec.server.strategies import aggregate_train_metrics
 
 log = logging.getLogger("flwr")  # Flower's logger: its lines reach the run log `fedrec server` streams
@@ -78,6 +81,7 @@ class SecureRound:
     metrics: list[MetricRecord] = field(default_factory=list)  # their public metrics (fedrec.common.replies)
     masked_bytes: int = 0
     aggregate: list[np.ndarray] | None = None  # the unmasked weighted mean of the deltas
+    headroom: float | None = None  # shared noise: largest |sum| / clipping_range (near 1: it may have wrapped)
 
     def line(self, arrays: ArrayRecord | None) -> dict:
         return {
@@ -88,6 +92,7 @@ class SecureRound:
             "masked_vectors": len(self.weights),
             "masked_bytes_total": self.masked_bytes,
             "revealed": self.aggregate is not None,
+            **({"sum_headroom": round(self.headroom, 4)} if self.headroom is not None else {}),
             "aggregate_arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in (arrays or {}).items()},
         }
 
@@ -227,6 +232,26 @@ def _delta_to_arrays(delta: list[np.ndarray], sent: ArrayRecord) -> ArrayRecord:
     )
 
 
+def _shared_sum(record: SecureRound, task: DeviceInstructions, sent: ArrayRecord, sa: SecureAggregation) -> ArrayRecord:
+    """The exact sum of the nodes' grid-encoded shares, named as the task names a share."""
+    assert record.aggregate is not None
+    names = task.share_names(list(sent.keys()))
+    if len(names) != len(record.aggregate):
+        raise FedrecError(f"secure aggregation revealed {len(record.aggregate)} arrays, a share has {len(names)}")
+    grid = SumGrid(sa.clipping_range, sa.quantization_range)
+    sums = [grid.decode(mean, len(record.weights)) for mean in record.aggregate]
+    record.headroom = max(grid.headroom(total) for total in sums)
+    if record.headroom > 0.5:
+        log.warning(
+            "secure aggregation round %d: a summed coordinate reached %.0f%% of %s.clipping_range; "
+            "beyond it sums wrap around: raise clipping_range",
+            record.round,
+            100 * record.headroom,
+            SETTING,
+        )
+    return ArrayRecord({name: torch.from_numpy(total) for name, total in zip(names, sums)})
+
+
 def _round_metrics(record: SecureRound, private: bool) -> MetricRecord:
     """The nodes' public metrics merged as the strategy merges replies. A dropped round carries no weight
     and no devices, but the budget its devices spent training (their epsilons) still counts."""
@@ -259,14 +284,35 @@ def secure_train_round(grid: Grid, messages: list[Message], sa: SecureAggregatio
     context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
     _Workflow(contents, record, sa)(_RecordingGrid(grid, record, sa), context)
 
-    private = DeviceInstructions.from_config(dict(first.content["config"])).privacy.private
+    task = DeviceInstructions.from_config(dict(first.content["config"]))
     sent = first.content["arrays"]
-    arrays = _delta_to_arrays(record.aggregate, sent) if record.aggregate is not None else sent
-    metrics = _round_metrics(record, private)
+    if record.aggregate is None:
+        arrays = sent
+    elif task.privacy.shared:
+        arrays = _shared_sum(record, task, sent, sa)
+    else:
+        arrays = _delta_to_arrays(record.aggregate, sent)
+    metrics = _round_metrics(record, task.privacy.private)
     if wire_log is not None:
         with wire_log.open("a") as fh:
             fh.write(json.dumps(record.line(arrays if record.aggregate is not None else None)) + "\n")
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=first)
+
+
+def check_shared_noise(sa: SecureAggregation, min_devices: int) -> None:
+    """Before the first round of a shared-noise mechanism: the shares can sum exactly, each node's share
+    is scaled by exactly one, and no sum SecAgg+ can unmask holds fewer than ``min_devices`` shares of the
+    noise (counting one device per node, as on a fleet of phones)."""
+    SumGrid(sa.clipping_range, sa.quantization_range)
+    if sa.max_weight != int(sa.max_weight):
+        raise FedrecError(f"{SETTING}.max_weight: must be a whole number under a shared-noise mechanism")
+    if sa.reconstruction_threshold < min_devices:
+        raise FedrecError(
+            f"{SETTING}.reconstruction_threshold={sa.reconstruction_threshold} is below "
+            f"federation.device.shared_noise.min_devices={min_devices}: SecAgg+ could reveal a sum of "
+            f"{sa.reconstruction_threshold} nodes, with less noise than the accountant assumes; raise it to "
+            f"{min_devices} or lower min_devices"
+        )
 
 
 def secure_grid(grid: Grid, server: ServerConfig) -> Grid:

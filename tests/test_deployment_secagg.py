@@ -3,9 +3,13 @@
 SuperNodes. One device is killed once it has the round's masked-vector request (after the key
 sharing): SecAgg+ rebuilds its masks from the other three's shares and the round completes with the
 sum of three. Nothing the server writes holds a device's update: the wire log shows one aggregate and
-the masked vectors' sizes, and the bytes of a survivor's update (replayed from a copy of its store)
-occur nowhere in the server's directory, while the global parameters sent down do.
+the masked vectors' sizes, and the bytes of a survivor's update (replayed from a copy of its store:
+without DP a device's randomness repeats from the run config) occur nowhere in the server's
+directory, while the server's own final model does.
 ``FEDREC_SECAGG_KILL=sigkill`` kills the device's processes with SIGKILL (a crash) instead of SIGTERM.
+
+The second test runs the shared-noise mechanism ``distributed`` (federated_ddp) the same way: the
+item histogram in round 1, one DP-SGD step in round 2 with a device killed after the key sharing.
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ DEVICES, N_ITEMS, VICTIM = 4, 20, 3
 RUN_CONFIG = (
     f'device.n_items={N_ITEMS} device.model.gmf_dim=4 device.model.mlp_dim=4 device.model.layers="8,4" '
     "device.training.steps_per_epoch=2 device.training.negatives=2 device.participation=1.0 "
-    "device.serving.refit_steps=1 privacy.epsilon=8.0 device.training.lr=0.05 device.seed=0 "
+    'device.serving.refit_steps=1 privacy.mechanism="none" device.item_row_average=false '
+    "device.training.lr=0.05 device.seed=0 "
     "server.secure_aggregation.enabled=true server.secure_aggregation.reconstruction_threshold=3 "
+    "server.secure_aggregation.max_weight=64.0 "  # without DP a node weighs its example count
     "server.secure_aggregation.timeout=60.0 server.strategy.min_nodes=3"
 )
 
@@ -65,6 +71,43 @@ def replayed_update(store: Path, key_file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def start_federation(tmp_path: Path, children, stores: list[Path], run_config: str, rounds: int):  # noqa: F811
+    """`fedrec certs init`, `fedrec server` and one `fedrec client --require-secure-aggregation` per store."""
+    certs, out = tmp_path / "certs", tmp_path / "server"
+    key_file = tmp_path / "fleet" / "master.key"  # a provisioned store's key derives from it and its id
+
+    def fedrec(name: str, *args: str):
+        return children.start(name, [*FEDREC, *args], log=tmp_path / f"{name}.log", cwd=ROOT)
+
+    proc = fedrec("certs", "certs", "init", "--out", str(certs), "--ip", "127.0.0.1", "--devices", str(DEVICES))
+    assert wait_exit(proc, tmp_path / "certs.log", 60) == 0, _read(tmp_path / "certs.log")
+    port = free_port()
+    server_flags = {"--certs": certs, "--out": out, "--host": "127.0.0.1", "--port": port, "--rounds": rounds}
+    server_flags.update({"--run-config": run_config, "--timeout": WAIT})
+    server = fedrec("server", "server", *argv(server_flags))
+    wait_for_text(tmp_path / "server.log", f"waiting for {DEVICES} device(s)", server)
+    for i, store in enumerate(stores):
+        flags = {"--store": store, "--key-file": key_file, "--superlink": f"127.0.0.1:{port}", "--max-wait": 60}
+        flags.update({"--root-cert": certs / "ca.crt", "--auth-key": certs / "devices" / f"device-{i}"})
+        fedrec(f"device-{i}", "client", *argv(flags), "--require-secure-aggregation")
+    return server, out
+
+
+def kill_when_received(tmp_path: Path, children, server, train_messages: int) -> None:  # noqa: F811
+    """Kill the victim device once it has received its ``train_messages``-th train message."""
+    victim_log = tmp_path / f"device-{VICTIM}.log"
+    deadline = time.monotonic() + WAIT
+    while _read(victim_log).count("Receiving: train message") < train_messages:
+        assert time.monotonic() < deadline and server.poll() is None, _read(tmp_path / "server.log")[-3000:]
+        time.sleep(0.2)
+    if os.environ.get("FEDREC_SECAGG_KILL") == "sigkill":  # a crash: no goodbye to the SuperLink
+        victim = children.procs[f"device-{VICTIM}"]
+        for pid in [victim.pid, *descendants(victim.pid)]:
+            os.kill(pid, signal.SIGKILL)
+    else:  # SIGTERM, as an OS ends an app: the SuperNode leaves the federation at once
+        children.stop_one(f"device-{VICTIM}")
+
+
 def argv(flags: dict) -> list[str]:
     return [str(x) for pair in flags.items() for x in pair]
 
@@ -75,40 +118,12 @@ def occurs(needle: bytes, directory: Path) -> list[str]:
 
 @pytest.mark.e2e
 def test_secure_aggregation_survives_a_killed_device(tmp_path, children):  # noqa: F811
-    certs, out = tmp_path / "certs", tmp_path / "server"
     stores = fleet(tmp_path / "fleet")
     shutil.copytree(tmp_path / "fleet", tmp_path / "before")  # for the replay
-    key_file = tmp_path / "fleet" / "master.key"  # a provisioned store's key derives from it and its id
-
-    def fedrec(name: str, *args: str):
-        return children.start(name, [*FEDREC, *args], log=tmp_path / f"{name}.log", cwd=ROOT)
-
-    proc = fedrec("certs", "certs", "init", "--out", str(certs), "--ip", "127.0.0.1", "--devices", str(DEVICES))
-    assert wait_exit(proc, tmp_path / "certs.log", 60) == 0, _read(tmp_path / "certs.log")
-    port = free_port()
     started = time.monotonic()
-    server_flags = {"--certs": certs, "--out": out, "--host": "127.0.0.1", "--port": port, "--rounds": 1}
-    server_flags.update({"--run-config": RUN_CONFIG, "--timeout": WAIT})
-    server = fedrec("server", "server", *argv(server_flags))
+    server, out = start_federation(tmp_path, children, stores, RUN_CONFIG, rounds=1)
     server_log = tmp_path / "server.log"
-    wait_for_text(server_log, f"waiting for {DEVICES} device(s)", server)
-    for i, store in enumerate(stores):
-        flags = {"--store": store, "--key-file": key_file, "--superlink": f"127.0.0.1:{port}", "--max-wait": 60}
-        flags.update({"--root-cert": certs / "ca.crt", "--auth-key": certs / "devices" / f"device-{i}"})
-        fedrec(f"device-{i}", "client", *argv(flags), "--require-secure-aggregation")
-
-    # The third train message is the masked-vector request: the key sharing is behind it. Kill the device.
-    victim_log = tmp_path / f"device-{VICTIM}.log"
-    deadline = time.monotonic() + WAIT
-    while _read(victim_log).count("Receiving: train message") < 3:
-        assert time.monotonic() < deadline and server.poll() is None, _read(server_log)[-3000:]
-        time.sleep(0.2)
-    if os.environ.get("FEDREC_SECAGG_KILL") == "sigkill":  # a crash: no goodbye to the SuperLink
-        victim = children.procs[f"device-{VICTIM}"]
-        for pid in [victim.pid, *descendants(victim.pid)]:
-            os.kill(pid, signal.SIGKILL)
-    else:  # SIGTERM, as an OS ends an app: the SuperNode leaves the federation at once
-        children.stop_one(f"device-{VICTIM}")
+    kill_when_received(tmp_path, children, server, 3)  # the third is the masked-vector request
 
     assert wait_exit(server, server_log) == 0, _read(server_log)[-3000:]
     elapsed = time.monotonic() - started
@@ -135,3 +150,43 @@ def test_secure_aggregation_survives_a_killed_device(tmp_path, children):  # noq
     assert occurs(final.tobytes()[:64], out), "control: the server's own final model is found"
     assert occurs(trained.tobytes()[:64], out) == [] and occurs(delta.tobytes()[:64], out) == []
     print(f"secure round with one device killed: {elapsed:.0f} s, stages {secure['stages']}", file=sys.stderr)
+
+
+@pytest.mark.e2e
+def test_shared_noise_rounds_under_secure_aggregation(tmp_path, children):  # noqa: F811
+    """federated_ddp deployed: four devices each add 1/sqrt(3) of the noise (min_devices 3, and SecAgg+
+    unmasks no sum of fewer than 3 nodes). Round 1 reveals the noisy item histogram, round 2 one noisy
+    gradient sum, with a device killed after the key sharing: the sum of the three others still carries
+    the full noise and is applied. The server only ever held the two sums."""
+    stores = fleet(tmp_path / "fleet")
+    manifest = load_manifest(tmp_path / "fleet")
+    records = sum(d.counts["train"] for d in manifest.devices)
+    run_config = (
+        f'device.n_items={N_ITEMS} device.model.kind="gmf" device.model.gmf_dim=4 device.participation=1.0 '
+        f"device.fleet.devices={DEVICES} device.fleet.train_records={records} device.training.negatives=2 "
+        'device.shared_noise.min_devices=3 device.shared_noise.feature_init="" device.shared_noise.table_lr=5.0 '
+        'device.serving.refit_steps=1 privacy.mechanism="distributed" privacy.epsilon=8.0 device.seed=0 '
+        "server.secure_aggregation.enabled=true server.secure_aggregation.reconstruction_threshold=3 "
+        "server.secure_aggregation.clipping_range=256.0 server.secure_aggregation.quantization_range=1048576 "
+        "server.secure_aggregation.timeout=60.0 server.strategy.min_nodes=3"
+    )
+    server, out = start_federation(tmp_path, children, stores, run_config, rounds=2)
+    kill_when_received(tmp_path, children, server, 7)  # round 2's masked-vector request (4 messages a round)
+    server_log = tmp_path / "server.log"
+    assert wait_exit(server, server_log) == 0, _read(server_log)[-3000:]
+    assert "finished:completed" in _read(server_log)
+
+    wire = [json.loads(line) for line in (out / "wire.jsonl").read_text().splitlines()]
+    secure = [e for e in wire if e["direction"] == SECURE_DIRECTION]
+    assert [[s["nodes"] for s in e["stages"]] for e in secure] == [[4, 4, 4, 4], [4, 4, 3, 3]]
+    assert all(e["revealed"] and e["masked_vectors"] in (4, 3) and e["sum_headroom"] < 0.5 for e in secure)
+    assert [e["n_messages"] for e in wire if e["direction"] == "up"] == [1, 1]  # two sums, no device reply
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["train"]["devices"] for r in rounds] == [4, 3]  # both rounds applied (3 >= min_devices)
+    assert max(rounds[1]["epsilons"]) <= 8.0 + 1e-9
+    final = torch.load(out / "global_model.pt", weights_only=True)["item_emb.weight"]
+    assert final[:, 4].std() > 0  # round 1's histogram became the prior column
+    start = initial_state(
+        from_flat(FederationConfig, parse_run_config(run_config), "test", complete=False).device,
+    )["item_emb.weight"]
+    assert (final[:, :4] - start[:, :4]).abs().max() > 0  # round 2's noisy step moved the item rows

@@ -105,7 +105,7 @@ def fleet(tmp_path_factory) -> Path:
     return out
 
 
-def federation(fleet: Path, out: Path, sa: SecureAggregation) -> FederationConfig:
+def federation(fleet: Path, out: Path, sa: SecureAggregation, overrides: dict | None = None) -> FederationConfig:
     copy = out / "fleet"
     shutil.copytree(fleet, copy)
     base = load_config().federation
@@ -125,6 +125,7 @@ def federation(fleet: Path, out: Path, sa: SecureAggregation) -> FederationConfi
             "device.training.negatives": 2,
             "device.training.lr": 0.05,
             "device.serving.refit_steps": 1,
+            **(overrides or {}),
         },
         "test",
         complete=False,
@@ -133,8 +134,14 @@ def federation(fleet: Path, out: Path, sa: SecureAggregation) -> FederationConfi
     return replace(cfg, server=replace(cfg.server, secure_aggregation=sa))
 
 
-def run(fleet: Path, out: Path, sa: SecureAggregation, dies_after: dict[int, int] | None = None):
-    cfg = federation(fleet, out, sa)
+def run(
+    fleet: Path,
+    out: Path,
+    sa: SecureAggregation,
+    dies_after: dict[int, int] | None = None,
+    overrides: dict | None = None,
+):
+    cfg = federation(fleet, out, sa, overrides)
     nodes = [{"partition-id": i, "num-partitions": NODES} for i in range(NODES)]
     result = run_federation(secure_grid(InProcessGrid(nodes, dies_after), cfg.server), cfg)
     wire = [json.loads(line) for line in (out / "wire.jsonl").read_text().splitlines()]
@@ -261,3 +268,80 @@ def test_flower_simulation_engine_runs_rounds_under_secagg(tmp_path, tiny):
     final = torch.load(model_dir / "global_model.pt", weights_only=True)
     start = initial_state(from_nested(FederationConfig, result.info["federation"], "report").device)
     assert max_gap(final, start) > 0
+
+
+# Shared noise: every node's share goes on the grid (fedrec.common.secure_sum); the sum must stay in range.
+SHARED = SecureAggregation(enabled=True, reconstruction_threshold=3, clipping_range=256.0, quantization_range=2**20)
+MECHANISMS = {
+    "distributed": {  # round 1 the item histogram, round 2 one DP-SGD step of the item table
+        "privacy.mechanism": "distributed",
+        "device.model.kind": "gmf",
+        "device.shared_noise.feature_init": "",
+        "device.shared_noise.min_devices": 3,
+        "device.shared_noise.table_lr": 5.0,
+        "server.rounds": 2,
+    },
+    "user": {
+        "privacy.mechanism": "user",
+        "privacy.max_grad_norm": 0.5,
+        "device.shared_noise.min_devices": 3,
+        "server.rounds": 2,
+    },
+}
+
+
+def recorded_sums(monkeypatch) -> list[dict[str, torch.Tensor]]:
+    """Every sum the shared-noise aggregation applies, as it receives it."""
+    from fedrec.server import shared_noise
+
+    sums, summed = [], shared_noise.summed
+    monkeypatch.setattr(shared_noise, "summed", lambda replies: sums.append(summed(replies)) or sums[-1])
+    return sums
+
+
+@pytest.mark.parametrize("mechanism", sorted(MECHANISMS))
+def test_shared_noise_secure_sum_equals_the_plain_sum(fleet, tmp_path, monkeypatch, mechanism):
+    """Same devices, same seeded noise: what the server applies under SecAgg+ is the plain sum of the node
+    shares up to each node's rounding onto the grid (below one step per node and coordinate), including a
+    round in which a node dies after the key sharing (round 2: its masks are rebuilt, 3 nodes remain)."""
+    overrides = MECHANISMS[mechanism]
+    sums = recorded_sums(monkeypatch)
+    run(fleet, tmp_path / "plain", replace(SHARED, enabled=False), {104: 1}, overrides)
+    plain = list(sums)
+    sums.clear()
+    _, wire, rounds = run(fleet, tmp_path / "secure", SHARED, {104: 6}, overrides)
+    assert len(sums) == len(plain) == 2
+    step = 2 * SHARED.clipping_range / SHARED.quantization_range
+    for nodes, p, s in zip((NODES, NODES - 1), plain, sums):
+        assert p.keys() == s.keys()
+        gap = max(float((p[k] - s[k]).abs().max()) for k in p)
+        assert 0 < gap < nodes * step, (gap, nodes * step)  # rounded (not the plain path), within the bound
+    secure = [e for e in wire if e["direction"] == SECURE_DIRECTION]
+    assert [[st["nodes"] for st in e["stages"]] for e in secure] == [[4] * 4, [4, 4, 3, 3]]
+    assert all(e["revealed"] and 0 < e["sum_headroom"] < 0.5 for e in secure)
+    assert [r["train"]["devices"] for r in rounds] == [DEVICES, DEVICES - 2]
+
+
+def test_shared_noise_needs_a_threshold_of_min_devices(fleet, tmp_path):
+    overrides = {**MECHANISMS["distributed"], "device.shared_noise.min_devices": 4}
+    with pytest.raises(FedrecError, match="reconstruction_threshold=3 is below .*min_devices=4"):
+        run(fleet, tmp_path / "secure", SHARED, None, overrides)
+    with pytest.raises(FedrecError, match="must be powers of two"):
+        run(fleet, tmp_path / "odd", replace(SHARED, clipping_range=3.0), None, MECHANISMS["distributed"])
+
+
+def test_a_deployed_device_refuses_a_plain_shared_noise_round():
+    """A device that adds only its share of the noise answers only under SecAgg+, whatever its flags."""
+    from fedrec.common.config import DeviceConfig
+    from fedrec.common.instructions import DeviceInstructions, DevicePrivacy
+
+    task = DeviceInstructions(DeviceConfig(), DevicePrivacy(1.0, 1.0, 1e-5, 8.0, "distributed", 10.0))
+    msg = Message(RecordDict({"config": ConfigRecord(task.to_config())}), dst_node_id=7, message_type=MessageType.TRAIN)
+    handled = []
+    for node_config, refused in (({"store": "/x.db", "key-file": "/k"}, True), ({"partition-id": 0}, False)):
+        context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+        reply = secure_aggregation_mod(
+            msg, context, lambda m, c: handled.append(m) or Message(Error(0, "x"), reply_to=m)
+        )
+        assert (reply.error.code == REFUSED) is refused
+    assert handled == [msg]  # only the simulated node's handler ran

@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from fedrec.client.device_round import EMBEDDING, ledger_of, round_examples
+from fedrec.client.device_round import EMBEDDING, ledger_of, round_examples, round_seed_of
 from fedrec.client.fleet import node_devices
 from fedrec.client.shared_gradients import CLIP_EPS
 from fedrec.client.shared_noise import device_share, train_fleet_shared
@@ -59,7 +59,7 @@ def pooled_clipped_sum(device, refs, state, task) -> tuple[torch.Tensor, dict[st
     user_sums = {}
     for ref in refs:
         with ref.open() as store:
-            items, labels, _ = round_examples(store, ref.device_id, task)
+            items, labels = round_examples(store, task, round_seed_of(ref, task))
         row = _initial_row(ref, device)
         user_sum = torch.zeros_like(row)
         for group, y in zip(items, labels):
