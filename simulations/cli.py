@@ -130,7 +130,10 @@ def simulate(
         ",".join(DEFAULT_ARMS),
         help="Comma-separated arms.",
     ),
-    sweep: str = typer.Option("", help="Extra federated_dp budgets, e.g. 1,2,4 (accuracy-vs-epsilon plot)."),
+    sweep: str = typer.Option(
+        "",
+        help="Extra budgets, e.g. 1,2,4, for every private arm of the run (federated_dp if none): accuracy-vs-epsilon plot.",
+    ),
     seeds: str = typer.Option("0", help="Comma-separated seeds."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
     ray_address: Optional[str] = typer.Option(

@@ -105,8 +105,14 @@ def markdown(report: dict) -> str:
         ]
     sweep = report.get("epsilon_sweep")
     if sweep:
-        lines += ["### Accuracy against the privacy budget", "", "| epsilon | HR@10 | NDCG@10 |", "| --- | --- | --- |"]
+        lines += [
+            "### Accuracy against the privacy budget",
+            "",
+            "| arm | epsilon | HR@10 | NDCG@10 |",
+            "| --- | --- | --- | --- |",
+        ]
         for row in sweep:
-            lines.append(f"| {row['epsilon']} | {row['hr@10']:.4f} | {row['ndcg@10']:.4f} |")
+            mechanism = row.get("mechanism", "federated_dp")
+            lines.append(f"| {mechanism} | {row['epsilon']} | {row['hr@10']:.4f} | {row['ndcg@10']:.4f} |")
         lines += ["", "![accuracy vs epsilon](epsilon_sweep.png)", ""]
     return "\n".join(lines)

@@ -7,15 +7,22 @@ from pathlib import Path
 
 from fedrec.common.config import FederationConfig, FedrecConfig, PrivacyConfig
 from fedrec.simulations.arm_names import FEDERATED_ARMS
+from fedrec.simulations.arms.centralized_dp import DPRecipe, fit_centralized_dp
 from fedrec.simulations.arms.registry import central_fitters
 from fedrec.simulations.experiment import Experiment, load
 from fedrec.simulations.federated import FederatedArm, fit_federated
 
 MECHANISM_OF = {"federated": "none", "federated_dp": "local", "federated_user_dp": "user"}
+# The private arms --sweep repeats at each budget (those of the run; federated_dp when the run has none).
+SWEPT_ARMS = ("federated_dp", "federated_ddp", "federated_user_dp", "centralized_dp")
 
 
-def sweep_arm_name(epsilon: float) -> str:
-    return f"federated_dp_eps{epsilon:g}"
+def sweep_arm_name(arm: str, epsilon: float) -> str:
+    return f"{arm}_eps{epsilon:g}"
+
+
+def swept_arms(arms: list[str]) -> list[str]:
+    return [a for a in SWEPT_ARMS if a in arms] or ["federated_dp"]
 
 
 def build_experiment(
@@ -48,20 +55,30 @@ def build_experiment(
         return lambda split, seed: fit_federated(arm, split, seed)
 
     privacy = cfg.federation.privacy
+
+    def private(name: str, arm: str, epsilon: float):
+        """The private ``arm`` at ``epsilon`` (delta and the rest of its settings as configured)."""
+        at = replace(privacy, epsilon=epsilon)
+        if arm == "centralized_dp":
+            recipe = DPRecipe.at(cfg.centralized_dp, at)
+            return lambda split, seed: fit_centralized_dp(split, seed, recipe, show=show)
+        if arm == "federated_ddp":
+            ddp = replace(at, mechanism="distributed", max_grad_norm=cfg.centralized_dp.max_grad_norm)
+            return federated(name, ddp, shared_noise_federation(cfg))
+        return federated(name, replace(at, mechanism=MECHANISM_OF[arm]))
+
     for name in arms:
-        if name == "federated_ddp":
-            fitters[name] = federated(
-                name,
-                replace(privacy, mechanism="distributed", max_grad_norm=cfg.centralized_dp.max_grad_norm),
-                shared_noise_federation(cfg),
-            )
-        elif name in FEDERATED_ARMS:  # federated_user_dp: the federated recipe, its updates clipped and noised
-            fitters[name] = federated(name, replace(privacy, mechanism=MECHANISM_OF[name]))
-    for eps in sweep:
-        fitters[sweep_arm_name(eps)] = federated(sweep_arm_name(eps), replace(privacy, mechanism="local", epsilon=eps))
+        if name == "federated":
+            fitters[name] = federated(name, replace(privacy, mechanism="none"))
+        elif name in FEDERATED_ARMS:
+            fitters[name] = private(name, name, privacy.epsilon)
+    swept = swept_arms(arms)
+    for arm in swept:
+        for eps in sweep:
+            fitters[sweep_arm_name(arm, eps)] = private(sweep_arm_name(arm, eps), arm, eps)
     post = [add_federated_plots]
-    if sweep or "federated_dp" in arms:
-        post.insert(0, add_sweep(sweep, privacy.epsilon))
+    if sweep or any(a in arms for a in SWEPT_ARMS):
+        post.insert(0, add_sweep(sweep, privacy.epsilon, swept))
     return Experiment(
         dataset=dataset,
         out=Path(out),
@@ -95,36 +112,39 @@ def shared_noise_federation(cfg: FedrecConfig) -> FederationConfig:
     return replace(federation, server=server, device=device)
 
 
-def add_sweep(epsilons: list[float], fed_epsilon: float):
-    """Report step: accuracy at each budget (and without DP) as a table and a plot."""
+def add_sweep(epsilons: list[float], run_epsilon: float, swept: list[str]):
+    """Report step: accuracy of every swept arm at each budget (and federated without DP) as a table and
+    one plot, a curve per arm, the non-private arms as lines."""
 
     def step(report: dict, run_dir: Path) -> None:
         from fedrec.simulations.plots import curves
 
         arms = report["arms"]
         rows = []
-        points = [(e, sweep_arm_name(e)) for e in epsilons]
-        if "federated_dp" in arms and fed_epsilon:
-            points.append((fed_epsilon, "federated_dp"))
-        for eps, name in sorted(set(points)):
-            if name in arms:
-                rows.append(
-                    {"epsilon": eps, "arm": name, **{k: arms[name]["accuracy"][k] for k in ("hr@10", "ndcg@10")}}
-                )
+        for arm in swept:
+            points = {(e, sweep_arm_name(arm, e)) for e in epsilons} | {(run_epsilon, arm)}
+            for eps, name in sorted(points):
+                if name in arms:
+                    accuracy = arms[name]["accuracy"]
+                    rows.append({"mechanism": arm, "epsilon": eps, "arm": name, **_accuracy(accuracy)})
         if "federated" in arms:
             rows.append(
                 {
+                    "mechanism": "federated",
                     "epsilon": "no DP",
                     "arm": "federated",
-                    **{k: arms["federated"]["accuracy"][k] for k in ("hr@10", "ndcg@10")},
+                    **_accuracy(arms["federated"]["accuracy"]),
                 }
             )
         if not rows:
             return
         report["epsilon_sweep"] = rows
-        finite = [r for r in rows if r["epsilon"] != "no DP"]
-        series = {"federated_dp": ([r["epsilon"] for r in finite], [r["ndcg@10"] for r in finite])}
-        xs = series["federated_dp"][0] or [1.0]
+        series = {}
+        for arm in swept:
+            finite = [r for r in rows if r["mechanism"] == arm]
+            if finite:
+                series[arm] = ([r["epsilon"] for r in finite], [r["ndcg@10"] for r in finite])
+        xs = [x for xs_, _ in series.values() for x in xs_] or [1.0]
         for ref in ("federated", "centralized", "popularity"):
             if ref in arms:
                 label = ref + (" (no DP)" if ref == "federated" else "")
@@ -132,12 +152,16 @@ def add_sweep(epsilons: list[float], fed_epsilon: float):
         curves(
             series,
             run_dir / "epsilon_sweep.png",
-            "epsilon (record-level, per device, delta 1e-5)",
+            "epsilon (delta 1e-5; each arm's unit in the privacy table)",
             "test NDCG@10 (full ranking)",
             "accuracy against the privacy budget",
         )
 
     return step
+
+
+def _accuracy(accuracy: dict) -> dict:
+    return {k: accuracy[k] for k in ("hr@10", "ndcg@10")}
 
 
 def add_federated_plots(report: dict, run_dir: Path) -> None:
