@@ -147,4 +147,4 @@ def _resolve_user(privacy: PrivacyConfig, device: DeviceConfig, rounds: int, dev
     _need(devices > 0, "device.fleet", "needs a manifest (the number of devices fixes the expected sum)")
     q = device.participation
     sigma = noise_for_budget(privacy.epsilon, privacy.delta, q, rounds)
-    return DevicePrivacy(sigma, privacy.max_grad_norm, privacy.delta, privacy.epsilon, "user", q * devices)
+    return DevicePrivacy(sigma, privacy.max_update_norm, privacy.delta, privacy.epsilon, "user", q * devices)

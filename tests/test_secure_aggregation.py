@@ -283,7 +283,7 @@ MECHANISMS = {
     },
     "user": {
         "privacy.mechanism": "user",
-        "privacy.max_grad_norm": 0.5,
+        "privacy.max_update_norm": 0.5,
         "device.shared_noise.min_devices": 3,
         "server.rounds": 2,
     },

@@ -243,7 +243,7 @@ def test_federated_user_dp_on_flower_simulation_engine(tmp_path, tiny):
     small = ModelConfig(gmf_dim=4, mlp_dim=4, layers=(8,))
     fed = FederationConfig(
         server=ServerConfig(rounds=3, eval_every=3),
-        privacy=PrivacyConfig(mechanism="user", epsilon=8.0, max_grad_norm=0.5),
+        privacy=PrivacyConfig(mechanism="user", epsilon=8.0, max_update_norm=0.5),
         device=DeviceConfig(model=small, participation=0.5),
     )
     result = fit_federated(
