@@ -169,8 +169,8 @@ def train_fleet_shared(
         for key, value in share.arrays.items():
             total[key] = total[key] + value.double() if key in total else value.double()
     reported = len(epsilons) - refused
-    if not total:  # nothing to add: an all-zero sum keeps the reply's layout
-        key = COUNTS if task.histogram_round else ITEM
-        shape = (task.device.n_items,) if key == COUNTS else tuple(global_params[ITEM].shape)
-        total[key] = torch.zeros(shape, dtype=torch.float64)
+    if not total:  # nothing to add: an all-zero share keeps the round's layout (SecAgg+ needs every array)
+        for name in task.share_names(list(global_params)):
+            shape = (task.device.n_items,) if name == COUNTS else tuple(global_params[name].shape)
+            total[name] = torch.zeros(shape, dtype=torch.float64)
     return total, train_metrics(reported, reported, refused, steps, epsilons, private=True)

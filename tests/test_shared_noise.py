@@ -282,3 +282,18 @@ def test_canary_retraining_resolves_m_min_again_and_starts_rows_at_random():
     assert canary.privacy == audited.privacy and canary.device.model == audited.device.model
     local = FederationConfig(privacy=PrivacyConfig(mechanism="local"), device=DeviceConfig(shared_noise=shared))
     assert canary_federation(local) == local
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "round_number", "names"),
+    [("distributed", 1, {"item_counts"}), ("distributed", 2, {"item_emb.weight"}), ("user", 1, None)],
+)
+def test_a_node_with_nothing_to_add_sends_a_zero_share_of_the_rounds_layout(mechanism, round_number, names):
+    """A node whose devices all sat out still sends every array of the round's share (SecAgg+ sums them
+    position by position), all zero."""
+    device = DeviceConfig(model=GMF, n_items=7)
+    state = {k: v.detach() for k, v in NeuMF(1, 7, GMF).state_dict().items() if k != "user_emb.weight"}
+    privacy = DevicePrivacy(1.0, CLIP, 1e-5, 8.0, mechanism, 10.0)
+    total, metrics = train_fleet_shared([], state, DeviceInstructions(device, privacy, RoundInfo(round_number)))
+    assert set(total) == (names or set(state)) and metrics["devices"] == 0
+    assert all(float(v.abs().max()) == 0.0 for v in total.values())
