@@ -26,7 +26,7 @@ demo: setup
 
 test: setup lint
 	$(BIN)/fedrec data fetch ml-100k
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # ruff (lint + format) everywhere; mypy on fedrec.common, reached through a symlinked fedrec/ namespace
 # because the folders install under names they do not have on disk.
