@@ -46,7 +46,8 @@ def node_devices(node_config: Mapping[str, Any], fleet: Fleet) -> list[DeviceRef
     if "store" in node_config:
         path = Path(str(node_config["store"]))
         return [DeviceRef(path.stem, path, store_key(path, Path(str(node_config["key-file"]))))]
-    if "stores-dir" in node_config:  # a gateway's node config names its own group
+    gateway = "stores-dir" in node_config  # a deployed gateway's node config names its own group
+    if gateway:
         fleet = Fleet(str(node_config["stores-dir"]), str(node_config["master-key-file"]))
     if not fleet.stores_dir:
         raise FedrecError(
@@ -57,7 +58,11 @@ def node_devices(node_config: Mapping[str, Any], fleet: Fleet) -> list[DeviceRef
     part, parts = int(node_config.get("partition-id", 0)), int(node_config.get("num-partitions", 1))
     return [
         DeviceRef(
-            d.device_id, manifest.store_path(d), derive_device_key(master, d.device_id), durable=False, seeded=True
+            d.device_id,
+            manifest.store_path(d),
+            derive_device_key(master, d.device_id),
+            durable=False,
+            seeded=not gateway,  # only a simulated node's randomness repeats from the run config
         )
         for d in manifest.devices[part::parts]
     ]

@@ -332,5 +332,29 @@ def test_node_config_names_one_device_or_a_gateways_group(tmp_path):
     for ref in (group[0], single):
         with DeviceStore.open(ref.path, ref.key) as opened:
             assert len(opened.read_events(None)) == 10
+    simulated = node_devices(
+        {"partition-id": 0, "num-partitions": 1}, Fleet(str(tmp_path), str(tmp_path / "master.key"))
+    )
+    # a deployed device's randomness comes from the OS; only a simulated one repeats from the run config
+    assert not any(ref.seeded for ref in (*group, single)) and all(ref.seeded for ref in simulated)
     with pytest.raises(FedrecError, match="--store and --key-file .* or --stores-dir"):
         check_inputs(ClientSettings(store, None, "h:1", tmp_path / "ca", tmp_path / "k", stores_dir=tmp_path))
+
+
+def test_a_deployed_private_device_draws_fresh_seeds():
+    """The server writes the run config: a deployed DP device must not derive its noise from it."""
+    from dataclasses import replace
+
+    from fedrec.client.device_round import DeviceRef, round_seed_of, stream_seed
+    from fedrec.common.config import DeviceConfig
+    from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
+
+    private = DeviceInstructions(DeviceConfig(), DevicePrivacy(1.0, 1.0, 1e-5, 8.0), RoundInfo(3))
+    deployed = DeviceRef("device-1", Path("x.db"), b"k")
+    simulated = replace(deployed, seeded=True)
+    assert round_seed_of(deployed, private) != round_seed_of(deployed, private)
+    assert round_seed_of(simulated, private) == round_seed_of(simulated, private) < 2**32
+    plain = DeviceInstructions(DeviceConfig(), DevicePrivacy(), RoundInfo(3))
+    assert round_seed_of(deployed, plain) == round_seed_of(simulated, plain)  # nothing rests on it without DP
+    seed = round_seed_of(deployed, private)
+    assert stream_seed("noise", seed) >> 32 == seed >> 32  # a stream keeps the OS seed's high bits
