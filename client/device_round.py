@@ -223,11 +223,17 @@ def evaluate_device(
     if len(target) == 0:
         return None
     scores = model.score_users(torch.zeros(1, dtype=torch.long))[0].double().numpy()
+    return heldout_rank(scores, target, np.concatenate(exclude), device_seed(device.seed, -1, ref.device_id))
+
+
+def heldout_rank(scores: np.ndarray, target: np.ndarray, seen: np.ndarray, seed: int) -> int:
+    """0-based rank of the last ``target`` item among the items not ``seen`` (ties broken by ``seed``)."""
+    scores = scores.copy()
     tgt = int(target[-1])
     target_score = scores[tgt]
-    scores[np.concatenate(exclude).astype(np.int64)] = -np.inf
+    scores[seen.astype(np.int64)] = -np.inf
     scores[tgt] = target_score
-    rng = np.random.default_rng(device_seed(device.seed, -1, ref.device_id))
+    rng = np.random.default_rng(seed)
     return int(ranks_from_scores(scores[None, :], np.array([target_score]), rng)[0])
 
 

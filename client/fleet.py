@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedrec.client.batched_serving import evaluate_batched
 from fedrec.client.batched_training import DeviceWork, train_private_batched
 from fedrec.client.device_round import (
     DeviceRef,
@@ -160,11 +161,16 @@ def train_fleet(
 def evaluate_fleet(
     devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
 ) -> dict[str, Any]:
-    ranks = []
-    for ref in devices:
-        rank = evaluate_device(ref, global_params, task.device, keep_serving=task.round.final)
-        if rank is not None:
-            ranks.append(rank)
+    device, final = task.device, task.round.final
+    if device.executor == "batched":  # the same refits stacked (client/batched_serving.py), a block at a time
+        found = [
+            rank
+            for start in range(0, len(devices), STORES_OPEN)
+            for rank in evaluate_batched(devices[start : start + STORES_OPEN], global_params, device, final)
+        ]
+    else:
+        found = [evaluate_device(ref, global_params, device, keep_serving=final) for ref in devices]
+    ranks = [rank for rank in found if rank is not None]
     hr, ndcg = hit_ndcg(np.asarray(ranks, dtype=np.int64))
     metrics = {"num-examples": len(ranks), "hr@10": hr, "ndcg@10": ndcg}
     return {k: metrics[k] for k in allowed_keys("evaluate", task.privacy.private)}

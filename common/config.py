@@ -211,8 +211,9 @@ class DeviceConfig:
     seed: int = 0
     state_prefix: str = ""  # device-store state names are prefixed, so arms sharing a store stay apart
     eval_stage: str = "validation"
-    # A node serving many devices (a gateway, a simulated fleet) trains its DP devices "batched" (stacked,
-    # the same mathematics as Opacus per device, tested equal) or "per_device" with Opacus itself.
+    # A node serving many devices (a gateway, a simulated fleet) trains its DP devices and refits their
+    # serving rows "batched" (stacked, the same mathematics as Opacus and the refit per device, tested
+    # equal) or "per_device" (Opacus itself, one refit per device).
     executor: str = "batched"
     # Without DP, each item row is averaged over the examples that used it (fedrec.common.item_rows);
     # a private device never sends the per-row counts this needs.
