@@ -35,6 +35,7 @@ from typing import Any
 from fedrec.common.errors import FedrecError
 from fedrec.common.files import read_text
 from fedrec.common.model import ModelConfig
+from fedrec.common.secure_sum import check_shared_noise
 from fedrec.common.settings import from_flat, from_nested, require, to_nested
 from fedrec.common.training import TrainConfig
 
@@ -44,6 +45,7 @@ STRATEGIES = ("fedavg", "fedavgm", "fedadam")
 # across devices and only the sum released (federated_ddp); user = user-level DP-FedAvg with the noise shared
 # the same way (federated_user_dp); docs/privacy.md
 MECHANISMS = ("none", "local", "distributed", "user")
+SHARED_MECHANISMS = ("distributed", "user")  # the noise is split across devices; only the sum is used
 EVAL_STAGES = ("validation", "test")
 EXECUTORS = ("batched", "per_device")
 
@@ -351,6 +353,8 @@ class FederationConfig:
             "device.item_row_average",
             "needs each node's per-row counts, which secure aggregation hides: set it to false",
         )
+        if self.server.secure_aggregation.enabled and self.privacy.mechanism in SHARED_MECHANISMS:
+            check_shared_noise(self.server.secure_aggregation, self.device.shared_noise.min_devices)
 
 
 @dataclass(frozen=True)

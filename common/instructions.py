@@ -13,7 +13,7 @@ from typing import Any
 
 from scipy.stats import binom
 
-from fedrec.common.config import DeviceConfig, PrivacyConfig
+from fedrec.common.config import SHARED_MECHANISMS, DeviceConfig, PrivacyConfig
 from fedrec.common.dp_recipe import composed_noise
 from fedrec.common.errors import FedrecError
 from fedrec.common.item_rows import ITEM_TABLE
@@ -52,7 +52,7 @@ class DevicePrivacy:
     @property
     def shared(self) -> bool:
         """The noise is split across devices and only the sum is used (distributed, user)."""
-        return self.private and self.mechanism in ("distributed", "user")
+        return self.private and self.mechanism in SHARED_MECHANISMS
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedrec.common.errors import FedrecError
+
+if TYPE_CHECKING:
+    from fedrec.common.config import SecureAggregation
 
 SETTING = "federation.server.secure_aggregation"
 
@@ -59,3 +63,19 @@ class SumGrid:
     def headroom(self, total: np.ndarray) -> float:
         """Largest |sum| as a share of c. Near 1 a coordinate may have wrapped: clipping_range is too small."""
         return float(np.abs(total).max(initial=0.0)) / self.clipping_range
+
+
+def check_shared_noise(sa: SecureAggregation, min_devices: int) -> None:
+    """Before the first round of a shared-noise mechanism: the shares can sum exactly, each node's share
+    is scaled by exactly one, and no sum SecAgg+ can unmask holds fewer than ``min_devices`` shares of the
+    noise (counting one device per node, as on a fleet of phones)."""
+    SumGrid(sa.clipping_range, sa.quantization_range)
+    if sa.max_weight != int(sa.max_weight):
+        raise FedrecError(f"{SETTING}.max_weight: must be a whole number under a shared-noise mechanism")
+    if sa.reconstruction_threshold < min_devices:
+        raise FedrecError(
+            f"{SETTING}.reconstruction_threshold={sa.reconstruction_threshold} is below "
+            f"federation.device.shared_noise.min_devices={min_devices}: SecAgg+ could reveal a sum of "
+            f"{sa.reconstruction_threshold} nodes, with less noise than the accountant assumes; raise it to "
+            f"{min_devices} or lower min_devices"
+        )

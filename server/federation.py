@@ -19,9 +19,9 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, resolve_privacy
 from fedrec.common.manifest import is_provisioned, load_manifest
 from fedrec.common.model import NeuMF, global_state
+from fedrec.common.secure_sum import check_shared_noise
 from fedrec.common.settings import to_nested
 from fedrec.server.checkpoint import load_checkpoint, save_checkpoint, save_final_model
-from fedrec.server.secure_aggregation import check_shared_noise
 from fedrec.server.shared_noise import SharedNoiseAggregation, shared_initial_state
 from fedrec.server.strategies import build_strategy
 

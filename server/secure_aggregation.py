@@ -299,22 +299,6 @@ def secure_train_round(grid: Grid, messages: list[Message], sa: SecureAggregatio
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=first)
 
 
-def check_shared_noise(sa: SecureAggregation, min_devices: int) -> None:
-    """Before the first round of a shared-noise mechanism: the shares can sum exactly, each node's share
-    is scaled by exactly one, and no sum SecAgg+ can unmask holds fewer than ``min_devices`` shares of the
-    noise (counting one device per node, as on a fleet of phones)."""
-    SumGrid(sa.clipping_range, sa.quantization_range)
-    if sa.max_weight != int(sa.max_weight):
-        raise FedrecError(f"{SETTING}.max_weight: must be a whole number under a shared-noise mechanism")
-    if sa.reconstruction_threshold < min_devices:
-        raise FedrecError(
-            f"{SETTING}.reconstruction_threshold={sa.reconstruction_threshold} is below "
-            f"federation.device.shared_noise.min_devices={min_devices}: SecAgg+ could reveal a sum of "
-            f"{sa.reconstruction_threshold} nodes, with less noise than the accountant assumes; raise it to "
-            f"{min_devices} or lower min_devices"
-        )
-
-
 def secure_grid(grid: Grid, server: ServerConfig) -> Grid:
     """``grid`` itself, or (``server.secure_aggregation.enabled``) the grid that sums train replies under SecAgg+."""
     if not server.secure_aggregation.enabled:
