@@ -2,6 +2,7 @@
 
     python -m bench.bench_scaling [--users 943,6040,20000,100000] [--items 1682] [--round-devices N]
                                   [--workers 2] [--out DIR] [--plot FILE]
+    python -m bench.bench_scaling --rows DIR [DIR ...] [--plot FILE]   # tabulate and plot saved sizes
 
 Each size runs in its own child process (so peak RSS is that size's own): draw the population
 (simulations.synth, fitted to ML-100K once in the parent), split it (protocol.md), provision one
@@ -10,7 +11,9 @@ in-process device path, ``client.fleet.train_fleet`` over every device (``client
 open + decrypt, Opacus DP-SGD at noise 1.0, write back) with the default run config, 1 torch thread.
 ``--round-devices N`` makes each device take part with probability N/users (quick mode: the round then
 covers about N devices, and the table says so). Peak RSS is the child's maximum resident set
-(the provisioning workers are separate processes and reported apart).
+(the provisioning workers are separate processes and reported apart). Each size's row is also saved as
+``row-<users>.json`` in the work dir, so sizes measured in separate runs (the largest takes the longest)
+are tabulated and plotted together with ``--rows``.
 """
 
 from __future__ import annotations
@@ -114,15 +117,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="work dir (default: a temp dir, removed)")
     parser.add_argument("--plot", type=Path, default=Path("bench_scaling.png"))
+    parser.add_argument("--rows", type=Path, nargs="+", default=None, help="dirs of saved rows: no new runs")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stats", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(one_size(args.stats, args.one, args.items, args.round_devices, args.workers, args.out)))
         return
+    console = Console(width=160)
+    if args.rows:
+        saved = [json.loads(f.read_text()) for d in args.rows for f in d.glob("row-*.json")]
+        report(sorted(saved, key=lambda r: r["users"]), args.plot, console)
+        return
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
-    console = Console(width=160)
     t0 = time.perf_counter()
     stats = fit_synth(load_dataset("ml-100k"))
     console.print(f"fit to ml-100k: {time.perf_counter() - t0:.1f} s")
@@ -153,7 +161,14 @@ def main() -> None:
             check=True,
         )
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        (work / f"row-{users}.json").write_text(json.dumps(rows[-1]))
         console.print(rows[-1])
+    report(rows, args.plot, console)
+    if args.out is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(rows: list[dict], plot_path: Path, console: Console) -> None:
     table = Table(
         "users",
         "interactions",
@@ -185,10 +200,8 @@ def main() -> None:
             f"for x{last['round_devices'] / max(first['round_devices'], 1):.1f} the training devices, "
             f"provisioning x{last['provision_s'] / first['provision_s']:.1f}"
         )
-    plot(rows, args.plot)
-    console.print(f"plot: {args.plot}")
-    if args.out is None:
-        shutil.rmtree(work, ignore_errors=True)
+    plot(rows, plot_path)
+    console.print(f"plot: {plot_path}")
 
 
 if __name__ == "__main__":
