@@ -27,9 +27,9 @@ from fedrec.client.device_round import (
     device_seed,
     embedding_bytes,
     heldout_rank,
-    load_user_row,
+    serving_examples,
+    training_row,
 )
-from fedrec.client.local_training import make_examples
 from fedrec.common.config import DeviceConfig
 from fedrec.common.model import NeuMF
 from fedrec.common.store import DeviceStore
@@ -43,19 +43,14 @@ class _Refit:
     counts: torch.Tensor  # [D] groups per device
 
 
-def _examples(stores: Sequence[DeviceStore], refs: Sequence[DeviceRef], device: DeviceConfig, known) -> _Refit:
-    """The groups ``serving_model`` draws for each device (same positives, same seed, same negatives)."""
-    items, labels, counts = [], [], []
-    for store, ref in zip(stores, refs):
-        positives = np.concatenate([store.read_events(stage).items for stage in known]).astype(np.int64)
-        rng = np.random.default_rng(device_seed(device.seed, -2, ref.device_id))
-        x, y = make_examples(positives, positives, device.n_items, device.training.negatives, rng)
-        items.append(x)
-        labels.append(y)
-        counts.append(len(x))
-    sizes = torch.tensor(counts, dtype=torch.long)
+def _examples(
+    stores: Sequence[DeviceStore], refs: Sequence[DeviceRef], device: DeviceConfig, known: tuple[str, ...]
+) -> _Refit:
+    """Each device's ``serving_examples``, concatenated, with the row each group belongs to."""
+    groups = [serving_examples(store, ref.device_id, device, known) for store, ref in zip(stores, refs)]
+    sizes = torch.tensor([len(items) for items, _ in groups], dtype=torch.long)
     owner = torch.repeat_interleave(torch.arange(len(refs)), sizes)
-    return _Refit(torch.cat(items), torch.cat(labels), owner, sizes)
+    return _Refit(torch.cat([x for x, _ in groups]), torch.cat([y for _, y in groups]), owner, sizes)
 
 
 def refit_rows(model: NeuMF, rows: torch.Tensor, refit: _Refit, steps: int, lr: float) -> torch.Tensor:
@@ -82,6 +77,21 @@ def _model(global_params: dict[str, torch.Tensor], rows: torch.Tensor, device: D
     return model
 
 
+def _refitted(
+    global_params: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    stores: Sequence[DeviceStore],
+    refs: Sequence[DeviceRef],
+    device: DeviceConfig,
+    known: tuple[str, ...],
+) -> torch.Tensor:
+    """The rows after the serving refit on the ``known`` history (unchanged without refit steps)."""
+    steps, lr = device.serving.refit_steps, device.serving.refit_lr
+    if steps == 0:
+        return rows
+    return refit_rows(_model(global_params, rows, device), rows, _examples(stores, refs, device, known), steps, lr)
+
+
 def evaluate_batched(
     refs: Sequence[DeviceRef], global_params: dict[str, torch.Tensor], device: DeviceConfig, keep_serving: bool
 ) -> list[int | None]:
@@ -89,23 +99,10 @@ def evaluate_batched(
     known = KNOWN_BEFORE[device.eval_stage]
     with ExitStack() as open_stores:
         stores = [open_stores.enter_context(ref.open()) for ref in refs]
-        rows = torch.cat(
-            [
-                load_user_row(
-                    store, device.state_prefix, device.model.embedding_dim, device_seed(device.seed, 0, r.device_id)
-                )
-                for store, r in zip(stores, refs)
-            ]
-        )
-        steps, lr = device.serving.refit_steps, device.serving.refit_lr
-        model = _model(global_params, rows, device)
-        fitted = refit_rows(model, rows, _examples(stores, refs, device, known), steps, lr) if steps > 0 else rows
+        rows = torch.cat([training_row(store, ref.device_id, device) for store, ref in zip(stores, refs)])
+        fitted = _refitted(global_params, rows, stores, refs, device, known)
         if keep_serving:
-            serving = fitted
-            if known != SERVES_ON and steps > 0:
-                serving = refit_rows(
-                    _model(global_params, rows, device), rows, _examples(stores, refs, device, SERVES_ON), steps, lr
-                )
+            serving = fitted if known == SERVES_ON else _refitted(global_params, rows, stores, refs, device, SERVES_ON)
             for store, row in zip(stores, serving):
                 store.put_states({device.state_prefix + SERVING: embedding_bytes(row[None, :])})
         targets = [store.read_events(device.eval_stage).items for store in stores]

@@ -92,12 +92,13 @@ def device_model(
 ) -> NeuMF:
     """A fresh model per round (Opacus cannot wrap a module twice) with this device's own user row."""
     model = NeuMF(1, device.n_items, device.model)
-    state = dict(global_params)
-    state["user_emb.weight"] = load_user_row(
-        store, device.state_prefix, device.model.embedding_dim, device_seed(device.seed, 0, device_id)
-    )
-    model.load_state_dict(state)
+    model.load_state_dict({**global_params, "user_emb.weight": training_row(store, device_id, device)})
     return model
+
+
+def training_row(store: DeviceStore, device_id: str, device: DeviceConfig) -> torch.Tensor:
+    """[1, dim] this device's training user row (a seeded start before its first round)."""
+    return load_user_row(store, device.state_prefix, device.model.embedding_dim, device_seed(device.seed, 0, device_id))
 
 
 def round_seed_of(ref: DeviceRef, task: DeviceInstructions) -> int:
@@ -169,11 +170,18 @@ def serving_model(
     model = device_model(store, device_id, global_params, device)
     serving = device.serving
     if serving.refit_steps > 0:
-        positives = np.concatenate([store.read_events(stage).items for stage in known]).astype(np.int64)
-        rng = np.random.default_rng(device_seed(device.seed, -2, device_id))
-        items, labels = make_examples(positives, positives, device.n_items, device.training.negatives, rng)
+        items, labels = serving_examples(store, device_id, device, known)
         personalize(model, items, labels, serving.refit_steps, serving.refit_lr)
     return model
+
+
+def serving_examples(
+    store: DeviceStore, device_id: str, device: DeviceConfig, known: tuple[str, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The groups a serving refit fits: the ``known`` history, negatives avoiding it, from a seeded stream."""
+    positives = np.concatenate([store.read_events(stage).items for stage in known]).astype(np.int64)
+    rng = np.random.default_rng(device_seed(device.seed, -2, device_id))
+    return make_examples(positives, positives, device.n_items, device.training.negatives, rng)
 
 
 # What a device knows when it serves: after training, its whole history up to now (the next item it

@@ -23,11 +23,11 @@ from fedrec.client.device_round import (
     TrainResult,
     device_seed,
     evaluate_device,
-    load_user_row,
     read_ledger,
     round_examples,
     round_seed_of,
     train_device,
+    training_row,
     write_round,
 )
 from fedrec.client.store_key import store_key
@@ -101,9 +101,7 @@ def train_batched(
             for ref, store in zip(block, stores):
                 round_seed = round_seed_of(ref, task)
                 items, labels = round_examples(store, task, round_seed)
-                row = load_user_row(
-                    store, prefix, device.model.embedding_dim, device_seed(device.seed, 0, ref.device_id)
-                )
+                row = training_row(store, ref.device_id, device)
                 works.append(DeviceWork(items, labels, row, read_ledger(store, prefix), round_seed))
             results = train_private_batched(
                 global_params, device.model, device.n_items, works, device.training, task.privacy
