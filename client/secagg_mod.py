@@ -55,9 +55,8 @@ def update_delta(sent: Message, reply: Message) -> list[np.ndarray]:
     ]
 
 
-def share_vector(sent: Message, reply: Message, grid: SumGrid) -> list[np.ndarray]:
+def share_vector(task: DeviceInstructions, sent: Message, reply: Message, grid: SumGrid) -> list[np.ndarray]:
     """A shared-noise reply's arrays, in the order the task names them, on SecAgg+'s grid."""
-    task = DeviceInstructions.from_config(dict(sent.content["config"]))
     names, arrays = task.share_names(list(sent.content["arrays"].keys())), reply.content["arrays"]
     if sorted(names) != sorted(arrays.keys()):
         raise FedrecError(f"the share's arrays {sorted(arrays.keys())} are not the round's {sorted(names)}")
@@ -72,10 +71,11 @@ def as_fit_reply(sent: Message, reply: Message, context: Context) -> Message:
     if reply.has_error():
         raise FedrecError(reply.error.reason)
     metrics = reply.content["metrics"]
-    if shared_noise(sent):
+    task = instructions(sent)
+    if task is not None and task.privacy.shared:
         state = context.state.config_records[RECORD_KEY_STATE]
         grid = SumGrid(float(state["clipping_range"]), int(state["target_range"]))
-        vector, weight = share_vector(sent, reply, grid), int(state["max_weight"])
+        vector, weight = share_vector(task, sent, reply, grid), int(state["max_weight"])
     else:
         vector, weight = update_delta(sent, reply), int(metrics["num-examples"])
     fit = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(vector), weight, {})
@@ -84,12 +84,14 @@ def as_fit_reply(sent: Message, reply: Message, context: Context) -> Message:
     return Message(content, reply_to=sent)
 
 
-def shared_noise(msg: Message) -> bool:
+def instructions(msg: Message) -> DeviceInstructions | None:
+    """The round's instructions, or None when they are missing or malformed (the train handler then
+    answers with its own error reply)."""
     config = msg.content.config_records.get("config")
     try:
-        return config is not None and DeviceInstructions.from_config(dict(config)).privacy.shared
+        return None if config is None else DeviceInstructions.from_config(dict(config))
     except FedrecError:
-        return False  # the train handler answers a malformed config with its own error reply
+        return None
 
 
 def deployed(context: Context) -> bool:
@@ -101,7 +103,8 @@ def deployed(context: Context) -> bool:
 def _plain_refusal(msg: Message, context: Context) -> str | None:
     if str(context.node_config.get(REQUIRE_KEY, "")) == "required":
         return "this device answers train requests only under secure aggregation (SecAgg+)"
-    if deployed(context) and shared_noise(msg):
+    task = instructions(msg) if deployed(context) else None
+    if task is not None and task.privacy.shared:
         return "a shared-noise round (privacy.mechanism distributed or user) needs secure aggregation (SecAgg+)"
     return None
 
