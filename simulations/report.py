@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from fedrec.simulations.arm_names import PRIVATE_ARMS
+
 ACC_KEYS = ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled")
 
 
@@ -33,9 +35,6 @@ def accuracy_section(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(_fmt_ci(arm, k) for k in ACC_KEYS) + " |")
     lines += ["", "![accuracy](accuracy.png)", ""]
     return "\n".join(lines)
-
-
-PRIVATE_ARMS = ("federated_dp", "federated_ddp", "federated_user_dp", "centralized_dp")
 
 
 def _private_epsilon(arm: dict) -> str:

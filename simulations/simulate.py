@@ -6,15 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedrec.common.config import FederationConfig, FedrecConfig, PrivacyConfig
-from fedrec.simulations.arm_names import FEDERATED_ARMS
-from fedrec.simulations.arms.centralized_dp import DPRecipe, fit_centralized_dp
+from fedrec.simulations.arm_names import FEDERATED_ARMS, PRIVATE_ARMS
 from fedrec.simulations.arms.registry import central_fitters
 from fedrec.simulations.experiment import Experiment, load
 from fedrec.simulations.federated import FederatedArm, fit_federated
 
 MECHANISM_OF = {"federated": "none", "federated_dp": "local", "federated_user_dp": "user"}
-# The private arms --sweep repeats at each budget (those of the run; federated_dp when the run has none).
-SWEPT_ARMS = ("federated_dp", "federated_ddp", "federated_user_dp", "centralized_dp")
 
 
 def sweep_arm_name(arm: str, epsilon: float) -> str:
@@ -22,7 +19,8 @@ def sweep_arm_name(arm: str, epsilon: float) -> str:
 
 
 def swept_arms(arms: list[str]) -> list[str]:
-    return [a for a in SWEPT_ARMS if a in arms] or ["federated_dp"]
+    """The private arms --sweep repeats at each budget: those of the run, federated_dp when it has none."""
+    return [a for a in PRIVATE_ARMS if a in arms] or ["federated_dp"]
 
 
 def build_experiment(
@@ -60,8 +58,8 @@ def build_experiment(
         """The private ``arm`` at ``epsilon`` (delta and the rest of its settings as configured)."""
         at = replace(privacy, epsilon=epsilon)
         if arm == "centralized_dp":
-            recipe = DPRecipe.at(cfg.centralized_dp, at)
-            return lambda split, seed: fit_centralized_dp(split, seed, recipe, show=show)
+            at_budget = replace(cfg, federation=replace(cfg.federation, privacy=at))
+            return central_fitters([arm], at_budget, show=show)[arm]
         if arm == "federated_ddp":
             ddp = replace(at, mechanism="distributed", max_grad_norm=cfg.centralized_dp.max_grad_norm)
             return federated(name, ddp, shared_noise_federation(cfg))
@@ -77,7 +75,7 @@ def build_experiment(
         for eps in sweep:
             fitters[sweep_arm_name(arm, eps)] = private(sweep_arm_name(arm, eps), arm, eps)
     post = [add_federated_plots]
-    if sweep or any(a in arms for a in SWEPT_ARMS):
+    if sweep or any(a in arms for a in PRIVATE_ARMS):
         post.insert(0, add_sweep(sweep, privacy.epsilon, swept))
     return Experiment(
         dataset=dataset,
