@@ -45,13 +45,12 @@ from fedrec.common.config import SecureAggregation, ServerConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.replies import allowed_keys
-from fedrec.common.secure_sum import SumGrid
+from fedrec.common.secure_sum import SETTING, SumGrid
 from fedrec.server.strategies import aggregate_train_metrics
 
 log = logging.getLogger("flwr")  # Flower's logger: its lines reach the run log `fedrec server` streams
 
 SECURE_DIRECTION = "up-secure"  # the wire-log line of a securely aggregated round
-SETTING = "federation.server.secure_aggregation"
 
 
 def quantization_bound(weights: Sequence[float], sa: SecureAggregation) -> float:
