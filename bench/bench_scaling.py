@@ -127,6 +127,8 @@ def main() -> None:
     console = Console(width=160)
     if args.rows:
         saved = [json.loads(f.read_text()) for d in args.rows for f in d.glob("row-*.json")]
+        if not saved:
+            raise SystemExit(f"error: no row-<users>.json in {', '.join(map(str, args.rows))} (--rows)")
         report(sorted(saved, key=lambda r: r["users"]), args.plot, console)
         return
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-scaling-"))
