@@ -23,7 +23,7 @@ from fedrec.common.metrics import full_ranks, sampled_ranks
 from fedrec.common.model import ModelConfig, NeuMF
 from fedrec.common.sampling import positive_keys
 from fedrec.common.split import temporal_split
-from fedrec.simulations.arms.centralized import model_scores, train_epoch
+from fedrec.simulations.arms.centralized import central_optimizer, model_scores, train_epoch
 
 
 def best_of(fn, repeats: int) -> float:
@@ -56,7 +56,7 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = DEFAULT_CENTRAL.train
     model = NeuMF(split.n_users, split.n_items, ModelConfig())
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer, _ = central_optimizer(model, cfg)
     score_s = best_of(lambda: model_scores(model), args.repeats)
     keys = positive_keys(split.train_users, split.train_items, split.n_items)
     rng = np.random.default_rng(0)

@@ -42,7 +42,7 @@ from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.sampling import positive_keys
 from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state
-from fedrec.simulations.arms.centralized import train_epoch
+from fedrec.simulations.arms.centralized import central_optimizer, train_epoch
 from fedrec.simulations.federated import FederatedArm, _run_flower, arm_config
 from fedrec.simulations.provision import provision
 
@@ -52,7 +52,7 @@ def centralized_epoch(split, clock: Callable[[], float] = time.perf_counter) -> 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = NeuMF(split.n_users, split.n_items, ModelConfig())
-    optimizer = torch.optim.Adam(model.parameters(), lr=DEFAULT_CENTRAL.train.lr)
+    optimizer, _ = central_optimizer(model, DEFAULT_CENTRAL.train)  # the arm's own
     keys = positive_keys(split.train_users, split.train_items, split.n_items)
     rng = np.random.default_rng(0)
     train_epoch(model, optimizer, split.train_users, split.train_items, keys, DEFAULT_CENTRAL.train, rng)  # warm-up

@@ -59,13 +59,14 @@ def refit_rows(model: NeuMF, rows: torch.Tensor, refit: _Refit, steps: int, lr: 
         p.requires_grad_(False)
     model.eval()
     user = torch.nn.Parameter(rows.clone())
-    model.user_emb.weight = user
     optimizer = torch.optim.Adam([user], lr=lr)
     weight = (1.0 / refit.counts.clamp(min=1).float())[refit.owner]
-    users = refit.owner[:, None].expand_as(refit.items)
+    logits = model.frozen_item_logits()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        per_group = F.binary_cross_entropy_with_logits(model(users, refit.items), refit.labels, reduction="none")
+        per_group = F.binary_cross_entropy_with_logits(
+            logits(user, refit.owner, refit.items), refit.labels, reduction="none"
+        )
         (per_group.sum(dim=-1) * weight).sum().backward()
         optimizer.step()
     return user.detach().clone()
@@ -92,6 +93,21 @@ def _refitted(
     return refit_rows(_model(global_params, rows, device), rows, _examples(stores, refs, device, known), steps, lr)
 
 
+def _keep_serving(stores: Sequence[DeviceStore], serving: torch.Tensor, device: DeviceConfig) -> None:
+    for store, row in zip(stores, serving):
+        store.put_states({device.state_prefix + SERVING: embedding_bytes(row[None, :])})
+
+
+def serve_batched(refs: Sequence[DeviceRef], global_params: dict[str, torch.Tensor], device: DeviceConfig) -> int:
+    """The final evaluation of a private arm: every device stores its serving row (as ``evaluate_batched``
+    with ``keep_serving``) and no rank is computed; returns how many hold a held-out item."""
+    with ExitStack() as open_stores:
+        stores = [open_stores.enter_context(ref.open()) for ref in refs]
+        rows = torch.cat([training_row(store, ref.device_id, device) for store, ref in zip(stores, refs)])
+        _keep_serving(stores, _refitted(global_params, rows, stores, refs, device, SERVES_ON), device)
+        return sum(len(store.read_events(device.eval_stage).items) > 0 for store in stores)
+
+
 def evaluate_batched(
     refs: Sequence[DeviceRef], global_params: dict[str, torch.Tensor], device: DeviceConfig, keep_serving: bool
 ) -> list[int | None]:
@@ -103,8 +119,7 @@ def evaluate_batched(
         fitted = _refitted(global_params, rows, stores, refs, device, known)
         if keep_serving:
             serving = fitted if known == SERVES_ON else _refitted(global_params, rows, stores, refs, device, SERVES_ON)
-            for store, row in zip(stores, serving):
-                store.put_states({device.state_prefix + SERVING: embedding_bytes(row[None, :])})
+            _keep_serving(stores, serving, device)
         targets = [store.read_events(device.eval_stage).items for store in stores]
         excludes = [np.concatenate([store.read_events(part).items for part in known]) for store in stores]
     scores = _model(global_params, fitted, device).score_users(torch.arange(len(refs))).double().numpy()

@@ -176,12 +176,12 @@ class _StackedNeuMF:
         return loss, inputs, outputs
 
 
-def _optimizer(flat: torch.Tensor, training: LocalTraining) -> torch.optim.Optimizer:
+def _optimizer(params: list[torch.Tensor], training: LocalTraining) -> torch.optim.Optimizer:
     """The device optimizer of ``make_optimizer``; element-wise, so one over the stack is one per device."""
     if training.optimizer == "adam":
-        return torch.optim.Adam([flat], lr=training.lr, fused=True)
+        return torch.optim.Adam(params, lr=training.lr, fused=True)
     if training.optimizer == "sgd":
-        return torch.optim.SGD([flat], lr=training.lr)
+        return torch.optim.SGD(params, lr=training.lr)
     raise FedrecError(f"local optimizer must be sgd or adam, not {training.optimizer!r}")
 
 
@@ -266,7 +266,7 @@ class _Chunk:
             [max(1, int(len(w.items) * training.sample_rate)) for w in works], dtype=torch.float32
         )
         self.generators = [torch.Generator().manual_seed(w.seed) for w in works]
-        self.optimizer = _optimizer(self.flat, training)
+        self.optimizer = _optimizer([self.flat], training)
         self.grad = torch.empty(self.flat.shape)  # reused every step: a fresh [D, P] costs page faults
         self.lazy = None
         if lazy_noise and ITEM in self.trained and privacy.noise_multiplier > 0:

@@ -198,6 +198,11 @@ def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: Devi
     return model
 
 
+def holds_heldout(ref: DeviceRef, stage: str) -> bool:
+    with ref.open() as store:
+        return len(store.read_events(stage).items) > 0
+
+
 def serve_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> np.ndarray:
     """The device's serving user row (for the harness, which scores every device in one matrix)."""
     return _served(ref, global_params, device).user_emb.weight.numpy().ravel()

@@ -16,16 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedrec.client.batched_serving import evaluate_batched
+from fedrec.client.batched_plain import supports_plain_batched, train_plain_batched
+from fedrec.client.batched_serving import evaluate_batched, serve_batched
 from fedrec.client.batched_training import DeviceWork, train_private_batched
 from fedrec.client.device_round import (
     DeviceRef,
     TrainResult,
     device_seed,
     evaluate_device,
+    holds_heldout,
     read_ledger,
     round_examples,
     round_seed_of,
+    serve_device,
     train_device,
     training_row,
     write_round,
@@ -34,7 +37,7 @@ from fedrec.client.store_key import store_key
 from fedrec.common.config import Fleet
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
-from fedrec.common.item_rows import COUNTS, ITEM_TABLE, RowMean
+from fedrec.common.item_rows import COUNTS, ITEM_TABLE, RowMean, example_counts
 from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.manifest import load_manifest
 from fedrec.common.metrics import hit_ndcg
@@ -90,9 +93,9 @@ STORES_OPEN = 256  # stores a batched node holds open at once (file handles, one
 def train_batched(
     refs: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
 ) -> Iterator[TrainResult]:
-    """``train_device`` for many devices at once (DP only): the same reads, examples, seeds and
-    write-backs, with the training of a block of devices stacked (``fedrec.client.batched_training``)."""
-    device, prefix = task.device, task.device.state_prefix
+    """``train_device`` for many devices at once: the same reads, examples, seeds and write-backs, with the
+    training of a block of devices stacked (``client/batched_training.py``, without DP ``batched_plain.py``)."""
+    device, prefix, private = task.device, task.device.state_prefix, task.privacy.private
     for start in range(0, len(refs), STORES_OPEN):
         block = refs[start : start + STORES_OPEN]
         with ExitStack() as open_stores:
@@ -103,19 +106,26 @@ def train_batched(
                 items, labels = round_examples(store, task, round_seed)
                 row = training_row(store, ref.device_id, device)
                 works.append(DeviceWork(items, labels, row, read_ledger(store, prefix), round_seed))
-            results = train_private_batched(
-                global_params, device.model, device.n_items, works, device.training, task.privacy
-            )
+            if private:
+                results = train_private_batched(
+                    global_params, device.model, device.n_items, works, device.training, task.privacy
+                )
+            else:
+                results = train_plain_batched(global_params, device.model, device.n_items, works, device.training)
             for store, work, result in zip(stores, works, results):
                 if not result.outcome.refused:
                     write_round(store, prefix, result.user_row, work.ledger)
-        yield from (TrainResult(r.state, r.num_examples, r.outcome) for r in results)
+        for work, r in zip(works, results):
+            counts = None if private else example_counts(work.items, device.n_items)
+            yield TrainResult(r.state, r.num_examples, r.outcome, counts)
 
 
 def _trained(
     refs: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
 ) -> Iterator[TrainResult]:
-    if task.privacy.private and task.device.executor == "batched":
+    device = task.device
+    plain_stacks = supports_plain_batched(device.model, device.training)
+    if device.executor == "batched" and (task.privacy.private or plain_stacks):
         return train_batched(refs, global_params, task)
     return (train_device(ref, global_params, task) for ref in refs)
 
@@ -160,6 +170,9 @@ def evaluate_fleet(
     devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
 ) -> dict[str, Any]:
     device, final = task.device, task.round.final
+    if task.privacy.private:
+        metrics: dict[str, Any] = {"num-examples": _serve_private(devices, global_params, task)}
+        return {k: metrics[k] for k in allowed_keys("evaluate", private=True)}
     if device.executor == "batched":  # the same refits stacked (client/batched_serving.py), a block at a time
         found = [
             rank
@@ -171,4 +184,18 @@ def evaluate_fleet(
     ranks = [rank for rank in found if rank is not None]
     hr, ndcg = hit_ndcg(np.asarray(ranks, dtype=np.int64))
     metrics = {"num-examples": len(ranks), "hr@10": hr, "ndcg@10": ndcg}
-    return {k: metrics[k] for k in allowed_keys("evaluate", task.privacy.private)}
+    return {k: metrics[k] for k in allowed_keys("evaluate", private=False)}
+
+
+def _serve_private(devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions) -> int:
+    """A private evaluation reply is a count of devices (``allowed_keys``), so no device ranks its held-out
+    item; at the final round each stores its serving row, as a plain arm's evaluation does."""
+    device = task.device
+    if not task.round.final:
+        return sum(holds_heldout(ref, device.eval_stage) for ref in devices)
+    if device.executor == "batched":
+        blocks = (devices[start : start + STORES_OPEN] for start in range(0, len(devices), STORES_OPEN))
+        return sum(serve_batched(block, global_params, device) for block in blocks)
+    for ref in devices:
+        serve_device(ref, global_params, device)
+    return sum(holds_heldout(ref, device.eval_stage) for ref in devices)

@@ -57,8 +57,8 @@ def refuses(ledger: PrivacyLedger, training: LocalTraining, privacy: DevicePriva
 
 
 def make_optimizer(model: nn.Module, training: LocalTraining) -> torch.optim.Optimizer:
-    if training.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=training.lr)
+    if training.optimizer == "adam":  # fused: one kernel per step instead of a loop over the parameters
+        return torch.optim.Adam(model.parameters(), lr=training.lr, fused=True)
     return torch.optim.SGD(model.parameters(), lr=training.lr)
 
 

@@ -213,9 +213,9 @@ class DeviceConfig:
     seed: int = 0
     state_prefix: str = ""  # device-store state names are prefixed, so arms sharing a store stay apart
     eval_stage: str = "validation"
-    # A node serving many devices (a gateway, a simulated fleet) trains its DP devices and refits their
-    # serving rows "batched" (stacked, the same mathematics as Opacus and the refit per device, tested
-    # equal) or "per_device" (Opacus itself, one refit per device).
+    # A node serving many devices (a gateway, a simulated fleet) trains its devices and refits their
+    # serving rows "batched" (stacked, the same mathematics as Opacus, plain training and the refit per
+    # device, tested equal; plain training with emb_l2 stays per device) or "per_device" (one at a time).
     executor: str = "batched"
     # Without DP, each item row is averaged over the examples that used it (fedrec.common.item_rows);
     # a private device never sends the per-row counts this needs.
@@ -298,7 +298,9 @@ class SecureAggregation:
 @dataclass(frozen=True)
 class ServerConfig:
     rounds: int = 30
-    eval_every: int = 10  # on-device validation every N rounds, and after the last
+    # On-device validation every N rounds and after the last (private arms: the last only). It never feeds
+    # training, so it changes no result; each one costs every device a serving refit.
+    eval_every: int = 15
     out_dir: str = ""  # checkpoints, rounds.jsonl, wire.jsonl, the final model
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     secure_aggregation: SecureAggregation = field(default_factory=SecureAggregation)
@@ -360,6 +362,9 @@ class FederationConfig:
 @dataclass(frozen=True)
 class SimulationConfig:
     nodes: int = 2  # simulated SuperNodes (worker processes), each serving a share of the fleet
+    # The centralized arms (centralized, centralized_dp) fit in a second process while the federated arms
+    # run, when the run has both; the same fits either way (simulations/background.py).
+    background_central: bool = True
     # An existing Ray cluster's head (GCS) as host:port, or "auto"; empty = a private Ray on this machine.
     # The harness is then a driver on a node of that cluster (docs/simulate.md); Ray Client (ray://) is not.
     ray_address: str = ""

@@ -7,6 +7,7 @@ once per forward. Parameters named ``user_emb.*`` are local: they never leave a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,9 @@ from torch import nn
 from fedrec.common.settings import require
 
 LOCAL_PREFIX = "user_emb."
+# Floats of the widest [users, items, width] block score_users builds at once: about 8 MB, so the block stays
+# in cache between the tower's layers (a 256-user block of ML-100K was 3x slower, with the same scores).
+SCORE_BLOCK = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,39 @@ class NeuMF(nn.Module):
             parts.append(u_gmf * i_gmf)
         return self.output(torch.cat(parts, dim=-1)).squeeze(-1) + self._bias(item_rows)
 
+    def frozen_item_logits(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``logits(rows, owner, items)`` = ``forward`` for user rows ``rows[owner]`` against ``items`` ([N, k]),
+        with every item-side term computed once: a refit that moves only user rows against a frozen item
+        table and tower then skips the item half of the first layer on every step."""
+        with torch.no_grad():
+            item_rows = self.item_emb.weight.detach()
+            item_gmf, item_mlp = self._split(item_rows)
+            bias = self._bias(item_rows)
+            if self.config.uses_mlp:
+                first = self.tower[0]
+                assert isinstance(first, nn.Linear)
+                w_u = first.weight[:, : self.config.mlp_dim].detach()
+                item_first = item_mlp @ first.weight[:, self.config.mlp_dim :].T + first.bias
+
+        def logits(rows: torch.Tensor, owner: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            u_gmf, u_mlp = self._split(rows)
+            parts = []
+            if self.config.uses_mlp:
+                parts.append(self.tower[1:]((u_mlp @ w_u.T)[owner][:, None, :] + item_first[items]))
+            if self.config.uses_gmf:
+                parts.append(u_gmf[owner][:, None, :] * item_gmf[items])
+            out = self.output(torch.cat(parts, dim=-1)).squeeze(-1)
+            return out + bias[items] if isinstance(bias, torch.Tensor) else out
+
+        return logits
+
     @torch.no_grad()
-    def score_users(self, users: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-        """[len(users), n_items] logits for every item, without building a pair batch per item."""
+    def score_users(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """[len(users), n_items] logits for every item, without building a pair batch per item; ``chunk``
+        users at a time (default: as many as fit in ``SCORE_BLOCK``)."""
+        if chunk is None:
+            width = self.config.layers[0] if self.config.uses_mlp else self.config.gmf_dim
+            chunk = max(1, SCORE_BLOCK // (self.n_items * width))
         was_training = self.training
         self.eval()
         item_rows = self.item_emb(torch.arange(self.n_items))

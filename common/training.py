@@ -29,7 +29,8 @@ class TrainConfig:
     recent_repeats: int = 0  # ... this many extra times (0 = every positive once: plain NeuMF training)
     pretrain: bool = False  # NeuMF starts from a GMF-only and an MLP-only model trained first (He et al.)
     refit: bool = False  # after early stopping, retrain on train+validation for the best epoch count
-    threads: int = 1  # torch intra-op threads for the centralized fit; small batches gain nothing from more
+    threads: int = 1  # torch intra-op threads for the centralized fit (0 = torch's default); 1 leaves the
+    # other core to the federated arms it runs beside (simulation.background_central)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "negatives", "patience"):

@@ -136,10 +136,13 @@ class FedrecStrategyMixin:
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if server_round % self.eval_every and server_round != self.last_round:
+        final = server_round == self.last_round
+        # A private device's evaluation reply carries a count only (common/replies.py): a mid-run round
+        # would cost every device a serving refit and tell the server nothing.
+        if not final and (server_round % self.eval_every or self.instructions.privacy.private):
             self.last_evaluate_metrics = None
             return []
-        config = self._config(server_round, final=server_round == self.last_round)
+        config = self._config(server_round, final=final)
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):

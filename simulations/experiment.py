@@ -14,14 +14,13 @@ from fedrec.common.datasets import Interactions, load_dataset
 from fedrec.common.errors import FedrecError
 from fedrec.common.files import writable_dir
 from fedrec.common.metrics import evaluate_scores
-from fedrec.common.split import Split, temporal_split
+from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.background import BackgroundFits, Fitter, timed_fit
 from fedrec.simulations.plots import accuracy_bars
 from fedrec.simulations.report import render
 from fedrec.simulations.rundir import RunDir, git_commit
 from fedrec.simulations.stats import summarize_runs
-
-Fitter = Callable[[Split, int], ArmResult]
 
 
 @dataclass
@@ -37,6 +36,8 @@ class Experiment:
     retention: bool = True  # run the retention simulator on every arm once the report is written
     data: Interactions | None = None  # already loaded (and subset) data, if the caller has it
     post: list[Callable[[dict, Path], None]] = field(default_factory=list)  # add to the report before writing
+    # Arms fitted in a second process while the others run (simulations/background.py); their fitters pickle.
+    background: frozenset[str] = frozenset()
 
 
 def load(dataset: str, data_dir: str | None, users: int | None) -> Interactions:
@@ -65,11 +66,8 @@ def run(exp: Experiment) -> dict:
         primary = seed == exp.seeds[0]
         if primary:
             run_dir.write_split(split, data)
-        for name, fit in exp.fitters.items():
-            console.print(f"[bold]seed {seed}[/bold]: fitting {name}")
-            t_arm = time.perf_counter()
-            result = fit(split, seed)
-            fit_s = time.perf_counter() - t_arm
+
+        def record(name: str, result: ArmResult, fit_s: float) -> None:
             acc = evaluate_scores(result.scores, split, "test", seed)
             per_arm[name].append(acc)
             console.print(f"  {name}: " + "  ".join(f"{k} {v:.4f}" for k, v in acc.items()) + f"  ({fit_s:.1f} s)")
@@ -79,6 +77,21 @@ def run(exp: Experiment) -> dict:
                 run_dir.write_scores(name, result.scores)
             else:  # the retention simulator's intervals over training seeds need every seed's scores
                 run_dir.write_scores(name, result.scores, seed=seed)
+
+        with BackgroundFits() as background:
+            pending = {}
+            for name in exp.fitters:
+                if name in exp.background:
+                    console.print(f"[bold]seed {seed}[/bold]: fitting {name} in a background process")
+                    pending[name] = background.submit(exp.fitters[name], split, seed)
+            for name, fit in exp.fitters.items():
+                if name not in pending:
+                    console.print(f"[bold]seed {seed}[/bold]: fitting {name}")
+                    record(name, *timed_fit(fit, split, seed))
+            for name, job in pending.items():
+                if not job.ready():
+                    console.print(f"[bold]seed {seed}[/bold]: waiting for {name}")
+                record(name, *job.get())
     arms = {}
     for name, runs in per_arm.items():
         mean, detail = summarize_runs(runs)

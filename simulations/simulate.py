@@ -12,6 +12,7 @@ from fedrec.simulations.experiment import Experiment, load
 from fedrec.simulations.federated import FederatedArm, fit_federated
 
 MECHANISM_OF = {"federated": "none", "federated_dp": "local", "federated_user_dp": "user"}
+BACKGROUND_ARMS = ("centralized", "centralized_dp")  # the centralized arms that take minutes
 
 
 def sweep_arm_name(arm: str, epsilon: float) -> str:
@@ -37,7 +38,9 @@ def build_experiment(
 ) -> Experiment:
     data = load(dataset, data_dir, users)
     central = [a for a in arms if a not in FEDERATED_ARMS]
-    fitters = central_fitters(central, cfg, show=show)
+    # a background fit shows no progress bar: its process does not own the terminal
+    beside = cfg.simulation.background_central and len(central) < len(arms)
+    fitters = central_fitters(central, cfg, show=show and not beside)
 
     def federated(name: str, privacy: PrivacyConfig, federation: FederationConfig | None = None):
         arm = FederatedArm(
@@ -59,7 +62,7 @@ def build_experiment(
         at = replace(privacy, epsilon=epsilon)
         if arm == "centralized_dp":
             at_budget = replace(cfg, federation=replace(cfg.federation, privacy=at))
-            return central_fitters([arm], at_budget, show=show)[arm]
+            return central_fitters([arm], at_budget, show=show and not beside)[arm]
         if arm == "federated_ddp":
             ddp = replace(at, mechanism="distributed", max_grad_norm=cfg.centralized_dp.max_grad_norm)
             return federated(name, ddp, shared_noise_federation(cfg))
@@ -74,6 +77,8 @@ def build_experiment(
     for arm in swept:
         for eps in sweep:
             fitters[sweep_arm_name(arm, eps)] = private(sweep_arm_name(arm, eps), arm, eps)
+    background = {a for a in central if a in BACKGROUND_ARMS}
+    background |= {sweep_arm_name(a, eps) for a in swept if a in BACKGROUND_ARMS for eps in sweep}
     post = [add_federated_plots]
     if sweep or any(a in arms for a in PRIVATE_ARMS):
         post.insert(0, add_sweep(sweep, privacy.epsilon, swept))
@@ -89,6 +94,7 @@ def build_experiment(
         retention=retention,
         data=data,
         post=post,
+        background=frozenset(background) if beside else frozenset(),
     )
 
 

@@ -14,8 +14,8 @@ from synthetic_data import synthetic_log
 from fedrec.client.batched_serving import evaluate_batched
 from fedrec.client.device_round import evaluate_device, serving_row
 from fedrec.client.fleet import evaluate_fleet, node_devices
-from fedrec.common.config import DeviceConfig, Fleet
-from fedrec.common.instructions import DeviceInstructions, RoundInfo
+from fedrec.common.config import DeviceConfig, Fleet, PrivacyConfig
+from fedrec.common.instructions import DeviceInstructions, RoundInfo, resolve_privacy
 from fedrec.common.keys import create_key_file
 from fedrec.common.model import ModelConfig, NeuMF, global_state
 from fedrec.common.split import temporal_split
@@ -69,3 +69,27 @@ def test_the_executor_setting_chooses_the_path_and_both_agree(fleet, tmp_path):
     per_device = evaluate_fleet(node_devices({}, reference.fleet), params, task)
     stacked = evaluate_fleet(node_devices({}, batched.fleet), params, replace(task, device=batched))
     assert per_device == stacked and per_device["num-examples"] == 9
+
+
+@pytest.mark.parametrize("executor", ["per_device", "batched"])
+def test_private_final_evaluation_stores_the_plain_serving_rows_and_ranks_nothing(fleet, tmp_path, executor):
+    """A private reply is a device count, so no rank is computed; the serving rows are the plain arm's."""
+    plain, private = (replace(d, executor=executor) for d in copies(fleet, tmp_path))
+    params = global_state(NeuMF(1, plain.n_items, MODEL))
+    final = RoundInfo(30, final=True)
+    dp = resolve_privacy(PrivacyConfig(), private, rounds=30, records=100, devices=9)
+    plain_reply = evaluate_fleet(node_devices({}, plain.fleet), params, DeviceInstructions(plain, round=final))
+    private_reply = evaluate_fleet(node_devices({}, private.fleet), params, DeviceInstructions(private, dp, final))
+    assert private_reply == {"num-examples": plain_reply["num-examples"]} and "ndcg@10" in plain_reply
+    for a, b in zip(node_devices({}, plain.fleet), node_devices({}, private.fleet)):
+        row_a, row_b = serving_row(a, "arm/"), serving_row(b, "arm/")
+        assert row_a is not None and np.array_equal(row_a, row_b)
+
+
+def test_private_mid_run_evaluation_counts_devices_and_stores_nothing(fleet, tmp_path):
+    _, private = copies(fleet, tmp_path)
+    params = global_state(NeuMF(1, private.n_items, MODEL))
+    dp = resolve_privacy(PrivacyConfig(), private, rounds=30, records=100, devices=9)
+    reply = evaluate_fleet(node_devices({}, private.fleet), params, DeviceInstructions(private, dp, RoundInfo(10)))
+    assert reply == {"num-examples": 9}
+    assert all(serving_row(ref, "arm/") is None for ref in node_devices({}, private.fleet))

@@ -252,3 +252,30 @@ def test_lazy_noise_gives_a_row_its_pending_steps_when_read_and_the_rest_at_the_
     lazy.finish(steps=8)
     assert float((table[0, :10_000] - before).var()) == pytest.approx(5 * 0.25, rel=0.05)
     assert float(table[0, 10_000:].var()) == pytest.approx(8 * 0.25, rel=0.05)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_plain_batched_training_equals_train_plain_device_by_device(fleet, optimizer, epochs):
+    """Without DP: the same permutations, batches (sizes 30, 3, 60, ... give 8, 3, 8, 5, 7, 6 steps an
+    epoch), losses and optimizer steps as ``train_plain``, every parameter trained."""
+    from fedrec.client.batched_plain import train_plain_batched
+    from fedrec.client.local_training import train_plain
+
+    params, devices = fleet
+    training = LocalTraining(lr=0.05, optimizer=optimizer, epochs=epochs)
+    works = [DeviceWork(items, labels, row, PrivacyLedger(), seed) for items, labels, row, seed in devices]
+    works.append(DeviceWork(devices[1][0][:0], devices[1][1][:0], devices[1][2], PrivacyLedger(), 7))  # no examples
+    got = train_plain_batched(params, MODEL, N_ITEMS, works, training, chunk_size=2)
+    for work, result in zip(works, got):
+        model = NeuMF(1, N_ITEMS, MODEL)
+        model.load_state_dict({**params, "user_emb.weight": work.user_row})
+        outcome = train_plain(model, work.items, work.labels, training, work.seed)
+        assert result.num_examples == len(work.items) and result.outcome.steps == outcome.steps
+        assert result.outcome.loss == pytest.approx(outcome.loss, rel=1e-5, abs=1e-7)
+        expected = global_state(model)
+        for name, value in expected.items():
+            assert torch.allclose(result.state[name], value, atol=2e-6), name
+        assert torch.allclose(result.user_row, model.user_emb.weight.detach(), atol=2e-6)
+        if len(work.items):
+            assert (result.state["item_emb.weight"] - params["item_emb.weight"]).abs().max() > 1e-4

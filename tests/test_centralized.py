@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fedrec.common.config import CentralConfig
@@ -75,3 +76,22 @@ def test_recency_oversample_repeats_each_users_latest_positives():
     counts = np.bincount(rows, minlength=len(users))
     assert counts.tolist() == [1, 1, 3, 3, 3, 3]
     assert recency_oversample(users, stamps, last=0, repeats=2).tolist() == list(range(6))
+
+
+@pytest.mark.parametrize("kind", ["neumf", "mlp", "gmf"])
+@pytest.mark.parametrize("item_bias", [False, True])
+def test_frozen_item_logits_and_score_users_equal_forward(kind, item_bias):
+    torch.manual_seed(0)
+    model = NeuMF(5, 7, ModelConfig(kind=kind, gmf_dim=4, mlp_dim=3, layers=(8, 4), item_bias=item_bias, init_std=0.5))
+    model.eval()
+    owner = torch.tensor([0, 4, 4, 2])
+    items = torch.tensor([[6, 0, 3], [1, 1, 2], [5, 4, 0], [3, 2, 6]])
+    expected = model(owner[:, None].expand_as(items), items)
+    rows = model.user_emb.weight.detach().clone().requires_grad_(True)
+    got = model.frozen_item_logits()(rows, owner, items)
+    assert torch.allclose(got, expected, atol=1e-6) and expected.std() > 0
+    got.sum().backward()  # the gradient reaches the user rows, and only the rows the owners use
+    assert rows.grad is not None and rows.grad[[1, 3]].abs().max() == 0
+    assert rows.grad[[0, 2, 4]].abs().sum(dim=1).min() > 0
+    scores = model.score_users(torch.arange(5), chunk=2)
+    assert torch.allclose(scores[owner[:, None], items], expected, atol=1e-6)

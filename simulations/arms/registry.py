@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from fedrec.common.config import FedrecConfig
 from fedrec.common.errors import FedrecError
@@ -29,11 +30,12 @@ def central_fitters(
     for name in names:
         if name not in CENTRAL_ARMS:
             raise FedrecError(f"unknown arm {name!r}: choose from {', '.join(CENTRAL_ARMS)}")
+        # partials of module-level functions, so that a fitter pickles into a background process
         if name == "centralized":
-            fitters[name] = lambda split, seed, c=config.central: fit_centralized(split, seed, c, show=show)
+            fitters[name] = partial(fit_centralized, config=config.central, show=show)
         elif name == "centralized_dp":
             recipe = DPRecipe.at(config.centralized_dp, config.federation.privacy)
-            fitters[name] = lambda split, seed, r=recipe: fit_centralized_dp(split, seed, r, show=show)
+            fitters[name] = partial(fit_centralized_dp, recipe=recipe, show=show)
         else:
             fitters[name] = CENTRAL_ARMS[name]
     return fitters

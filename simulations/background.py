@@ -1,0 +1,55 @@
+"""Arms fitted in a second process while the federated arms run in this one.
+
+A federated arm keeps both cores about 90% busy, while a centralized fit runs on one torch thread: run one
+after the other, the default `fedrec simulate` leaves a core idle for the whole centralized fit. A
+background fit is the same fitter on the same split and seed in a spawned process, so its scores are
+the ones a foreground fit gives (tests/test_background.py). The process starts inside
+``reaped_descendants``: it ends with the harness, even after a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from multiprocessing.pool import AsyncResult, Pool
+
+from fedrec.common.processes import reaped_descendants
+from fedrec.common.split import Split
+from fedrec.simulations.arms.base import ArmResult
+
+Fitter = Callable[[Split, int], ArmResult]
+
+
+def timed_fit(fitter: Fitter, split: Split, seed: int) -> tuple[ArmResult, float]:
+    t0 = time.perf_counter()
+    result = fitter(split, seed)
+    return result, time.perf_counter() - t0
+
+
+class BackgroundFits:
+    """One worker process, started with the first fit; fits run in the order they were submitted. Leaving
+    the block normally waits for them; leaving it on an error ends the worker at once."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._pool: Pool | None = None
+
+    def submit(self, fitter: Fitter, split: Split, seed: int) -> AsyncResult:
+        if self._pool is None:
+            self._stack.enter_context(reaped_descendants())
+            self._pool = multiprocessing.get_context("spawn").Pool(1)
+        return self._pool.apply_async(timed_fit, (fitter, split, seed))
+
+    def __enter__(self) -> BackgroundFits:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._pool is not None:
+            if exc_type is None:
+                self._pool.close()
+            else:
+                self._pool.terminate()
+            self._pool.join()
+        self._stack.close()
