@@ -81,7 +81,7 @@ def test_negatives_are_uniform_over_the_whole_catalogue():
 def test_registry_uses_the_federated_budget(split):
     config = load_config(None, {"federation.privacy.epsilon": 2.0, "federation.privacy.delta": 1e-6})
     fitters = central_fitters(["centralized_dp"], config, show=False)
-    recipe = fitters["centralized_dp"].__defaults__[0]
+    recipe = fitters["centralized_dp"].keywords["recipe"]
     assert isinstance(recipe, DPRecipe) and (recipe.epsilon, recipe.delta) == (2.0, 1e-6)
     assert all(
         getattr(recipe, f.name) == getattr(config.centralized_dp, f.name)
