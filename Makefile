@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python -m bench.bench_store
 	$(BIN)/python -m bench.bench_retention
 	$(BIN)/python -m bench.bench_round
+	$(BIN)/python -m bench.bench_demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .lint .mypy_cache
