@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.bench_round import centralized_epoch, provisioned
-from fedrec.client.batched_training import DeviceWork, Phases, train_private_batched
+from fedrec.client.batched_training import Phases, train_private_batched
 from fedrec.client.device_round import (
     EMBEDDING,
     LEDGER,
@@ -41,6 +41,7 @@ from fedrec.client.device_round import (
     train_device,
 )
 from fedrec.client.fleet import node_devices
+from fedrec.client.stacked import DeviceWork
 from fedrec.common.config import DeviceConfig, Fleet, LocalTraining, PrivacyConfig
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
 from fedrec.common.model import NeuMF, global_state

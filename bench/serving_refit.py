@@ -27,6 +27,18 @@ from fedrec.common.model_files import load_global_model
 from fedrec.common.settings import from_nested
 
 
+def validation(run_dir: Path, arm: str, serving: Serving | None = None) -> tuple[float, float, int]:
+    """Validation HR@10, NDCG@10 and device count of ``arm`` served with ``serving`` (default: the run's own)."""
+    report = json.loads((run_dir / "report.json").read_text())
+    info = report["arms"][arm]["info"]
+    cfg = from_nested(FederationConfig, info["federation"], f"{run_dir}/report.json")
+    state, _ = load_global_model(run_dir / info["model_dir"] / "global_model.pt")
+    device = replace(cfg.device, eval_stage="validation", serving=serving or cfg.device.serving)
+    ranks = [r for ref in node_devices({}, cfg.device.fleet) if (r := evaluate_device(ref, state, device)) is not None]
+    hr, ndcg = hit_ndcg(np.asarray(ranks, dtype=np.int64))
+    return hr, ndcg, len(ranks)
+
+
 def main(
     run_dir: Path,
     arm: str = typer.Argument("federated"),
@@ -34,20 +46,13 @@ def main(
     lr: str = typer.Option("0.01", help="Comma-separated refit learning rates."),
 ) -> None:
     torch.set_num_threads(1)
-    report = json.loads((run_dir / "report.json").read_text())
-    info = report["arms"][arm]["info"]
-    cfg = from_nested(FederationConfig, info["federation"], f"{run_dir}/report.json")
-    state, _ = load_global_model(run_dir / info["model_dir"] / "global_model.pt")
-    refs = node_devices({}, cfg.device.fleet)
     for n_steps in (int(s) for s in steps.split(",")):
         for rate in (float(x) for x in lr.split(",")):
-            device = replace(cfg.device, eval_stage="validation", serving=Serving(n_steps, rate))
             t0 = time.time()
-            ranks = [r for ref in refs if (r := evaluate_device(ref, state, device)) is not None]
-            hr, ndcg = hit_ndcg(np.asarray(ranks, dtype=np.int64))
+            hr, ndcg, n = validation(run_dir, arm, Serving(n_steps, rate))
             print(
                 f"{arm} refit_steps {n_steps} refit_lr {rate:g}: val HR@10 {hr:.4f} NDCG@10 {ndcg:.4f} "
-                f"({len(ranks)} devices, {time.time() - t0:.0f}s)",
+                f"({n} devices, {time.time() - t0:.0f}s)",
                 flush=True,
             )
 

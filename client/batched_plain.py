@@ -1,11 +1,11 @@
 """Many devices of one node trained at once without DP, each exactly as ``train_plain`` trains it.
 
 ``train_plain`` costs a model, an optimizer and eight small steps per device. Here the devices of a chunk
-have their parameters stacked in one [devices, P] buffer (``client/batched_training.py``'s layout and
-stacked forward): each device keeps its own permutation of its examples, its own batches of
-ceil(N / steps_per_epoch) examples and its mean group loss, so the gradient of the sum of the devices'
-losses gives each row exactly its own gradient, and Adam (elementwise) its own step. A step is taken by
-every device of a chunk at once, so a chunk holds devices with the same number of steps.
+are stacked (each parameter one [devices, *shape] tensor, ``client/stacked.py``'s forward): each device
+keeps its own permutation of its examples, its own batches of ceil(N / steps_per_epoch) examples and its
+mean group loss, so the gradient of the sum of the devices' losses gives each row exactly its own gradient,
+and Adam (elementwise) its own step. A step is taken by every device of a chunk at once, so a chunk holds
+devices with the same number of steps.
 ``tests/test_batched_training.py`` trains the same devices both ways.
 """
 
@@ -16,16 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedrec.client.batched_training import (
-    ITEM,
-    USER,
-    DeviceTrained,
-    DeviceWork,
-    _optimizer,
-    _padded,
-    _StackedNeuMF,
-)
 from fedrec.client.local_training import LocalOutcome
+from fedrec.client.stacked import ITEM, USER, DeviceTrained, DeviceWork, StackedNeuMF, padded, stacked_optimizer
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
 from fedrec.common.model import ModelConfig, NeuMF
@@ -46,7 +38,7 @@ def supports_plain_batched(model_cfg: ModelConfig, training: LocalTraining) -> b
 
 
 def _train_chunk(
-    net: _StackedNeuMF,
+    net: StackedNeuMF,
     model: NeuMF,
     global_params: Mapping[str, torch.Tensor],
     works: Sequence[DeviceWork],
@@ -59,9 +51,9 @@ def _train_chunk(
         name: torch.nn.Parameter((users if name == USER else global_params[name].expand(d, *p.shape)).clone())
         for name, p in model.named_parameters()
     }
-    optimizer = _optimizer(list(params.values()), training)
-    items = _padded([w.items for w in works], int(max(len(w.items) for w in works)), 0)
-    labels = _padded([w.labels for w in works], items.shape[1], 0.0)
+    optimizer = stacked_optimizer(list(params.values()), training)
+    items = padded([w.items for w in works], int(max(len(w.items) for w in works)), 0)
+    labels = padded([w.labels for w in works], items.shape[1], 0.0)
     sizes = [len(w.items) for w in works]
     batches = [batch_size(n, training) for n in sizes]
     generators = [torch.Generator().manual_seed(w.seed) for w in works]
@@ -72,7 +64,7 @@ def _train_chunk(
         for step in range(-(-sizes[0] // batches[0])):
             picked = [order[step * b : (step + 1) * b] for order, b in zip(orders, batches)]
             counts = torch.tensor([len(p) for p in picked])
-            index = _padded(picked, int(counts.max()), 0)
+            index = padded(picked, int(counts.max()), 0)
             valid = torch.arange(index.shape[1]) < counts[:, None]
             step_items = items[at, index]
             users_at = params[USER][:, :, None, :].expand(*step_items.shape, -1)
@@ -105,7 +97,7 @@ def train_plain_batched(
     if not supports_plain_batched(model_cfg, training):
         raise FedrecError("batched training without DP: dropout and emb_l2 must be 0 (use executor per_device)")
     model = NeuMF(1, n_items, model_cfg)
-    net = _StackedNeuMF(model)
+    net = StackedNeuMF(model)
     shared = {k: v for k, v in global_params.items() if k != USER}
     by_steps: dict[int, list[int]] = defaultdict(list)
     for i, w in enumerate(devices):

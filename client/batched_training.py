@@ -28,40 +28,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from fedrec.client.device_round import stream_seed
 from fedrec.client.local_training import LocalOutcome, refuses, trained_under_dp
+from fedrec.client.stacked import ITEM, USER, DeviceTrained, DeviceWork, StackedNeuMF, padded, stacked_optimizer
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import ModelConfig, NeuMF, is_local
-from fedrec.common.privacy import PrivacyLedger
 
-USER, ITEM = "user_emb.weight", "item_emb.weight"
 CLIP_EPS = 1e-6  # Opacus' ghost clipping: coefficient = min(1, C / (norm + 1e-6))
 
 ParamFilter = Callable[[str], bool]
-
-
-@dataclass(frozen=True)
-class DeviceWork:
-    """One device's round, as ``train_private`` receives it (examples already built, negatives included)."""
-
-    items: torch.Tensor  # [N, 1+k] item groups, positive first
-    labels: torch.Tensor  # [N, 1+k] 0/1
-    user_row: torch.Tensor  # [1, dim] the device's local user embedding
-    ledger: PrivacyLedger  # composes in place, as train_private's does
-    seed: int  # the seed train_private would get: the noise stream (and the default Poisson masks)
-
-
-@dataclass(frozen=True)
-class DeviceTrained:
-    state: dict[str, torch.Tensor]  # global parameters after local training
-    user_row: torch.Tensor  # [1, dim] to write back to the device store
-    num_examples: int  # 0 when the device refused (budget spent)
-    outcome: LocalOutcome
 
 
 class PoissonMasks(Protocol):
@@ -113,85 +91,6 @@ def _views(flat: torch.Tensor, slots: list[_Slot]) -> dict[str, torch.Tensor]:
     return {s.name: flat[:, s.offset : s.offset + s.size].view(len(flat), *s.shape) for s in slots}
 
 
-class _StackedNeuMF:
-    """NeuMF's forward for a stack of devices (NeuMF.forward's arithmetic, batched over devices), keeping
-    what ghost clipping needs: each linear layer's input and the loss gradient at its output."""
-
-    def __init__(self, model: NeuMF):
-        cfg = model.config
-        self.gmf = cfg.gmf_dim if cfg.uses_gmf else 0
-        self.mlp = cfg.mlp_dim if cfg.uses_mlp else 0
-        self.dim, self.item_bias = cfg.embedding_dim, cfg.item_bias
-        tower = [f"tower.{i}" for i, m in enumerate(model.tower) if isinstance(m, nn.Linear)] if cfg.uses_mlp else []
-        self.linears = tower + ["output"]
-        self._check_against(NeuMF(1, model.n_items, cfg))
-
-    def _check_against(self, model: NeuMF) -> None:
-        """Refuse a NeuMF whose forward this one does not reproduce (one tiny forward, weights of unit scale)."""
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator))
-            items = torch.randint(0, model.n_items, (3, 5), generator=generator)
-            labels = torch.zeros(items.shape)
-            expected = F.binary_cross_entropy_with_logits(
-                model(torch.zeros_like(items), items), labels, reduction="none"
-            )
-            params = {k: v[None] for k, v in model.state_dict().items()}
-            users = params[USER][:, :, None, :].expand(1, *items.shape, -1)
-            loss, _, _ = self(params, users, params[ITEM][:, items], labels[None])
-        if not torch.allclose(loss[0], expected.sum(-1), rtol=1e-4, atol=1e-4):
-            raise FedrecError(
-                "batched training: its stacked forward no longer matches NeuMF.forward "
-                "(client/batched_training.py::_StackedNeuMF must follow common/model.py)"
-            )
-
-    def __call__(
-        self, params: Mapping[str, torch.Tensor], users: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Per-example losses [D, b] plus the inputs and outputs of the linear layers; ``users`` [D, b, G, dim]
-        and ``rows`` [D, b, G, cols] are the looked-up embedding rows, one per (example, group position)."""
-        d, b, g = rows.shape[:3]
-        inputs, outputs, parts = [], [], []
-
-        def linear(name: str, x: torch.Tensor) -> torch.Tensor:
-            inputs.append(x.detach())
-            h = torch.matmul(x, params[name + ".weight"].transpose(-1, -2)) + params[name + ".bias"][:, None, :]
-            outputs.append(h)
-            return h
-
-        if self.mlp:
-            x = torch.cat([users[..., self.gmf : self.dim], rows[..., self.gmf : self.dim]], dim=-1).reshape(
-                d, b * g, -1
-            )
-            for name in self.linears[:-1]:
-                x = torch.relu(linear(name, x))
-            parts.append(x)
-        if self.gmf:
-            parts.append((users[..., : self.gmf] * rows[..., : self.gmf]).reshape(d, b * g, -1))
-        logits = linear("output", torch.cat(parts, dim=-1)).reshape(d, b, g)
-        if self.item_bias:
-            logits = logits + rows[..., -1]
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(-1)
-        return loss, inputs, outputs
-
-
-def _optimizer(params: list[torch.Tensor], training: LocalTraining) -> torch.optim.Optimizer:
-    """The device optimizer of ``make_optimizer``; element-wise, so one over the stack is one per device."""
-    if training.optimizer == "adam":
-        return torch.optim.Adam(params, lr=training.lr, fused=True)
-    if training.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=training.lr)
-    raise FedrecError(f"local optimizer must be sgd or adam, not {training.optimizer!r}")
-
-
-def _padded(tensors: list[torch.Tensor], width: int, fill: float) -> torch.Tensor:
-    out = torch.full((len(tensors), width, *tensors[0].shape[1:]), fill, dtype=tensors[0].dtype)
-    for d, t in enumerate(tensors):
-        out[d, : len(t)] = t
-    return out
-
-
 class _LazyTableNoise:
     """SGD only: each item row's noise added when the row is next read (and at the end), not every step.
 
@@ -234,7 +133,7 @@ class _Chunk:
 
     def __init__(
         self,
-        net: _StackedNeuMF,
+        net: StackedNeuMF,
         slots: list[_Slot],
         global_params: Mapping[str, torch.Tensor],
         works: Sequence[DeviceWork],
@@ -256,8 +155,8 @@ class _Chunk:
         # frozen parameters are the same for every device: expanded views, no copies
         self.params = {k: trained.get(k, v.expand(d, *v.shape)) for k, v in global_params.items()}
         self.params[USER] = trained.get(USER, users)
-        self.items = _padded([w.items for w in works], int(max(len(w.items) for w in works)), 0)
-        self.labels = _padded([w.labels for w in works], self.items.shape[1], 0.0)
+        self.items = padded([w.items for w in works], int(max(len(w.items) for w in works)), 0)
+        self.labels = padded([w.labels for w in works], self.items.shape[1], 0.0)
         with phases("Poisson masks"):
             self.masks = torch.zeros(d, training.steps, self.items.shape[1], dtype=torch.bool)
             for i, w in enumerate(works):
@@ -266,7 +165,7 @@ class _Chunk:
             [max(1, int(len(w.items) * training.sample_rate)) for w in works], dtype=torch.float32
         )
         self.generators = [torch.Generator().manual_seed(w.seed) for w in works]
-        self.optimizer = _optimizer([self.flat], training)
+        self.optimizer = stacked_optimizer([self.flat], training)
         self.grad = torch.empty(self.flat.shape)  # reused every step: a fresh [D, P] costs page faults
         self.lazy = None
         if lazy_noise and ITEM in self.trained and privacy.noise_multiplier > 0:
@@ -424,7 +323,7 @@ def train_private_batched(
         raise FedrecError(f"batched training: lazy noise needs a linear update (sgd), not {training.optimizer!r}")
     phases = phases or Phases()
     model = NeuMF(1, n_items, model_cfg)
-    slots, net = _layout(model, trains), _StackedNeuMF(model)
+    slots, net = _layout(model, trains), StackedNeuMF(model)
     results: list[DeviceTrained | None] = [None] * len(devices)
     todo = []
     for i, w in enumerate(devices):

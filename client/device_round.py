@@ -190,17 +190,31 @@ SERVES_ON = ("train", "validation")
 KNOWN_BEFORE = {"validation": ("train",), "test": SERVES_ON}
 
 
-def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> NeuMF:
+def _store_serving(
+    store: DeviceStore, ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig
+) -> NeuMF:
     """Personalize for serving and keep the serving row in the store (separate from the training row)."""
-    with ref.open() as store:
-        model = serving_model(store, ref.device_id, global_params, device, SERVES_ON)
-        store.put_states({device.state_prefix + SERVING: embedding_bytes(model.user_emb.weight)})
+    model = serving_model(store, ref.device_id, global_params, device, SERVES_ON)
+    store.put_states({device.state_prefix + SERVING: embedding_bytes(model.user_emb.weight)})
     return model
+
+
+def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> NeuMF:
+    with ref.open() as store:
+        return _store_serving(store, ref, global_params, device)
 
 
 def holds_heldout(ref: DeviceRef, stage: str) -> bool:
     with ref.open() as store:
         return len(store.read_events(stage).items) > 0
+
+
+def serve_private(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> bool:
+    """A private arm's final evaluation on one device: store the serving row and say whether the device
+    holds an item of its evaluation stage (all its reply counts), in one opening of the store."""
+    with ref.open() as store:
+        _store_serving(store, ref, global_params, device)
+        return len(store.read_events(device.eval_stage).items) > 0
 
 
 def serve_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> np.ndarray:

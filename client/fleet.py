@@ -18,7 +18,7 @@ import torch
 
 from fedrec.client.batched_plain import supports_plain_batched, train_plain_batched
 from fedrec.client.batched_serving import evaluate_batched, serve_batched
-from fedrec.client.batched_training import DeviceWork, train_private_batched
+from fedrec.client.batched_training import train_private_batched
 from fedrec.client.device_round import (
     DeviceRef,
     TrainResult,
@@ -28,11 +28,12 @@ from fedrec.client.device_round import (
     read_ledger,
     round_examples,
     round_seed_of,
-    serve_device,
+    serve_private,
     train_device,
     training_row,
     write_round,
 )
+from fedrec.client.stacked import DeviceWork
 from fedrec.client.store_key import store_key
 from fedrec.common.config import Fleet
 from fedrec.common.errors import FedrecError
@@ -196,6 +197,4 @@ def _serve_private(devices: list[DeviceRef], global_params: dict[str, torch.Tens
     if device.executor == "batched":
         blocks = (devices[start : start + STORES_OPEN] for start in range(0, len(devices), STORES_OPEN))
         return sum(serve_batched(block, global_params, device) for block in blocks)
-    for ref in devices:
-        serve_device(ref, global_params, device)
-    return sum(holds_heldout(ref, device.eval_stage) for ref in devices)
+    return sum(serve_private(ref, global_params, device) for ref in devices)

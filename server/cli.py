@@ -129,7 +129,7 @@ def server(
     operator_ca: Optional[Path] = typer.Option(
         None, help="CA of operator client certificates (default: the CA; see `fedrec certs operator`)."
     ),
-    config: Optional[Path] = typer.Option(None, help="fedrec TOML config; its [federation.*] tables set the run."),
+    config: Optional[Path] = typer.Option(None, help="fedrec TOML config; its \\[federation.*] tables set the run."),
     rounds: Optional[int] = typer.Option(None, help="Federated rounds (run config server.rounds)."),
     run_config: Optional[str] = typer.Option(None, help='Run config overrides, e.g. "device.training.epochs=2".'),
     wait_for: Optional[int] = typer.Option(

@@ -44,7 +44,7 @@ def data_fetch(
 @data_app.command("provision")
 def data_provision(
     out: Path = typer.Option(..., help="Dir to write: manifest.json and stores/<device_id>.db."),
-    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp[,rating])."),
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp\\[,rating])."),
     users: Optional[int] = typer.Option(None, min=1, help="Keep only the first N users."),
     seed: int = typer.Option(0, help="Split seed (tie-break of equal timestamps, protocol.md)."),
     key_file: Optional[Path] = typer.Option(
@@ -85,7 +85,7 @@ def data_synth(
 
 @app.command()
 def baseline(
-    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp[,rating])."),
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp\\[,rating])."),
     arms: str = typer.Option("random,popularity,ease,centralized", help="Comma-separated arms."),
     out: Path = typer.Option(..., help="Run dir to write."),
     seeds: str = typer.Option("0", help="Comma-separated seeds; the report gives means and 95% intervals."),
@@ -120,7 +120,9 @@ def baseline(
 @app.command()
 def simulate(
     out: Path = typer.Option(..., help="Run dir to write."),
-    config: Optional[Path] = typer.Option(None, help="TOML config (tables [central.*], [federation.*], [simulation])."),
+    config: Optional[Path] = typer.Option(
+        None, help="TOML config (tables \\[central.*], \\[federation.*], \\[simulation])."
+    ),
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV."),
     clients: Optional[int] = typer.Option(None, min=3, help="Simulate only the first N users' devices."),
     rounds: Optional[int] = typer.Option(None, help="Federated rounds (overrides federation.server.rounds)."),

@@ -13,8 +13,9 @@ import pytest
 import torch
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from fedrec.client.batched_training import DeviceWork, seeded_masks, train_private_batched
+from fedrec.client.batched_training import seeded_masks, train_private_batched
 from fedrec.client.local_training import make_examples, train_private
+from fedrec.client.stacked import DeviceWork
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DevicePrivacy
