@@ -230,3 +230,11 @@ def test_config_show_prints_a_complete_config_that_loads_back(tmp_path):
     (tmp_path / "shown.toml").write_text(shown.stdout)
     assert load_config(tmp_path / "shown.toml") == load_config(tmp_path / "tuned.toml") != load_config(None)
     assert "[federation.device.training]" in shown.stdout and 'optimizer = "sgd"' in shown.stdout
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "bench" / "configs").rglob("*.toml")), ids=lambda p: p.name
+)
+def test_every_shipped_bench_config_loads(path):
+    """A bench's config with a misspelt key would only fail minutes into the bench."""
+    assert load_config(path).to_dict()
