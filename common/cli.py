@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,13 +29,25 @@ def parse_list(text: str, cast: Callable[[str], T] = str) -> list[T]:  # type: i
         raise FedrecError(f"cannot parse {text!r} as a comma-separated list") from None
 
 
+def exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` once the error is printed. A library thread that cannot be told to stop (Flower's
+    ServerApp thread, still waiting for replies after its simulation runtime crashed) would keep a plain
+    ``sys.exit`` waiting for it forever; when such a thread is left, the process ends without it."""
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if others:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def run(app: typer.Typer) -> None:
     """Run ``app``; a FedrecError becomes ``error: <message>`` on one line and exit code 1."""
     try:
         app()
     except FedrecError as exc:
         say(f"error: {exc}")
-        sys.exit(1)
+        exit_now(1)
     except KeyboardInterrupt:
         say("interrupted")
-        sys.exit(130)
+        exit_now(130)

@@ -110,15 +110,26 @@ def _run_flower(arm: FederatedArm, cfg: FederationConfig) -> FederationResult:
         # loads the ServerApp by import path in its own process (no on_round, no results here), and
         # its federation config gives ray.init no cluster address (docs/simulate.md).
         with reaped_descendants():  # Ray's processes end with the harness, even after a SIGKILL
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=arm.nodes,
-                backend_config=backend_config(arm.nodes, arm.ray_address),
-            )
+            try:
+                run_simulation(
+                    server_app=server_app,
+                    client_app=client_app,
+                    num_supernodes=arm.nodes,
+                    backend_config=backend_config(arm.nodes, arm.ray_address),
+                )
+            except RuntimeError as exc:  # what run_simulation raises when its runtime (Ray) fails
+                raise FedrecError(f"{arm.name}: Flower's simulation runtime failed: {root_cause(exc)}") from exc
     if not results:
         raise FedrecError(f"{arm.name}: the federated run ended without a final model (see the Flower log above)")
     return results[0]
+
+
+def root_cause(exc: BaseException) -> str:
+    """The first line of the innermost exception a chain of re-raises wraps (Flower wraps Ray's twice)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def score_matrix(cfg: FederationConfig, model_path: Path, n_users: int) -> np.ndarray:
