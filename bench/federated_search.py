@@ -19,27 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import subprocess
-import sys
 import time
 from pathlib import Path
-from statistics import mean, stdev
 
 from rich.console import Console
 from rich.table import Table
 
 from bench.serving_refit import validation
+from bench.user_dp_population import fedrec, run_logged
 from fedrec.common.datasets import load_dataset
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.simple import fit_popularity
+from fedrec.simulations.stats import mean_ci
 
 CONFIGS = Path(__file__).parent / "configs" / "federated_search"
-
-
-def fedrec(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedrec.simulations.main", *args]
 
 
 def validation_curve(report: dict, arm: str, run_dir: Path) -> dict[int, float]:
@@ -59,10 +53,7 @@ def run_one(config: Path, arm: str, seed: int, out: Path, console: Console) -> t
         console.print(f"{config.stem} seed {seed}: fedrec simulate --arms {arm} ... (log {run_dir}.log)")
         cmd = fedrec("simulate", "--config", str(config), "--arms", arm, "--seeds", str(seed))
         cmd += ["--no-retention", "--quiet", "--out", str(run_dir)]
-        with (out / f"{run_dir.name}.log").open("w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"error: {' '.join(cmd)} exited {proc.returncode} (log: {run_dir}.log)")
+        run_logged(cmd, out / f"{run_dir.name}.log")
     report = json.loads(report_file.read_text())
     privacy = report["arms"][arm].get("privacy")
     spent = f"{privacy['epsilon_median']:.2f} / {privacy['epsilon_budget']:g}" if privacy else ""
@@ -76,12 +67,9 @@ def popularity_validation(seed: int) -> float:
 
 
 def interval(values: list[float]) -> str:
-    """Mean and a 95% t-interval half-width over seeds (t for 2 degrees of freedom is 4.30)."""
-    t95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78}
-    if len(values) < 2:
-        return f"{values[0]:.4f}"
-    half = t95.get(len(values) - 1, 2.0) * stdev(values) / math.sqrt(len(values))
-    return f"{mean(values):.4f} ± {half:.4f}"
+    """Mean and the half-width of its 95% t-interval over seeds (the report's own ``mean_ci``)."""
+    ci = mean_ci(values)
+    return f"{ci['mean']:.4f}" if len(values) < 2 else f"{ci['mean']:.4f} ± {ci['ci95'][1] - ci['mean']:.4f}"
 
 
 def main() -> None:
