@@ -1,4 +1,4 @@
-"""Retention simulator speed on ML-100K at the size protocol.md asks for, measured in one run.
+"""Retention simulator speed on ML-100K at the size docs/protocol.md asks for, measured in one run.
 
     FEDREC_DATA_DIR=... python -m bench.bench_retention [--seeds 5]
 
@@ -7,7 +7,7 @@ each user model's greedy slates and the popularity reference). Prints the time o
 against the one-minute budget, and the vectorized simulator against the plain per-user loop on the
 same draws (one seed).
 The six arms are stand-ins with distinct scores (EASE at two lambdas, EASE plus noise at two levels),
-named like design.md's arms only to make the size realistic: this measures speed, not quality.
+named like the arms of docs/design.md only to make the size realistic: this measures speed, not quality.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
     python -m bench.bench_scaling --rows DIR [DIR ...] [--plot FILE]   # tabulate and plot saved sizes
 
 Each size runs in its own child process (so peak RSS is that size's own): draw the population
-(simulations.synth, fitted to ML-100K once in the parent), split it (protocol.md), provision one
+(simulations.synth, fitted to ML-100K once in the parent), split it (docs/protocol.md), provision one
 encrypted store per user (simulations.provision, ``--workers`` processes), then one round of the
 in-process device path, ``client.fleet.train_fleet`` over every device (``client.device_round.train_device``:
 open + decrypt, Opacus DP-SGD at noise 1.0, write back) with the default run config, 1 torch thread.

@@ -1,7 +1,7 @@
 """The fedrec ClientApp (Flower Message API): local DP-SGD training and on-device evaluation.
 
 Replies carry the global parameters only (dense state_dict entries, never ``user_emb.*``) and scalar
-metrics. A ClientApp that raises can hang a simulation (stack-notes), so failures are caught and
+metrics. A ClientApp that raises can hang a Flower 1.42 simulation without a word, so failures are caught and
 reported as an error reply with a reason.
 """
 

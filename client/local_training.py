@@ -3,7 +3,7 @@
 The unit of privacy is one interaction together with the negatives sampled for it: each training
 example is a group [positive, k negatives], so per-example clipping bounds what one interaction can
 move the model. Every parameter trained here, the local user embedding included, goes through the one
-DP optimizer (stack-notes: a second optimizer for the user row would break the guarantee); the user
+DP optimizer (a second optimizer for the user row would break the guarantee: docs/design.md, "Privacy model"); the user
 embedding simply is not uploaded.
 """
 

@@ -2,7 +2,7 @@
 
 Everything downstream works on dense indices 0..n-1; ``Interactions`` keeps the maps back to the
 original ids so that everything exported (recommendations, splits) uses the ids people know.
-A (user, item) pair that occurs more than once counts once, at its latest time (protocol.md), so a
+A (user, item) pair that occurs more than once counts once, at its latest time (docs/protocol.md), so a
 held-out item can never also sit in train; ``n_merged`` says how many rows that removed.
 """
 

@@ -39,7 +39,7 @@ class Manifest:
     item_titles: dict[str, str]  # original item id (as text) -> title
     key: dict[str, Any]
     devices: tuple[DeviceEntry, ...]
-    duplicates_merged: int = 0  # repeated (user, item) rows merged into their latest (protocol.md)
+    duplicates_merged: int = 0  # repeated (user, item) rows merged into their latest (docs/protocol.md)
 
     def store_path(self, device: DeviceEntry) -> Path:
         return self.directory / device.store

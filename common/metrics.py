@@ -1,4 +1,4 @@
-"""Accuracy metrics of protocol.md: full-ranking and sampled-99 HR@K / NDCG@K, vectorized.
+"""Accuracy metrics of docs/protocol.md: full-ranking and sampled-99 HR@K / NDCG@K, vectorized.
 
 Every arm hands over a dense score matrix [n_users, n_items]; the same code ranks them all.
 Ties are broken uniformly at random (seeded): a constant scorer must not look good by luck of order.

@@ -1,4 +1,4 @@
-"""Per-user temporal leave-last-one-out split (protocol.md), vectorized."""
+"""Per-user temporal leave-last-one-out split (docs/protocol.md), vectorized."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def temporal_split(data: Interactions, seed: int) -> Split:
     if len(np.unique(pairs)) != len(pairs):  # a repeated pair could put the test item in train as well
         raise DataError(
             f"{data.name}: repeated (user, item) pairs; build the log with datasets.from_raw, "
-            "which merges them (protocol.md)"
+            "which merges them (docs/protocol.md)"
         )
     rng = np.random.default_rng(seed)
     tiebreak = rng.permutation(len(data))

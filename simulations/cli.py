@@ -46,7 +46,7 @@ def data_provision(
     out: Path = typer.Option(..., help="Dir to write: manifest.json and stores/<device_id>.db."),
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp\\[,rating])."),
     users: Optional[int] = typer.Option(None, min=1, help="Keep only the first N users."),
-    seed: int = typer.Option(0, help="Split seed (tie-break of equal timestamps, protocol.md)."),
+    seed: int = typer.Option(0, help="Split seed (tie-break of equal timestamps, docs/protocol.md)."),
     key_file: Optional[Path] = typer.Option(
         None, help="Master key file; created (mode 0600) if missing. Default: OUT/master.key (simulation only)."
     ),
@@ -55,7 +55,7 @@ def data_provision(
     workers: int = typer.Option(2, min=1, help="Processes writing stores."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
-    """Split per user (protocol.md) and write one encrypted store per device plus a manifest (no content)."""
+    """Split per user (docs/protocol.md) and write one encrypted store per device plus a manifest (no content)."""
     from fedrec.common.split import temporal_split
     from fedrec.simulations.experiment import load
     from fedrec.simulations.provision import master_secret, provision
@@ -95,7 +95,7 @@ def baseline(
     retention: bool = typer.Option(True, help="Run the retention simulator after the accuracy arms."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
-    """Centralized arms (random, popularity, EASE, NeuMF) under protocol.md; writes a run dir."""
+    """Centralized arms (random, popularity, EASE, NeuMF) under docs/protocol.md; writes a run dir."""
     from fedrec.common.config import load_config
     from fedrec.simulations.arms.registry import central_fitters
     from fedrec.simulations.experiment import Experiment, run
@@ -184,7 +184,7 @@ def retention(
     ),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
-    """Simulated long-term retention of every arm (protocol.md); updates report.json, report.md and plots."""
+    """Simulated long-term retention of every arm (docs/protocol.md); updates report.json, report.md and plots."""
     from fedrec.simulations.retention.cli_entry import retention_for_run_dir
 
     print(

@@ -54,7 +54,7 @@ def run(exp: Experiment) -> dict:
     if data.n_merged:
         console.print(
             f"{data.name}: {data.n_merged} repeated (user, item) rows merged into their latest "
-            "occurrence (protocol.md)",
+            "occurrence (docs/protocol.md)",
             markup=False,
             highlight=False,
         )
@@ -104,7 +104,7 @@ def run(exp: Experiment) -> dict:
             "n_users": data.n_users,
             "n_items": data.n_items,
             "n_interactions": len(data),
-            "duplicates_merged": data.n_merged,  # repeated (user, item) rows merged into their latest (protocol.md)
+            "duplicates_merged": data.n_merged,  # repeated (user, item) rows merged into their latest (docs/protocol.md)
             "users": exp.users,
             "seed": exp.seeds[0],
             "seeds": exp.seeds,

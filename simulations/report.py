@@ -22,9 +22,9 @@ def accuracy_section(report: dict) -> str:
     meta = report["meta"]
     seeds = meta.get("seeds", [meta.get("seed")])
     lines = [
-        "## Accuracy (test, protocol.md)",
+        "## Accuracy (test)",
         "",
-        f"Mean over seeds {seeds}; 95% interval in brackets where more than one seed ran. Full ranking is "
+        f"Protocol: docs/protocol.md in fedrec at commit `{meta['git_commit']}`. Mean over seeds {seeds}; 95% interval in brackets where more than one seed ran. Full ranking is "
         "primary; sampled-99 numbers are only for comparing with NCF-style papers.",
         "",
         "| arm | HR@10 | NDCG@10 | HR@10 sampled | NDCG@10 sampled |",

@@ -1,4 +1,4 @@
-"""The run-dir contract of design.md: one place that writes (and reads back) every artefact of a run."""
+"""The run-dir contract (docs/design.md, "Run dir"): one place that writes (and reads back) every artefact of a run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Means with 95% intervals over seeds (Student t), as protocol.md asks where more than one seed runs."""
+"""Means with 95% intervals over seeds (Student t), as docs/protocol.md asks where more than one seed runs."""
 
 from __future__ import annotations
 

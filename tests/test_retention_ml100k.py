@@ -1,4 +1,4 @@
-"""The retention checks of protocol.md on the real ML-100K (fetched by the conftest fixture), under
+"""The retention checks of docs/protocol.md on the real ML-100K (fetched by the conftest fixture), under
 each of the four two-part user models.
 
 EASE fitted on the temporal split's train part stands in for `centralized` (a strong arm, seconds to fit).
@@ -62,7 +62,7 @@ def test_calibrated_at_beta_zero(study):
 
 def test_fitted_propensity_prior_is_in_the_protocols_range(study):
     prior = study[0].model.prior
-    assert 0.2 < prior.a < 1.0 and 0.3 < prior.b < 1.5  # protocol.md: "about a = 0.53, b = 0.87"
+    assert 0.2 < prior.a < 1.0 and 0.3 < prior.b < 1.5  # docs/protocol.md: "roughly a = 0.53, b = 0.87"
     assert 0.3 < prior.mean < 0.45
 
 

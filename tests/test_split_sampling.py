@@ -1,4 +1,4 @@
-"""Split (protocol.md) and negative sampling."""
+"""Split (docs/protocol.md) and negative sampling."""
 
 from __future__ import annotations
 

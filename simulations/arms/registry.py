@@ -1,4 +1,4 @@
-"""Arm names of design.md mapped to the code that fits them."""
+"""Arm names (docs/design.md, "Arms") mapped to the code that fits them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retention simulator (protocol.md, "Retention"): simulated long-term retention of every arm.
+"""Retention simulator (docs/protocol.md, section 4): simulated long-term retention of every arm.
 
 MovieLens holds no signal on how recommendations change whether users return, so this is a projection
 under a stated user model, calibrated on the dataset's own return behaviour.

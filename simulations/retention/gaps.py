@@ -1,6 +1,6 @@
 """Empirical day-gap histograms: how many days pass before a returning user comes back.
 
-Two histograms, because the first return behaves differently from later ones (protocol.md): the gap
+Two histograms, because the first return behaves differently from later ones (docs/protocol.md): the gap
 from the first to the second active day, and every later gap. Only gaps that start at least
 ``follow_up`` days before the dataset's last day count, so late starters (who can only show short
 gaps) do not pull the histograms towards short gaps.

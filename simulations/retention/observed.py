@@ -2,7 +2,7 @@
 
 Everything the simulator is calibrated on comes from here: each user's sorted active days, the cohort
 with enough follow-up to observe a return, and the observed d1/d7/d30 that the simulated cohort at
-beta = 0 must reproduce (protocol.md, "Retention", point 4).
+beta = 0 must reproduce (docs/protocol.md, section 4, point 4).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from fedrec.simulations.retention.implicit_mf import WRMFConfig, fit_wrmf
 from fedrec.simulations.retention.knn import KNNConfig, fit_item_knn
 from fedrec.simulations.retention.mf import MFConfig, fit_biased_mf
 
-EASE_ORACLE_LAMBDA = 300.0  # middle of the 100-500 range protocol.md reports as best on ML-100K
+EASE_ORACLE_LAMBDA = 300.0  # middle of the 100-500 range docs/protocol.md reports as best on ML-100K
 NO_LIKE_MODEL = "all"  # a dataset without ratings: every pick counts as liked
 
 

@@ -1,4 +1,4 @@
-"""protocol.md's user model written as the plain per-user loop, one visit at a time.
+"""docs/protocol.md's user model written as the plain per-user loop, one visit at a time.
 
 Slow on purpose: the vectorized simulator must produce exactly these outcomes (tests), and the benchmark
 measures how much faster the vectorized one is on the same draws.

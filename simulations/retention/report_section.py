@@ -6,7 +6,7 @@ from __future__ import annotations
 MEANING = (
     "**What these numbers mean.** MovieLens records when people rated films, not whether recommendations "
     "brought them back, so nothing here is measured: it is a projection under a stated user model "
-    "(docs/retention.md). Each simulated user has a return propensity and day gaps fitted to the dataset. "
+    "(docs/retention.md in fedrec). Each simulated user has a return propensity and day gaps fitted to the dataset. "
     "A two-part user model judges each slate of {k} unseen items: P(pick | shown) from an implicit-feedback "
     "model and P(like | picked) from a rating model, both fitted on all data and calibrated on held-out data; "
     "a slate's satisfaction is its expected number of liked picks. beta sets how strongly satisfaction "
@@ -89,7 +89,7 @@ def _checks(report: dict) -> list[str]:
     ident = checks["identical_at_beta_0"]
     mono = checks["monotone_in_beta"]
     lines = [
-        "### Checks (protocol.md)",
+        "### Checks (docs/protocol.md in fedrec, section 4)",
         "",
         f"- Calibration at beta 0 (tolerance ±{cal['tolerance']}): "
         + ", ".join(

@@ -1,4 +1,4 @@
-"""The vectorized user model of protocol.md ("Retention"), stepped visit by visit for every user at once.
+"""The vectorized user model of docs/protocol.md (section 4), stepped visit by visit for every user at once.
 
 State is held as arrays [policy, beta, user] where a policy is one (arm, oracle) pair, so all arms,
 oracles and betas of one seed advance together. Common random numbers: one seed draws every user's

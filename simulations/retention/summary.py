@@ -1,5 +1,5 @@
 """From per-cell simulated metrics to what the report states: means, 95% intervals, paired differences
-against the reference arm and popularity, the gap-closed ratio rho, and the checks protocol.md says
+against the reference arm and popularity, the gap-closed ratio rho, and the checks docs/protocol.md says
 must hold. A cell is one (training seed, simulator seed) pair; every arm of a cell shares its draws."""
 
 from __future__ import annotations
