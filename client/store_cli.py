@@ -78,7 +78,7 @@ def inspect(
         shown = len(events) if limit == 0 else min(limit, len(events))
         info["events_shown"] = [
             {
-                "split": str(events.splits[i]),
+                "split": "-" if events.splits is None else str(events.splits[i]),  # a store always has splits
                 "event_type": str(events.event_types[i]),
                 "item": int(events.items[i]),
                 "timestamp": int(events.timestamps[i]),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,23 +63,31 @@ def _check_group(stores_dir: Path, master_key_file: Path) -> None:
         pass
 
 
-def check_inputs(s: ClientSettings) -> None:
-    """Fail before any network traffic, naming the file that is wrong."""
+def _existing_file(path: Path | None, flag: str) -> Path:
+    if path is None or not path.is_file():
+        raise FedrecError(f"{path}: file not found ({flag})")
+    return path
+
+
+def check_inputs(s: ClientSettings) -> dict[str, Path]:
+    """Fail before any network traffic, naming the file that is wrong; return the node config's checked paths."""
     single = (s.store, s.key_file) != (None, None)
     if single == ((s.stores_dir, s.master_key_file) != (None, None)):
         raise FedrecError("give --store and --key-file (one device) or --stores-dir and --master-key-file (a gateway)")
-    pairs = [(s.root_cert, "--root-cert"), (s.auth_key, "--auth-key")]
-    pairs += (
-        [(s.store, "--store"), (s.key_file, "--key-file")] if single else [(s.master_key_file, "--master-key-file")]
-    )
-    for path, flag in pairs:
-        if path is None or not path.is_file():
-            raise FedrecError(f"{path}: file not found ({flag})")
+    _existing_file(s.root_cert, "--root-cert")
+    _existing_file(s.auth_key, "--auth-key")
+    paths: dict[str, Path]
     if single:
-        with DeviceStore.open(s.store, store_key(s.store, s.key_file)):
+        store, key_file = _existing_file(s.store, "--store"), _existing_file(s.key_file, "--key-file")
+        with DeviceStore.open(store, store_key(store, key_file)):
             pass  # wrong key or a damaged store fails here with the store's own message
+        paths = {"store": store, "key-file": key_file}
     else:
-        _check_group(s.stores_dir, s.master_key_file)
+        master_key_file = _existing_file(s.master_key_file, "--master-key-file")
+        if s.stores_dir is None:
+            raise FedrecError("a gateway needs --stores-dir with --master-key-file")
+        _check_group(s.stores_dir, master_key_file)
+        paths = {"stores-dir": s.stores_dir, "master-key-file": master_key_file}
     try:
         key = load_ssh_private_key(s.auth_key.read_bytes(), None)
     except (ValueError, UnsupportedAlgorithm):
@@ -92,13 +100,12 @@ def check_inputs(s: ClientSettings) -> None:
         raise FedrecError(f"{s.root_cert}: not a PEM certificate (--root-cert)") from None
     if ":" not in s.superlink:
         raise FedrecError(f"--superlink {s.superlink!r}: expected HOST:PORT")
+    return paths
 
 
-def supernode_argv(s: ClientSettings, port: int) -> list[str]:
-    if s.store is not None:
-        node_config = f'store="{s.store.resolve()}" key-file="{s.key_file.resolve()}"'
-    else:
-        node_config = f'stores-dir="{s.stores_dir.resolve()}" master-key-file="{s.master_key_file.resolve()}"'
+def supernode_argv(s: ClientSettings, port: int, paths: dict[str, Path]) -> list[str]:
+    """``paths``: the node config's files, as `check_inputs` returns them."""
+    node_config = " ".join(f'{key}="{path.resolve()}"' for key, path in paths.items())
     if s.require_secure_aggregation:
         node_config += f' {REQUIRE_KEY}="required"'
     argv = [
@@ -166,7 +173,7 @@ def explain_exit(output: list[str], s: ClientSettings, code: int) -> str:
 
 def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
     """Run the SuperNode until it stops; Ctrl-C / SIGTERM end it and its helpers."""
-    check_inputs(s)
+    paths = check_inputs(s)
     port = s.port or free_port()
     children = Children(flower_env())
     tail: deque[str] = deque(maxlen=200)
@@ -175,7 +182,7 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
         f"local runtime port {port}"
     )
 
-    def pump(stream) -> None:  # the SuperNode's helpers share the pipe: read it apart from waiting
+    def pump(stream: Iterable[str]) -> None:  # the SuperNode's helpers share the pipe: read it apart from waiting
         for line in stream:
             tail.append(line.rstrip("\n"))
             if echo:
@@ -183,7 +190,7 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
 
     with terminate_on_sigterm():
         try:
-            proc = children.start("supernode", supernode_argv(s, port), capture=True)
+            proc = children.start("supernode", supernode_argv(s, port, paths), capture=True)
             reader = threading.Thread(target=pump, args=(proc.stdout,), daemon=True)
             reader.start()
             code = proc.wait()

@@ -28,7 +28,7 @@ from fedrec.common.model_files import (
 CHECKPOINT = "checkpoint.pt"
 
 
-def atomic_torch_save(obj, path: Path) -> None:
+def atomic_torch_save(obj: object, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)

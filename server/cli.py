@@ -93,9 +93,11 @@ def operator(
     from fedrec.server.operator import OperatorSettings, run_flwr
 
     def pick(given: Optional[Path], file: str, flag: str) -> Path:
-        if given is None and certs is None:
+        if given is not None:
+            return given
+        if certs is None:
             raise FedrecError(f"{flag} is required (or --certs DIR)")
-        return given or certs / file
+        return certs / file
 
     credential = OperatorCredential(
         pick(ca_cert, CA_CERT, "--ca-cert"),

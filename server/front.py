@@ -18,8 +18,13 @@ from __future__ import annotations
 
 import argparse
 import ssl
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 HOP_BY_HOP = {
     "connection",
@@ -43,8 +48,10 @@ REFUSED = (
 def fleet_routes() -> frozenset[str]:
     """The Fleet API's paths, read from Flower's own router so a new Flower route is not missed silently."""
     from flwr.superlink.routers.fleet.router import router
+    from starlette.routing import Route
 
-    return frozenset(route.path for route in router.routes)
+    # HTTP routes only: the door relays POST requests, never a websocket or a mount.
+    return frozenset(route.path for route in router.routes if isinstance(route, Route))
 
 
 def admitted(method: str, path: str, fleet_only: bool) -> bool:
@@ -52,13 +59,13 @@ def admitted(method: str, path: str, fleet_only: bool) -> bool:
     return not fleet_only or (method == "POST" and path in fleet_routes())
 
 
-def create_app(upstream: str, upstream_ca: str, fleet_only: bool):
+def create_app(upstream: str, upstream_ca: str, fleet_only: bool) -> Starlette:
     """An ASGI app relaying admitted requests to ``https://upstream`` (verified against ``upstream_ca``)."""
     import httpx
     from starlette.applications import Starlette
     from starlette.background import BackgroundTask
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     client = httpx.AsyncClient(
@@ -67,7 +74,7 @@ def create_app(upstream: str, upstream_ca: str, fleet_only: bool):
         timeout=httpx.Timeout(None, connect=10.0),
     )
 
-    async def relay(request: Request):
+    async def relay(request: Request) -> Response:
         if not admitted(request.method, request.url.path, fleet_only):
             return JSONResponse({"detail": REFUSED}, status_code=403)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
@@ -87,7 +94,7 @@ def create_app(upstream: str, upstream_ca: str, fleet_only: bool):
         )
 
     @asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await client.aclose()
 

@@ -21,9 +21,10 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -41,7 +42,7 @@ from fedrec.common.processes import (
     terminate_on_sigterm,
     wait_until,
 )
-from fedrec.common.settings import flatten, from_flat
+from fedrec.common.settings import Scalar, flatten, from_flat
 from fedrec.server.checkpoint import load_checkpoint
 from fedrec.server.flower_app import write_app
 
@@ -72,7 +73,7 @@ class ServerSettings:
     operator_ca: Path | None = None  # the CA of operator client certificates (default: ca_cert)
 
     @property
-    def run_config(self) -> dict[str, object]:
+    def run_config(self) -> dict[str, Scalar]:
         return flatten(self.federation)
 
 
@@ -87,7 +88,7 @@ def settings(
     federation: FederationConfig,
     manifest: Path | None = None,
     operator_ca: Path | None = None,
-    **rest,
+    **rest: Any,  # the other ServerSettings fields, passed through
 ) -> ServerSettings:
     """Fill paths from a ``fedrec certs`` directory (each overridable for a PKI of one's own) and resolve
     what the server alone knows into the run config: where it writes, the catalogue size, whom to wait for."""
@@ -233,7 +234,7 @@ def online_nodes(children: Children) -> int:
     return sum(1 for node in reply.get("nodes", []) if node.get("status") == "online")
 
 
-def run_config_arg(config: dict[str, object]) -> str:
+def run_config_arg(config: Mapping[str, object]) -> str:
     """``k=v`` pairs as ``flwr run --run-config`` parses them (TOML values)."""
     parts = []
     for key, value in config.items():
@@ -278,6 +279,7 @@ def stream_run(children: Children, s: ServerSettings, say: Say) -> str | None:
     proc = children.start("flwr-run", argv, capture=True, cwd=app_dir)
     run_id = None
     log = (s.state_dir / "run.log").open("a")
+    assert proc.stdout is not None  # capture=True: a pipe
     try:
         for line in proc.stdout:
             log.write(line)
@@ -402,17 +404,17 @@ def _serve(s: ServerSettings, host: str, say: Say, resuming: bool) -> None:
                 s.startup_timeout,
             )
             say(f"devices connect to {_address(s.host, s.port)} (TLS; the Fleet API only, nothing else answers)")
-            if s.operator_port is not None:
-                argv = door_argv(s, s.operator_port, inner, pki.ca_cert, s.operator_ca)
+            if (operator_port := s.operator_port) is not None:
+                argv = door_argv(s, operator_port, inner, pki.ca_cert, s.operator_ca)
                 log = s.state_dir / "operator-door.log"
                 start_listener(
                     children,
-                    Listener("operator door", argv, s.host, s.operator_port, "--operator-port", log),
-                    lambda: port_in_use(s.host, s.operator_port),  # a handshake needs the operator's certificate
+                    Listener("operator door", argv, s.host, operator_port, "--operator-port", log),
+                    lambda: port_in_use(s.host, operator_port),  # a handshake needs the operator's certificate
                     s.startup_timeout,
                 )
                 say(
-                    f"operators connect to {_address(s.host, s.operator_port)} (mutual TLS: a client certificate "
+                    f"operators connect to {_address(s.host, operator_port)} (mutual TLS: a client certificate "
                     f"from {s.operator_ca}; `fedrec operator`)"
                 )
             record_node_ids(s.state_dir / "devices.json", register_devices(children, s.devices, say))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from multiprocessing.pool import AsyncResult, Pool
+from types import TracebackType
 
 from fedrec.common.processes import reaped_descendants
 from fedrec.common.split import Split
@@ -45,7 +46,9 @@ class BackgroundFits:
     def __enter__(self) -> BackgroundFits:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._pool is not None:
             if exc_type is None:
                 self._pool.close()

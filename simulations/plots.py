@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -10,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def accuracy_bars(arms: dict[str, dict], path: Path, metrics=("hr@10", "ndcg@10")) -> Path:
+def accuracy_bars(arms: dict[str, dict], path: Path, metrics: Sequence[str] = ("hr@10", "ndcg@10")) -> Path:
     """One bar per arm and metric, with the 95% interval where several seeds ran."""
     names = list(arms)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def _ratings(data: Interactions, users: np.ndarray, items: np.ndarray, stamps: n
     _, ts_rank = np.unique(np.concatenate([data.timestamps, stamps]), return_inverse=True)
     n_ts = int(ts_rank.max()) + 1
 
-    def key(u, i, r):
+    def key(u: np.ndarray, i: np.ndarray, r: np.ndarray) -> np.ndarray:
         return (u.astype(np.int64) * data.n_items + i) * n_ts + r
 
     log_keys = key(data.users, data.items, ts_rank[: len(data)])
@@ -179,7 +180,7 @@ def _run_jobs(jobs: list, master: bytes, recipe: KeyRecipe, workers: int, show: 
                 bar.advance(task, done)
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     """numpy scalars -> JSON values."""
     return value.item() if hasattr(value, "item") else value
 

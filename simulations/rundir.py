@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _json_default(obj):
+def _json_default(obj: object) -> object:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -137,7 +138,7 @@ class RunDir:
         return sorted(int(p.name[5:]) for p in folder.glob("seed_*") if p.is_dir() and p.name[5:].isdigit())
 
     @staticmethod
-    def _write_csv(path: Path, header: list[str], rows) -> None:
+    def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable[object]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as fh:

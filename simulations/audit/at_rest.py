@@ -9,6 +9,7 @@ the owner only. A clean scan rules out those encodings, not every conceivable on
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def key_file_problems(paths: list[Path]) -> list[str]:
     return out
 
 
-def audit_stores(stores_dir: Path, data: Interactions, split: Split, show=None) -> dict:
+def audit_stores(stores_dir: Path, data: Interactions, split: Split, show: Callable[[], object] | None = None) -> dict:
     """Scan every device store listed in ``stores_dir/manifest.json``; check every key file under it."""
     manifest = load_manifest(stores_dir)
     findings, scanned = [], 0

@@ -16,6 +16,7 @@ LiRA).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +125,13 @@ class ShadowSet:
 
 
 def train_shadows(
-    split: Split, cands: Candidates, config: CentralConfig, n_shadows: int, epochs: int, seed: int, on_done=None
+    split: Split,
+    cands: Candidates,
+    config: CentralConfig,
+    n_shadows: int,
+    epochs: int,
+    seed: int,
+    on_done: Callable[[], object] | None = None,
 ) -> ShadowSet:
     keep = keep_matrix(n_shadows, len(cands), seed)
     logits = []

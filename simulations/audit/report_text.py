@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def _f(x, digits: int = 3) -> str:
+def _f(x: object, digits: int = 3) -> str:
     if x is None:
         return "n/a"
     if isinstance(x, bool):

@@ -3,6 +3,7 @@ under every user model in every (training seed, simulator seed) cell."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +76,10 @@ def build_policies(setup: Setup, arms: dict[str, np.ndarray], popularity: np.nda
     values = [o.value for o in setup.oracles]
     pick_index = {p.name: len(values) + j for j, p in enumerate(setup.picks)}
     values += [p.probability for p in setup.picks]  # the pick part alone, to tell picks from likes
-    pairs, blocks, index, first = [], [], [], {}
+    pairs: list[tuple[str, str]] = []
+    blocks: list[np.ndarray] = []
+    index: list[int] = []
+    first: dict[str, dict[str, dict[str, float]]] = {}
     for name, scores in {**arms, POPULARITY: arms.get(POPULARITY, popularity)}.items():
         sat = slate_satisfaction(scores, setup.seen, values, n)
         for j, oracle in enumerate(setup.oracles):
@@ -98,7 +102,9 @@ def build_policies(setup: Setup, arms: dict[str, np.ndarray], popularity: np.nda
     return Policies(pairs, np.stack(blocks), np.asarray(index), first)
 
 
-def run_seed(setup: Setup, policies: Policies, seed: int, betas=BETAS) -> tuple[dict, dict, np.ndarray]:
+def run_seed(
+    setup: Setup, policies: Policies, seed: int, betas: Sequence[float] = BETAS
+) -> tuple[dict, dict, np.ndarray]:
     """One seed: ({arm: {oracle: {beta: metrics}}}, {arm: {oracle: {beta: survival}}}, S_ref per oracle)."""
     draws = draw(setup.model, setup.seen.shape[0], seed)
     pop = [i for i, (arm, _) in enumerate(policies.pairs) if arm == POPULARITY]
@@ -127,7 +133,9 @@ def run_seed(setup: Setup, policies: Policies, seed: int, betas=BETAS) -> tuple[
 TRAINING_SEED_STRIDE = 1000  # simulator seed of cell (t, s) = s + 1000 t: independent draws per training seed
 
 
-def run_seeds(setup: Setup, arms_by_training_seed: list[dict[str, np.ndarray]], popularity: np.ndarray, seeds):
+def run_seeds(
+    setup: Setup, arms_by_training_seed: list[dict[str, np.ndarray]], popularity: np.ndarray, seeds: Iterable[int]
+) -> tuple[list[dict], list[dict], np.ndarray, list[dict]]:
     """Every (training seed, simulator seed) cell: per-cell metrics, survival curves and S_ref, and each
     training seed's first-slate diagnostics. Within a cell every arm shares the same draws."""
     per_cell, curves, refs, first = [], [], [], []

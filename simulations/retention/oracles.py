@@ -80,15 +80,15 @@ def ease_scores(
     return x @ ease_weights(x, lam)
 
 
-def _mf_ratings(users, items, ratings, n_users, n_items) -> np.ndarray:
+def _mf_ratings(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int) -> np.ndarray:
     return fit_biased_mf(users, items, ratings, n_users, n_items, MFConfig()).dense()
 
 
-def _knn_ratings(users, items, ratings, n_users, n_items) -> np.ndarray:
+def _knn_ratings(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int) -> np.ndarray:
     return fit_item_knn(users, items, ratings, n_users, n_items, KNNConfig())
 
 
-def _wrmf_scores(users, items, n_users, n_items) -> np.ndarray:
+def _wrmf_scores(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> np.ndarray:
     return fit_wrmf(users, items, n_users, n_items, WRMFConfig())
 
 

@@ -4,6 +4,8 @@ must hold. A cell is one (training seed, simulator seed) pair; every arm of a ce
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from fedrec.simulations.retention.engine import GREEDY, POPULARITY
@@ -18,7 +20,7 @@ ZERO = "0"
 Nested = dict[str, dict[str, dict[str, dict]]]  # arm -> oracle -> beta -> value
 
 
-def _cells(per_seed: list[Nested]):
+def _cells(per_seed: list[Nested]) -> Iterator[tuple[str, str, str]]:
     first = per_seed[0]
     for arm, by_oracle in first.items():
         for oracle, by_beta in by_oracle.items():
@@ -26,7 +28,7 @@ def _cells(per_seed: list[Nested]):
                 yield arm, oracle, beta
 
 
-def _put(tree: dict, arm: str, oracle: str, beta: str, value) -> None:
+def _put(tree: dict, arm: str, oracle: str, beta: str, value: object) -> None:
     tree.setdefault(arm, {}).setdefault(oracle, {})[beta] = value
 
 

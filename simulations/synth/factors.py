@@ -98,7 +98,7 @@ def fit_factors(data: Interactions, seed: int = 0) -> FactorModel:
             users, items = _factors(components, rank, temperature)
             affinity = users @ items.T
             scores[(rank, temperature)] = heldout_loglik(train, held, fit_bias(train, affinity) + affinity)
-    rank, temperature = max(scores, key=scores.get)
+    rank, temperature = max(scores, key=scores.__getitem__)
     users, items = _factors(taste_components(x, rank), rank, temperature)
     return FactorModel(
         bias=fit_bias(x, users @ items.T),
