@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedrec.common.config import FedrecConfig
-from fedrec.simulations.arms.base import budget_of
+from fedrec.simulations.arms.base import Fitter, budget_of
 from fedrec.simulations.arms.registry import at_budget, bind
 from fedrec.simulations.arms.table import Arm, arms_named, sweep_arm_name, swept
 from fedrec.simulations.experiment import Experiment, load
@@ -31,7 +31,7 @@ def build_experiment(
     # there: that process does not own the terminal
     beside = cfg.simulation.background_central and any(arm.federated for arm in chosen)
 
-    def fitter(arm: Arm, name: str, config: FedrecConfig):
+    def fitter(arm: Arm, name: str, config: FedrecConfig) -> Fitter:
         shown = show and not (beside and arm.background)
         return bind(arm, config, name, shown, data, Path(out), seeds[0])
 
@@ -65,7 +65,7 @@ def build_experiment(
     )
 
 
-def add_sweep(epsilons: list[float], swept: dict[str, float]):
+def add_sweep(epsilons: list[float], run_budgets: dict[str, float]):
     """Report step: accuracy of every swept arm (mapped to the epsilon it runs at without --sweep) at each
     budget, and federated without DP, as a table and one plot, a curve per arm, the non-private arms as lines."""
 
@@ -74,7 +74,7 @@ def add_sweep(epsilons: list[float], swept: dict[str, float]):
 
         arms = report["arms"]
         rows = []
-        for arm, run_epsilon in swept.items():
+        for arm, run_epsilon in run_budgets.items():
             points = {(e, sweep_arm_name(arm, e)) for e in epsilons} | {(run_epsilon, arm)}
             for eps, name in sorted(points):
                 if name in arms:
@@ -93,7 +93,7 @@ def add_sweep(epsilons: list[float], swept: dict[str, float]):
             return
         report["epsilon_sweep"] = rows
         series = {}
-        for arm in swept:
+        for arm in run_budgets:
             finite = [r for r in rows if r["mechanism"] == arm]
             if finite:
                 series[arm] = ([r["epsilon"] for r in finite], [r["ndcg@10"] for r in finite])

@@ -35,7 +35,7 @@ class Arm:
         return bool(self.budget)
 
 
-# In the order the experiment fits them, the report lists them and --sweep and the audit prefer them.
+# In the order the report's headline, --sweep and the canary audit take them (and docs/simulate.md lists them).
 ARMS: dict[str, Arm] = {
     arm.name: arm
     for arm in (
