@@ -17,6 +17,7 @@ from fedrec.simulations import simulate
 from fedrec.simulations.arms.base import ArmBinding, budget_of
 from fedrec.simulations.arms.registry import binder
 from fedrec.simulations.arms.table import ARMS, DEFAULT_ARMS, swept
+from fedrec.simulations.audit.canary_runs import audited_federation
 from fedrec.simulations.main import app
 
 DOCS = Path(__file__).parents[1] / "docs" / "simulate.md"
@@ -123,3 +124,13 @@ def test_rounds_epsilon_and_delta_set_every_arm_their_help_names(tmp_path, monke
     epsilon_help = re.search(r"--epsilon FLOAT (.*?) --delta", flat).group(1)
     assert "federation.server.rounds" in rounds_help and "federated_ddp.server.rounds" in rounds_help
     assert "federation.privacy.epsilon" in epsilon_help and "federated_ddp.privacy.epsilon" in epsilon_help
+
+
+def test_the_canary_audit_retrains_an_arm_without_a_record_on_its_own_branch():
+    """A report without the arm's resolved settings: the audit takes its branch of the run's settings."""
+    cfg = FedrecConfig()
+    report = {"meta": {"config": cfg.to_dict()}, "arms": {"federated_ddp": {}, "federated_dp": {}}}
+    assert audited_federation(report, "federated_ddp", None) == cfg.federated_ddp
+    federation = audited_federation(report, "federated_dp", 3)
+    assert federation.privacy == replace(cfg.federation.privacy, mechanism=ARMS["federated_dp"].mechanism)
+    assert federation.server.rounds == 3
