@@ -43,7 +43,7 @@ from fedrec.common.sampling import positive_keys
 from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state
 from fedrec.simulations.arms.centralized import central_optimizer, train_epoch
-from fedrec.simulations.federated import FederatedArm, _run_flower, arm_config
+from fedrec.simulations.arms.federated import FederatedArm, _run_flower, arm_config
 from fedrec.simulations.provision import provision
 
 

@@ -21,6 +21,7 @@ report's ``meta.config``. Ranges are checked where the field is defined.
     │       ├── training: LocalTraining
     │       ├── serving: Serving
     │       └── fleet: Fleet
+    ├── federated_ddp: FederationConfig the federated_ddp arm's own federation (the centralized_dp recipe)
     └── simulation: SimulationConfig    how the harness runs Flower's simulation engine
 """
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -395,11 +396,27 @@ DEFAULT_CENTRAL = CentralConfig(
 )
 
 
+# The federated_ddp arm: the centralized_dp recipe as a federation (docs/privacy.md). Its model (with the
+# round-1 item histogram's popularity prior in the item bias), negatives and clipping norm are the recipe's;
+# every device takes part in every round: one histogram round, then SharedNoise.steps DP-SGD rounds.
+_RECIPE = CentralDPConfig()
+DEFAULT_FEDERATED_DDP = FederationConfig(
+    server=ServerConfig(rounds=1 + SharedNoise().steps),
+    privacy=PrivacyConfig(mechanism="distributed", max_grad_norm=_RECIPE.max_grad_norm),
+    device=DeviceConfig(
+        model=replace(_RECIPE.model, item_bias=True),
+        training=LocalTraining(negatives=_RECIPE.negatives),
+        participation=1.0,
+    ),
+)
+
+
 @dataclass(frozen=True)
 class FedrecConfig:
     central: CentralConfig = DEFAULT_CENTRAL
     centralized_dp: CentralDPConfig = field(default_factory=CentralDPConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    federated_ddp: FederationConfig = DEFAULT_FEDERATED_DDP
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from multiprocessing.pool import AsyncResult, Pool
 from types import TracebackType
 
 from fedrec.common.processes import reaped_descendants
 from fedrec.common.split import Split
-from fedrec.simulations.arms.base import ArmResult
-
-Fitter = Callable[[Split, int], ArmResult]
+from fedrec.simulations.arms.base import ArmResult, Fitter
 
 
 def timed_fit(fitter: Fitter, split: Split, seed: int) -> tuple[ArmResult, float]:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from fedrec.common.cli import err, parse_list, say
-from fedrec.simulations.arm_names import DEFAULT_ARMS
+from fedrec.simulations.arms.table import CENTRAL_ARMS, DEFAULT_ARMS, budget_keys, choices, rounds_keys
 
 app = typer.Typer()
 data_app = typer.Typer(no_args_is_help=True, help="Obtain and provision datasets.")
@@ -86,7 +86,10 @@ def data_synth(
 @app.command()
 def baseline(
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp\\[,rating])."),
-    arms: str = typer.Option("random,popularity,ease,centralized", help="Comma-separated arms."),
+    arms: str = typer.Option(
+        ",".join(a for a in DEFAULT_ARMS if a in CENTRAL_ARMS),
+        help=f"Comma-separated arms, any of {choices(CENTRAL_ARMS)}.",
+    ),
     out: Path = typer.Option(..., help="Run dir to write."),
     seeds: str = typer.Option("0", help="Comma-separated seeds; the report gives means and 95% intervals."),
     config: Optional[Path] = typer.Option(None, help="TOML config (model and training settings)."),
@@ -121,16 +124,24 @@ def baseline(
 def simulate(
     out: Path = typer.Option(..., help="Run dir to write."),
     config: Optional[Path] = typer.Option(
-        None, help="TOML config (tables \\[central.*], \\[federation.*], \\[simulation])."
+        None, help="TOML config (tables \\[central.*], \\[federation.*], \\[federated_ddp.*], \\[simulation])."
     ),
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV."),
     clients: Optional[int] = typer.Option(None, min=3, help="Simulate only the first N users' devices."),
-    rounds: Optional[int] = typer.Option(None, help="Federated rounds (overrides federation.server.rounds)."),
-    epsilon: Optional[float] = typer.Option(None, help="Per-device budget for federated_dp; sets the noise."),
-    delta: Optional[float] = typer.Option(None, help="DP delta (default 1e-5)."),
+    rounds: Optional[int] = typer.Option(
+        None, help=f"Rounds of every federated arm (sets {', '.join(rounds_keys())})."
+    ),
+    epsilon: Optional[float] = typer.Option(
+        None,
+        help=f"Budget of every private arm, in its unit (docs/simulate.md, Arms); sets the noise "
+        f"(sets {', '.join(budget_keys('epsilon'))}).",
+    ),
+    delta: Optional[float] = typer.Option(
+        None, help=f"DP delta of every private arm (default 1e-5; sets {', '.join(budget_keys('delta'))})."
+    ),
     arms: str = typer.Option(
         ",".join(DEFAULT_ARMS),
-        help="Comma-separated arms.",
+        help=f"Comma-separated arms, any of {choices()}.",
     ),
     sweep: str = typer.Option(
         "",
@@ -152,9 +163,9 @@ def simulate(
     cfg = load_config(
         config,
         {
-            "federation.server.rounds": rounds,
-            "federation.privacy.epsilon": epsilon,
-            "federation.privacy.delta": delta,
+            **dict.fromkeys(rounds_keys(), rounds),
+            **dict.fromkeys(budget_keys("epsilon"), epsilon),
+            **dict.fromkeys(budget_keys("delta"), delta),
             "simulation.ray_address": ray_address,
         },
     )

@@ -15,8 +15,8 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.files import writable_dir
 from fedrec.common.metrics import evaluate_scores
 from fedrec.common.split import temporal_split
-from fedrec.simulations.arms.base import ArmResult
-from fedrec.simulations.background import BackgroundFits, Fitter, timed_fit
+from fedrec.simulations.arms.base import ArmResult, Fitter
+from fedrec.simulations.background import BackgroundFits, timed_fit
 from fedrec.simulations.plots import accuracy_bars
 from fedrec.simulations.report import render
 from fedrec.simulations.rundir import RunDir, git_commit

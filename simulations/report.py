@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fedrec.simulations.arm_names import PRIVATE_ARMS
+from fedrec.simulations.arms.table import PRIVATE_ARMS
 
 ACC_KEYS = ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled")
 

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from fedrec.common.config import FederationConfig, FedrecConfig, PrivacyConfig
-from fedrec.simulations.arm_names import FEDERATED_ARMS, PRIVATE_ARMS
-from fedrec.simulations.arms.registry import central_fitters
+from fedrec.common.config import FedrecConfig
+from fedrec.simulations.arms.base import Fitter, budget_of
+from fedrec.simulations.arms.registry import at_budget, bind
+from fedrec.simulations.arms.table import Arm, arms_named, sweep_arm_name, swept
 from fedrec.simulations.experiment import Experiment, load
-from fedrec.simulations.federated import FederatedArm, fit_federated
-
-MECHANISM_OF = {"federated": "none", "federated_dp": "local", "federated_user_dp": "user"}
-BACKGROUND_ARMS = ("centralized", "centralized_dp")  # the centralized arms that take minutes
-
-
-def sweep_arm_name(arm: str, epsilon: float) -> str:
-    return f"{arm}_eps{epsilon:g}"
-
-
-def swept_arms(arms: list[str]) -> list[str]:
-    """The private arms --sweep repeats at each budget: those of the run, federated_dp when it has none."""
-    return [a for a in PRIVATE_ARMS if a in arms] or ["federated_dp"]
 
 
 def build_experiment(
@@ -36,52 +23,32 @@ def build_experiment(
     show: bool,
     retention: bool = True,
 ) -> Experiment:
+    """Every arm of ``arms`` (the table's names) bound to its settings, and each arm that sweeps again at
+    every budget of ``sweep``; the centralized arms first, then the federated ones, then the sweep arms."""
+    chosen = arms_named(arms)
     data = load(dataset, data_dir, users)
-    central = [a for a in arms if a not in FEDERATED_ARMS]
-    # a background fit shows no progress bar: its process does not own the terminal
-    beside = cfg.simulation.background_central and len(central) < len(arms)
-    fitters = central_fitters(central, cfg, show=show and not beside)
+    # the background arms fit in a second process beside the federated ones, and show no progress bar
+    # there: that process does not own the terminal
+    beside = cfg.simulation.background_central and any(arm.federated for arm in chosen)
 
-    def federated(name: str, privacy: PrivacyConfig, federation: FederationConfig | None = None):
-        arm = FederatedArm(
-            name=name,
-            data=data,
-            run_dir=Path(out),
-            federation=replace(federation or cfg.federation, privacy=privacy),
-            nodes=cfg.simulation.nodes,
-            ray_address=cfg.simulation.ray_address,
-            primary_seed=seeds[0],
-            show=show,
-        )
-        return lambda split, seed: fit_federated(arm, split, seed)
+    def fitter(arm: Arm, name: str, config: FedrecConfig) -> Fitter:
+        shown = show and not (beside and arm.background)
+        return bind(arm, config, name, shown, data, Path(out), seeds[0])
 
-    privacy = cfg.federation.privacy
-
-    def private(name: str, arm: str, epsilon: float):
-        """The private ``arm`` at ``epsilon`` (delta and the rest of its settings as configured)."""
-        at = replace(privacy, epsilon=epsilon)
-        if arm == "centralized_dp":
-            at_budget = replace(cfg, federation=replace(cfg.federation, privacy=at))
-            return central_fitters([arm], at_budget, show=show and not beside)[arm]
-        if arm == "federated_ddp":
-            ddp = replace(at, mechanism="distributed", max_grad_norm=cfg.centralized_dp.max_grad_norm)
-            return federated(name, ddp, shared_noise_federation(cfg))
-        return federated(name, replace(at, mechanism=MECHANISM_OF[arm]))
-
-    for name in arms:
-        if name == "federated":
-            fitters[name] = federated(name, replace(privacy, mechanism="none"))
-        elif name in FEDERATED_ARMS:
-            fitters[name] = private(name, name, privacy.epsilon)
-    swept = swept_arms(arms)
-    for arm in swept:
+    ordered = [a for a in chosen if not a.federated] + [a for a in chosen if a.federated]
+    fitters = {arm.name: fitter(arm, arm.name, cfg) for arm in ordered}
+    background = {arm.name for arm in ordered if arm.background}
+    repeated = swept(chosen)
+    for arm in repeated:
         for eps in sweep:
-            fitters[sweep_arm_name(arm, eps)] = private(sweep_arm_name(arm, eps), arm, eps)
-    background = {a for a in central if a in BACKGROUND_ARMS}
-    background |= {sweep_arm_name(a, eps) for a in swept if a in BACKGROUND_ARMS for eps in sweep}
+            name = sweep_arm_name(arm.name, eps)
+            fitters[name] = fitter(arm, name, at_budget(cfg, arm, eps))
+            if arm.background:
+                background.add(name)
     post = [add_federated_plots]
-    if sweep or any(a in arms for a in PRIVATE_ARMS):
-        post.insert(0, add_sweep(sweep, privacy.epsilon, swept))
+    if sweep or any(arm.private for arm in chosen):
+        run_budgets = {arm.name: budget_of(arm, cfg).epsilon for arm in repeated}
+        post.insert(0, add_sweep(sweep, run_budgets))
     return Experiment(
         dataset=dataset,
         out=Path(out),
@@ -98,34 +65,16 @@ def build_experiment(
     )
 
 
-def shared_noise_federation(cfg: FedrecConfig) -> FederationConfig:
-    """federated_ddp runs the centralized_dp recipe: its model (the prior in the item table's last column),
-    negatives and clipping norm; every device in every round; one histogram round, then ``steps`` rounds."""
-    recipe, federation = cfg.centralized_dp, cfg.federation
-    device = federation.device
-    model = replace(recipe.model, kind="gmf", item_bias=device.shared_noise.count_sigma > 0)
-    device = replace(
-        device,
-        model=model,
-        training=replace(device.training, negatives=recipe.negatives),
-        participation=1.0,
-    )
-    rounds = device.shared_noise.steps + int(device.shared_noise.count_sigma > 0)
-    strategy = replace(federation.server.strategy, name="fedavg", node_fraction=1.0)
-    server = replace(federation.server, rounds=rounds, strategy=strategy)
-    return replace(federation, server=server, device=device)
-
-
-def add_sweep(epsilons: list[float], run_epsilon: float, swept: list[str]):
-    """Report step: accuracy of every swept arm at each budget (and federated without DP) as a table and
-    one plot, a curve per arm, the non-private arms as lines."""
+def add_sweep(epsilons: list[float], run_budgets: dict[str, float]):
+    """Report step: accuracy of every swept arm (mapped to the epsilon it runs at without --sweep) at each
+    budget, and federated without DP, as a table and one plot, a curve per arm, the non-private arms as lines."""
 
     def step(report: dict, run_dir: Path) -> None:
         from fedrec.simulations.plots import curves
 
         arms = report["arms"]
         rows = []
-        for arm in swept:
+        for arm, run_epsilon in run_budgets.items():
             points = {(e, sweep_arm_name(arm, e)) for e in epsilons} | {(run_epsilon, arm)}
             for eps, name in sorted(points):
                 if name in arms:
@@ -144,7 +93,7 @@ def add_sweep(epsilons: list[float], run_epsilon: float, swept: list[str]):
             return
         report["epsilon_sweep"] = rows
         series = {}
-        for arm in swept:
+        for arm in run_budgets:
             finite = [r for r in rows if r["mechanism"] == arm]
             if finite:
                 series[arm] = ([r["epsilon"] for r in finite], [r["ndcg@10"] for r in finite])

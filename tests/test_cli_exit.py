@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from fedrec.simulations.federated import root_cause
+from fedrec.simulations.arms.federated import root_cause
 
 STUCK_THREAD = """
 import threading

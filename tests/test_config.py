@@ -25,9 +25,9 @@ from fedrec.common.store import DeviceStore
 from fedrec.server.federation import initial_state
 from fedrec.server.flower_app import app_section
 from fedrec.server.strategies import build_strategy
+from fedrec.simulations.arms.federated import FederatedArm, arm_config
 from fedrec.simulations.audit import inprocess
 from fedrec.simulations.audit.canary_runs import audited_federation
-from fedrec.simulations.federated import FederatedArm, arm_config
 from fedrec.simulations.provision import provision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,6 +230,7 @@ def test_config_show_prints_a_complete_config_that_loads_back(tmp_path):
     (tmp_path / "shown.toml").write_text(shown.stdout)
     assert load_config(tmp_path / "shown.toml") == load_config(tmp_path / "tuned.toml") != load_config(None)
     assert "[federation.device.training]" in shown.stdout and 'optimizer = "sgd"' in shown.stdout
+    assert "[federated_ddp.server]\nrounds = 21\n" in shown.stdout  # the federated_ddp arm's own branch
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from fedrec.common.replies import EVALUATE_PRIVATE, TRAIN_PRIVATE
 from fedrec.common.settings import from_nested
 from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state
-from fedrec.simulations.federated import FederatedArm, fit_federated
+from fedrec.simulations.arms.federated import FederatedArm, fit_federated
 from fedrec.simulations.provision import provision
 
 SMALL = ModelConfig(gmf_dim=8, mlp_dim=8, layers=(16, 8))

@@ -236,7 +236,7 @@ def test_bound_and_settings():
 def test_flower_simulation_engine_runs_rounds_under_secagg(tmp_path, tiny):
     """`fedrec simulate`'s path (Flower's simulation engine, Ray) with secure aggregation on: each round is
     revealed as one aggregate of the three gateways, and the model moves."""
-    from fedrec.simulations.federated import FederatedArm, fit_federated
+    from fedrec.simulations.arms.federated import FederatedArm, fit_federated
 
     data = tiny.subset_users(6)
     cfg = from_flat(

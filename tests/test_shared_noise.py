@@ -20,9 +20,9 @@ from fedrec.common.model import ModelConfig, NeuMF
 from fedrec.common.privacy import history_epsilon
 from fedrec.common.split import temporal_split
 from fedrec.server.shared_noise import SharedNoiseAggregation
+from fedrec.simulations.arms.federated import FederatedArm, fit_federated
 from fedrec.simulations.audit.accounting import check_ledger, read_ledger
 from fedrec.simulations.audit.wire import audit_wire_log
-from fedrec.simulations.federated import FederatedArm, fit_federated
 from tests.test_federated import provisioned
 
 GMF = ModelConfig(kind="gmf", gmf_dim=16, item_bias=True, init_std=0.3)

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from fedrec.common.sampling import positive_keys
 from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
 from fedrec.common.training import TrainConfig, embedding_l2, per_example_bce, recency_oversample, with_negatives
-from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.arms.base import ArmBinding, ArmResult, Fitter
 from fedrec.simulations.progress import progress
 
 
@@ -202,3 +203,8 @@ def fit_centralized(split: Split, seed: int, config: CentralConfig = CentralConf
     result = ArmResult("centralized", scores, info)
     result.model = model  # type: ignore[attr-defined]
     return result
+
+
+def bind(binding: ArmBinding) -> Fitter:
+    """A partial of a module-level function, so that the fitter pickles into a background process."""
+    return partial(fit_centralized, config=binding.settings, show=binding.show)

@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from fedrec.common.sampling import positive_keys
 from fedrec.common.settings import require, to_nested
 from fedrec.common.split import Split
 from fedrec.common.training import with_negatives
-from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.arms.base import ArmBinding, ArmResult, Fitter
 from fedrec.simulations.arms.centralized import model_scores, torch_threads, train_with_validation
 
 UNIT = "record-level (one interaction with its sampled negatives), pooled"
@@ -326,3 +327,8 @@ def fit_centralized_dp(split: Split, seed: int, recipe: DPRecipe = DPRecipe(), s
     result = ArmResult("centralized_dp", scores, info)
     result.model = model  # type: ignore[attr-defined]
     return result
+
+
+def bind(binding: ArmBinding) -> Fitter:
+    """The recipe at the arm's budget; a partial of a module-level function, so that it pickles."""
+    return partial(fit_centralized_dp, recipe=DPRecipe.at(binding.settings, binding.budget), show=binding.show)

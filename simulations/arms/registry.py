@@ -1,41 +1,43 @@
-"""Arm names (docs/design.md, "Arms") mapped to the code that fits them."""
+"""The arms of the table (``table.py``) bound to their settings, so that an experiment only passes
+(split, seed): each arm's ``fitter`` names its binder, imported when the arm is bound (a run without a
+federated arm does not import Flower)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from functools import partial
+from pathlib import Path
 
 from fedrec.common.config import FedrecConfig
-from fedrec.common.errors import FedrecError
-from fedrec.common.split import Split
-from fedrec.simulations.arms.base import ArmResult
-from fedrec.simulations.arms.centralized import fit_centralized
-from fedrec.simulations.arms.centralized_dp import DPRecipe, fit_centralized_dp
-from fedrec.simulations.arms.simple import fit_ease, fit_popularity, fit_random
-
-CENTRAL_ARMS: dict[str, Callable[..., ArmResult]] = {
-    "random": fit_random,
-    "popularity": fit_popularity,
-    "ease": fit_ease,
-    "centralized": fit_centralized,
-    "centralized_dp": fit_centralized_dp,
-}
+from fedrec.common.datasets import Interactions
+from fedrec.common.settings import from_flat
+from fedrec.simulations.arms.base import ArmBinding, Fitter
+from fedrec.simulations.arms.table import CENTRAL_ARMS, Arm, arms_named
 
 
-def central_fitters(
-    names: list[str], config: FedrecConfig, show: bool = True
-) -> dict[str, Callable[[Split, int], ArmResult]]:
-    """Bind each named arm to its settings so the experiment only passes (split, seed)."""
-    fitters = {}
-    for name in names:
-        if name not in CENTRAL_ARMS:
-            raise FedrecError(f"unknown arm {name!r}: choose from {', '.join(CENTRAL_ARMS)}")
-        # partials of module-level functions, so that a fitter pickles into a background process
-        if name == "centralized":
-            fitters[name] = partial(fit_centralized, config=config.central, show=show)
-        elif name == "centralized_dp":
-            recipe = DPRecipe.at(config.centralized_dp, config.federation.privacy)
-            fitters[name] = partial(fit_centralized_dp, recipe=recipe, show=show)
-        else:
-            fitters[name] = CENTRAL_ARMS[name]
-    return fitters
+def binder(arm: Arm) -> Callable[[ArmBinding], Fitter]:
+    module, name = arm.fitter.split(":")
+    return getattr(importlib.import_module(f"fedrec.simulations.arms.{module}"), name)
+
+
+def bind(
+    arm: Arm,
+    config: FedrecConfig,
+    name: str | None = None,
+    show: bool = True,
+    data: Interactions | None = None,
+    out: Path | None = None,
+    primary_seed: int = 0,
+) -> Fitter:
+    """The arm's fitter under ``config``; ``name`` is the name it runs under (default: the arm's)."""
+    return binder(arm)(ArmBinding(arm, name or arm.name, config, show, data, out, primary_seed))
+
+
+def at_budget(config: FedrecConfig, arm: Arm, epsilon: float) -> FedrecConfig:
+    """``config`` with the private arm's budget at ``epsilon`` (its delta and every other setting kept)."""
+    return from_flat(FedrecConfig, {f"{arm.budget}.epsilon": epsilon}, "--sweep", complete=False, base=config)
+
+
+def central_fitters(names: list[str], config: FedrecConfig, show: bool = True) -> dict[str, Fitter]:
+    """The centralized arms of ``names`` bound to their settings (fedrec baseline)."""
+    return {arm.name: bind(arm, config, show=show) for arm in arms_named(names, CENTRAL_ARMS, "fedrec baseline")}

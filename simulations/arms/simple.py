@@ -6,7 +6,7 @@ import numpy as np
 
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.split import Split
-from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.arms.base import ArmBinding, ArmResult, Fitter
 
 EASE_LAMBDAS = (100.0, 200.0, 300.0, 500.0, 800.0)
 
@@ -42,3 +42,16 @@ def fit_ease(split: Split, seed: int, lambdas: tuple[float, ...] = EASE_LAMBDAS)
         if ndcg > best[0]:
             best = (ndcg, lam, scores)
     return ArmResult("ease", best[2], {"lambda": best[1], "validation_ndcg@10_by_lambda": curve})
+
+
+# The reference arms read no settings: each binder hands back its fit function as it is.
+def bind_random(binding: ArmBinding) -> Fitter:
+    return fit_random
+
+
+def bind_popularity(binding: ArmBinding) -> Fitter:
+    return fit_popularity
+
+
+def bind_ease(binding: ArmBinding) -> Fitter:
+    return fit_ease

@@ -19,7 +19,8 @@ from fedrec.common.config import FederationConfig, FedrecConfig, config_from_rep
 from fedrec.common.datasets import Interactions
 from fedrec.common.settings import from_nested
 from fedrec.common.split import Split
-from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.arms.base import ArmResult, federation_of
+from fedrec.simulations.arms.table import ARMS
 from fedrec.simulations.audit.canary import CanaryTrainer
 from fedrec.simulations.audit.inprocess import fit_inprocess
 
@@ -32,16 +33,13 @@ def run_config_of(report: dict) -> FedrecConfig:
 
 
 def audited_federation(report: dict, arm: str, rounds: int | None) -> FederationConfig:
-    """The arm's resolved settings as it ran (report.json ``arms.<arm>.info.federation``), else the run's
-    configured ones; ``rounds`` overrides the number of rounds."""
+    """The arm's resolved settings as it ran (report.json ``arms.<arm>.info.federation``), else its branch
+    of the run's settings under its mechanism (the arm table); ``rounds`` overrides the number of rounds."""
     recorded = report["arms"].get(arm, {}).get("info", {}).get("federation")
     if recorded is not None:
         federation = from_nested(FederationConfig, recorded, f"report.json arms.{arm}.info.federation")
     else:
-        federation = run_config_of(report).federation
-        federation = replace(
-            federation, privacy=replace(federation.privacy, mechanism="local" if arm == "federated_dp" else "none")
-        )
+        federation = federation_of(ARMS[arm], run_config_of(report))
     if rounds is not None:
         federation = replace(federation, server=replace(federation.server, rounds=rounds))
     return federation
@@ -49,7 +47,7 @@ def audited_federation(report: dict, arm: str, rounds: int | None) -> Federation
 
 def harness_trainer(federation: FederationConfig, name: str, nodes: int, work_dir: Path, show: bool) -> CanaryTrainer:
     """fit_federated in a scratch run dir (its stores, models and ledgers are deleted afterwards)."""
-    from fedrec.simulations.federated import FederatedArm, fit_federated
+    from fedrec.simulations.arms.federated import FederatedArm, fit_federated
 
     def train(data: Interactions, split: Split, seed: int) -> ArmResult:
         scratch = Path(tempfile.mkdtemp(prefix=f"canary-{name}-", dir=work_dir))

@@ -17,6 +17,7 @@ from rich.console import Console
 from fedrec.common.config import FederationConfig
 from fedrec.common.errors import DataError, FedrecError
 from fedrec.common.split import temporal_split
+from fedrec.simulations.arms.table import AUDITED_ARMS
 from fedrec.simulations.audit import plots
 from fedrec.simulations.audit.accounting import check_ledger, read_ledger
 from fedrec.simulations.audit.at_rest import audit_stores
@@ -31,9 +32,9 @@ from fedrec.simulations.progress import progress
 from fedrec.simulations.rundir import atomic_write_text, git_commit
 
 SECTIONS = ("accounting", "wire", "at_rest", "mia", "canary")
-PRIMARY_DP_ARM = "federated_dp"
 # The arms the canary audit can retrain, in order of preference (the first one in the run is audited).
-CANARY_ARMS = ("federated_dp", "federated_ddp", "federated_user_dp")
+CANARY_ARMS = AUDITED_ARMS
+PRIMARY_DP_ARM = CANARY_ARMS[0]  # the accounting headline's arm when the run has it
 
 
 @dataclass

@@ -6,11 +6,11 @@ present; accuracy picks it, not retention, so the choice does not select on the 
 
 from __future__ import annotations
 
+from fedrec.simulations.arms.table import PRIVATE_ARMS
 from fedrec.simulations.retention.engine import POPULARITY
 
 HEADLINE_BETA = "2"
 PREFERRED_PRIVATE = "federated_dp"
-KNOWN_PRIVATE = ("federated_dp", "federated_ddp", "federated_user_dp", "centralized_dp")
 FEDERATED = "federated"
 HEADLINE_METRICS = ("d30", "active_days")
 
@@ -20,7 +20,7 @@ def private_arms(report_arms: dict, simulated: list[str]) -> list[str]:
     return [
         a
         for a in simulated
-        if "privacy" in report_arms.get(a, {}) or a in KNOWN_PRIVATE or a.startswith(PREFERRED_PRIVATE)
+        if "privacy" in report_arms.get(a, {}) or a in PRIVATE_ARMS or a.startswith(PREFERRED_PRIVATE)
     ]
 
 

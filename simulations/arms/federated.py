@@ -12,6 +12,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
 from fedrec.server.app import make_server_app
 from fedrec.server.federation import FederationResult
-from fedrec.simulations.arms.base import ArmResult
+from fedrec.simulations.arms.base import ArmBinding, ArmResult, Fitter, federation_of
 from fedrec.simulations.progress import progress
 from fedrec.simulations.ray_backend import backend_config, require_head
 
@@ -224,3 +225,21 @@ def fit_federated(arm: FederatedArm, split: Split, seed: int) -> ArmResult:
         name = arm.name if primary else f"{arm.name}-seed{seed}"
         info["privacy"] = export_ledgers(result, arm.run_dir / "privacy" / f"{name}_ledger.csv")
     return ArmResult(arm.name, scores, info)
+
+
+def bind(binding: ArmBinding) -> Fitter:
+    """The arm run through Flower's simulation engine in the run dir, under its settings branch."""
+    if binding.data is None or binding.out is None:
+        raise FedrecError(f"{binding.name}: a federated arm needs the run's data and run dir (fedrec simulate)")
+    config = binding.config
+    arm = FederatedArm(
+        name=binding.name,
+        data=binding.data,
+        run_dir=Path(binding.out),
+        federation=federation_of(binding.arm, config),
+        nodes=config.simulation.nodes,
+        ray_address=config.simulation.ray_address,
+        primary_seed=binding.primary_seed,
+        show=binding.show,
+    )
+    return partial(fit_federated, arm)
