@@ -128,11 +128,13 @@ class FedrecStrategyMixin(FlowerStrategy):
     ) -> Iterable[Message]:
         self.sent_arrays = arrays
         config = self._config(server_round, final=False)
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        messages = list(super().configure_train(server_round, arrays, config, grid))
         self._log_wire(server_round, "down", [m.content["arrays"] for m in messages])
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         if not any(m.has_content() for m in replies):
             reasons = sorted({m.error.reason for m in replies if m.has_error()}) or ["no replies"]
@@ -146,7 +148,7 @@ class FedrecStrategyMixin(FlowerStrategy):
         self._average_item_rows([m for m in useful if m.has_content()])
         arrays, metrics = (None, None)
         if any(m.has_content() for m in useful):
-            arrays, metrics = super().aggregate_train(server_round, useful)  # type: ignore[misc]
+            arrays, metrics = super().aggregate_train(server_round, useful)
         if idle and metrics is not None:
             extra = aggregate_train_metrics([m.content for m in idle], "num-examples")
             metrics["refused"] = int(metrics.get("refused", 0)) + int(extra["refused"])
@@ -166,12 +168,12 @@ class FedrecStrategyMixin(FlowerStrategy):
             self.last_evaluate_metrics = None
             return []
         config = self._config(server_round, final=final)
-        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         self._log_wire(server_round, "evaluate", [], [m.content["metrics"] for m in replies if m.has_content()])
-        metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        metrics = super().aggregate_evaluate(server_round, replies)
         self.last_evaluate_metrics = metrics
         return metrics
 
