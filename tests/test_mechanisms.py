@@ -43,10 +43,9 @@ PLANS = {
     ),
 }
 
-# a setting each mechanism ignores, set to a value other than its default
+# a setting each shared-noise mechanism ignores, set to a value other than its default; none and local
+# refuse nothing (a harness configuration under local also sets up the other mechanisms' arms)
 IGNORED = {
-    "none": ("privacy.max_update_norm", 2.0),
-    "local": ("privacy.max_update_norm", 2.0),
     "distributed": ("server.strategy.name", "fedavgm"),
     "user": ("server.strategy.name", "fedadam"),
 }
@@ -92,6 +91,26 @@ def test_each_mechanism_refuses_a_setting_it_ignores_in_one_line(name, tmp_path)
     assert "\n" not in message and message.startswith(f"{path}: federation.{key}: ")
     assert f"ignored under privacy.mechanism {name}" in message
     FederationConfig(privacy=PrivacyConfig(mechanism=name))  # every default is accepted
+
+
+def test_a_harness_configuration_under_local_may_set_every_other_mechanisms_settings():
+    every = {"federation.privacy.max_update_norm": 2.0, "federation.device.shared_noise.table_lr": 10.0}
+    every |= {"federation.server.strategy.name": "fedadam", "federation.server.strategy.tau": 0.1}
+    assert load_config(overrides=every).federation.privacy.mechanism == "local"
+    assert MECHANISMS["none"].ignores == () == MECHANISMS["local"].ignores
+
+
+@pytest.mark.parametrize("name", list(IGNORED))
+def test_a_harness_arm_drops_the_settings_its_mechanism_ignores(name):
+    """One configuration for arms of every mechanism: each arm's ignored settings go back to their defaults
+    before its mechanism is set, so the check passes; the settings it reads are kept."""
+    key, value = IGNORED[name]
+    shared = load_config(overrides={f"federation.{key}": value, "federation.privacy.epsilon": 4.0}).federation
+    mechanism = mechanism_for(PrivacyConfig(mechanism=name))
+    arm = replace(mechanism.without_ignored(shared), privacy=replace(shared.privacy, mechanism=name))
+    assert arm.privacy.epsilon == 4.0 and arm == replace(FederationConfig(), privacy=arm.privacy)
+    with pytest.raises(ValueError, match="ignored under privacy.mechanism"):
+        replace(shared, privacy=replace(shared.privacy, mechanism=name))
 
 
 def test_user_accepts_fedavgm_the_rule_its_server_step_follows():

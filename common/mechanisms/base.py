@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from scipy.stats import binom
@@ -100,6 +100,12 @@ def setting(federation: FederationConfig, key: str) -> tuple[object, object]:
     return getattr(owner, leaf), getattr(type(owner)(), leaf)
 
 
+def with_setting(config: Any, key: str, value: object) -> Any:
+    """``config`` (a frozen settings dataclass) with the dotted ``key`` set to ``value``."""
+    name, _, rest = key.partition(".")
+    return replace(config, **{name: with_setting(getattr(config, name), rest, value) if rest else value})
+
+
 def planned_rounds(rounds: int, participation: float, quantile: float) -> int:
     """Rounds a device takes at ``quantile`` of Binomial(rounds, participation): each device flips its own
     coin per round, so the noise is planned for the device at that quantile, not for one in every round."""
@@ -142,6 +148,15 @@ class Mechanism(ABC):
                 f"{value!r} is ignored under privacy.mechanism {self.name} ({ignored.why}); "
                 f"leave it at {' or '.join(repr(a) for a in allowed)}",
             )
+
+    def without_ignored(self, federation: FederationConfig) -> FederationConfig:
+        """``federation`` with every setting this mechanism ignores at its default: for a harness that runs
+        arms of several mechanisms from one configuration (each default passes every mechanism's check)."""
+        for ignored in self.ignores:
+            value, default = setting(federation, ignored.key)
+            if value not in (ignored.allowed or (default,)):
+                federation = with_setting(federation, ignored.key, default)
+        return federation
 
     @abstractmethod
     def plan(

@@ -55,7 +55,6 @@ class DistributedDP(Mechanism):
     ignores = (
         Ignored("server.strategy.name", IGNORED_BY_SHARED_STEP),
         Ignored("server.strategy.tau", IGNORED_BY_SHARED_STEP),
-        Ignored("privacy.max_update_norm", "it bounds a device's update only under the user mechanism"),
     )
 
     def plan(
