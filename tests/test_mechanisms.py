@@ -14,6 +14,7 @@ from fedrec.common.config import DeviceConfig, FederationConfig, PrivacyConfig, 
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, RoundInfo, resolve_privacy
 from fedrec.common.mechanisms import MECHANISMS, DevicePrivacy, Mechanism, ServerStep, Trainer, mechanism_for
+from fedrec.common.mechanisms.base import setting
 from fedrec.common.model import ModelConfig
 from fedrec.common.replies import SHARED_COUNTS
 
@@ -69,6 +70,12 @@ def test_the_facts_of_each_mechanism():
     for cls in MECHANISMS.values():
         assert cls.unit and cls.trusted and cls.server_sees
     assert PrivacyConfig(mechanism="none").private is False and PrivacyConfig().private
+
+
+def test_the_settings_each_mechanism_names_exist():
+    for cls in MECHANISMS.values():
+        for key in (*cls.reads, *(ignored.key for ignored in cls.ignores)):
+            setting(FederationConfig(), key)  # raises AttributeError on a key the tree does not have
 
 
 @pytest.mark.parametrize("name", list(PLANS))
