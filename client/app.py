@@ -81,11 +81,16 @@ def train(msg: Message, context: Context) -> Message:
     from fedrec.client.fleet import train_fleet
     from fedrec.client.shared_noise import train_fleet_shared
     from fedrec.client.user_level import train_fleet_user
+    from fedrec.common.mechanisms import Trainer
+
+    trainers = {
+        Trainer.LOCAL: train_fleet,
+        Trainer.SHARED_GRADIENTS: train_fleet_shared,
+        Trainer.USER_UPDATES: train_fleet_user,
+    }
 
     def work(task: DeviceInstructions, devices: list[DeviceRef]) -> RecordDict:
-        fleet = {"distributed": train_fleet_shared, "user": train_fleet_user}.get(task.privacy.mechanism)
-        fleet = fleet if task.privacy.private and fleet else train_fleet
-        update, metrics = fleet(devices, _global_params(msg), task)
+        update, metrics = trainers[task.mechanism.trainer](devices, _global_params(msg), task)
         return RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord(metrics)})
 
     return _reply(msg, context, "train", work)

@@ -42,7 +42,7 @@ from fedrec.common.item_rows import COUNTS, ITEM_TABLE, RowMean, example_counts
 from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.manifest import load_manifest
 from fedrec.common.metrics import hit_ndcg
-from fedrec.common.replies import allowed_keys, train_metrics
+from fedrec.common.replies import device_weight, train_metrics
 
 
 def node_devices(node_config: Mapping[str, Any], fleet: Fleet) -> list[DeviceRef]:
@@ -148,7 +148,7 @@ def train_fleet(
         if result.outcome.refused:
             refused += 1
             continue
-        n = 1 if private else result.num_examples
+        n = device_weight(private, result.num_examples)
         for k, v in result.state.items():
             total[k] += v.double() * n
         if rows is not None and result.item_counts is not None:
@@ -173,7 +173,7 @@ def evaluate_fleet(
     device, final = task.device, task.round.final
     if task.privacy.private:
         metrics: dict[str, Any] = {"num-examples": _serve_private(devices, global_params, task)}
-        return {k: metrics[k] for k in allowed_keys("evaluate", private=True)}
+        return {k: metrics[k] for k in task.mechanism.reply_keys("evaluate", private=True)}
     if device.executor == "batched":  # the same refits stacked (client/batched_serving.py), a block at a time
         found = [
             rank
@@ -185,7 +185,7 @@ def evaluate_fleet(
     ranks = [rank for rank in found if rank is not None]
     hr, ndcg = hit_ndcg(np.asarray(ranks, dtype=np.int64))
     metrics = {"num-examples": len(ranks), "hr@10": hr, "ndcg@10": ndcg}
-    return {k: metrics[k] for k in allowed_keys("evaluate", private=False)}
+    return {k: metrics[k] for k in task.mechanism.reply_keys("evaluate", private=False)}
 
 
 def _serve_private(devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions) -> int:

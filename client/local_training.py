@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedrec.common.config import LocalTraining
 from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import NeuMF
-from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.privacy import PrivacyLedger, over_budget
 from fedrec.common.training import embedding_l2
 
 # Opacus' notices that fire on every device round: secure RNG off (documented in docs/simulate.md) and
@@ -53,7 +53,7 @@ def trained_under_dp(name: str) -> bool:
 def refuses(ledger: PrivacyLedger, training: LocalTraining, privacy: DevicePrivacy) -> bool:
     """Would one more round take this device past its budget? (Then it sits the round out.)"""
     after = ledger.epsilon_if(privacy.noise_multiplier, training.sample_rate, training.steps, privacy.delta)
-    return after > privacy.budget
+    return over_budget(after, privacy.budget)
 
 
 def make_optimizer(model: nn.Module, training: LocalTraining) -> torch.optim.Optimizer:

@@ -72,7 +72,7 @@ def as_fit_reply(sent: Message, reply: Message, context: Context) -> Message:
         raise FedrecError(reply.error.reason)
     metrics = reply.content["metrics"]
     task = instructions(sent)
-    if task is not None and task.privacy.shared:
+    if task is not None and task.mechanism.shared:
         state = context.state.config_records[RECORD_KEY_STATE]
         grid = SumGrid(float(state["clipping_range"]), int(state["target_range"]))
         vector, weight = share_vector(task, sent, reply, grid), int(state["max_weight"])
@@ -104,7 +104,7 @@ def _plain_refusal(msg: Message, context: Context) -> str | None:
     if str(context.node_config.get(REQUIRE_KEY, "")) == "required":
         return "this device answers train requests only under secure aggregation (SecAgg+)"
     task = instructions(msg) if deployed(context) else None
-    if task is not None and task.privacy.shared:
+    if task is not None and task.mechanism.shared:
         return "a shared-noise round (privacy.mechanism distributed or user) needs secure aggregation (SecAgg+)"
     return None
 

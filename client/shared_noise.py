@@ -43,7 +43,7 @@ from fedrec.client.shared_gradients import ITEM, clipped_sums, trained_width
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.model import NeuMF
-from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.privacy import PrivacyLedger, over_budget
 from fedrec.common.replies import SHARED_COUNTS as COUNTS
 from fedrec.common.replies import train_metrics
 from fedrec.common.store import DeviceStore
@@ -91,21 +91,19 @@ def device_share(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: D
     generator = torch.Generator().manual_seed(stream_seed("noise", seed))
     with ref.open() as store:
         ledger = read_ledger(store, prefix)
-        if task.histogram_round:
-            sigma, rate = shared.count_sigma, 1.0
-        else:
-            sigma, rate = privacy.noise_multiplier, shared.record_rate
-        if ledger.epsilon_if(sigma, rate, 1, privacy.delta) > privacy.budget + 1e-9:
+        step = task.mechanism.round_step(device, privacy, task.round.number)
+        sigma, rate = step.noise_multiplier, step.sample_rate
+        if over_budget(ledger.epsilon_if(sigma, rate, step.steps, privacy.delta), privacy.budget):
             return Share(None, ledger.epsilon(privacy.delta), ledger.steps)
         if task.histogram_round:
             train = np.asarray(store.read_events("train").items, dtype=np.int64)
             counts = torch.from_numpy(np.bincount(train, minlength=device.n_items)).double()
             arrays = {COUNTS: counts + noise(counts.shape, sigma * share_std, generator).double()}
-            ledger.record(sigma, rate, 1)
+            ledger.record(sigma, rate, step.steps)
             _commit(store, prefix, ledger, {})
             return Share(arrays, ledger.epsilon(privacy.delta), ledger.steps)
         arrays, user_row, momentum = _dp_step(store, ref.device_id, global_params, task, seed, generator)
-        ledger.record(sigma, rate, 1)
+        ledger.record(sigma, rate, step.steps)
         _commit(store, prefix, ledger, {EMBEDDING: user_row, MOMENTUM: momentum})
     return Share(arrays, ledger.epsilon(privacy.delta), ledger.steps)
 
@@ -143,8 +141,7 @@ def user_history(task: DeviceInstructions, rounds: int | None = None) -> tuple[t
     """A user's accountant history after ``rounds`` (default: this one) of the ``user`` mechanism: every
     round counts, sampled or not (the sampling amplifies it)."""
     done = task.round.number if rounds is None else rounds
-    entry = (task.privacy.noise_multiplier, task.device.participation, done)
-    return (entry,) if done > 0 else ()
+    return task.mechanism.shared_history(task.device, task.privacy, done) or ()
 
 
 ShareFn = Callable[[DeviceRef, dict[str, torch.Tensor], DeviceInstructions], Share]

@@ -27,14 +27,14 @@ from fedrec.client.local_training import train_plain
 from fedrec.client.shared_noise import Share, noise, train_fleet_shared, user_history
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.model import global_state
-from fedrec.common.privacy import PrivacyLedger, history_epsilon
+from fedrec.common.privacy import PrivacyLedger, history_epsilon, over_budget
 
 
 def user_share(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: DeviceInstructions) -> Share:
     device, privacy = task.device, task.privacy
     history = user_history(task)
     epsilon = history_epsilon(history, privacy.delta)
-    if epsilon > privacy.budget + 1e-9:
+    if over_budget(epsilon, privacy.budget):
         return Share(None, history_epsilon(user_history(task, task.round.number - 1), privacy.delta), 0)
     with ref.open() as store:
         model = device_model(store, ref.device_id, global_params, device)

@@ -35,6 +35,7 @@ from typing import Any
 
 from fedrec.common.errors import FedrecError
 from fedrec.common.files import read_text
+from fedrec.common.mechanisms.registry import NAMES, mechanism_for
 from fedrec.common.model import ModelConfig
 from fedrec.common.secure_sum import check_shared_noise
 from fedrec.common.settings import from_flat, from_nested, require, to_nested
@@ -42,11 +43,6 @@ from fedrec.common.training import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
-# local = record-level DP-SGD on each device (Opacus); distributed = record-level DP-SGD with the noise shared
-# across devices and only the sum released (federated_ddp); user = user-level DP-FedAvg with the noise shared
-# the same way (federated_user_dp); docs/privacy.md
-MECHANISMS = ("none", "local", "distributed", "user")
-SHARED_MECHANISMS = ("distributed", "user")  # the noise is split across devices; only the sum is used
 EVAL_STAGES = ("validation", "test")
 EXECUTORS = ("batched", "per_device")
 
@@ -330,7 +326,7 @@ class PrivacyConfig:
     calibration_quantile: float = 0.5
 
     def __post_init__(self) -> None:
-        _one_of(self.mechanism, MECHANISMS, "mechanism")
+        _one_of(self.mechanism, NAMES, "mechanism")  # the classes of fedrec.common.mechanisms
         _positive(self.epsilon, "epsilon")
         require(0.0 < self.delta < 1.0, "delta", f"must be in (0, 1), got {self.delta}")
         _positive(self.max_grad_norm, "max_grad_norm")
@@ -339,7 +335,7 @@ class PrivacyConfig:
 
     @property
     def private(self) -> bool:
-        return self.mechanism != "none"
+        return mechanism_for(self).private
 
 
 @dataclass(frozen=True)
@@ -356,7 +352,9 @@ class FederationConfig:
             "device.item_row_average",
             "needs each node's per-row counts, which secure aggregation hides: set it to false",
         )
-        if self.server.secure_aggregation.enabled and self.privacy.mechanism in SHARED_MECHANISMS:
+        mechanism = mechanism_for(self.privacy)
+        mechanism.check(self)
+        if self.server.secure_aggregation.enabled and mechanism.shared:
             check_shared_noise(self.server.secure_aggregation, self.device.shared_noise.min_devices)
 
 

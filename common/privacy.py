@@ -19,13 +19,16 @@ UNIT = "record-level (one interaction with its sampled negatives), per device"
 SHARED_UNIT = (
     "record-level (one interaction with its sampled negatives), central: noise on the sum of >= min_devices devices"
 )
-
-
 USER_UNIT = "user-level (everything one user contributes; bounds record-level too), noise on the sum"
 
 
-def unit_of(mechanism: str) -> str:
-    return {"distributed": SHARED_UNIT, "user": USER_UNIT}.get(mechanism, UNIT)
+# A noise planned so that the last round ends exactly at the budget composes to it up to float rounding.
+BUDGET_TOLERANCE = 1e-9
+
+
+def over_budget(epsilon: float, budget: float) -> bool:
+    """The one budget check of every mechanism: would a device at ``epsilon`` be past its ``budget``?"""
+    return epsilon > budget + BUDGET_TOLERANCE
 
 
 @dataclass

@@ -21,6 +21,12 @@ EVALUATE_PRIVATE = ("num-examples",)
 EVALUATE_PLAIN = ("num-examples", "hr@10", "ndcg@10")
 
 
+def device_weight(private: bool, examples: int) -> int:
+    """A trained device's weight in the mean of the global parameters: under DP each device counts once
+    (the weight then says nothing of how long its history is); without DP its number of examples (FedAvg)."""
+    return 1 if private else examples
+
+
 def allowed_keys(kind: str, private: bool) -> tuple[str, ...]:
     """``kind`` is "train" or "evaluate"."""
     if kind == "train":

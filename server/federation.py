@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
@@ -16,13 +17,13 @@ from scipy.stats import binom
 
 from fedrec.common.config import DeviceConfig, FederationConfig
 from fedrec.common.errors import FedrecError
-from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, resolve_privacy
+from fedrec.common.instructions import DeviceInstructions, DevicePrivacy
 from fedrec.common.manifest import is_provisioned, load_manifest
-from fedrec.common.model import NeuMF, global_state
+from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.secure_sum import check_shared_noise
 from fedrec.common.settings import to_nested
 from fedrec.server.checkpoint import load_checkpoint, save_checkpoint, save_final_model
-from fedrec.server.shared_noise import SharedNoiseAggregation, shared_initial_state
+from fedrec.server.shared_noise import build_shared_strategy
 from fedrec.server.strategies import build_strategy
 
 log = logging.getLogger("fedrec.server")
@@ -76,10 +77,8 @@ def train_records(device: DeviceConfig) -> int:
 
 
 def initial_state(device: DeviceConfig, privacy: DevicePrivacy | None = None) -> dict[str, torch.Tensor]:
-    if privacy is not None and privacy.shared and privacy.mechanism == "distributed":
-        return shared_initial_state(device)
-    torch.manual_seed(device.seed)
-    return global_state(NeuMF(1, device.n_items, device.model))
+    """The global model the first round starts from: the mechanism's (a seeded random NeuMF by default)."""
+    return mechanism_for(privacy or DevicePrivacy()).initial_state(device)
 
 
 def _scalars(record: MetricRecord | None) -> dict:
@@ -89,10 +88,11 @@ def _scalars(record: MetricRecord | None) -> dict:
 def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | None = None) -> FederationResult:
     """Train for the configured rounds, checkpointing each; resume from ``out_dir`` if a checkpoint is there."""
     cfg = replace(cfg, device=resolve_items(cfg.device))
-    privacy = resolve_privacy(
+    mechanism = mechanism_for(cfg.privacy)
+    privacy = mechanism.plan(
         cfg.privacy, cfg.device, cfg.server.rounds, train_records(cfg.device), fleet_size(cfg.device)
     )
-    if privacy.shared:
+    if mechanism.shared:
         cfg = replace(cfg, device=resolve_min_devices(cfg.device))
         if cfg.server.secure_aggregation.enabled:
             check_shared_noise(cfg.server.secure_aggregation, cfg.device.shared_noise.min_devices)
@@ -104,22 +104,19 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
     state = checkpoint["state"] if checkpoint else initial_state(cfg.device, privacy)
     if checkpoint:
         log.info("resuming from %s at round %d of %d", out_dir / "checkpoint.pt", start_round, total_rounds)
-    strategy = build_strategy(
-        cfg.server.strategy,
-        cfg.device.training.lr,
-        DeviceInstructions(cfg.device, privacy),
+    instructions = DeviceInstructions(cfg.device, privacy)
+    schedule: dict[str, Any] = dict(
         round_offset=start_round,
         last_round=total_rounds - start_round,
         eval_every=cfg.server.eval_every,
         wire_log=out_dir / "wire.jsonl",
-        aggregation=(SharedNoiseAggregation,) if privacy.shared else (),
     )
-    if privacy.shared:
-        strategy.device, strategy.privacy, strategy.dropped_rounds = cfg.device, privacy, []
-        if privacy.mechanism == "user":  # the mean clipped update, applied as FedAvgM applies it
-            strategy.step = (cfg.server.strategy.server_lr, cfg.server.strategy.server_momentum, 1.0)
-        else:  # the noisy gradient, applied as the pooled recipe's SGD
-            strategy.step = (cfg.device.shared_noise.table_lr, cfg.device.shared_noise.momentum, -1.0)
+    step = mechanism.server_step(cfg)
+    strategy = (
+        build_shared_strategy(cfg, instructions, step, **schedule)
+        if step is not None
+        else build_strategy(cfg.server.strategy, cfg.device.training.lr, instructions, **schedule)
+    )
     resolved = {"federation": to_nested(cfg), "privacy": to_nested(privacy)}
     rounds_log = out_dir / "rounds.jsonl"
     t_last = [time.perf_counter()]

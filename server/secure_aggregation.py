@@ -44,7 +44,6 @@ from flwr.serverapp import Grid
 from fedrec.common.config import SecureAggregation, ServerConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
-from fedrec.common.replies import allowed_keys
 from fedrec.common.secure_sum import SETTING, SumGrid
 from fedrec.server.strategies import aggregate_train_metrics
 
@@ -251,11 +250,12 @@ def _shared_sum(record: SecureRound, task: DeviceInstructions, sent: ArrayRecord
     return ArrayRecord({name: torch.from_numpy(total) for name, total in zip(names, sums)})
 
 
-def _round_metrics(record: SecureRound, private: bool) -> MetricRecord:
+def _round_metrics(record: SecureRound, task: DeviceInstructions) -> MetricRecord:
     """The nodes' public metrics merged as the strategy merges replies. A dropped round carries no weight
     and no devices, but the budget its devices spent training (their epsilons) still counts."""
     if not record.metrics:
-        return MetricRecord({key: ([] if key == "epsilons" else 0) for key in allowed_keys("train", private)})
+        keys = task.mechanism.reply_keys("train", task.privacy.private)
+        return MetricRecord({key: ([] if key == "epsilons" else 0) for key in keys})
     merged = aggregate_train_metrics([RecordDict({"metrics": m}) for m in record.metrics], "num-examples")
     if record.aggregate is None:
         merged["num-examples"], merged["devices"] = 0, 0
@@ -287,11 +287,11 @@ def secure_train_round(grid: Grid, messages: list[Message], sa: SecureAggregatio
     sent = first.content["arrays"]
     if record.aggregate is None:
         arrays = sent
-    elif task.privacy.shared:
+    elif task.mechanism.shared:
         arrays = _shared_sum(record, task, sent, sa)
     else:
         arrays = _delta_to_arrays(record.aggregate, sent)
-    metrics = _round_metrics(record, task.privacy.private)
+    metrics = _round_metrics(record, task)
     if wire_log is not None:
         with wire_log.open("a") as fh:
             fh.write(json.dumps(record.line(arrays if record.aggregate is not None else None)) + "\n")

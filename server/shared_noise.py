@@ -14,33 +14,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 
-from fedrec.common.config import DeviceConfig
-from fedrec.common.dp_recipe import feature_rows, log_odds_prior, public_item_features
-from fedrec.common.instructions import DevicePrivacy
-from fedrec.common.model import NeuMF, global_state
+from fedrec.common.config import DeviceConfig, FederationConfig
+from fedrec.common.dp_recipe import log_odds_prior
+from fedrec.common.instructions import DeviceInstructions, DevicePrivacy
+from fedrec.common.mechanisms import ServerStep
 from fedrec.common.replies import SHARED_COUNTS as COUNTS
-from fedrec.server.strategies import aggregate_train_metrics
+from fedrec.server.strategies import FedrecStrategyMixin, FlowerStrategy, aggregate_train_metrics, node_sampling
 
 log = logging.getLogger("fedrec.server")
 ITEM = "item_emb.weight"
-
-
-def shared_initial_state(device: DeviceConfig) -> dict[str, torch.Tensor]:
-    """The recipe's start: item rows from the public features (when named), prior column 0."""
-    torch.manual_seed(device.seed)
-    model = NeuMF(1, device.n_items, device.model)
-    source = device.shared_noise.feature_init
-    if source:
-        dim = device.model.embedding_dim
-        features = public_item_features(source, device.n_items, "federation.device.shared_noise.feature_init")
-        with torch.no_grad():
-            model.item_emb.weight[:, :dim] = feature_rows(features, dim, device.model.init_std, device.seed)
-    return global_state(model)
 
 
 def summed(replies: list[Message]) -> dict[str, torch.Tensor]:
@@ -51,23 +41,28 @@ def summed(replies: list[Message]) -> dict[str, torch.Tensor]:
     return total
 
 
-class SharedNoiseAggregation:
-    """Placed between fedrec's strategy mixin and FedAvg: FedAvg samples and configures; this aggregates."""
+class SharedNoiseAggregation(FlowerStrategy):
+    """Placed between fedrec's strategy mixin and FedAvg: FedAvg samples and configures; this aggregates
+    the round's sum and applies ``step`` to it. The remaining keyword arguments are FedAvg's."""
 
-    device: DeviceConfig = DeviceConfig()
-    privacy: DevicePrivacy = DevicePrivacy()
-    _current: dict[str, torch.Tensor] | None = None
-    _momentum: dict[str, torch.Tensor] | None = None
-    dropped_rounds: list[int]
-    step: tuple[float, float, float] = (1.0, 0.0, -1.0)  # lr, momentum, sign of the sum
+    def __init__(self, *, device: DeviceConfig, privacy: DevicePrivacy, step: ServerStep, **flower: Any) -> None:
+        super().__init__(**flower)
+        self.device = device
+        self.privacy = privacy
+        self.step = step
+        self.dropped_rounds: list[int] = []  # rounds whose sum held fewer than min_devices devices
+        self._current: dict[str, torch.Tensor] | None = None
+        self._momentum: dict[str, torch.Tensor] | None = None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._current = arrays.to_torch_state_dict()
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = [m for m in replies if m.has_content()]
         if not replies or self._current is None:
             return None, None
@@ -90,10 +85,37 @@ class SharedNoiseAggregation:
     def _step(self, state: dict[str, torch.Tensor], noisy_sums: dict[str, torch.Tensor]) -> None:
         """torch.optim.SGD's momentum on each summed parameter, its direction = sign x noisy sum / expected
         batch (the item table's gradient under distributed: sign -1; the mean model update under user: +1)."""
-        lr, momentum, sign = self.step
+        lr, momentum, sign = self.step.lr, self.step.momentum, self.step.sign
         buffers = self._momentum if self._momentum is not None else {}
         for key, noisy_sum in noisy_sums.items():
             direction = sign * noisy_sum / self.privacy.expected_batch
             buffers[key] = momentum * buffers[key] + direction if key in buffers else direction
             state[key] = (state[key].double() + lr * buffers[key]).to(state[key].dtype)
         self._momentum = buffers
+
+
+class SharedNoiseStrategy(FedrecStrategyMixin, SharedNoiseAggregation, FedAvg):
+    """The strategy of a shared-noise mechanism: fedrec's mixin, this aggregation, Flower's FedAvg."""
+
+
+def build_shared_strategy(
+    federation: FederationConfig,
+    instructions: DeviceInstructions,
+    step: ServerStep,
+    *,
+    round_offset: int,
+    last_round: int,
+    eval_every: int,
+    wire_log: Path | None,
+) -> SharedNoiseStrategy:
+    return SharedNoiseStrategy(
+        instructions=instructions,
+        round_offset=round_offset,
+        last_round=last_round,
+        eval_every=eval_every,
+        wire_log=wire_log,
+        device=instructions.device,
+        privacy=instructions.privacy,
+        step=step,
+        **node_sampling(federation.server.strategy),
+    )

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -17,6 +18,11 @@ from fedrec.common.config import StrategyConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, RoundInfo
 from fedrec.common.item_rows import COUNTS, ITEM_TABLE, for_weighted_mean
+
+if TYPE_CHECKING:
+    FlowerStrategy = FedAvg  # what fedrec's classes sit in front of (a Flower strategy, for the type checker)
+else:
+    FlowerStrategy = object
 
 LIST_KEYS = ("epsilons",)
 SUM_KEYS = ("num-examples", "devices", "refused")
@@ -48,18 +54,35 @@ def _array_stats(arrays: ArrayRecord) -> dict:
     }
 
 
-class FedrecStrategyMixin:
+class FedrecStrategyMixin(FlowerStrategy):
     """Mixed in front of a Flower strategy. Every message carries ``instructions`` with this round's facts
-    (absolute round number, final-evaluation flag); ``wire_log`` is a JSONL path or None."""
+    (absolute round number, final-evaluation flag); ``wire_log`` is a JSONL path or None. The remaining
+    keyword arguments are the Flower strategy's own."""
 
-    instructions: DeviceInstructions = DeviceInstructions()
-    round_offset: int = 0  # rounds a resumed run already has behind it
-    wire_log: Path | None = None
-    eval_every: int = 1
-    last_round: int = 0  # the final round (of this start) is always evaluated
-    last_train_metrics: MetricRecord | None = None
-    last_evaluate_metrics: MetricRecord | None = None
-    sent_arrays: ArrayRecord | None = None  # this round's global model, as sent
+    def __init__(
+        self,
+        *,
+        instructions: DeviceInstructions,
+        round_offset: int = 0,
+        last_round: int = 0,
+        eval_every: int = 1,
+        wire_log: Path | None = None,
+        **flower: Any,
+    ) -> None:
+        super().__init__(**flower)
+        self.instructions = instructions
+        self.round_offset = round_offset  # rounds a resumed run already has behind it
+        self.last_round = last_round  # the final round (of this start) is always evaluated
+        self.eval_every = eval_every
+        self.wire_log = wire_log
+        self.last_train_metrics: MetricRecord | None = None
+        self.last_evaluate_metrics: MetricRecord | None = None
+        self.sent_arrays: ArrayRecord | None = None  # this round's global model, as sent
+
+    @staticmethod
+    def options(cfg: StrategyConfig, local_lr: float) -> dict[str, Any]:
+        """The Flower strategy's own keyword arguments from fedrec's settings (none for FedAvg)."""
+        return {}
 
     def _config(self, server_round: int, final: bool) -> ConfigRecord:
         info = RoundInfo(number=self.round_offset + server_round, final=final)
@@ -105,11 +128,13 @@ class FedrecStrategyMixin:
     ) -> Iterable[Message]:
         self.sent_arrays = arrays
         config = self._config(server_round, final=False)
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        messages = list(super().configure_train(server_round, arrays, config, grid))
         self._log_wire(server_round, "down", [m.content["arrays"] for m in messages])
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         if not any(m.has_content() for m in replies):
             reasons = sorted({m.error.reason for m in replies if m.has_error()}) or ["no replies"]
@@ -123,7 +148,7 @@ class FedrecStrategyMixin:
         self._average_item_rows([m for m in useful if m.has_content()])
         arrays, metrics = (None, None)
         if any(m.has_content() for m in useful):
-            arrays, metrics = super().aggregate_train(server_round, useful)  # type: ignore[misc]
+            arrays, metrics = super().aggregate_train(server_round, useful)
         if idle and metrics is not None:
             extra = aggregate_train_metrics([m.content for m in idle], "num-examples")
             metrics["refused"] = int(metrics.get("refused", 0)) + int(extra["refused"])
@@ -143,17 +168,53 @@ class FedrecStrategyMixin:
             self.last_evaluate_metrics = None
             return []
         config = self._config(server_round, final=final)
-        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         self._log_wire(server_round, "evaluate", [], [m.content["metrics"] for m in replies if m.has_content()])
-        metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        metrics = super().aggregate_evaluate(server_round, replies)
         self.last_evaluate_metrics = metrics
         return metrics
 
 
-STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam}
+class FedrecFedAvg(FedrecStrategyMixin, FedAvg):
+    """Flower's FedAvg with fedrec's mixin."""
+
+
+class FedrecFedAvgM(FedrecStrategyMixin, FedAvgM):
+    """Flower's FedAvgM with fedrec's mixin."""
+
+    @staticmethod
+    def options(cfg: StrategyConfig, local_lr: float) -> dict[str, Any]:
+        return {"server_learning_rate": cfg.server_lr, "server_momentum": cfg.server_momentum}
+
+
+class FedrecFedAdam(FedrecStrategyMixin, FedAdam):
+    """Flower's FedAdam with fedrec's mixin."""
+
+    @staticmethod
+    def options(cfg: StrategyConfig, local_lr: float) -> dict[str, Any]:
+        return {"eta": cfg.server_lr, "eta_l": local_lr, "tau": cfg.tau}
+
+
+STRATEGIES: dict[str, type[FedrecStrategyMixin]] = {
+    "fedavg": FedrecFedAvg,
+    "fedavgm": FedrecFedAvgM,
+    "fedadam": FedrecFedAdam,
+}
+
+
+def node_sampling(cfg: StrategyConfig) -> dict[str, Any]:
+    """Flower's keyword arguments for sampling nodes and aggregating train metrics (every strategy's)."""
+    return dict(
+        fraction_train=cfg.node_fraction,
+        fraction_evaluate=cfg.node_fraction_evaluate,
+        min_train_nodes=cfg.min_nodes,
+        min_evaluate_nodes=cfg.min_nodes,
+        min_available_nodes=cfg.min_nodes,
+        train_metrics_aggr_fn=aggregate_train_metrics,
+    )
 
 
 def build_strategy(
@@ -165,28 +226,15 @@ def build_strategy(
     last_round: int,
     eval_every: int,
     wire_log: Path | None,
-    aggregation: tuple[type, ...] = (),
-) -> FedAvg:
-    """The named Flower strategy with fedrec's mixin in front (names are checked by StrategyConfig);
-    ``aggregation`` classes sit between the two (the distributed mechanism's own aggregation)."""
-    base = STRATEGIES[cfg.name]
-    kwargs: dict = dict(
-        fraction_train=cfg.node_fraction,
-        fraction_evaluate=cfg.node_fraction_evaluate,
-        min_train_nodes=cfg.min_nodes,
-        min_evaluate_nodes=cfg.min_nodes,
-        min_available_nodes=cfg.min_nodes,
-        train_metrics_aggr_fn=aggregate_train_metrics,
+) -> FedrecStrategyMixin:
+    """The named Flower strategy with fedrec's mixin in front (names are checked by StrategyConfig)."""
+    strategy_cls = STRATEGIES[cfg.name]
+    return strategy_cls(
+        instructions=instructions,
+        round_offset=round_offset,
+        last_round=last_round,
+        eval_every=eval_every,
+        wire_log=wire_log,
+        **node_sampling(cfg),
+        **strategy_cls.options(cfg, local_lr),
     )
-    if cfg.name == "fedavgm":
-        kwargs.update(server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum)
-    elif cfg.name == "fedadam":
-        kwargs.update(eta=cfg.server_lr, eta_l=local_lr, tau=cfg.tau)
-    strategy_cls = type(f"Fedrec{base.__name__}", (FedrecStrategyMixin, *aggregation, base), {})
-    strategy = strategy_cls(**kwargs)
-    strategy.instructions = instructions
-    strategy.round_offset = round_offset
-    strategy.last_round = last_round
-    strategy.eval_every = eval_every
-    strategy.wire_log = wire_log
-    return strategy

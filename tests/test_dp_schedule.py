@@ -10,7 +10,8 @@ import torch
 from fedrec.client.fleet import participates
 from fedrec.client.local_training import FROZEN_UNDER_DP, make_examples, train_local
 from fedrec.common.config import DeviceConfig, LocalTraining, PrivacyConfig
-from fedrec.common.instructions import DevicePrivacy, planned_rounds, resolve_privacy
+from fedrec.common.instructions import DevicePrivacy, resolve_privacy
+from fedrec.common.mechanisms import planned_rounds
 from fedrec.common.model import NeuMF
 from fedrec.common.privacy import PrivacyLedger
 

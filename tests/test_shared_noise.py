@@ -16,6 +16,7 @@ from fedrec.client.shared_noise import device_share, train_fleet_shared
 from fedrec.common.config import DeviceConfig, FederationConfig, Fleet, PrivacyConfig, ServerConfig, SharedNoise
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo, resolve_privacy
+from fedrec.common.mechanisms import ServerStep, mechanism_for
 from fedrec.common.model import ModelConfig, NeuMF
 from fedrec.common.privacy import history_epsilon
 from fedrec.common.split import temporal_split
@@ -151,7 +152,7 @@ def test_histogram_round_sends_noisy_counts_and_records_it(tmp_path, tiny):
 def test_resolved_noise_spends_the_budget_with_the_histogram():
     device = DeviceConfig(model=GMF, participation=1.0, shared_noise=SharedNoise(record_rate=0.25, count_sigma=10.0))
     privacy = resolve_privacy(PrivacyConfig(mechanism="distributed", epsilon=8.0), device, rounds=41, records=98_000)
-    assert privacy.shared and privacy.expected_batch == pytest.approx(0.25 * 98_000)
+    assert mechanism_for(privacy).shared and privacy.expected_batch == pytest.approx(0.25 * 98_000)
     eps = history_epsilon(((10.0, 1.0, 1), (privacy.noise_multiplier, 0.25, 40)), 1e-5)
     assert 7.9 < eps <= 8.0 + 1e-9
     smaller = history_epsilon(((10.0, 1.0, 1), (privacy.noise_multiplier * 0.98, 0.25, 40)), 1e-5)
@@ -173,12 +174,12 @@ class _Reply:
 
 
 def _aggregator(min_devices: int) -> SharedNoiseAggregation:
-    aggregation = SharedNoiseAggregation()
-    aggregation.device = DeviceConfig(model=GMF, n_items=5, shared_noise=SharedNoise(min_devices=min_devices))
-    aggregation.privacy = DevicePrivacy(1.0, CLIP, 1e-5, 8.0, "distributed", 10.0)
-    aggregation.dropped_rounds = []
-    aggregation.step = (aggregation.device.shared_noise.table_lr, 0.9, -1.0)
-    return aggregation
+    device = DeviceConfig(model=GMF, n_items=5, shared_noise=SharedNoise(min_devices=min_devices))
+    return SharedNoiseAggregation(
+        device=device,
+        privacy=DevicePrivacy(1.0, CLIP, 1e-5, 8.0, "distributed", 10.0),
+        step=ServerStep(device.shared_noise.table_lr, 0.9, -1.0),
+    )
 
 
 def test_round_with_fewer_than_min_devices_is_dropped():

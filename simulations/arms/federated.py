@@ -26,9 +26,10 @@ from fedrec.common.datasets import Interactions
 from fedrec.common.errors import FedrecError
 from fedrec.common.keys import create_key_file, load_key_file
 from fedrec.common.manifest import is_provisioned, load_manifest
+from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.model import NeuMF
 from fedrec.common.model_files import load_global_model
-from fedrec.common.privacy import PrivacyLedger, unit_of
+from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.processes import reaped_descendants
 from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
@@ -164,7 +165,7 @@ def export_ledgers(result: FederationResult, path: Path) -> dict:
         writer = csv.writer(fh)
         writer.writerow(["device_id", "noise_multiplier", "sample_rate", "steps", "epsilon"])
         for ref in refs:
-            ledger = _user_ledger(result) if privacy.mechanism == "user" else ledger_of(ref, device.state_prefix)
+            ledger = _user_ledger(result) if mechanism_for(privacy).user_level else ledger_of(ref, device.state_prefix)
             eps = ledger.epsilon(privacy.delta)
             epsilons.append(eps)
             steps.append(ledger.steps)
@@ -177,25 +178,24 @@ def export_ledgers(result: FederationResult, path: Path) -> dict:
         "noise_multiplier": privacy.noise_multiplier,
         "sample_rate": _sample_rate(result),
         "steps": int(max(steps)),
-        "unit": unit_of(privacy.mechanism),
+        "unit": mechanism_for(privacy).unit,
         "epsilon_budget": privacy.budget,
         "accountant": "rdp (opacus)",
         "ledger": str(path.name),
         # a record lies inside one user: a user-level epsilon bounds the record-level one
-        **({"epsilon_record_level_max": float(np.max(epsilons))} if privacy.mechanism == "user" else {}),
+        **({"epsilon_record_level_max": float(np.max(epsilons))} if mechanism_for(privacy).user_level else {}),
     }
 
 
 def _user_ledger(result: FederationResult) -> PrivacyLedger:
     """Under ``user`` every round counts for every user, sampled or not (the sampling amplifies it)."""
     privacy, cfg = result.privacy, result.config
-    return PrivacyLedger([(privacy.noise_multiplier, cfg.device.participation, cfg.server.rounds)])
+    return PrivacyLedger(list(mechanism_for(privacy).shared_history(cfg.device, privacy, cfg.server.rounds) or ()))
 
 
 def _sample_rate(result: FederationResult) -> float:
     device = result.config.device
-    rates = {"distributed": device.shared_noise.record_rate, "user": device.participation}
-    return rates.get(result.privacy.mechanism, device.training.sample_rate)
+    return mechanism_for(result.privacy).sample_rate(device)
 
 
 def _round_summary(entry: dict) -> dict:

@@ -3,7 +3,8 @@
 Each round every device that flips heads (the harness's participation coin) trains
 ``fedrec.client.local_training.train_local`` (Opacus DP-SGD, or plain training without DP) on its
 interactions, starting from the global parameters and its own user row, and refuses a round past its
-budget; the server takes the example-weighted mean of the global parameters (FedAvg). The noise is
+budget; the server takes the mean of the global parameters weighted as a node weighs its devices
+(``fedrec.common.replies.device_weight``: each private device once). The noise is
 resolved from the audited arm's settings exactly as the server resolves it. What it leaves out
 (message passing, encrypted stores) does not change what the DP analysis covers, so it audits the same
 mechanism at a fraction of the cost; ``fedrec audit`` uses the real harness by default.
@@ -21,8 +22,10 @@ from fedrec.client.local_training import make_examples, train_local
 from fedrec.common.config import FederationConfig
 from fedrec.common.datasets import Interactions
 from fedrec.common.instructions import resolve_privacy
+from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.model import NeuMF, global_state
-from fedrec.common.privacy import UNIT, PrivacyLedger
+from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.replies import device_weight
 from fedrec.common.split import Split
 from fedrec.simulations.arms.base import ArmResult
 
@@ -63,9 +66,10 @@ def fit_inprocess(data: Interactions, split: Split, seed: int, federation: Feder
             if outcome.refused:
                 continue
             user_rows[u] = local.user_emb.weight.detach()[0]
+            n = device_weight(privacy.private, len(items))
             for k, v in global_state(local).items():
-                total[k] += v.double() * len(items)
-            weight += len(items)
+                total[k] += v.double() * n
+            weight += n
         if weight:
             global_params = {k: (v / weight).to(global_params[k].dtype) for k, v in total.items()}
     model.load_state_dict({**global_params, "user_emb.weight": user_rows})
@@ -84,6 +88,6 @@ def fit_inprocess(data: Interactions, split: Split, seed: int, federation: Feder
             "noise_multiplier": privacy.noise_multiplier,
             "sample_rate": training.sample_rate,
             "steps": max(led.steps for led in ledgers),
-            "unit": UNIT,
+            "unit": mechanism_for(privacy).unit,
         }
     return ArmResult("federated_dp" if privacy.private else "federated", scores, info)

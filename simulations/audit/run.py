@@ -16,6 +16,7 @@ from rich.console import Console
 
 from fedrec.common.config import FederationConfig
 from fedrec.common.errors import DataError, FedrecError
+from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.table import AUDITED_ARMS
 from fedrec.simulations.audit import plots
@@ -131,7 +132,7 @@ def canary_federation(federation: FederationConfig) -> FederationConfig:
     """The audited settings for the smaller canary fleet: a shared-noise arm's m_min is that of the canary
     fleet (0 = resolved again from its manifest), and its item rows start at random, since every canary
     sits on an item of its own that has no public features (the mechanism and its noise are unchanged)."""
-    if federation.privacy.mechanism not in ("distributed", "user"):
+    if not mechanism_for(federation.privacy).shared:
         return federation
     shared = replace(federation.device.shared_noise, min_devices=0, feature_init="")
     return replace(federation, device=replace(federation.device, shared_noise=shared))

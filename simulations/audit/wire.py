@@ -15,6 +15,7 @@ import numpy as np
 
 from fedrec.common.errors import DataError
 from fedrec.common.item_rows import COUNTS
+from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.model import LOCAL_PREFIX, NeuMF
 from fedrec.common.model_files import read_model_info
 from fedrec.common.replies import SHARED_COUNTS, allowed_keys
@@ -98,7 +99,7 @@ def check_line(entry: dict, expected: dict[str, dict], private: bool = True, com
 def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
     expected = expected_arrays(model_json)
     info = read_model_info(model_json)
-    private, shared = info.privacy.private, info.privacy.shared and info.privacy.mechanism == "distributed"
+    private, shared = info.privacy.private, not mechanism_for(info.privacy).replies_parameters
     up = shared_up_arrays(expected, info.federation.device.n_items) if shared else expected
     try:
         lines = [json.loads(x) for x in wire_log.read_text().splitlines() if x.strip()]
