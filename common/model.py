@@ -57,6 +57,12 @@ class ModelConfig:
 Linear = Callable[[str, torch.Tensor], torch.Tensor]  # applies the named layer ("tower.0", ..., "output") to x
 
 
+def halves(config: ModelConfig, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GMF and MLP halves of user or item rows; a half the model does not use is empty and never read."""
+    g = config.gmf_dim if config.uses_gmf else 0
+    return rows[..., :g], rows[..., g : config.embedding_dim]
+
+
 def tower_layers(config: ModelConfig) -> list[str]:
     """The names of the tower's linear layers, in order (each followed by a ReLU, and a Dropout when set)."""
     if not config.uses_mlp:
@@ -74,26 +80,29 @@ def neumf_logits(
     dropout: float = 0.0,
 ) -> torch.Tensor:
     """NeuMF's logit of each user row against each item row (``users`` [..., dim] and ``items`` [..., cols]
-    broadcast against each other): the MLP tower on the two MLP halves side by side with the GMF product,
-    into the output layer, plus the item's prior (bias) column.
+    of one shape, or broadcasting against each other when ``first`` is given): the MLP tower on the two MLP
+    halves side by side with the GMF product, into the output layer, plus the item's prior (bias) column.
 
     The one definition of the score, whatever holds the weights: ``linear`` applies a named layer (the
     module itself, so that Opacus' hooks see it, or every device's weights of a stack). ``first``, when
     given, is the first tower layer's output computed from the halves apart (``x_u W_u^T + x_i W_i^T + b``,
     the item side once for many users); otherwise ``linear`` runs that layer on the concatenated halves.
     """
-    g = config.gmf_dim if config.uses_gmf else 0
-    dim = config.embedding_dim
+
+    def activation(x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(x)
+        return F.dropout(x, dropout) if dropout else x
+
+    (u_gmf, u_mlp), (i_gmf, i_mlp) = halves(config, users), halves(config, items)
     parts = []
     if config.uses_mlp:
         names = tower_layers(config)
-        x = linear(names[0], torch.cat([users[..., g:dim], items[..., g:dim]], dim=-1)) if first is None else first
+        x = linear(names[0], torch.cat([u_mlp, i_mlp], dim=-1)) if first is None else first
         for name in names[1:]:
-            x = linear(name, F.dropout(torch.relu(x), dropout) if dropout else torch.relu(x))
-        x = torch.relu(x)
-        parts.append(F.dropout(x, dropout) if dropout else x)
+            x = linear(name, activation(x))
+        parts.append(activation(x))
     if config.uses_gmf:
-        parts.append(users[..., :g] * items[..., :g])
+        parts.append(u_gmf * i_gmf)
     out = linear("output", torch.cat(parts, dim=-1)).squeeze(-1)
     return out + items[..., -1] if config.item_bias else out
 
@@ -142,10 +151,6 @@ class NeuMF(nn.Module):
         m = self.config.mlp_dim
         return first.weight[:, :m], first.weight[:, m:], first.bias
 
-    def _mlp_half(self, rows: torch.Tensor) -> torch.Tensor:
-        g = self.config.gmf_dim if self.config.uses_gmf else 0
-        return rows[..., g : self.config.embedding_dim]
-
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self._logits(self.user_emb(users), self.item_emb(items))
 
@@ -157,12 +162,12 @@ class NeuMF(nn.Module):
             item_rows = self.item_emb.weight.detach()
             if self.config.uses_mlp:
                 w_u, w_i, b = (t.detach() for t in self._first_halves())
-                item_first = self._mlp_half(item_rows) @ w_i.T + b
+                item_first = halves(self.config, item_rows)[1] @ w_i.T + b
 
         def logits(rows: torch.Tensor, owner: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
             first = None
             if self.config.uses_mlp:
-                first = (self._mlp_half(rows) @ w_u.T)[owner][:, None, :] + item_first[items]
+                first = (halves(self.config, rows)[1] @ w_u.T)[owner][:, None, :] + item_first[items]
             return self._logits(rows[owner][:, None, :], item_rows[items], first)
 
         return logits
@@ -179,13 +184,13 @@ class NeuMF(nn.Module):
         item_rows = self.item_emb(torch.arange(self.n_items))
         if self.config.uses_mlp:
             w_u, w_i, b = self._first_halves()
-            item_first = (self._mlp_half(item_rows) @ w_i.T)[None, :, :]
+            item_first = (halves(self.config, item_rows)[1] @ w_i.T)[None, :, :]
         rows = []
         for start in range(0, len(users), chunk):
             user_rows = self.user_emb(users[start : start + chunk])
             first = None
             if self.config.uses_mlp:
-                first = (self._mlp_half(user_rows) @ w_u.T)[:, None, :] + item_first + b
+                first = (halves(self.config, user_rows)[1] @ w_u.T)[:, None, :] + item_first + b
             rows.append(self._logits(user_rows[:, None, :], item_rows[None, :, :], first))
         self.train(was_training)
         return torch.cat(rows)
