@@ -1,4 +1,8 @@
-"""The device's commands: `fedrec client` (a SuperNode), `fedrec recommend` (on-device top-k), `fedrec store`."""
+"""The device's commands: `fedrec client` (a SuperNode), `fedrec recommend` (on-device top-k), `fedrec store`.
+
+Each command imports what it runs inside its body (marked "lazy: CLI start-up"), so that `fedrec --help` loads
+no flwr or torch; none of these imports hides a cycle (tests/test_import_cycles.py).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ def client(
     ),
 ) -> None:
     """Run this device (or a gateway for a group of devices) as a Flower SuperNode that trains when asked."""
+    # lazy: CLI start-up
     from fedrec.client.supernode import ClientSettings, run_client
 
     run_client(
@@ -65,6 +70,7 @@ def recommend(
     ),
 ) -> None:
     """Top-k unseen items for this device's user, computed on the device."""
+    # lazy: CLI start-up
     from fedrec.client.recommend import recommend as top_k
 
     for rec in top_k(store, key_file, model, k, manifest, state_prefix):

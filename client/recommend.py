@@ -9,7 +9,9 @@ import numpy as np
 
 from fedrec.client.device_round import EMBEDDING, DeviceRef, device_scores
 from fedrec.client.store_key import store_key
+from fedrec.common.datasets import load_dataset
 from fedrec.common.errors import FedrecError
+from fedrec.common.fetch import dataset_dir
 from fedrec.common.manifest import Manifest, load_manifest
 from fedrec.common.model_files import load_global_model
 
@@ -36,9 +38,6 @@ def find_manifest(store: Path, manifest: Path | None) -> Path | None:
 
 def _dataset_titles(name: str) -> dict[str, str]:
     """Titles by original item id from a locally cached copy of the dataset, if this machine has one."""
-    from fedrec.common.datasets import load_dataset
-    from fedrec.common.fetch import dataset_dir
-
     if not name or not dataset_dir(name).exists():
         return {}
     data = load_dataset(name)

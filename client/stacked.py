@@ -1,5 +1,5 @@
 """What the stacked trainers (``batched_training``: DP-SGD, ``batched_plain``: no DP) share: a device's
-round as they receive and return it, NeuMF's forward over a stack of devices, and the element-wise
+round as they receive and return it, NeuMF's score over a stack of devices, and the element-wise
 optimizer whose one instance over the stack is one optimizer per device."""
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fedrec.client.local_training import LocalOutcome
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
-from fedrec.common.model import NeuMF
+from fedrec.common.model import NeuMF, neumf_logits, tower_layers
 from fedrec.common.privacy import PrivacyLedger
 
 USER, ITEM = "user_emb.weight", "item_emb.weight"
@@ -40,17 +39,13 @@ class DeviceTrained:
 
 
 class StackedNeuMF:
-    """NeuMF's forward for a stack of devices (NeuMF.forward's arithmetic, batched over devices), keeping
-    what ghost clipping needs: each linear layer's input and the loss gradient at its output."""
+    """NeuMF's score (``neumf_logits``) for a stack of devices, each with its own weights, keeping what
+    ghost clipping needs: each linear layer's input and the loss gradient at its output."""
 
     def __init__(self, model: NeuMF):
-        cfg = model.config
-        self.gmf = cfg.gmf_dim if cfg.uses_gmf else 0
-        self.mlp = cfg.mlp_dim if cfg.uses_mlp else 0
-        self.dim, self.item_bias = cfg.embedding_dim, cfg.item_bias
-        tower = [f"tower.{i}" for i, m in enumerate(model.tower) if isinstance(m, nn.Linear)] if cfg.uses_mlp else []
-        self.linears = tower + ["output"]
-        self._check_against(NeuMF(1, model.n_items, cfg))
+        self.config = model.config
+        self.linears = [*tower_layers(model.config), "output"]
+        self._check_against(NeuMF(1, model.n_items, model.config))
 
     def _check_against(self, model: NeuMF) -> None:
         """Refuse a NeuMF whose forward this one does not reproduce (one tiny forward, weights of unit scale)."""
@@ -78,26 +73,18 @@ class StackedNeuMF:
         """Per-example losses [D, b] plus the inputs and outputs of the linear layers; ``users`` [D, b, G, dim]
         and ``rows`` [D, b, G, cols] are the looked-up embedding rows, one per (example, group position)."""
         d, b, g = rows.shape[:3]
-        inputs, outputs, parts = [], [], []
+        inputs: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
 
         def linear(name: str, x: torch.Tensor) -> torch.Tensor:
+            """Every device's own layer ``name`` on its [b, G] examples, as one [D, b G, in] matmul."""
+            x = x.reshape(d, b * g, -1)
             inputs.append(x.detach())
             h = torch.matmul(x, params[name + ".weight"].transpose(-1, -2)) + params[name + ".bias"][:, None, :]
             outputs.append(h)
-            return h
+            return h.reshape(d, b, g, -1)
 
-        if self.mlp:
-            x = torch.cat([users[..., self.gmf : self.dim], rows[..., self.gmf : self.dim]], dim=-1).reshape(
-                d, b * g, -1
-            )
-            for name in self.linears[:-1]:
-                x = torch.relu(linear(name, x))
-            parts.append(x)
-        if self.gmf:
-            parts.append((users[..., : self.gmf] * rows[..., : self.gmf]).reshape(d, b * g, -1))
-        logits = linear("output", torch.cat(parts, dim=-1)).reshape(d, b, g)
-        if self.item_bias:
-            logits = logits + rows[..., -1]
+        logits = neumf_logits(self.config, users, rows, linear)
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(-1)
         return loss, inputs, outputs
 

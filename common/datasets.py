@@ -299,8 +299,14 @@ def _load_ml1m(directory: Path) -> Interactions:
 _LOADERS = {"ml-100k": _load_ml100k, "ml-1m": _load_ml1m}
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None) -> Interactions:
-    """Load a named dataset from the cache dir, or a CSV file given by path."""
+def load_dataset(name: str, data_dir: str | Path | None = None, users: int | None = None) -> Interactions:
+    """Load a named dataset from the cache dir, or a CSV file given by path; ``users``: only the first
+    that many users (``Interactions.subset_users``), as a run with ``--users`` sees it."""
+    data = _load_whole(name, data_dir)
+    return data.subset_users(users) if users else data
+
+
+def _load_whole(name: str, data_dir: str | Path | None) -> Interactions:
     if name.endswith(".csv") or Path(name).suffix == ".csv":
         return load_csv(name)
     if name not in _LOADERS:

@@ -9,7 +9,9 @@ import math
 import numpy as np
 import torch
 
+from fedrec.common.datasets import load_dataset
 from fedrec.common.errors import FedrecError
+from fedrec.common.item_features import ml100k_item_features
 from fedrec.common.privacy import history_epsilon, noise_for_budget
 
 
@@ -58,9 +60,6 @@ def feature_rows(features: np.ndarray, dim: int, scale: float, seed: int) -> tor
 
 def public_item_features(name: str, n_items: int, source: str) -> np.ndarray:
     """The public item features of dataset ``name``, in dense item order (dense index = sorted original id)."""
-    from fedrec.common.datasets import load_dataset
-    from fedrec.common.item_features import ml100k_item_features
-
     if name != "ml-100k":
         raise FedrecError(f"{source}: item_features {name!r}: only ml-100k ships item features")
     features = ml100k_item_features(load_dataset("ml-100k").item_ids)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from fedrec.common.sampling import positive_keys, sample_negatives
 from fedrec.common.split import Split
 
 BATCH = 1024
@@ -52,8 +53,6 @@ def full_ranks(scores: np.ndarray, split: Split, stage: str = "test", seed: int 
 
 def sampled_candidates(split: Split, stage: str, n_negatives: int, seed: int) -> np.ndarray:
     """[n_users, n_negatives] items each user never interacted with (train, validation or test), seeded."""
-    from fedrec.common.sampling import positive_keys, sample_negatives
-
     users_all = [split.train_users]
     items_all = [split.train_items]
     for held in (split.val_items, split.test_items):

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedrec.common.settings import require
@@ -53,6 +54,59 @@ class ModelConfig:
         return self.gmf_dim * self.uses_gmf + self.mlp_dim * self.uses_mlp
 
 
+Linear = Callable[[str, torch.Tensor], torch.Tensor]  # applies the named layer ("tower.0", ..., "output") to x
+
+
+def halves(config: ModelConfig, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GMF and MLP halves of user or item rows; a half the model does not use is empty and never read."""
+    g = config.gmf_dim if config.uses_gmf else 0
+    return rows[..., :g], rows[..., g : config.embedding_dim]
+
+
+def tower_layers(config: ModelConfig) -> list[str]:
+    """The names of the tower's linear layers, in order (each followed by a ReLU, and a Dropout when set)."""
+    if not config.uses_mlp:
+        return []
+    stride = 2 + (config.dropout > 0)
+    return [f"tower.{stride * k}" for k in range(len(config.layers))]
+
+
+def neumf_logits(
+    config: ModelConfig,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    linear: Linear,
+    first: torch.Tensor | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """NeuMF's logit of each user row against each item row (``users`` [..., dim] and ``items`` [..., cols]
+    of one shape, or broadcasting against each other when ``first`` is given): the MLP tower on the two MLP
+    halves side by side with the GMF product, into the output layer, plus the item's prior (bias) column.
+
+    The one definition of the score, whatever holds the weights: ``linear`` applies a named layer (the
+    module itself, so that Opacus' hooks see it, or every device's weights of a stack). ``first``, when
+    given, is the first tower layer's output computed from the halves apart (``x_u W_u^T + x_i W_i^T + b``,
+    the item side once for many users); otherwise ``linear`` runs that layer on the concatenated halves.
+    """
+
+    def activation(x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(x)
+        return F.dropout(x, dropout) if dropout else x
+
+    (u_gmf, u_mlp), (i_gmf, i_mlp) = halves(config, users), halves(config, items)
+    parts = []
+    if config.uses_mlp:
+        names = tower_layers(config)
+        x = linear(names[0], torch.cat([u_mlp, i_mlp], dim=-1)) if first is None else first
+        for name in names[1:]:
+            x = linear(name, activation(x))
+        parts.append(activation(x))
+    if config.uses_gmf:
+        parts.append(u_gmf * i_gmf)
+    out = linear("output", torch.cat(parts, dim=-1)).squeeze(-1)
+    return out + items[..., -1] if config.item_bias else out
+
+
 class NeuMF(nn.Module):
     """Scores (user, item) pairs with one logit; BCE with sampled negatives trains it."""
 
@@ -83,24 +137,22 @@ class NeuMF(nn.Module):
             head += config.gmf_dim
         self.output = nn.Linear(head, 1)
 
-    def _split(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The GMF and MLP halves of a row; a half the model does not use is empty and never read."""
-        g = self.config.gmf_dim if self.config.uses_gmf else 0
-        return emb[..., :g], emb[..., g : self.config.embedding_dim]
+    def _layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self.get_submodule(name)(x)
 
-    def _bias(self, item_rows: torch.Tensor) -> torch.Tensor | float:
-        return item_rows[..., -1] if self.config.item_bias else 0.0
+    def _logits(self, users: torch.Tensor, items: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+        dropout = self.config.dropout if self.training else 0.0
+        return neumf_logits(self.config, users, items, self._layer, first, dropout)
+
+    def _first_halves(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first tower layer's weight on the user half, on the item half, and its bias."""
+        first = self.tower[0]
+        assert isinstance(first, nn.Linear)
+        m = self.config.mlp_dim
+        return first.weight[:, :m], first.weight[:, m:], first.bias
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        u_gmf, u_mlp = self._split(self.user_emb(users))
-        item_rows = self.item_emb(items)
-        i_gmf, i_mlp = self._split(item_rows)
-        parts = []
-        if self.config.uses_mlp:
-            parts.append(self.tower(torch.cat([u_mlp, i_mlp], dim=-1)))
-        if self.config.uses_gmf:
-            parts.append(u_gmf * i_gmf)
-        return self.output(torch.cat(parts, dim=-1)).squeeze(-1) + self._bias(item_rows)
+        return self._logits(self.user_emb(users), self.item_emb(items))
 
     def frozen_item_logits(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """``logits(rows, owner, items)`` = ``forward`` for user rows ``rows[owner]`` against ``items`` ([N, k]),
@@ -108,23 +160,15 @@ class NeuMF(nn.Module):
         table and tower then skips the item half of the first layer on every step."""
         with torch.no_grad():
             item_rows = self.item_emb.weight.detach()
-            item_gmf, item_mlp = self._split(item_rows)
-            bias = self._bias(item_rows)
             if self.config.uses_mlp:
-                first = self.tower[0]
-                assert isinstance(first, nn.Linear)
-                w_u = first.weight[:, : self.config.mlp_dim].detach()
-                item_first = item_mlp @ first.weight[:, self.config.mlp_dim :].T + first.bias
+                w_u, w_i, b = (t.detach() for t in self._first_halves())
+                item_first = halves(self.config, item_rows)[1] @ w_i.T + b
 
         def logits(rows: torch.Tensor, owner: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-            u_gmf, u_mlp = self._split(rows)
-            parts = []
+            first = None
             if self.config.uses_mlp:
-                parts.append(self.tower[1:]((u_mlp @ w_u.T)[owner][:, None, :] + item_first[items]))
-            if self.config.uses_gmf:
-                parts.append(u_gmf[owner][:, None, :] * item_gmf[items])
-            out = self.output(torch.cat(parts, dim=-1)).squeeze(-1)
-            return out + bias[items] if isinstance(bias, torch.Tensor) else out
+                first = (halves(self.config, rows)[1] @ w_u.T)[owner][:, None, :] + item_first[items]
+            return self._logits(rows[owner][:, None, :], item_rows[items], first)
 
         return logits
 
@@ -138,21 +182,16 @@ class NeuMF(nn.Module):
         was_training = self.training
         self.eval()
         item_rows = self.item_emb(torch.arange(self.n_items))
-        item_gmf, item_mlp = self._split(item_rows)
-        bias = self._bias(item_rows)
+        if self.config.uses_mlp:
+            w_u, w_i, b = self._first_halves()
+            item_first = (halves(self.config, item_rows)[1] @ w_i.T)[None, :, :]
         rows = []
         for start in range(0, len(users), chunk):
-            u_gmf, u_mlp = self._split(self.user_emb(users[start : start + chunk]))
-            parts = []
+            user_rows = self.user_emb(users[start : start + chunk])
+            first = None
             if self.config.uses_mlp:
-                first = self.tower[0]
-                assert isinstance(first, nn.Linear)
-                w_u, w_i = first.weight[:, : self.config.mlp_dim], first.weight[:, self.config.mlp_dim :]
-                h = (u_mlp @ w_u.T)[:, None, :] + (item_mlp @ w_i.T)[None, :, :] + first.bias
-                parts.append(self.tower[1:](h))
-            if self.config.uses_gmf:
-                parts.append(u_gmf[:, None, :] * item_gmf[None, :, :])
-            rows.append(self.output(torch.cat(parts, dim=-1)).squeeze(-1) + bias)
+                first = (halves(self.config, user_rows)[1] @ w_u.T)[:, None, :] + item_first + b
+            rows.append(self._logits(user_rows[:, None, :], item_rows[None, :, :], first))
         self.train(was_training)
         return torch.cat(rows)
 

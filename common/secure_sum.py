@@ -20,7 +20,7 @@ import numpy as np
 
 from fedrec.common.errors import FedrecError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: common/config.py imports this module to check its settings
     from fedrec.common.config import SecureAggregation
 
 SETTING = "federation.server.secure_aggregation"

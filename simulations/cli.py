@@ -1,4 +1,9 @@
-"""The harness's commands: `fedrec data`, `baseline`, `simulate`, `retention`, `audit`."""
+"""The harness's commands: `fedrec data`, `baseline`, `simulate`, `retention`, `audit`.
+
+Each command imports what it runs inside its body (marked "lazy: CLI start-up"), so that `fedrec --help` and
+every other command load no torch, flwr or Ray they do not use; none of these imports hides a cycle
+(tests/test_import_cycles.py).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ def config_show(
     """Every setting and its value (defaults, then FILE), as a complete TOML config."""
     import tomli_w
 
+    # lazy: CLI start-up
     from fedrec.common.config import load_config
 
     print(tomli_w.dumps(load_config(config).to_dict()), end="")
@@ -35,6 +41,7 @@ def data_fetch(
     data_dir: Optional[Path] = typer.Option(None, help="Cache dir (default $FEDREC_DATA_DIR or ~/.cache/fedrec/data)."),
 ) -> None:
     """Download (or find) a dataset, verify its checksum and cache it."""
+    # lazy: CLI start-up
     from fedrec.common.fetch import fetch
 
     target = fetch(dataset, data_dir)
@@ -56,11 +63,12 @@ def data_provision(
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Split per user (docs/protocol.md) and write one encrypted store per device plus a manifest (no content)."""
+    # lazy: CLI start-up
+    from fedrec.common.datasets import load_dataset
     from fedrec.common.split import temporal_split
-    from fedrec.simulations.experiment import load
     from fedrec.simulations.provision import master_secret, provision
 
-    data = load(dataset, str(data_dir) if data_dir else None, users)  # bad data fails before a key is made
+    data = load_dataset(dataset, str(data_dir) if data_dir else None, users)  # bad data fails before a key is made
     master, recipe, recorded = master_secret(out, key_file, passphrase_env)
     manifest = provision(
         data, temporal_split(data, seed), out, master, recipe=recipe, key_file=recorded, workers=workers, show=not quiet
@@ -78,6 +86,7 @@ def data_synth(
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
 ) -> None:
     """Write a synthetic population fitted to a dataset's statistics (docs/synth.md)."""
+    # lazy: CLI start-up
     from fedrec.simulations.synth.run import synth_csv
 
     say(synth_csv(out, users, items, seed, source, str(data_dir) if data_dir else None))
@@ -99,6 +108,7 @@ def baseline(
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Centralized arms (random, popularity, EASE, NeuMF) under docs/protocol.md; writes a run dir."""
+    # lazy: CLI start-up
     from fedrec.common.config import load_config
     from fedrec.simulations.arms.registry import central_fitters
     from fedrec.simulations.experiment import Experiment, run
@@ -156,6 +166,7 @@ def simulate(
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Federated arms through Flower's simulation engine beside the centralized arms; writes a run dir."""
+    # lazy: CLI start-up
     from fedrec.common.config import load_config
     from fedrec.simulations.experiment import run
     from fedrec.simulations.simulate import build_experiment
@@ -196,6 +207,7 @@ def retention(
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Simulated long-term retention of every arm (docs/protocol.md); updates report.json, report.md and plots."""
+    # lazy: CLI start-up
     from fedrec.simulations.retention.cli_entry import retention_for_run_dir
 
     print(
@@ -232,6 +244,7 @@ def audit(
     """Privacy audit: epsilon spent (re-checked), what crosses the wire, what rests on devices, what attacks learn."""
     import json
 
+    # lazy: CLI start-up
     from fedrec.simulations.audit.run import AuditOptions, headline
     from fedrec.simulations.audit.run import audit as run_audit
 

@@ -19,6 +19,7 @@ from fedrec.simulations.arms.base import ArmResult, Fitter
 from fedrec.simulations.background import BackgroundFits, timed_fit
 from fedrec.simulations.plots import accuracy_bars
 from fedrec.simulations.report import render
+from fedrec.simulations.retention import run_retention
 from fedrec.simulations.rundir import RunDir, git_commit
 from fedrec.simulations.stats import summarize_runs
 
@@ -40,17 +41,12 @@ class Experiment:
     background: frozenset[str] = frozenset()
 
 
-def load(dataset: str, data_dir: str | None, users: int | None) -> Interactions:
-    data = load_dataset(dataset, data_dir)
-    return data.subset_users(users) if users else data
-
-
 def run(exp: Experiment) -> dict:
     """Fit every arm for every seed; the first seed's split, recommendations and scores go to disk."""
     console = Console(stderr=True, quiet=not exp.show)
     t0 = time.perf_counter()
     writable_dir(exp.out, "--out")  # fail before fitting, not after
-    data = exp.data if exp.data is not None else load(exp.dataset, exp.data_dir, exp.users)
+    data = exp.data if exp.data is not None else load_dataset(exp.dataset, exp.data_dir, exp.users)
     if data.n_merged:
         console.print(
             f"{data.name}: {data.n_merged} repeated (user, item) rows merged into their latest "
@@ -130,8 +126,6 @@ def run(exp: Experiment) -> dict:
 def retention_or_skip(run_dir: RunDir, report: dict, data: Interactions, show: bool, console: Console) -> dict:
     """Retention as the last stage; when the data cannot support it (e.g. no user ever returns), the
     report says so and keeps every other section, instead of the whole run failing."""
-    from fedrec.simulations.retention import run_retention
-
     try:
         return run_retention(run_dir.path, data, show=show)
     except FedrecError as exc:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+from fedrec.simulations import federated_report, retention_report
 from fedrec.simulations.arms.table import PRIVATE_ARMS
 
+# Sections owned by other stages: each returns "" when the report lacks its data, so one renderer serves a
+# baseline run, a simulate run and a run re-read by ``fedrec retention``.
+EXTRA_SECTIONS = (federated_report.markdown, retention_report.markdown)
 ACC_KEYS = ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled")
 
 
@@ -89,10 +93,8 @@ def header_section(report: dict) -> str:
 
 
 def render(report: dict) -> str:
-    from fedrec.simulations import report_sections
-
     parts = [header_section(report), accuracy_section(report)]
-    for section in report_sections.extra_sections():
+    for section in EXTRA_SECTIONS:
         text = section(report)
         if text:
             parts.append(text)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedrec.common.config import FedrecConfig
+from fedrec.common.datasets import load_dataset
 from fedrec.simulations.arms.base import Fitter, budget_of
 from fedrec.simulations.arms.registry import at_budget, bind
 from fedrec.simulations.arms.table import Arm, arms_named, sweep_arm_name, swept
-from fedrec.simulations.experiment import Experiment, load
+from fedrec.simulations.experiment import Experiment
 
 
 def build_experiment(
@@ -26,7 +27,7 @@ def build_experiment(
     """Every arm of ``arms`` (the table's names) bound to its settings, and each arm that sweeps again at
     every budget of ``sweep``; the centralized arms first, then the federated ones, then the sweep arms."""
     chosen = arms_named(arms)
-    data = load(dataset, data_dir, users)
+    data = load_dataset(dataset, data_dir, users)
     # the background arms fit in a second process beside the federated ones, and show no progress bar
     # there: that process does not own the terminal
     beside = cfg.simulation.background_central and any(arm.federated for arm in chosen)

@@ -9,7 +9,7 @@ import torch
 from fedrec.common.config import CentralConfig
 from fedrec.common.datasets import from_raw
 from fedrec.common.metrics import full_ranks, hit_ndcg
-from fedrec.common.model import ModelConfig, NeuMF, global_state, local_state
+from fedrec.common.model import ModelConfig, NeuMF, global_state, local_state, tower_layers
 from fedrec.common.split import temporal_split
 from fedrec.common.training import TrainConfig, recency_oversample
 from fedrec.simulations.arms.centralized import fit_centralized, train_with_validation
@@ -76,6 +76,15 @@ def test_recency_oversample_repeats_each_users_latest_positives():
     counts = np.bincount(rows, minlength=len(users))
     assert counts.tolist() == [1, 1, 3, 3, 3, 3]
     assert recency_oversample(users, stamps, last=0, repeats=2).tolist() == list(range(6))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+@pytest.mark.parametrize("kind", ["neumf", "mlp", "gmf"])
+def test_tower_layers_name_the_modules_linear_layers(kind, dropout):
+    """neumf_logits finds the tower's layers by these names: they must be the module's, dropout or not."""
+    model = NeuMF(2, 3, ModelConfig(kind=kind, layers=(8, 4, 2), dropout=dropout))
+    linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "output"]
+    assert tower_layers(model.config) == linears
 
 
 @pytest.mark.parametrize("kind", ["neumf", "mlp", "gmf"])

@@ -47,6 +47,7 @@ def audited_federation(report: dict, arm: str, rounds: int | None) -> Federation
 
 def harness_trainer(federation: FederationConfig, name: str, nodes: int, work_dir: Path, show: bool) -> CanaryTrainer:
     """fit_federated in a scratch run dir (its stores, models and ledgers are deleted afterwards)."""
+    # lazy: flwr's ServerApp and Ray load only when the audit trains a federated canary, not for in-process ones
     from fedrec.simulations.arms.federated import FederatedArm, fit_federated
 
     def train(data: Interactions, split: Split, seed: int) -> ArmResult:

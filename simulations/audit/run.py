@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from fedrec.common.config import FederationConfig
+from fedrec.common.datasets import load_dataset
 from fedrec.common.errors import DataError, FedrecError
 from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.split import temporal_split
@@ -28,7 +29,6 @@ from fedrec.simulations.audit.mia import attack_arm, mia_candidates, train_shado
 from fedrec.simulations.audit.report_text import render_audit
 from fedrec.simulations.audit.rundata import MIA_ARMS, AuditedRun, open_run
 from fedrec.simulations.audit.wire import audit_wire
-from fedrec.simulations.experiment import load
 from fedrec.simulations.progress import progress
 from fedrec.simulations.rundir import atomic_write_text, git_commit
 
@@ -143,7 +143,9 @@ def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dic
     if audited_arm is None:
         return not_applicable(f"no {' / '.join(CANARY_ARMS)} arm in this run: there is no formal guarantee to test")
     nodes = run_config_of(run.report).simulation.nodes
-    data = load(opts.data or run.report["meta"]["dataset"], opts.data_dir, min(opts.canary_users, run.data.n_users))
+    data = load_dataset(
+        opts.data or run.report["meta"]["dataset"], opts.data_dir, min(opts.canary_users, run.data.n_users)
+    )
     split = temporal_split(data, run.seed)
     out = {}
     variants = [audited_arm] + (["federated"] if opts.canary_contrast else [])

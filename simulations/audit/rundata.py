@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrec.common.datasets import Interactions
+from fedrec.common.datasets import Interactions, load_dataset
 from fedrec.common.errors import DataError
 from fedrec.common.split import Split, temporal_split
-from fedrec.simulations.experiment import load
 from fedrec.simulations.rundir import RunDir
 
 MIA_ARMS = ("centralized", "federated", "federated_dp")
@@ -77,7 +76,7 @@ def open_run(path: Path, data_override: str | None = None, data_dir: str | None 
     report = run_dir.read_report()
     meta = report["meta"]
     users = meta.get("users") or None
-    data = load(data_override or meta["dataset"], data_dir, users)
+    data = load_dataset(data_override or meta["dataset"], data_dir, users)
     if data.n_users != meta["n_users"] and users is None:
         data = data.subset_users(int(meta["n_users"]))  # older reports lack meta.users: the first N users
     if (data.n_users, data.n_items) != (meta["n_users"], meta["n_items"]):

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedrec.common.datasets import load_dataset
 from fedrec.common.errors import DataError, FedrecError
-from fedrec.simulations.retention.report_section import tables
 from fedrec.simulations.retention.run import run_retention
+from fedrec.simulations.retention_report import tables
+from fedrec.simulations.rundir import RunDir
 
 
 def retention_for_run_dir(
     run_dir: Path, seeds: list[int], data_dir: str | None, show: bool = True, dataset: str | None = None
 ) -> str:
     """Returns the printed tables (markdown, so they paste into docs unchanged)."""
-    from fedrec.simulations.experiment import load
-    from fedrec.simulations.rundir import RunDir
-
     report_path = Path(run_dir) / "report.json"
     if not report_path.is_file():
         raise FedrecError(f"{report_path}: not found (is {run_dir} a fedrec run dir?)")
@@ -26,7 +25,7 @@ def retention_for_run_dir(
     if not name:
         raise FedrecError(f"{report_path}: meta.dataset missing (pass --dataset)")
     try:
-        data = load(name, data_dir, meta.get("users"))
+        data = load_dataset(name, data_dir, meta.get("users"))
     except DataError as exc:
         raise DataError(f"{exc} (reloading the dataset of {report_path}; pass --dataset PATH for a CSV run)") from None
     report = run_retention(Path(run_dir), data, seeds=seeds, show=show)
