@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedrec.common.config import MECHANISMS, CentralDPConfig, FederationConfig, FedrecConfig, PrivacyConfig
+from fedrec.common.config import CentralDPConfig, FederationConfig, FedrecConfig, PrivacyConfig
+from fedrec.common.mechanisms.registry import MECHANISMS
 from fedrec.simulations import simulate
 from fedrec.simulations.arms.base import ArmBinding, budget_of
 from fedrec.simulations.arms.registry import binder
