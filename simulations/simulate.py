@@ -6,6 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedrec.common.config import FederationConfig, FedrecConfig, PrivacyConfig
+from fedrec.common.errors import FedrecError
+from fedrec.common.settings import SettingError
 from fedrec.simulations.arm_names import FEDERATED_ARMS, PRIVATE_ARMS
 from fedrec.simulations.arms.registry import central_fitters
 from fedrec.simulations.experiment import Experiment, load
@@ -36,6 +38,11 @@ def build_experiment(
     show: bool,
     retention: bool = True,
 ) -> Experiment:
+    for eps in sweep:  # each budget is checked as the config's epsilon is, before the data loads
+        try:
+            replace(cfg.federation.privacy, epsilon=eps)
+        except SettingError as exc:
+            raise FedrecError(f"--sweep: epsilon {eps} {exc}") from None
     data = load(dataset, data_dir, users)
     central = [a for a in arms if a not in FEDERATED_ARMS]
     # a background fit shows no progress bar: its process does not own the terminal

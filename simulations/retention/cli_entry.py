@@ -16,15 +16,12 @@ def retention_for_run_dir(
     from fedrec.simulations.experiment import load
     from fedrec.simulations.rundir import RunDir
 
-    report_path = Path(run_dir) / "report.json"
-    if not report_path.is_file():
-        raise FedrecError(f"{report_path}: not found (is {run_dir} a fedrec run dir?)")
     if not seeds:
         raise FedrecError("--seeds: give at least one seed")
-    meta = RunDir(run_dir).read_report().get("meta", {})
-    name = dataset or meta.get("dataset")
-    if not name:
-        raise FedrecError(f"{report_path}: meta.dataset missing (pass --dataset)")
+    rd = RunDir.finished(run_dir)
+    report_path = rd.report_json
+    meta = rd.read_report()["meta"]
+    name = dataset or meta["dataset"]
     try:
         data = load(name, data_dir, meta.get("users"))
     except DataError as exc:
