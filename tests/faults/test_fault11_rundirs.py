@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error
@@ -18,13 +19,17 @@ from conftest import assert_one_line_error
 from fedrec.client import supernode
 from fedrec.client.supernode import ClientSettings, run_client
 from fedrec.common.config import FederationConfig
+from fedrec.common.datasets import from_raw
 from fedrec.common.errors import FedrecError
 from fedrec.common.model import ModelConfig, NeuMF, global_state
 from fedrec.common.model_files import ModelFileError
 from fedrec.common.settings import to_nested
+from fedrec.common.split import temporal_split
 from fedrec.server.checkpoint import load_checkpoint, save_checkpoint
+from fedrec.simulations.provision import provision
 from fedrec.simulations.rundir import RunDir
 
+MASTER = bytes(range(40, 72))
 VALID = {"meta": {"dataset": "log.csv", "n_users": 3, "n_items": 5, "seed": 0, "users": None}, "arms": {}}
 
 
@@ -95,6 +100,26 @@ def test_retention_on_a_run_dir_it_cannot_write(tmp_path, cli):
     assert result.code == 1
     assert_one_line_error(result, f"{run}: cannot write there", "RUN_DIR")
     assert json.loads((run / "report.json").read_text()) == VALID
+
+
+def test_rotate_key_in_a_read_only_fleet_makes_no_key(tmp_path, cli):
+    data = from_raw("tiny", np.repeat(np.arange(3), 5), np.tile(np.arange(5), 3), 1000 + np.arange(15))
+    provision(data, temporal_split(data, 0), tmp_path / "fleet", MASTER, workers=1)
+    (tmp_path / "master.key").write_bytes(MASTER)
+    (tmp_path / "master.key").chmod(0o600)
+    stores_dir = tmp_path / "fleet" / "stores"
+    stores = sorted(stores_dir.glob("*.db"))
+    before = {p: p.read_bytes() for p in stores}
+    args = ["--key-file", str(tmp_path / "master.key"), "--new-key-file", str(tmp_path / "new.key")]
+    stores_dir.chmod(0o555)
+    try:
+        result = cli("store", "rotate-key", *map(str, stores), *args, obey_modes=True)
+    finally:
+        stores_dir.chmod(0o755)
+    assert result.code == 1
+    assert_one_line_error(result, f"{stores_dir}: cannot write there", "FILES")
+    assert not (tmp_path / "new.key").exists()
+    assert {p: p.read_bytes() for p in stores} == before
 
 
 # --- D: report.json checked in one place for every reader ---------------------------------------------------
