@@ -140,6 +140,8 @@ class RunDir:
         """A finished run dir for a stage that reads it and writes into it (retention, audit): a directory
         holding a valid report.json, writable, all checked before any work."""
         path = Path(path)
+        if not path.exists():
+            raise FedrecError(f"{path / 'report.json'}: not found ({path} does not exist; {flag}: a fedrec run dir)")
         if not path.is_dir():
             raise FedrecError(f"{path}: not a directory ({flag}: a fedrec run dir)")
         run_dir = cls(path)
