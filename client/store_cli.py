@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedrec.common.errors import FedrecError
+from fedrec.common.files import writable_dir
 from fedrec.common.keys import KeyRecipe, create_key_file, key_id, load_key_file, passphrase_from_env
 from fedrec.common.store import DeviceStore, header_recipe, peek_header, rotate_key
 
@@ -125,6 +126,8 @@ def rotate(
     """
     if (new_key_file is None) == (new_passphrase_env is None):
         raise FedrecError("give exactly one of --new-key-file or --new-passphrase-env")
+    for folder in sorted({file.parent for file in files if file.parent.is_dir()}):
+        writable_dir(folder, "FILES")  # each store is replaced beside itself: checked before a new key is made
     old_keys = _Keys(key_file, passphrase_env)
     new_passphrase = passphrase_from_env(new_passphrase_env)
     if new_key_file is not None:

@@ -183,10 +183,13 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
     )
 
     def pump(stream: Iterable[str]) -> None:  # the SuperNode's helpers share the pipe: read it apart from waiting
-        for line in stream:
-            tail.append(line.rstrip("\n"))
-            if echo:
-                say(line.rstrip("\n"))
+        try:
+            for line in stream:
+                tail.append(line.rstrip("\n"))
+                if echo:
+                    say(line.rstrip("\n"))
+        except (ValueError, OSError):  # children.stop() closed the pipe under the reader: the output has ended
+            return
 
     with terminate_on_sigterm():
         try:

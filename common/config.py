@@ -38,7 +38,17 @@ from fedrec.common.files import read_text
 from fedrec.common.mechanisms.registry import NAMES, mechanism_for
 from fedrec.common.model import ModelConfig
 from fedrec.common.secure_sum import check_shared_noise
-from fedrec.common.settings import from_flat, from_nested, require, to_nested
+from fedrec.common.settings import (
+    MAX_BATCH,
+    MAX_NEGATIVES,
+    MAX_PROCESSES,
+    from_flat,
+    from_nested,
+    require,
+    require_count,
+    require_finite,
+    to_nested,
+)
 from fedrec.common.training import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam")
@@ -100,11 +110,14 @@ class CentralDPConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.optimizer, OPTIMIZERS, "optimizer")
-        for name in ("epochs", "batch_size", "negatives"):
-            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require_count(self.epochs, "epochs")
+        require_count(self.batch_size, "batch_size", high=MAX_BATCH)
+        require_count(self.negatives, "negatives", high=MAX_NEGATIVES)
+        require_count(self.serving_refit_epochs, "serving_refit_epochs", low=0)
+        require_count(self.threads, "threads", low=0, high=MAX_PROCESSES)
         for name in ("lr", "max_grad_norm"):
             _positive(getattr(self, name), name)
-        for name in ("count_sigma", "embedding_lr", "item_lr_scale", "momentum", "min_count", "serving_refit_epochs"):
+        for name in ("count_sigma", "embedding_lr", "item_lr_scale", "momentum", "min_count"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
 
 
@@ -127,13 +140,14 @@ class LocalTraining:
     recent_repeats: int = 0  # ... this many extra times
 
     def __post_init__(self) -> None:
-        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        require(self.steps_per_epoch >= 1, "steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
+        require_count(self.epochs, "epochs")
+        require_count(self.steps_per_epoch, "steps_per_epoch")
         _positive(self.lr, "lr")
         _one_of(self.optimizer, OPTIMIZERS, "optimizer")
-        require(self.negatives >= 1, "negatives", f"must be >= 1, got {self.negatives}")
-        for name in ("emb_l2", "recent_last", "recent_repeats"):
-            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        require_count(self.negatives, "negatives", high=MAX_NEGATIVES)
+        require(self.emb_l2 >= 0, "emb_l2", f"must be >= 0, got {self.emb_l2}")
+        for name in ("recent_last", "recent_repeats"):
+            require_count(getattr(self, name), name, low=0)
 
     @property
     def sample_rate(self) -> float:
@@ -153,7 +167,7 @@ class Serving:
     refit_lr: float = 0.01
 
     def __post_init__(self) -> None:
-        require(self.refit_steps >= 0, "refit_steps", f"must be >= 0, got {self.refit_steps}")
+        require_count(self.refit_steps, "refit_steps", low=0)
         _positive(self.refit_lr, "refit_lr")
 
 
@@ -191,11 +205,11 @@ class SharedNoise:
 
     def __post_init__(self) -> None:
         _fraction(self.record_rate, "record_rate")
-        require(self.min_devices >= 0, "min_devices", f"must be >= 0, got {self.min_devices}")
+        require_count(self.min_devices, "min_devices", low=0, high=1 << 31)
         require(self.count_sigma >= 0, "count_sigma", f"must be >= 0, got {self.count_sigma}")
         _positive(self.table_lr, "table_lr")
         require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
-        require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        require_count(self.steps, "steps")
 
 
 @dataclass(frozen=True)
@@ -249,7 +263,7 @@ class StrategyConfig:
         _positive(self.tau, "tau")
         _fraction(self.node_fraction, "node_fraction")
         _fraction(self.node_fraction_evaluate, "node_fraction_evaluate")
-        require(self.min_nodes >= 1, "min_nodes", f"must be >= 1, got {self.min_nodes}")
+        require_count(self.min_nodes, "min_nodes")
 
 
 @dataclass(frozen=True)
@@ -303,8 +317,8 @@ class ServerConfig:
     secure_aggregation: SecureAggregation = field(default_factory=SecureAggregation)
 
     def __post_init__(self) -> None:
-        require(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")
-        require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+        require_count(self.rounds, "rounds")
+        require_count(self.eval_every, "eval_every")
 
 
 @dataclass(frozen=True)
@@ -328,6 +342,7 @@ class PrivacyConfig:
     def __post_init__(self) -> None:
         _one_of(self.mechanism, NAMES, "mechanism")  # the classes of fedrec.common.mechanisms
         _positive(self.epsilon, "epsilon")
+        require_finite(self.epsilon, "epsilon")  # an infinite promise is no promise: use mechanism none
         require(0.0 < self.delta < 1.0, "delta", f"must be in (0, 1), got {self.delta}")
         _positive(self.max_grad_norm, "max_grad_norm")
         _positive(self.max_update_norm, "max_update_norm")
@@ -369,7 +384,7 @@ class SimulationConfig:
     ray_address: str = ""
 
     def __post_init__(self) -> None:
-        require(self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}")
+        require_count(self.nodes, "nodes", high=MAX_PROCESSES)
         host, _, port = self.ray_address.rpartition(":")
         require(
             self.ray_address in ("", "auto") or (bool(host) and port.isdigit() and "://" not in host),

@@ -23,6 +23,8 @@ def read_text(path: Path, missing: str) -> str:
 def writable_dir(path: str | Path, option: str) -> Path:
     """Create ``path`` if needed and prove that a file can be written in it (``option``: the flag that named it)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FedrecError(f"{path}: exists and is not a directory ({option})")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):

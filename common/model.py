@@ -14,12 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedrec.common.settings import require
+from fedrec.common.memory import require_memory
+from fedrec.common.settings import MAX_LAYERS, MAX_WIDTH, require, require_count
 
 LOCAL_PREFIX = "user_emb."
 # Floats of the widest [users, items, width] block score_users builds at once: about 8 MB, so the block stays
 # in cache between the tower's layers (a 256-user block of ML-100K was 3x slower, with the same scores).
 SCORE_BLOCK = 1 << 21
+TABLE_COPIES = 4  # weights, gradients and Adam's two moments
+TABLES_CHECKED_ABOVE = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         require(self.kind in ("neumf", "mlp", "gmf"), "kind", f"must be neumf, mlp or gmf, not {self.kind!r}")
-        require(self.gmf_dim >= 1 and self.mlp_dim >= 1, "gmf_dim" if self.gmf_dim < 1 else "mlp_dim", "must be >= 1")
-        require(all(width >= 1 for width in self.layers), "layers", f"widths must be >= 1, got {self.layers}")
+        require_count(self.gmf_dim, "gmf_dim", high=MAX_WIDTH)
+        require_count(self.mlp_dim, "mlp_dim", high=MAX_WIDTH)
+        require(bool(self.layers) or not self.uses_mlp, "layers", f"{self.kind} needs at least one hidden layer")
+        require(len(self.layers) <= MAX_LAYERS, "layers", f"at most {MAX_LAYERS} layers, got {len(self.layers)}")
+        require(
+            all(1 <= width <= MAX_WIDTH for width in self.layers),
+            "layers",
+            f"widths must be in [1, {MAX_WIDTH}], got {self.layers}",
+        )
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
 
@@ -107,6 +117,17 @@ def neumf_logits(
     return out + items[..., -1] if config.item_bias else out
 
 
+def check_tables_fit(n_users: int, n_items: int, config: ModelConfig) -> None:
+    """Refuse embedding tables that cannot be held with their gradients and optimizer state (about four copies);
+    both sizes come from the user (a dataset, a catalogue size, a width), so they can be anything."""
+    table_bytes = 4 * (n_users + n_items) * (config.embedding_dim + 1)
+    if table_bytes * TABLE_COPIES > TABLES_CHECKED_ABOVE:  # small models skip reading the machine's memory
+        require_memory(
+            table_bytes * TABLE_COPIES,
+            f"a model of {n_users} users x {n_items} items x {config.embedding_dim} dimensions",
+        )
+
+
 class NeuMF(nn.Module):
     """Scores (user, item) pairs with one logit; BCE with sampled negatives trains it."""
 
@@ -115,6 +136,7 @@ class NeuMF(nn.Module):
         self.config = config
         self.n_users, self.n_items = n_users, n_items
         dim = config.embedding_dim
+        check_tables_fit(n_users, n_items, config)
         self.user_emb = nn.Embedding(n_users, dim)
         # The item bias lives in the item table's last column so that a forward stays one lookup per table.
         self.item_emb = nn.Embedding(n_items, dim + int(config.item_bias))

@@ -37,6 +37,27 @@ def require(condition: bool, field: str, message: str) -> None:
         raise SettingError(field, message)
 
 
+# Upper bounds of the settings that size a loop or an allocation: far beyond any run fedrec is meant for, low
+# enough that a typo (an extra zero, 1e20) is refused when the settings are read instead of running without end
+# or failing deep inside an allocation.
+MAX_COUNT = 100_000  # rounds, epochs, steps, refits, patience, repeats
+MAX_NEGATIVES = 1000  # sampled negatives per positive (each multiplies a batch)
+MAX_BATCH = 1 << 20  # examples per batch
+MAX_WIDTH = 4096  # an embedding half or a hidden layer
+MAX_LAYERS = 16  # hidden layers of the MLP tower
+MAX_PROCESSES = 1024  # worker processes or threads on one machine
+
+
+def require_count(value: int, field: str, low: int = 1, high: int = MAX_COUNT) -> None:
+    """``value`` in [low, high]; the message states the violated bound."""
+    require(value >= low, field, f"must be >= {low}, got {value}")
+    require(value <= high, field, f"must be <= {high} (fedrec's limit), got {value}")
+
+
+def require_finite(value: float, field: str) -> None:
+    require(math.isfinite(value), field, f"must be a finite number, got {value}")
+
+
 _FIELDS: dict[type, dict[str, Any]] = {}
 
 
@@ -73,8 +94,8 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if math.isnan(float(value)):
-                raise FedrecError(f"{_where(source, key)}: NaN is not a setting")
+            if not math.isfinite(float(value)):  # no setting means "without bound"; a guarantee never does
+                raise FedrecError(f"{_where(source, key)}: must be a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

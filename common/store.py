@@ -237,10 +237,15 @@ def _check_file(path: Path) -> None:
         size = path.stat().st_size
     except FileNotFoundError:
         raise StoreNotFoundError(f"{path}: no such store") from None
+    if path.is_dir():
+        raise NotAStoreError(f"{path}: is a directory, not a device store (give one .db file)")
     if size == 0:
         raise TruncatedError(f"{path}: file is empty (truncated)")
-    with path.open("rb") as fh:
-        header = fh.read(100)
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(100)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the store ({exc.strerror})") from None
     magic = b"SQLite format 3\x00"
     if not (header.startswith(magic) or magic.startswith(header)):
         raise NotAStoreError(f"{path}: not a fedrec device store (not an SQLite file)")

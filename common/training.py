@@ -10,7 +10,7 @@ from torch import nn
 
 from fedrec.common.model import NeuMF
 from fedrec.common.sampling import sample_negatives
-from fedrec.common.settings import require
+from fedrec.common.settings import MAX_BATCH, MAX_NEGATIVES, MAX_PROCESSES, require, require_count
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,14 @@ class TrainConfig:
     # other core to the federated arms it runs beside (simulation.background_central)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "negatives", "patience"):
-            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "emb_l2", "recent_last", "recent_repeats", "threads"):
+        for name in ("epochs", "patience"):
+            require_count(getattr(self, name), name)
+        require_count(self.batch_size, "batch_size", high=MAX_BATCH)
+        require_count(self.negatives, "negatives", high=MAX_NEGATIVES)
+        for name in ("recent_last", "recent_repeats"):
+            require_count(getattr(self, name), name, low=0)
+        require_count(self.threads, "threads", low=0, high=MAX_PROCESSES)
+        for name in ("weight_decay", "emb_l2"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0.0 < self.lr_decay <= 1.0, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")

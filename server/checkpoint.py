@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from fedrec.common.config import FederationConfig
 from fedrec.common.model_files import (
     DIGEST,
     FINAL_MODEL,
@@ -24,6 +25,7 @@ from fedrec.common.model_files import (
     read_torch_file,
     state_digest,
 )
+from fedrec.common.settings import to_nested
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -43,8 +45,9 @@ def save_checkpoint(out_dir: Path, server_round: int, state: dict[str, torch.Ten
     return path
 
 
-def load_checkpoint(out_dir: Path) -> dict | None:
-    """The last checkpoint, verified against the digest it carries; None when there is none."""
+def load_checkpoint(out_dir: Path, federation: FederationConfig | None = None) -> dict | None:
+    """The last checkpoint, verified against the digest it carries and, given the run's ``federation``
+    settings, refused if another run wrote it; None when there is none."""
     path = out_dir / CHECKPOINT
     if not path.exists():
         return None
@@ -55,7 +58,41 @@ def load_checkpoint(out_dir: Path) -> dict | None:
         and matches(raw.get("state"), raw.get(DIGEST), {"round": raw.get("round"), "extra": raw.get("extra")})
     ):
         raise ModelFileError(f"{path}: content does not match its SHA-256 digest (altered or damaged); {hint}")
+    if federation is not None:
+        check_same_run(raw, federation, path)
     return raw
+
+
+# Settings a restart of the same run may change: where it writes and how many nodes it waits for; and two the
+# server fills in when they are 0 (the catalogue size from the manifest, the noise's device count).
+RESTART_FREE = ("federation.server.out_dir", "federation.server.strategy.min_nodes")
+FILLED_IN = ("federation.device.n_items", "federation.device.shared_noise.min_devices")
+
+
+def _leaves(tree: dict, prefix: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
+def check_same_run(checkpoint: dict, federation: FederationConfig, path: Path) -> None:
+    """A checkpoint records its run's settings (model layout, privacy, rounds, ...: ``extra["federation"]``);
+    resuming another run's model would mix two runs' training and privacy spending. One that records none
+    (written by hand or by a test) is taken as it is."""
+    extra = checkpoint.get("extra")
+    saved = extra.get("federation") if isinstance(extra, dict) else None
+    if not isinstance(saved, dict):
+        return
+    there, here = _leaves(saved, "federation."), _leaves(to_nested(federation), "federation.")
+    for key in sorted(set(there) | set(here)):
+        if key in RESTART_FREE or (key in FILLED_IN and here.get(key) == 0):
+            continue
+        if there.get(key) != here.get(key):
+            raise ModelFileError(
+                f"{path}: a checkpoint of another run ({key} is {there.get(key)!r} there, {here.get(key)!r} in "
+                "this run); give a fresh --out, or delete it to start this run over"
+            )
 
 
 def save_final_model(out_dir: Path, state: dict[str, torch.Tensor], model_info: dict) -> Path:

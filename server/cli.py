@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from fedrec.common.cli import say
+from fedrec.common.files import writable_dir
 
 app = typer.Typer()
 certs_app = typer.Typer(
@@ -27,6 +28,7 @@ def certs_init(
     """Create a CA and a server certificate valid for every --server-name and --ip."""
     from fedrec.common.certs import create_ca, create_device_keys, issue_server_cert
 
+    writable_dir(out, "--out")
     create_ca(out, overwrite=force)
     pki = issue_server_cert(out, server_name, ip)
     say(
@@ -47,6 +49,7 @@ def certs_server(
     """Reissue the server certificate (rotation, or new names) from the existing CA."""
     from fedrec.common.certs import issue_server_cert
 
+    writable_dir(out, "--out")
     pki = issue_server_cert(out, server_name, ip)
     say(f"server certificate {pki.cert} + key {pki.key} for {', '.join(server_name + ip)}; restart the server")
 
@@ -59,6 +62,7 @@ def certs_device(
     """Create authentication key pairs for devices (EC P-384, OpenSSH format, as SuperNodes read them)."""
     from fedrec.common.certs import create_device_keys
 
+    writable_dir(out, "--out")
     for name in names:
         keys = create_device_keys(out, name)
         say(f"device key {keys.private_key} (to the device), {keys.public_key} (register on the server)")
@@ -72,6 +76,7 @@ def certs_operator(
     """Issue an operator client certificate: what `fedrec server --operator-port` asks for."""
     from fedrec.common.certs import issue_operator_cert
 
+    writable_dir(out, "--out")
     credential = issue_operator_cert(out, name)
     say(f"operator certificate {credential.cert} + key {credential.key} (to the operator only, never to devices)")
 

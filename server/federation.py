@@ -99,7 +99,7 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
     out_dir = Path(cfg.server.out_dir or "fedrec-server")
     out_dir.mkdir(parents=True, exist_ok=True)
     total_rounds = cfg.server.rounds
-    checkpoint = load_checkpoint(out_dir)
+    checkpoint = load_checkpoint(out_dir, cfg)
     start_round = int(checkpoint["round"]) if checkpoint else 0
     state = checkpoint["state"] if checkpoint else initial_state(cfg.device, privacy)
     if checkpoint:

@@ -314,7 +314,7 @@ def startup_failure(log: Path, what: str, port: int, host: str, flag: str) -> st
 def serve(s: ServerSettings, say: Say) -> None:
     """Start everything, run once, stop everything (also on Ctrl-C / SIGTERM)."""
     writable_dir(s.out, "--out")
-    checkpoint = load_checkpoint(s.out)  # a damaged checkpoint is refused here, before any process starts
+    checkpoint = load_checkpoint(s.out, s.federation)  # a damaged or foreign one: refused before any process starts
     s.state_dir.mkdir(parents=True, exist_ok=True)
     s.state_dir.chmod(0o700)  # the SuperLink database, the loopback key, the operator's Flower CLI
     host = connect_host(s.cert, s.host)

@@ -15,6 +15,7 @@ import numpy as np
 
 from fedrec.common.datasets import Interactions
 from fedrec.common.errors import FedrecError
+from fedrec.common.files import read_text, writable_dir
 from fedrec.common.metrics import top_k
 from fedrec.common.split import Split
 
@@ -60,6 +61,55 @@ def _json_default(obj: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+# What every reader of report.json relies on (retention, audit): key -> (type, its name for the message).
+_META_FIELDS: dict[str, tuple[type, str]] = {
+    "dataset": (str, "a string"),
+    "n_users": (int, "an integer"),
+    "n_items": (int, "an integer"),
+    "seed": (int, "an integer"),
+}
+_ARM_TABLES = ("accuracy", "info", "privacy")
+
+
+_KINDS = {dict: "an object", list: "a list", str: "a string", type(None): "null"}
+
+
+def _kind(value: object) -> str:
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def check_report(report: object, where: Path) -> None:
+    """One line naming the first missing or malformed key of a report.json, so a damaged or foreign file
+    never reaches a reader as a KeyError or TypeError."""
+
+    def bad(key: str, expected: str, value: object) -> FedrecError:
+        return FedrecError(f"{where}: {key} must be {expected}, got {_kind(value)} (damaged, or not a fedrec report)")
+
+    if not isinstance(report, dict):
+        raise bad("the top level", "an object with meta and arms", report)
+    for table in ("meta", "arms"):
+        if table not in report:
+            raise FedrecError(f"{where}: {table} missing (damaged, or not a fedrec report)")
+        if not isinstance(report[table], dict):
+            raise bad(table, "an object", report[table])
+    meta = report["meta"]
+    for key, (tp, expected) in _META_FIELDS.items():
+        if key not in meta:
+            raise FedrecError(f"{where}: meta.{key} missing (damaged, or not a fedrec report)")
+        value = meta[key]
+        if not isinstance(value, tp) or isinstance(value, bool):
+            raise bad(f"meta.{key}", expected, value)
+    users = meta.get("users")
+    if users is not None and (not isinstance(users, int) or isinstance(users, bool)):
+        raise bad("meta.users", "an integer or null", users)
+    for name, arm in report["arms"].items():
+        if not isinstance(arm, dict):
+            raise bad(f"arms.{name}", "an object", arm)
+        for table in _ARM_TABLES:
+            if arm.get(table) is not None and not isinstance(arm[table], dict):
+                raise bad(f"arms.{name}.{table}", "an object or null", arm[table])
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -86,10 +136,32 @@ class RunDir:
     def report_json(self) -> Path:
         return self.path / "report.json"
 
+    @classmethod
+    def finished(cls, path: str | Path, flag: str = "RUN_DIR") -> RunDir:
+        """A finished run dir for a stage that reads it and writes into it (retention, audit): a directory
+        holding a valid report.json, writable, all checked before any work."""
+        path = Path(path)
+        if not path.exists():
+            raise FedrecError(f"{path / 'report.json'}: not found ({path} does not exist; {flag}: a fedrec run dir)")
+        if not path.is_dir():
+            raise FedrecError(f"{path}: not a directory ({flag}: a fedrec run dir)")
+        run_dir = cls(path)
+        run_dir.read_report()
+        writable_dir(path, flag)
+        return run_dir
+
     def read_report(self) -> dict:
-        if not self.report_json.exists():
-            raise FedrecError(f"{self.report_json}: not found (is {self.path} a fedrec run dir?)")
-        return json.loads(self.report_json.read_text())
+        """report.json, checked against what its readers use (``check_report``)."""
+        where = self.report_json
+        if not where.is_file():
+            raise FedrecError(f"{where}: not found (is {self.path} a fedrec run dir?)")
+        text = read_text(where, "the run's report")
+        try:
+            report = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FedrecError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}; truncated?)") from None
+        check_report(report, where)
+        return report
 
     def write_report(self, report: dict, markdown: str) -> None:
         atomic_write_text(self.report_json, json.dumps(report, indent=2, default=_json_default) + "\n")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from fedrec.common.config import FedrecConfig
 from fedrec.common.datasets import load_dataset
+from fedrec.common.errors import FedrecError
+from fedrec.common.settings import SettingError
 from fedrec.simulations.arms.base import Fitter, budget_of
 from fedrec.simulations.arms.registry import at_budget, bind
 from fedrec.simulations.arms.table import Arm, arms_named, sweep_arm_name, swept
@@ -26,6 +29,11 @@ def build_experiment(
 ) -> Experiment:
     """Every arm of ``arms`` (the table's names) bound to its settings, and each arm that sweeps again at
     every budget of ``sweep``; the centralized arms first, then the federated ones, then the sweep arms."""
+    for eps in sweep:  # each budget is checked as the config's epsilon is, before the data loads
+        try:
+            replace(cfg.federation.privacy, epsilon=eps)
+        except SettingError as exc:
+            raise FedrecError(f"--sweep: epsilon {eps} {exc}") from None
     chosen = arms_named(arms)
     data = load_dataset(dataset, data_dir, users)
     # the background arms fit in a second process beside the federated ones, and show no progress bar

@@ -70,9 +70,7 @@ def _check_split(run_dir: RunDir, data: Interactions, split: Split) -> None:
 
 
 def open_run(path: Path, data_override: str | None = None, data_dir: str | None = None) -> AuditedRun:
-    if not Path(path).is_dir():
-        raise DataError(f"{path}: not a directory")
-    run_dir = RunDir(path)
+    run_dir = RunDir.finished(path)
     report = run_dir.read_report()
     meta = report["meta"]
     users = meta.get("users") or None

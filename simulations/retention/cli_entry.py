@@ -15,15 +15,12 @@ def retention_for_run_dir(
     run_dir: Path, seeds: list[int], data_dir: str | None, show: bool = True, dataset: str | None = None
 ) -> str:
     """Returns the printed tables (markdown, so they paste into docs unchanged)."""
-    report_path = Path(run_dir) / "report.json"
-    if not report_path.is_file():
-        raise FedrecError(f"{report_path}: not found (is {run_dir} a fedrec run dir?)")
     if not seeds:
         raise FedrecError("--seeds: give at least one seed")
-    meta = RunDir(run_dir).read_report().get("meta", {})
-    name = dataset or meta.get("dataset")
-    if not name:
-        raise FedrecError(f"{report_path}: meta.dataset missing (pass --dataset)")
+    rd = RunDir.finished(run_dir)
+    report_path = rd.report_json
+    meta = rd.read_report()["meta"]
+    name = dataset or meta["dataset"]
     try:
         data = load_dataset(name, data_dir, meta.get("users"))
     except DataError as exc:

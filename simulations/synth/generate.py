@@ -25,8 +25,11 @@ from scipy.special import log_softmax
 
 from fedrec.common.datasets import Interactions, from_raw
 from fedrec.common.errors import FedrecError
+from fedrec.common.files import writable_dir
+from fedrec.common.memory import require_memory
 from fedrec.simulations.retention.gaps import GapHistogram
 from fedrec.simulations.retention.observed import SECONDS_PER_DAY
+from fedrec.simulations.synth.factors import RANKS
 from fedrec.simulations.synth.model import SynthStats
 
 CHUNK_USERS = 1024  # fixed, so that the output depends on the seed and sizes only
@@ -74,11 +77,24 @@ class Chunk:
     ratings: np.ndarray  # int64 rating levels
 
 
+def peak_bytes(n_users: int, n_items: int) -> int:
+    """An upper estimate of the generator's peak memory: per user its parameters and their temporaries
+    (factors of the largest rank), per item the calibration's [pilot users, items] float64 arrays and the
+    owner draw's [items, candidates, rank] block. The CSV streams, so interactions add no more than a chunk."""
+    rank = max(RANKS)
+    per_user = 8 * (3 * rank + 12)
+    per_item = 8 * (8 * PILOT_USERS + OWNER_CANDIDATES * (rank + 3) + 4 * CHUNK_USERS)
+    return n_users * per_user + n_items * per_item
+
+
 def check_sizes(n_users: int, n_items: int) -> None:
     if n_users < 1:
         raise FedrecError(f"--users must be at least 1, got {n_users}")
     if n_items < MIN_ITEMS:
         raise FedrecError(f"--items must be at least {MIN_ITEMS}, got {n_items}")
+    require_memory(
+        peak_bytes(n_users, n_items), f"a population of {n_users} users x {n_items} items (--users, --items)"
+    )
 
 
 def _rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
@@ -290,8 +306,11 @@ def interactions(stats: SynthStats, pop: Population) -> Interactions:
 def check_out(out: Path) -> None:
     if out.suffix != ".csv":
         raise FedrecError(f"{out}: --out must end in .csv (the generic dataset format)")
-    if not out.parent.is_dir():
+    if not out.parent.exists():
         raise FedrecError(f"{out.parent}: directory does not exist")
+    if out.is_dir():
+        raise FedrecError(f"{out}: is a directory (--out names the CSV file to write)")
+    writable_dir(out.parent, "--out")  # before the fit: a minute of work must not end in a write error
 
 
 def write_csv(stats: SynthStats, n_users: int, n_items: int, seed: int, out: str | Path) -> int:
