@@ -194,8 +194,8 @@ sys.exit(1)
 def test_refused_supernode_leaves_no_thread_traceback(tmp_path, monkeypatch):
     raised: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
-    monkeypatch.setattr(supernode, "check_inputs", lambda s: None)
-    monkeypatch.setattr(supernode, "supernode_argv", lambda s, port: [sys.executable, "-c", FAKE_SUPERNODE])
+    monkeypatch.setattr(supernode, "check_inputs", lambda s: {})
+    monkeypatch.setattr(supernode, "supernode_argv", lambda s, port, paths: [sys.executable, "-c", FAKE_SUPERNODE])
     settings = ClientSettings(Path("d.db"), Path("d.key"), "127.0.0.1:1", Path("ca.crt"), Path("dev"), port=1)
     with pytest.raises(FedrecError, match="the public key of dev is not registered"):
         run_client(settings, say=lambda line: time.sleep(0.001))  # a slow terminal: the reader lags behind
