@@ -1,13 +1,44 @@
-"""Shared fixtures: a tiny synthetic interaction log, and ML-100K when it is cached (fetched in CI)."""
+"""Shared fixtures: a tiny synthetic interaction log, ML-100K when it is cached (fetched in CI), and what
+the parallel run (pytest-xdist, `make test`) needs: a directory every worker sees, fixtures built there
+once per run, and the longest tests scheduled first."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from synthetic_data import synthetic_log
 
 from fedrec.common.datasets import Interactions
+
+# Longest first, so that no worker starts one of them when the others are nearly done; measured with
+# `--durations=0` (a test not named here runs after these, in collection order).
+LONGEST = (
+    "tests/faults/test_soak_deployment.py",
+    "tests/test_deployment_secagg.py",
+    "tests/test_deployment.py",
+    "tests/faults/test_fault1_control.py",
+    "tests/test_ray_cluster.py",
+    "tests/faults/test_harness_kill.py",
+    "tests/faults/test_server_processes.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """End-to-end tests first (the files in LONGEST order), then the rest in collection order; `make test`
+    keeps this order (--no-loadscope-reorder) when it hands tests to its workers."""
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        if item.get_closest_marker("e2e") is None:
+            return (1, 0)
+        path = item.nodeid.split("::")[0]
+        return (0, LONGEST.index(path) if path in LONGEST else len(LONGEST))
+
+    items.sort(key=rank)
 
 
 @pytest.fixture
@@ -26,3 +57,23 @@ def ml100k_dir() -> Path:
     except DataError as exc:  # pragma: no cover - no index reachable
         pytest.skip(f"ML-100K not available: {exc}")
     return default_data_dir()
+
+
+@pytest.fixture(scope="session")
+def run_shared(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``run_shared(name, build)``: ``<run temp>/name``, built by ``build`` in the first process of this test
+    run that asks for it; every other xdist worker waits for it and reuses it. Users only read it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # popen-gwN/.. is the run's
+
+    def built(name: str, build: Callable[[Path], None]) -> Path:
+        out, done = shared / name, shared / f"{name}.built"
+        with FileLock(str(shared / f"{name}.lock")):
+            if not done.exists():
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                build(out)
+                done.touch()
+        return out
+
+    return built
