@@ -15,30 +15,50 @@ from synthetic_data import synthetic_log
 
 from fedrec.common.datasets import Interactions
 
-# Longest first, so that no worker starts one of them when the others are nearly done; measured with
-# `--durations=0` (a test not named here runs after these, in collection order).
+# The end-to-end tests, longest first (measured with `--durations=0`; one not named here runs after
+# these). Under `make test` the soak has a worker of its own and the others share a second one, in
+# this order, while the remaining workers take every other test.
 LONGEST = (
     "tests/faults/test_soak_deployment.py",
     "tests/test_deployment_secagg.py",
     "tests/test_deployment.py",
     "tests/faults/test_fault1_control.py",
     "tests/test_ray_cluster.py",
-    "tests/faults/test_harness_kill.py",
     "tests/faults/test_server_processes.py",
+    "tests/faults/test_harness_kill.py",
 )
+# End-to-end tests wait on heartbeats and stage timeouts of the processes they start: the workers that run
+# the other tests (pure CPU, no deadline) yield the CPU to them.
+NICENESS = 10
 
 
+def _path(item: pytest.Item) -> str:
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """End-to-end tests first (the files in LONGEST order), then the rest in collection order; `make test`
-    keeps this order (--no-loadscope-reorder) when it hands tests to its workers."""
+    """End-to-end tests first, in LONGEST order and in two xdist groups, then the rest in collection order;
+    `make test` keeps this order (--no-loadscope-reorder) when it hands tests to its workers."""
 
     def rank(item: pytest.Item) -> tuple[int, int]:
         if item.get_closest_marker("e2e") is None:
             return (1, 0)
-        path = item.nodeid.split("::")[0]
-        return (0, LONGEST.index(path) if path in LONGEST else len(LONGEST))
+        return (0, LONGEST.index(_path(item)) if _path(item) in LONGEST else len(LONGEST))
 
     items.sort(key=rank)
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.xdist_group("e2e-soak" if _path(item) == LONGEST[0] else "e2e"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """On an xdist worker, a test that is not end-to-end runs at NICENESS (once lowered, a worker's priority
+    stays low: the e2e groups are handed out before any other test, so no e2e test runs after it)."""
+    if "PYTEST_XDIST_WORKER" in os.environ and item.get_closest_marker("e2e") is None:
+        current = os.nice(0)
+        if current < NICENESS:
+            os.nice(NICENESS - current)
 
 
 @pytest.fixture
