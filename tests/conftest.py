@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 from synthetic_data import synthetic_log
+from xdist.scheduler import LoadScopeScheduling
 
 from fedrec.common.datasets import Interactions
 
-# The end-to-end tests, longest first (measured with `--durations=0`; one not named here runs after
-# these). Under `make test` the soak has a worker of its own and the others share a second one, in
-# this order, while the remaining workers take every other test.
+# The end-to-end test files, longest first (measured with `--durations=0`). Under `make test` the first
+# is a group of its own and the others form a second, each on one xdist worker, ahead of everything else.
 LONGEST = (
     "tests/faults/test_soak_deployment.py",
     "tests/test_deployment_secagg.py",
@@ -27,38 +27,62 @@ LONGEST = (
     "tests/faults/test_server_processes.py",
     "tests/faults/test_harness_kill.py",
 )
-# End-to-end tests wait on heartbeats and stage timeouts of the processes they start: the workers that run
-# the other tests (pure CPU, no deadline) yield the CPU to them.
+# Files whose module-scoped fixture is expensive: one worker runs the whole file and builds it once.
+WHOLE_FILES = (
+    "tests/test_audit_cli.py",
+    "tests/test_retention_run.py",
+    "tests/test_retention_ml100k.py",
+    "tests/test_retention_user_model.py",
+    "tests/test_synth.py",
+    "tests/faults/test_fault8_recovery.py",
+)
+# End-to-end tests wait on heartbeats and stage timeouts of the processes they start; the other workers
+# (pure CPU, no deadline) yield the CPU to them.
 NICENESS = 10
 
 
-def _path(item: pytest.Item) -> str:
-    return item.nodeid.split("::")[0]
+def _path(nodeid: str) -> str:
+    return nodeid.split("::")[0]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+class Grouped(LoadScopeScheduling):
+    """xdist's `loadscope` with the scopes above: the end-to-end groups, WHOLE_FILES by file, every other
+    test on its own (xdist_group marks are not read: pytest 9 ignores the node id suffix xdist writes)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = _path(nodeid)
+        if path in LONGEST:
+            return "e2e-first" if path == LONGEST[0] else "e2e"
+        return path if path in WHOLE_FILES else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> Grouped | None:
+    return Grouped(config, log) if config.getoption("dist") == "loadgroup" else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """End-to-end tests first, in LONGEST order and in two xdist groups, then the rest in collection order;
-    `make test` keeps this order (--no-loadscope-reorder) when it hands tests to its workers."""
+    """End-to-end tests first, in LONGEST order, then the rest in collection order; `make test` keeps this
+    order (--no-loadscope-reorder) when it hands tests to its workers."""
 
     def rank(item: pytest.Item) -> tuple[int, int]:
         if item.get_closest_marker("e2e") is None:
             return (1, 0)
-        return (0, LONGEST.index(_path(item)) if _path(item) in LONGEST else len(LONGEST))
+        path = _path(item.nodeid)
+        return (0, LONGEST.index(path) if path in LONGEST else len(LONGEST))
 
     items.sort(key=rank)
-    for item in items:
-        if item.get_closest_marker("e2e") is not None:
-            item.add_marker(pytest.mark.xdist_group("e2e-soak" if _path(item) == LONGEST[0] else "e2e"))
+
+
+_first_test: list[bool] = []
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """On an xdist worker, a test that is not end-to-end runs at NICENESS (once lowered, a worker's priority
-    stays low: the e2e groups are handed out before any other test, so no e2e test runs after it)."""
-    if "PYTEST_XDIST_WORKER" in os.environ and item.get_closest_marker("e2e") is None:
-        current = os.nice(0)
-        if current < NICENESS:
-            os.nice(NICENESS - current)
+    """An xdist worker whose first test is not end-to-end runs at NICENESS from then on; one that starts
+    with an e2e group keeps its priority (its tests come first in its group, other tests after them)."""
+    if "PYTEST_XDIST_WORKER" in os.environ and not _first_test:
+        _first_test.append(True)
+        if item.get_closest_marker("e2e") is None:
+            os.nice(NICENESS)
 
 
 @pytest.fixture

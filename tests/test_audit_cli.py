@@ -11,9 +11,6 @@ from typer.testing import CliRunner
 
 from fedrec.simulations.main import app
 
-# On one xdist worker: the module's small_run fixture is built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_audit_cli")
-
 SMALL = """
 [central.model]
 gmf_dim = 8

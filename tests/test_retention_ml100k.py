@@ -23,9 +23,6 @@ from fedrec.simulations.retention.summary import (
     means,
 )
 
-# On one xdist worker: the module's study fixture is built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_retention_ml100k")
-
 SEEDS = (0, 1, 2, 3, 4)
 USER_MODELS = ("ease+mf", "ease+knn", "wrmf+mf", "wrmf+knn")
 

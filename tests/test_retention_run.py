@@ -14,9 +14,6 @@ from fedrec.common.errors import FedrecError
 from fedrec.simulations.main import app
 from fedrec.simulations.retention import run_retention
 
-# On one xdist worker: the module's run_dir fixture is built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_retention_run")
-
 DAY = 86_400
 
 

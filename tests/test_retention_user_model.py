@@ -15,9 +15,6 @@ from fedrec.simulations.retention.mf import MFConfig, fit_biased_mf
 from fedrec.simulations.retention.summary import check_identical_at_zero, check_ordering, intervals, means
 from fedrec.simulations.stats import ratio_ci
 
-# On one xdist worker: the module's world and study fixtures are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_retention_user_model")
-
 DAY = 86_400
 N_USERS, N_ITEMS, DIM = 400, 120, 3
 

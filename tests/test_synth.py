@@ -15,9 +15,6 @@ from fedrec.simulations.synth.generate import synthesize, write_csv
 from fedrec.simulations.synth.measure import gini, measure, validation_lift
 from fedrec.simulations.synth.run import synth_csv
 
-# On one xdist worker: the module's stats fixture is built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_synth")
-
 
 @pytest.fixture(scope="session")
 def ml100k(ml100k_dir) -> Interactions:

@@ -21,9 +21,6 @@ from fedrec.common.split import temporal_split
 from fedrec.common.store import DeviceStore
 from fedrec.simulations.provision import device_key_for, provision
 
-# On one xdist worker: the module's baseline_run fixture is built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_fault8_recovery")
-
 FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
 
 KEY = bytes(range(32))
