@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 # The suite in parallel: deployment tests spend most of their time waiting on the processes they start,
-# so more workers than cores overlap those waits. loadgroup keeps each xdist_group on one worker, and
-# tests run in the order and groups tests/conftest.py gives them (the longest first).
+# so more workers than cores overlap those waits. `--dist loadgroup` selects the scheduler of
+# tests/conftest.py: its groups, in its order (the longest tests first).
 WORKERS ?= 4
 PARALLEL := -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 

@@ -77,11 +77,11 @@ _first_test: list[bool] = []
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """An xdist worker whose first test is not end-to-end runs at NICENESS from then on; one that starts
-    with an e2e group keeps its priority (its tests come first in its group, other tests after them)."""
+    """An xdist worker whose first test is not of a LONGEST file runs at NICENESS from then on; one that
+    starts with an e2e group keeps its priority (the group's e2e tests come first in it, the rest after)."""
     if "PYTEST_XDIST_WORKER" in os.environ and not _first_test:
         _first_test.append(True)
-        if item.get_closest_marker("e2e") is None:
+        if _path(item.nodeid) not in LONGEST:
             os.nice(NICENESS)
 
 
