@@ -5,6 +5,12 @@ BIN := $(VENV)/bin
 # A run dir per demo: a harness run never writes into a dir that already holds one.
 OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
+# The suite in parallel: deployment tests spend most of their time waiting on the processes they start,
+# so more workers than cores overlap those waits. `--dist loadgroup` selects the scheduler of
+# tests/conftest.py: its groups, in its order (the longest tests first).
+WORKERS ?= 4
+PARALLEL := -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
+
 PACKAGES := common client server simulations
 LINTED := $(PACKAGES) bench tests
 
@@ -26,7 +32,7 @@ demo: setup
 
 test: setup lint
 	$(BIN)/fedrec data fetch ml-100k
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest $(PARALLEL) --durations=15
 
 # ruff (lint + format) everywhere; mypy on every package (settings in pyproject.toml), reached through a
 # symlinked fedrec/ namespace because the folders install under names they do not have on disk.

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from fedrec_cli import call_fedrec
 from flwr.common.config import flatten_dict
 
 from fedrec.client.device_round import device_model
@@ -187,25 +186,11 @@ def test_bad_settings_are_one_line_errors_naming_file_and_key(tmp_path, text, ex
     assert str(path) in message and expected in message and "\n" not in message
 
 
-def test_bad_setting_through_the_cli_exits_non_zero_with_one_line(tmp_path):
+def test_bad_setting_through_the_cli_exits_non_zero_with_one_line(tmp_path, monkeypatch, capsys):
     path = tmp_path / "bad.toml"
     path.write_text("[federatd]\nrounds = 2\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedrec.simulations.main",
-            "simulate",
-            "--config",
-            str(path),
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    proc = call_fedrec(monkeypatch, capsys, "simulate", "--config", str(path), "--out", str(tmp_path / "run"))
+    assert proc.code == 1 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert f"{path}: unknown key federatd in top level" in lines[0]
@@ -218,15 +203,10 @@ def test_command_line_overrides_are_checked_like_the_file():
     assert load_config(None, {"federation.privacy.epsilon": 2}).federation.privacy.epsilon == 2.0
 
 
-def test_config_show_prints_a_complete_config_that_loads_back(tmp_path):
+def test_config_show_prints_a_complete_config_that_loads_back(tmp_path, monkeypatch, capsys):
     (tmp_path / "tuned.toml").write_text(TUNED)
-    shown = subprocess.run(
-        [sys.executable, "-m", "fedrec.simulations.main", "config", "show", str(tmp_path / "tuned.toml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert shown.returncode == 0, shown.stderr
+    shown = call_fedrec(monkeypatch, capsys, "config", "show", str(tmp_path / "tuned.toml"))
+    assert shown.code == 0, shown.stderr
     (tmp_path / "shown.toml").write_text(shown.stdout)
     assert load_config(tmp_path / "shown.toml") == load_config(tmp_path / "tuned.toml") != load_config(None)
     assert "[federation.device.training]" in shown.stdout and 'optimizer = "sgd"' in shown.stdout

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fedrec_cli import call_fedrec
 
 from fedrec.common.datasets import load_csv, load_dataset
 from fedrec.common.errors import DataError
 from fedrec.common.fetch import fetch_ml100k, verify
-
-FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
 
 
 def write(tmp_path: Path, text: str, name: str = "log.csv") -> Path:
@@ -91,29 +88,19 @@ def test_ml100k_shape(ml100k_dir):
         (["data", "fetch", "ml-7"], "unknown dataset 'ml-7'"),
     ],
 )
-def test_cli_errors_are_one_line(tmp_path, args, message):
-    proc = subprocess.run([*FEDREC, *args], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 1
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    proc = call_fedrec(monkeypatch, capsys, *args)
+    assert proc.code == 1
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_cli_bad_csv_line(tmp_path):
+def test_cli_bad_csv_line(tmp_path, monkeypatch, capsys):
     path = write(tmp_path, "user,item,timestamp\n1,2,3\n4,5,six\n")
-    proc = subprocess.run(
-        [
-            *FEDREC,
-            "baseline",
-            "--dataset",
-            str(path),
-            "--out",
-            str(tmp_path / "run"),
-            "--arms",
-            "popularity",
-        ],
-        capture_output=True,
-        text=True,
+    proc = call_fedrec(
+        monkeypatch, capsys, "baseline", "--dataset", str(path), "--out", str(tmp_path / "run"), "--arms", "popularity"
     )
-    assert proc.returncode == 1
+    assert proc.code == 1
     assert f"{path}:3: timestamp 'six' is not a number" in proc.stderr.replace("\n", "")

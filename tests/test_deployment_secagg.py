@@ -51,7 +51,7 @@ RUN_CONFIG = (
     "device.training.lr=0.05 device.seed=0 "
     "server.secure_aggregation.enabled=true server.secure_aggregation.reconstruction_threshold=3 "
     "server.secure_aggregation.max_weight=64.0 "  # without DP a node weighs its example count
-    "server.secure_aggregation.timeout=60.0 server.strategy.min_nodes=3"
+    "server.secure_aggregation.timeout=180.0 server.strategy.min_nodes=3"
 )
 
 
@@ -168,7 +168,7 @@ def test_shared_noise_rounds_under_secure_aggregation(tmp_path, children):  # no
         'device.serving.refit_steps=1 privacy.mechanism="distributed" privacy.epsilon=8.0 device.seed=0 '
         "server.secure_aggregation.enabled=true server.secure_aggregation.reconstruction_threshold=3 "
         "server.secure_aggregation.clipping_range=256.0 server.secure_aggregation.quantization_range=1048576 "
-        "server.secure_aggregation.timeout=60.0 server.strategy.min_nodes=3"
+        "server.secure_aggregation.timeout=180.0 server.strategy.min_nodes=3"
     )
     server, out = start_federation(tmp_path, children, stores, run_config, rounds=2)
     kill_when_received(tmp_path, children, server, 7)  # round 2's masked-vector request (4 messages a round)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fedrec_cli import call_fedrec
 
 from fedrec.common.datasets import load_dataset
 from fedrec.common.manifest import load_manifest
 from fedrec.common.plaintext_scan import ENCODINGS, scan_bytes, scan_file
 from fedrec.common.split import temporal_split
 from fedrec.common.store import DeviceStore, encode_chunk, make_chunk
-from fedrec.simulations.main import main
 from fedrec.simulations.provision import device_key_for, open_device, provision
 
 MASTER = bytes(range(7, 39))
@@ -31,11 +31,10 @@ def ml100k(ml100k_dir):
 
 
 @pytest.fixture(scope="module")
-def fleet(ml100k, tmp_path_factory) -> Path:
+def fleet(ml100k, run_shared) -> Path:
+    """The 943 stores, provisioned once for the whole test run (every test here only reads them)."""
     data, split = ml100k
-    out = tmp_path_factory.mktemp("fleet")
-    provision(data, split, out, MASTER, workers=2)
-    return out
+    return run_shared("ml100k-fleet", lambda out: provision(data, split, out, MASTER, workers=2))
 
 
 def user_history(split, user: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,14 +158,8 @@ def test_scan_finds_plain_sqlite_stores(tmp_path: Path, ml100k) -> None:
 
 
 def fedrec(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["fedrec", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    result = call_fedrec(monkeypatch, capsys, *args)
+    return result.code, result.stdout, result.stderr
 
 
 def test_cli_provision_inspect_rotate(tmp_path: Path, monkeypatch, capsys, ml100k_dir) -> None:

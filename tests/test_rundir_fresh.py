@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
+from fedrec_cli import call_fedrec
 
 
-def baseline(path, out):
-    return subprocess.run(
-        [
-            *FEDREC,
-            "baseline",
-            "--dataset",
-            str(path),
-            "--out",
-            str(out),
-            "--arms",
-            "random,popularity",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_a_second_run_into_the_same_out_is_refused_and_the_first_is_kept(tmp_path, monkeypatch, capsys):
+    def baseline(path, out):
+        args = ("--dataset", str(path), "--out", str(out), "--arms", "random,popularity", "--quiet")
+        return call_fedrec(monkeypatch, capsys, "baseline", *args)
 
-
-def test_a_second_run_into_the_same_out_is_refused_and_the_first_is_kept(tmp_path):
     path = tmp_path / "log.csv"
     rows = ["user,item,timestamp"] + [
         f"{u},{(u * 7 + j) % 30},{u * 3 * 86400 + j * 5 * 86400}" for u in range(12) for j in range(6)
@@ -35,10 +17,10 @@ def test_a_second_run_into_the_same_out_is_refused_and_the_first_is_kept(tmp_pat
     path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
     first = baseline(path, out)
-    assert first.returncode == 0, first.stderr
+    assert first.code == 0, first.stderr
     report = (out / "report.json").read_bytes()
     again = baseline(path, out)
-    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert again.code == 1 and "Traceback" not in again.stderr
     lines = again.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{out}: already holds a run" in lines[0] and "fresh --out" in lines[0]
     assert (out / "report.json").read_bytes() == report

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from fedrec_cli import call_fedrec
 
 from fedrec.common.datasets import Interactions, from_raw, load_csv, load_dataset
 from fedrec.common.errors import DataError, FedrecError
@@ -15,8 +14,6 @@ from fedrec.simulations.synth.fit import fit_synth
 from fedrec.simulations.synth.generate import synthesize, write_csv
 from fedrec.simulations.synth.measure import gini, measure, validation_lift
 from fedrec.simulations.synth.run import synth_csv
-
-SYNTH = [sys.executable, "-m", "fedrec.simulations.main", "data", "synth"]
 
 
 @pytest.fixture(scope="session")
@@ -117,20 +114,9 @@ def test_bad_arguments_fail_before_the_fit(tmp_path, kwargs, message):
         synth_csv(out, **args, source="no-such-dataset")  # the dataset is never reached
 
 
-def test_cli_bad_argument_is_one_line(tmp_path):
-    proc = subprocess.run(
-        [
-            *SYNTH,
-            "--users",
-            "-3",
-            "--out",
-            str(tmp_path / "s.csv"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
+def test_cli_bad_argument_is_one_line(tmp_path, monkeypatch, capsys):
+    proc = call_fedrec(monkeypatch, capsys, "data", "synth", "--users", "-3", "--out", str(tmp_path / "s.csv"))
+    assert proc.code == 1
     assert proc.stderr.strip() == "error: --users must be at least 1, got -3"
 
 

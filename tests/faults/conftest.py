@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 
 import pytest
-
-
-@dataclass(frozen=True)
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
+from fedrec_cli import CliResult, call_fedrec, run_fedrec
 
 
 def obey_permissions() -> list[str]:
@@ -25,20 +16,6 @@ def obey_permissions() -> list[str]:
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: a read-only directory cannot be simulated")
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-
-
-def run_cli(*args: str, obey_modes: bool = False, timeout: float = 300) -> CliResult:
-    """``python -m fedrec.simulations.main ARGS`` in a fresh process, as a user would run it."""
-    env = {**os.environ, "COLUMNS": "80", "PYTHONWARNINGS": "ignore"}
-    prefix = obey_permissions() if obey_modes else []
-    proc = subprocess.run(
-        [*prefix, sys.executable, "-m", "fedrec.simulations.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def assert_one_line_error(result: CliResult, *fragments: str) -> str:
@@ -53,8 +30,18 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> str:
 
 
 @pytest.fixture
-def cli():
-    return run_cli
+def cli(monkeypatch, capsys):
+    """``cli(*ARGS)``: `fedrec ARGS` through its main() in this process. ``obey_modes=True`` runs it in a
+    fresh process under which file modes bind root too; ``own_process=True`` in a fresh process (a command
+    that, were the check under test broken, would go on serving instead of failing)."""
+
+    def call(*args: str, obey_modes: bool = False, own_process: bool = False, timeout: float = 300) -> CliResult:
+        if obey_modes or own_process:
+            prefix = tuple(obey_permissions()) if obey_modes else ()
+            return run_fedrec(*args, prefix=prefix, timeout=timeout)
+        return call_fedrec(monkeypatch, capsys, *args)
+
+    return call
 
 
 def flip(blob: bytes, at: int) -> bytes:

@@ -135,7 +135,16 @@ def test_server_refuses_a_truncated_checkpoint_before_starting(tmp_path, cli):
     path = save_checkpoint(tmp_path / "out", 2, state, {"config": {}})
     truncated = path.read_bytes()[:1000]
     path.write_bytes(truncated)
-    result = cli("server", "--certs", str(tmp_path / "certs"), "--out", str(tmp_path / "out"), "--port", "19123")
+    result = cli(
+        "server",
+        "--certs",
+        str(tmp_path / "certs"),
+        "--out",
+        str(tmp_path / "out"),
+        "--port",
+        "19123",
+        own_process=True,
+    )
     line = assert_one_line_error(result, f"{path}: unreadable, truncated or damaged", "delete it to start the run over")
     assert "SuperLink" not in result.stderr and len(line) < 300
     assert path.read_bytes() == truncated  # refused, not replaced: the operator decides
