@@ -42,7 +42,7 @@ def _instructions(msg: Message) -> DeviceInstructions:
 def _global_params(msg: Message) -> dict[str, torch.Tensor]:
     from fedrec.common.model import is_local
 
-    state = msg.content["arrays"].to_torch_state_dict()
+    state = msg.content.array_records["arrays"].to_torch_state_dict()
     leaked = [k for k in state if is_local(k)]
     if leaked:
         raise ValueError(f"server sent local parameters {leaked}: refusing")

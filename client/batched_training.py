@@ -182,7 +182,9 @@ class _Chunk:
         valid = torch.arange(order.shape[1]) < counts[:, None]
         return order, valid, counts
 
-    def _per_example(self, order: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor):
+    def _per_example(
+        self, order: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], tuple[torch.Tensor, ...]]:
         """The step's examples, their losses and the loss gradients at every looked-up row and layer output."""
         at = torch.arange(len(order))[:, None]
         items, labels = self.items[at, order], self.labels[at, order]  # [D, b, G]

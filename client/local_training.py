@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -105,7 +106,9 @@ def _loader(items: torch.Tensor, labels: torch.Tensor, steps_per_epoch: int) -> 
     return DataLoader(TensorDataset(items, labels), batch_sampler=sampler)
 
 
-def _noise_only_step(optimizer, privacy: DevicePrivacy, expected_batch: float, generator: torch.Generator) -> None:
+def _noise_only_step(
+    optimizer: DPOptimizer, privacy: DevicePrivacy, expected_batch: float, generator: torch.Generator
+) -> None:
     """An empty Poisson batch still releases a noisy step (ghost clipping cannot run on it): the wrapped
     optimizer steps on pure noise, scaled as Opacus scales it for a batch of the expected size."""
     std = privacy.noise_multiplier * privacy.max_grad_norm / expected_batch

@@ -32,6 +32,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
+from fedrec.common.record_values import scalar_float, scalar_int
 from fedrec.common.secure_sum import SumGrid
 
 log = logging.getLogger("fedrec.client")
@@ -46,7 +47,7 @@ def under_secure_aggregation(msg: Message) -> bool:
 
 def update_delta(sent: Message, reply: Message) -> list[np.ndarray]:
     """The trained global parameters minus the ones the server sent, in the order it sent them."""
-    given, trained = sent.content["arrays"], reply.content["arrays"]
+    given, trained = sent.content.array_records["arrays"], reply.content.array_records["arrays"]
     if list(given.keys()) != list(trained.keys()):
         raise FedrecError("the train reply's arrays do not match the global parameters the server sent")
     return [
@@ -57,7 +58,8 @@ def update_delta(sent: Message, reply: Message) -> list[np.ndarray]:
 
 def share_vector(task: DeviceInstructions, sent: Message, reply: Message, grid: SumGrid) -> list[np.ndarray]:
     """A shared-noise reply's arrays, in the order the task names them, on SecAgg+'s grid."""
-    names, arrays = task.share_names(list(sent.content["arrays"].keys())), reply.content["arrays"]
+    names = task.share_names(list(sent.content.array_records["arrays"].keys()))
+    arrays = reply.content.array_records["arrays"]
     if sorted(names) != sorted(arrays.keys()):
         raise FedrecError(f"the share's arrays {sorted(arrays.keys())} are not the round's {sorted(names)}")
     rng = np.random.default_rng()  # rounding randomness from the operating system
@@ -70,14 +72,14 @@ def as_fit_reply(sent: Message, reply: Message, context: Context) -> Message:
     alongside."""
     if reply.has_error():
         raise FedrecError(reply.error.reason)
-    metrics = reply.content["metrics"]
+    metrics = reply.content.metric_records["metrics"]
     task = instructions(sent)
     if task is not None and task.mechanism.shared:
         state = context.state.config_records[RECORD_KEY_STATE]
-        grid = SumGrid(float(state["clipping_range"]), int(state["target_range"]))
-        vector, weight = share_vector(task, sent, reply, grid), int(state["max_weight"])
+        grid = SumGrid(scalar_float(state, "clipping_range"), scalar_int(state, "target_range"))
+        vector, weight = share_vector(task, sent, reply, grid), scalar_int(state, "max_weight")
     else:
-        vector, weight = update_delta(sent, reply), int(metrics["num-examples"])
+        vector, weight = update_delta(sent, reply), scalar_int(metrics, "num-examples")
     fit = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(vector), weight, {})
     content = compat.fitres_to_recorddict(fit, keep_input=False)
     content["metrics"] = metrics

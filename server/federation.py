@@ -20,6 +20,7 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy
 from fedrec.common.manifest import is_provisioned, load_manifest
 from fedrec.common.mechanisms import mechanism_for
+from fedrec.common.record_values import float_list
 from fedrec.common.secure_sum import check_shared_noise
 from fedrec.common.settings import to_nested
 from fedrec.server.checkpoint import load_checkpoint, save_checkpoint, save_final_model
@@ -126,17 +127,19 @@ def run_federation(grid: Grid, cfg: FederationConfig, on_round: RoundCallback | 
             return None
         absolute = start_round + server_round
         save_checkpoint(out_dir, absolute, arrays.to_torch_state_dict(), resolved)
+        train, evaluate = _scalars(strategy.last_train_metrics), _scalars(strategy.last_evaluate_metrics)
+        trained = strategy.last_train_metrics
         entry = {
             "round": absolute,
             "wall_s": time.perf_counter() - t_last[0],
-            "train": _scalars(strategy.last_train_metrics),
-            "evaluate": _scalars(strategy.last_evaluate_metrics),
-            "epsilons": list((strategy.last_train_metrics or {}).get("epsilons", [])),
+            "train": train,
+            "evaluate": evaluate,
+            "epsilons": float_list(trained, "epsilons", default=[]) if trained is not None else [],
         }
         t_last[0] = time.perf_counter()
         with rounds_log.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
-        log.info("round %d/%d %s", absolute, total_rounds, {**entry["train"], **entry["evaluate"]})
+        log.info("round %d/%d %s", absolute, total_rounds, {**train, **evaluate})
         if on_round:
             on_round(absolute, entry)
         return None

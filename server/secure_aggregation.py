@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
-from flwr.common import FitIns, Parameters, parameters_to_ndarrays
+from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_manager import ClientManager, SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import Strategy
@@ -40,10 +41,12 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 from fedrec.common.config import SecureAggregation, ServerConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
+from fedrec.common.record_values import bytes_list, scalar_float, scalar_int
 from fedrec.common.secure_sum import SETTING, SumGrid
 from fedrec.server.strategies import aggregate_train_metrics
 
@@ -101,14 +104,16 @@ class _DelegatingGrid(Grid):
     def __init__(self, grid: Grid):
         self._grid = grid
 
-    def set_run(self, run) -> None:
+    def set_run(self, run: Run) -> None:
         self._grid.set_run(run)
 
     @property
-    def run(self):
+    def run(self) -> Run:
         return self._grid.run
 
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -135,7 +140,7 @@ class _RecordingGrid(_DelegatingGrid):
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         masked = [m for m in replies if m.has_content() and "metrics" in m.content.metric_records]
         for reply in masked:
-            weight = float(reply.content.metric_records["fitres.num_examples"]["num_examples"])
+            weight = scalar_float(reply.content.metric_records["fitres.num_examples"], "num_examples")
             if weight > self._sa.max_weight:
                 raise FedrecError(
                     f"round {self._record.round}: a node replied with weight {weight:g}, above "
@@ -144,7 +149,7 @@ class _RecordingGrid(_DelegatingGrid):
             self._record.weights.append(weight)
             self._record.metrics.append(reply.content.metric_records["metrics"])
             sa_reply = reply.content.config_records[RECORD_KEY_CONFIGS]
-            self._record.masked_bytes += sum(len(b) for b in sa_reply[Key.MASKED_PARAMETERS])
+            self._record.masked_bytes += sum(len(b) for b in bytes_list(sa_reply, Key.MASKED_PARAMETERS))
         return replies
 
 
@@ -155,24 +160,38 @@ class _RoundStrategy(Strategy):
     def __init__(self, proxies: list[GridClientProxy], record: SecureRound):
         self._proxies, self._record = proxies, record
 
-    def initialize_parameters(self, client_manager):
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return None
 
-    def configure_fit(self, server_round, parameters, client_manager):
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         return [(proxy, FitIns(Parameters(tensors=[], tensor_type=""), {})) for proxy in self._proxies]
 
-    def aggregate_fit(self, server_round, results, failures):
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if results:
             self._record.aggregate = parameters_to_ndarrays(results[0][1].parameters)
         return None, {}
 
-    def configure_evaluate(self, server_round, parameters, client_manager):
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
         return []
 
-    def aggregate_evaluate(self, server_round, results, failures):
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
         return None, {}
 
-    def evaluate(self, server_round, parameters):
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         return None
 
 
@@ -192,12 +211,14 @@ class _Workflow(SecAggPlusWorkflow):
         )
         self._contents, self._record = contents, record
 
-    def setup_stage(self, grid, context, state) -> bool:
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
         done = super().setup_stage(grid, context, state)
         state.nid_to_fitins = dict(self._contents)
         return done
 
-    def __call__(self, grid, context) -> None:
+    def __call__(self, grid: Grid, context: Context) -> None:
+        if not isinstance(context, LegacyContext):
+            raise TypeError("the SecAgg+ workflow runs on a LegacyContext")
         state = WorkflowState()
         for name, stage in (
             ("setup", self.setup_stage),
@@ -265,7 +286,8 @@ def _round_metrics(record: SecureRound, task: DeviceInstructions) -> MetricRecor
 def secure_train_round(grid: Grid, messages: list[Message], sa: SecureAggregation, wire_log: Path | None) -> Message:
     """One train round under SecAgg+; the reply the Message-API strategy aggregates (weight 0 = dropped)."""
     first = messages[0]
-    record = SecureRound(round=int(first.content["config"].get("server-round", 0)), sampled=len(messages))
+    config = first.content.config_records["config"]
+    record = SecureRound(round=scalar_int(config, "server-round", default=0), sampled=len(messages))
     if len(messages) * sa.quantization_range >= sa.modulus_range:
         raise FedrecError(
             f"{SETTING}: {len(messages)} nodes x quantization_range {sa.quantization_range} would overflow "
@@ -283,8 +305,8 @@ def secure_train_round(grid: Grid, messages: list[Message], sa: SecureAggregatio
     context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
     _Workflow(contents, record, sa)(_RecordingGrid(grid, record, sa), context)
 
-    task = DeviceInstructions.from_config(dict(first.content["config"]))
-    sent = first.content["arrays"]
+    task = DeviceInstructions.from_config(dict(config))
+    sent = first.content.array_records["arrays"]
     if record.aggregate is None:
         arrays = sent
     elif task.mechanism.shared:

@@ -26,6 +26,7 @@ from fedrec.common.config import DeviceConfig, FederationConfig
 from fedrec.common.dp_recipe import log_odds_prior
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy
 from fedrec.common.mechanisms import ServerStep
+from fedrec.common.record_values import scalar_int
 from fedrec.common.replies import SHARED_COUNTS as COUNTS
 from fedrec.server.strategies import FedrecStrategyMixin, FlowerStrategy, aggregate_train_metrics, node_sampling
 
@@ -36,7 +37,7 @@ ITEM = "item_emb.weight"
 def summed(replies: list[Message]) -> dict[str, torch.Tensor]:
     total: dict[str, torch.Tensor] = {}
     for reply in replies:
-        for key, value in reply.content["arrays"].to_torch_state_dict().items():
+        for key, value in reply.content.array_records["arrays"].to_torch_state_dict().items():
             total[key] = total[key] + value.double() if key in total else value.double()
     return total
 
@@ -67,7 +68,7 @@ class SharedNoiseAggregation(FlowerStrategy):
         if not replies or self._current is None:
             return None, None
         metrics = aggregate_train_metrics([m.content for m in replies], "num-examples")
-        reported = int(metrics["devices"])
+        reported = scalar_int(metrics, "devices")
         state = {k: v.clone() for k, v in self._current.items()}
         minimum = self.device.shared_noise.min_devices
         if reported < minimum:

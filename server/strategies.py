@@ -5,11 +5,12 @@ budget) dropped before averaging, and per-device epsilons collected instead of a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
@@ -18,6 +19,7 @@ from fedrec.common.config import StrategyConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, RoundInfo
 from fedrec.common.item_rows import COUNTS, ITEM_TABLE, for_weighted_mean
+from fedrec.common.record_values import float_list, scalar_float, scalar_int
 
 if TYPE_CHECKING:
     FlowerStrategy = FedAvg  # what fedrec's classes sit in front of (a Flower strategy, for the type checker)
@@ -32,18 +34,18 @@ MAX_KEYS = ("epsilon-max", "steps-max")
 def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """Sums, maxima and concatenated lists where a weighted mean would be wrong; weighted mean otherwise."""
     metrics = [next(iter(r.metric_records.values())) for r in records]
-    total = sum(float(m[weighted_by_key]) for m in metrics) or 1.0
+    total = sum(scalar_float(m, weighted_by_key) for m in metrics) or 1.0
     out: dict = {}
     for key in metrics[0].keys():
         values = [m[key] for m in metrics]
         if key in LIST_KEYS:
-            out[key] = [float(v) for vs in values for v in vs]
+            out[key] = [v for m in metrics for v in float_list(m, key)]
         elif key in SUM_KEYS:
             out[key] = sum(values)
         elif key in MAX_KEYS:
             out[key] = max(values)
         else:
-            out[key] = sum(float(v) * float(m[weighted_by_key]) for v, m in zip(values, metrics)) / total
+            out[key] = sum(scalar_float(m, key) * scalar_float(m, weighted_by_key) for m in metrics) / total
     return MetricRecord(out)
 
 
@@ -115,10 +117,16 @@ class FedrecStrategyMixin(FlowerStrategy):
     def _average_item_rows(self, replies: list[Message]) -> None:
         """Replies with per-row example counts (training without DP) are rewritten in place so that the
         strategy's weighted mean gives each item row its count-weighted mean (fedrec.common.item_rows)."""
-        if not replies or not all(COUNTS in m.content["arrays"] for m in replies) or self.sent_arrays is None:
+        if (
+            not replies
+            or not all(COUNTS in m.content.array_records["arrays"] for m in replies)
+            or self.sent_arrays is None
+        ):
             return
-        arrays = [{k: a.numpy() for k, a in m.content["arrays"].items()} for m in replies]
-        weights = [float(m.content["metrics"]["num-examples"]) for m in replies]
+        arrays: list[Mapping[str, np.ndarray]] = [
+            {k: a.numpy() for k, a in m.content.array_records["arrays"].items()} for m in replies
+        ]
+        weights = [scalar_float(m.content.metric_records["metrics"], "num-examples") for m in replies]
         rewritten = for_weighted_mean(arrays, weights, self.sent_arrays[ITEM_TABLE].numpy())
         for message, new in zip(replies, rewritten):
             message.content["arrays"] = ArrayRecord({k: Array(v) for k, v in new.items()})
@@ -129,7 +137,7 @@ class FedrecStrategyMixin(FlowerStrategy):
         self.sent_arrays = arrays
         config = self._config(server_round, final=False)
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._log_wire(server_round, "down", [m.content["arrays"] for m in messages])
+        self._log_wire(server_round, "down", [m.content.array_records["arrays"] for m in messages])
         return messages
 
     def aggregate_train(
@@ -137,13 +145,21 @@ class FedrecStrategyMixin(FlowerStrategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         if not any(m.has_content() for m in replies):
-            reasons = sorted({m.error.reason for m in replies if m.has_error()}) or ["no replies"]
+            reasons = sorted({m.error.reason or f"error code {m.error.code}" for m in replies if m.has_error()})
+            reasons = reasons or ["no replies"]
             raise FedrecError(f"round {server_round}: no node replied with an update ({'; '.join(reasons)[:500]})")
         answered = [m for m in replies if m.has_content()]
         self._log_wire(
-            server_round, "up", [m.content["arrays"] for m in answered], [m.content["metrics"] for m in answered]
+            server_round,
+            "up",
+            [m.content.array_records["arrays"] for m in answered],
+            [m.content.metric_records["metrics"] for m in answered],
         )
-        useful = [m for m in replies if not m.has_content() or float(m.content["metrics"]["num-examples"]) > 0]
+        useful = [
+            m
+            for m in replies
+            if not m.has_content() or scalar_float(m.content.metric_records["metrics"], "num-examples") > 0
+        ]
         idle = [m for m in replies if m not in useful]
         self._average_item_rows([m for m in useful if m.has_content()])
         arrays, metrics = (None, None)
@@ -151,8 +167,8 @@ class FedrecStrategyMixin(FlowerStrategy):
             arrays, metrics = super().aggregate_train(server_round, useful)
         if idle and metrics is not None:
             extra = aggregate_train_metrics([m.content for m in idle], "num-examples")
-            metrics["refused"] = int(metrics.get("refused", 0)) + int(extra["refused"])
-            metrics["epsilons"] = list(metrics.get("epsilons", [])) + list(extra["epsilons"])
+            metrics["refused"] = scalar_int(metrics, "refused", default=0) + scalar_int(extra, "refused")
+            metrics["epsilons"] = float_list(metrics, "epsilons", default=[]) + float_list(extra, "epsilons")
         elif idle:
             metrics = aggregate_train_metrics([m.content for m in idle], "num-examples")
         self.last_train_metrics = metrics
@@ -172,7 +188,8 @@ class FedrecStrategyMixin(FlowerStrategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
-        self._log_wire(server_round, "evaluate", [], [m.content["metrics"] for m in replies if m.has_content()])
+        metrics_list = [m.content.metric_records["metrics"] for m in replies if m.has_content()]
+        self._log_wire(server_round, "evaluate", [], metrics_list)
         metrics = super().aggregate_evaluate(server_round, replies)
         self.last_evaluate_metrics = metrics
         return metrics

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -94,7 +95,7 @@ def run(exp: Experiment) -> dict:
         arms[name] = {"accuracy": mean, "accuracy_ci95": detail, "accuracy_seeds": runs, "info": info[name]}
         if "privacy" in info[name]:
             arms[name]["privacy"] = info[name].pop("privacy")
-    report = {
+    report: dict[str, Any] = {
         "meta": {
             "dataset": data.name,
             "n_users": data.n_users,

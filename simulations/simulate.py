@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def build_experiment(
             fitters[name] = fitter(arm, name, at_budget(cfg, arm, eps))
             if arm.background:
                 background.add(name)
-    post = [add_federated_plots]
+    post: list[Callable[[dict, Path], None]] = [add_federated_plots]
     if sweep or any(arm.private for arm in chosen):
         run_budgets = {arm.name: budget_of(arm, cfg).epsilon for arm in repeated}
         post.insert(0, add_sweep(sweep, run_budgets))
@@ -74,7 +75,7 @@ def build_experiment(
     )
 
 
-def add_sweep(epsilons: list[float], run_budgets: dict[str, float]):
+def add_sweep(epsilons: list[float], run_budgets: dict[str, float]) -> Callable[[dict, Path], None]:
     """Report step: accuracy of every swept arm (mapped to the epsilon it runs at without --sweep) at each
     budget, and federated without DP, as a table and one plot, a curve per arm, the non-private arms as lines."""
 

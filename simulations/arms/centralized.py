@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,11 +21,11 @@ from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
 from fedrec.common.training import TrainConfig, embedding_l2, per_example_bce, recency_oversample, with_negatives
 from fedrec.simulations.arms.base import ArmBinding, ArmResult, Fitter
-from fedrec.simulations.progress import progress
+from fedrec.simulations.progress import Bar, progress
 
 
 @contextmanager
-def torch_threads(n: int):
+def torch_threads(n: int) -> Iterator[None]:
     """Pin intra-op threads for one fit and restore the caller's setting (0 keeps torch's default)."""
     before = torch.get_num_threads()
     if n > 0:
@@ -34,7 +36,15 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def model_scores(model: NeuMF) -> np.ndarray:
+class UserScorer(Protocol):
+    """What full-ranking scores need of a model: NeuMF, or NeuMF behind centralized_dp's fixed prior."""
+
+    n_users: int
+
+    def score_users(self, users: torch.Tensor) -> torch.Tensor: ...
+
+
+def model_scores(model: UserScorer) -> np.ndarray:
     return model.score_users(torch.arange(model.n_users)).numpy()
 
 
@@ -90,7 +100,7 @@ def _train(
     stamps: np.ndarray,
     cfg: TrainConfig,
     seed: int,
-    bar,
+    bar: Bar,
     label: str,
     split: Split,
     epochs: int | None = None,
@@ -107,10 +117,13 @@ def _train(
     epoch_rows = recency_oversample(users, stamps, cfg.recent_last, cfg.recent_repeats)
     users, items = users[epoch_rows], items[epoch_rows]
     validate = epochs is None
-    best_ndcg, best_state, best_epoch, stale = -1.0, None, 0, 0
-    curve, epoch_times = [], []
-    task = bar.add_task(label, total=cfg.epochs if validate else epochs)
-    for epoch in range(1, (cfg.epochs if validate else epochs) + 1):
+    n_epochs = cfg.epochs if epochs is None else epochs
+    best_ndcg, best_epoch, stale = -1.0, 0, 0
+    best_state: dict[str, Any] | None = None
+    curve: list[dict[str, float]] = []
+    epoch_times: list[float] = []
+    task = bar.add_task(label, total=n_epochs)
+    for epoch in range(1, n_epochs + 1):
         t0 = time.perf_counter()
         loss = train_epoch(model, optimizer, users, items, keys, cfg, rng)
         epoch_times.append(time.perf_counter() - t0)
@@ -131,8 +144,9 @@ def _train(
             stale += 1
             if stale >= cfg.patience:
                 break
-    info = {"epoch_s_mean": float(np.mean(epoch_times)), "epochs_run": len(epoch_times)}
+    info: dict[str, Any] = {"epoch_s_mean": float(np.mean(epoch_times)), "epochs_run": len(epoch_times)}
     if validate:
+        assert best_state is not None, "the first validated epoch always beats -1.0"
         model.load_state_dict(best_state)
         best = curve[best_epoch - 1]
         info.update(
@@ -152,7 +166,7 @@ def _recipe(
     seed: int,
     config: CentralConfig,
     data: tuple[np.ndarray, np.ndarray, np.ndarray],
-    bar,
+    bar: Bar,
     epochs: dict[str, int] | None = None,
 ) -> tuple[NeuMF, dict[str, dict]]:
     """NeuMF from random init, or (``pretrain``) from a GMF-only and an MLP-only model trained first.

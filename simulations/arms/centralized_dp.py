@@ -31,6 +31,7 @@ from functools import partial
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -86,7 +87,7 @@ class DPPrivacy:
         return asdict(self)
 
 
-def _optimizer(model: NeuMF, recipe: DPRecipe) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, recipe: DPRecipe) -> torch.optim.Optimizer:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     table_lr = recipe.embedding_lr or recipe.lr
     groups = [
@@ -125,7 +126,7 @@ def composed_noise(recipe: DPRecipe, q: float, steps: int) -> float:
     return shared_composed_noise(recipe.epsilon, recipe.delta, sigma, q, steps, "centralized_dp")
 
 
-def _rare_rows(model: nn.Module, recipe: DPRecipe, released: torch.Tensor | None) -> Callable[[], None]:
+def _rare_rows(model: NeuMF | PriorNeuMF, recipe: DPRecipe, released: torch.Tensor | None) -> Callable[[], None]:
     """A hook that puts the rows of items with a released count below ``min_count`` back to their initial
     value after each step: the choice uses only the DP histogram and discarding part of a noisy update is
     post-processing, so shared embeddings are trained only where the data can pay for them."""
@@ -134,7 +135,7 @@ def _rare_rows(model: nn.Module, recipe: DPRecipe, released: torch.Tensor | None
     if released is None:
         raise FedrecError("centralized_dp: min_count needs popularity_prior (the DP counts it selects by)")
     rare = torch.nonzero(released < recipe.min_count).flatten()
-    table = model.model.item_emb.weight
+    table = model.item_emb.weight
     initial = table.detach()[rare].clone()
 
     def keep() -> None:
@@ -157,6 +158,8 @@ def planned_privacy(n_records: int, recipe: DPRecipe) -> DPPrivacy:
 class PriorNeuMF(nn.Module):
     """NeuMF plus a fixed per-item logit offset (the DP popularity prior), which takes no clipping budget."""
 
+    prior: torch.Tensor  # a buffer: moves and saves with the module, never trained
+
     def __init__(self, model: NeuMF, prior: torch.Tensor):
         super().__init__()
         self.model = model
@@ -166,6 +169,10 @@ class PriorNeuMF(nn.Module):
     @property
     def user_emb(self) -> nn.Embedding:
         return self.model.user_emb
+
+    @property
+    def item_emb(self) -> nn.Embedding:
+        return self.model.item_emb
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.model(users, items) + self.prior[items]
@@ -181,7 +188,15 @@ def noisy_counts(items: np.ndarray, n_items: int, recipe: DPRecipe, generator: t
     return counts + torch.normal(0.0, recipe.count_sigma, counts.shape, generator=generator, dtype=torch.float64)
 
 
-def _plain_epoch(model, optimizer, users, items, recipe, generator, keep: Callable[[], None]) -> float:
+def _plain_epoch(
+    model: NeuMF | PriorNeuMF,
+    optimizer: torch.optim.Optimizer,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    recipe: DPRecipe,
+    generator: torch.Generator,
+    keep: Callable[[], None],
+) -> float:
     loss_fn, total = GroupBCE(), 0.0
     order = torch.randperm(len(users), generator=generator)
     for start in range(0, len(order), recipe.batch_size):
@@ -205,25 +220,26 @@ def train_dp(
     seed: int,
     noise_seed: int | None = None,
     features: np.ndarray | None = None,
-    on_epoch: Callable[[int, NeuMF, float], None] | None = None,
+    on_epoch: Callable[[int, NeuMF | PriorNeuMF, float], None] | None = None,
 ) -> tuple[NeuMF | PriorNeuMF, DPPrivacy]:
     """NeuMF trained on the given positives with Opacus DP-SGD (ghost clipping, Poisson sampling)."""
     torch.manual_seed(seed)
-    model = NeuMF(n_users, n_items, recipe.model)
+    net = NeuMF(n_users, n_items, recipe.model)
     if recipe.feature_init:
         if features is None:
             raise FedrecError("centralized_dp: feature_init needs the public item features")
         dim = recipe.model.embedding_dim
         with torch.no_grad():
-            model.item_emb.weight[:, :dim] = feature_rows(features, dim, recipe.model.init_std, seed)
-    for name, p in model.named_parameters():
+            net.item_emb.weight[:, :dim] = feature_rows(features, dim, recipe.model.init_std, seed)
+    for name, p in net.named_parameters():
         p.requires_grad_(not name.startswith(recipe.frozen))
+    model: NeuMF | PriorNeuMF = net
     noise = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
     if recipe.popularity_prior:
         exact = not recipe.private or math.isinf(recipe.epsilon)  # no budget to protect: counts as they are
         counted = dataclasses.replace(recipe, count_sigma=0.0) if exact else recipe
         released = noisy_counts(items, n_items, counted, noise)
-        model = PriorNeuMF(model, log_odds_prior(released, recipe.negatives))
+        model = PriorNeuMF(net, log_odds_prior(released, recipe.negatives))
         keep = _rare_rows(model, recipe, released)
     else:
         keep = _rare_rows(model, recipe, None)
@@ -274,7 +290,7 @@ def train_dp(
     return model, spent
 
 
-def _noise_step(optimizer, plan: DPPrivacy, recipe: DPRecipe, generator: torch.Generator) -> None:
+def _noise_step(optimizer: DPOptimizer, plan: DPPrivacy, recipe: DPRecipe, generator: torch.Generator) -> None:
     std = plan.noise_multiplier * recipe.max_grad_norm / max(1, optimizer.expected_batch_size)
     for p in optimizer.params:
         p.grad = torch.normal(0.0, std, p.shape, generator=generator)
@@ -283,7 +299,9 @@ def _noise_step(optimizer, plan: DPPrivacy, recipe: DPRecipe, generator: torch.G
         p.grad = None
 
 
-def serving_refit(model: NeuMF, users: np.ndarray, items: np.ndarray, epochs: int, lr: float, seed: int) -> None:
+def serving_refit(
+    model: NeuMF | PriorNeuMF, users: np.ndarray, items: np.ndarray, epochs: int, lr: float, seed: int
+) -> None:
     """Each user row fitted to the frozen item side on that user's own positives (never fed to training)."""
     if epochs <= 0:
         return
@@ -297,11 +315,11 @@ def serving_refit(model: NeuMF, users: np.ndarray, items: np.ndarray, epochs: in
     for _ in range(epochs):
         u, i, y = with_negatives(users, items, keys, model.n_items, 4, rng)
         order = rng.permutation(len(u))
-        u, i, y = (torch.from_numpy(a[order]) for a in (u, i, y))
-        for start in range(0, len(u), 1024):
+        ut, it, yt = (torch.from_numpy(a[order]) for a in (u, i, y))
+        for start in range(0, len(ut), 1024):
             sl = slice(start, start + 1024)
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(u[sl], i[sl]), y[sl]).backward()
+            loss_fn(model(ut[sl], it[sl]), yt[sl]).backward()
             optimizer.step()
     model.user_emb.weight.requires_grad_(False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedrec.common.errors import FedrecError
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.split import Split
 from fedrec.simulations.arms.base import ArmBinding, ArmResult, Fitter
@@ -34,13 +35,15 @@ def fit_ease(split: Split, seed: int, lambdas: tuple[float, ...] = EASE_LAMBDAS)
     """EASE on train; lambda chosen by validation NDCG@10 (the test item is never looked at)."""
     x = split.train_matrix().toarray().astype(np.float64)
     curve = {}
-    best = (-1.0, None, None)
+    best: tuple[float, float | None, np.ndarray | None] = (-1.0, None, None)
     for lam in lambdas:
         scores = (x @ ease_weights(x, lam)).astype(np.float32)
         _, ndcg = hit_ndcg(full_ranks(scores, split, "validation", seed))
         curve[str(lam)] = ndcg
         if ndcg > best[0]:
             best = (ndcg, lam, scores)
+    if best[2] is None:
+        raise FedrecError("ease: no lambda to choose from")
     return ArmResult("ease", best[2], {"lambda": best[1], "validation_ndcg@10_by_lambda": curve})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dic
     return head
 
 
-def _plain(obj):
+def _plain(obj: object) -> object:
     """numpy scalars and paths in audit.json."""
     return obj.item() if hasattr(obj, "item") else str(obj)
 
@@ -211,7 +212,7 @@ def _mia_with_plot(run: AuditedRun, opts: AuditOptions, console: Console) -> dic
     return section
 
 
-def run_section(name: str, compute, console: Console) -> dict:
+def run_section(name: str, compute: Callable[[], dict], console: Console) -> dict:
     """One section; missing or unusable inputs make only this section "skipped (reason)"."""
     try:
         return compute()

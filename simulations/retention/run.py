@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,11 @@ def _mean_curves(curves: list[dict], oracle: str) -> dict:
 
 
 def run_retention(
-    run_dir: Path, data: Interactions, arms: dict[str, np.ndarray] | None = None, seeds=SEEDS, show: bool = True
+    run_dir: Path,
+    data: Interactions,
+    arms: dict[str, np.ndarray] | None = None,
+    seeds: Sequence[int] = SEEDS,
+    show: bool = True,
 ) -> dict:
     """Simulated retention for every arm of ``run_dir`` under every user model and beta; updates the report.
 
