@@ -7,7 +7,7 @@ against one centralized NeuMF epoch, measured side by side in one run (one proce
 Federated model config, 4 negatives, 8 steps, noise multiplier 1.0, every device starting from the same
 initial global model:
 1. one centralized NeuMF epoch (default centralized settings, taken as bench.bench_round takes it);
-2. reference: today's train_fleet path, ``train_device`` one device after another (store open + decrypt,
+2. reference: today's train_fleet path, the device round with the per-device Opacus step, one device after another (store open + decrypt,
    model, examples, Opacus ``train_private``, write-back) and the example-weighted sum of the replies;
    with ``--reference-devices N`` the first N devices are timed and the time scaled to all;
 3. batched: per block of devices, stores opened and read, ``train_private_batched`` on the block, user
@@ -33,19 +33,18 @@ from bench.bench_round import centralized_epoch, provisioned
 from fedrec.client.batched_training import Phases, train_private_batched
 from fedrec.client.device_round import (
     EMBEDDING,
-    LEDGER,
+    device_rounds,
     device_seed,
-    embedding_bytes,
-    load_user_row,
+    read_ledger,
     round_examples,
-    train_device,
+    training_row,
+    write_round,
 )
-from fedrec.client.fleet import node_devices
+from fedrec.client.fleet import LocalStep, node_devices
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.config import DeviceConfig, Fleet, LocalTraining, PrivacyConfig
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
 from fedrec.common.model import NeuMF, global_state
-from fedrec.common.privacy import PrivacyLedger
 
 Clock = Callable[[], float]
 PREFIX, REFERENCE_PREFIX = "bench-batched/", "bench-reference/"
@@ -69,31 +68,29 @@ def round_task(stores: Path, n_items: int, optimizer: str, noise: float, prefix:
 
 
 def read_inputs(stores: list, task: DeviceInstructions, clock: Clock) -> tuple[list[DeviceWork], dict[str, float]]:
-    """Every open device's round inputs, read as train_device reads them (its user row without building
+    """Every open device's round inputs, read as the device round reads them (its user row without building
     a model: NeuMF's construction alone costs more than the store's decryption)."""
     parts = {"store read (events, user row)": 0.0, "examples": 0.0}
     works = []
     for store in stores:
         t = clock()
-        row = load_user_row(store, PREFIX, FEDERATED_MODEL.embedding_dim, device_seed(0, 0, store.path.stem))
+        row = training_row(store, store.path.stem, task.device)
         parts["store read (events, user row)"] += clock() - t
         t = clock()
         seed = device_seed(task.device.seed, task.round.number, store.path.stem)
         items, labels = round_examples(store, task, seed)
-        ledger = PrivacyLedger.from_json(store.get_state(PREFIX + LEDGER))
-        works.append(DeviceWork(items, labels, row, ledger, seed))
+        works.append(DeviceWork(items, labels, row, seed))
         parts["examples"] += clock() - t
     return works, parts
 
 
 def reference_round(refs, params, task: DeviceInstructions, clock: Clock) -> float:
-    """Seconds for today's path: train_device device by device (store open, model, examples,
+    """Seconds for the reference path: the device round's per-device step (store open, model, examples,
     train_private, write-back) and the example-weighted sum train_fleet takes of the replies."""
     total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in params.items()}
     t = clock()
-    for ref in refs:
-        result = train_device(ref, params, task)
-        for k, v in result.state.items():
+    for result in device_rounds(refs, task, LocalStep(params, task)):
+        for k, v in result.arrays.items():
             total[k] += v.double() * result.num_examples
     return clock() - t
 
@@ -141,8 +138,10 @@ def batched_round(
             )
             parts["batched training"] += clock() - t
             t = clock()
-            for store, w, r in zip(stores, works, results):
-                store.put_states({PREFIX + EMBEDDING: embedding_bytes(r.user_row), PREFIX + LEDGER: w.ledger.to_json()})
+            for store, r in zip(stores, results):
+                device, privacy = task.device, task.privacy
+                _, after = task.mechanism.ledgers(read_ledger(store, PREFIX), device, privacy, task.round.number)
+                write_round(store, PREFIX, after, {EMBEDDING: r.user_row})
             open_stores.close()
             parts["store write (user row + ledger) + close"] += clock() - t
         t = clock()
@@ -202,7 +201,7 @@ def main() -> None:
         table.add_row(name, f"{seconds:.2f}", f"{seconds / epoch_s:.2f}")
 
     row("centralized NeuMF epoch", epoch_s)
-    row(f"DP round, reference: train_device one by one{'' if n_ref == n else f' ({n_ref} timed, scaled)'}", reference_s)
+    row(f"DP round, reference: per-device Opacus step{'' if n_ref == n else f' ({n_ref} timed, scaled)'}", reference_s)
     row("DP round, batched: blocks of devices", batched_s)
     for name, seconds in parts.items():
         row(f"  {name}", seconds)

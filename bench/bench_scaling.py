@@ -7,7 +7,7 @@
 Each size runs in its own child process (so peak RSS is that size's own): draw the population
 (simulations.synth, fitted to ML-100K once in the parent), split it (docs/protocol.md), provision one
 encrypted store per user (simulations.provision, ``--workers`` processes), then one round of the
-in-process device path, ``client.fleet.train_fleet`` over every device (``client.device_round.train_device``:
+in-process device path, ``client.fleet.train_fleet`` over every device (``client.device_round.device_rounds``:
 open + decrypt, Opacus DP-SGD at noise 1.0, write back) with the default run config, 1 torch thread.
 ``--round-devices N`` makes each device take part with probability N/users (quick mode: the round then
 covers about N devices, and the table says so). Peak RSS is the child's maximum resident set

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedrec.client.local_training import LocalOutcome
 from fedrec.client.stacked import ITEM, USER, DeviceTrained, DeviceWork, StackedNeuMF, padded, stacked_optimizer
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
@@ -79,8 +78,8 @@ def _train_chunk(
     results = []
     for i in range(d):
         state = {k: params[k][i].detach().clone() for k in global_params}
-        outcome = LocalOutcome(float(loss_sum[i]) / (sizes[i] * training.epochs), steps, 0.0)
-        results.append(DeviceTrained(state, params[USER][i].detach().clone(), sizes[i], outcome))
+        mean_loss = float(loss_sum[i]) / (sizes[i] * training.epochs)
+        results.append(DeviceTrained(state, params[USER][i].detach().clone(), sizes[i], mean_loss, steps))
     return results
 
 
@@ -93,7 +92,7 @@ def train_plain_batched(
     chunk_size: int = 64,
 ) -> list[DeviceTrained]:
     """Every device's round as ``train_plain`` runs it, in chunks of devices with as many steps and
-    similar sizes; results in the order of ``devices`` (ledgers untouched: nothing is spent)."""
+    similar sizes; results in the order of ``devices``."""
     if not supports_plain_batched(model_cfg, training):
         raise FedrecError("batched training without DP: dropout and emb_l2 must be 0 (use executor per_device)")
     model = NeuMF(1, n_items, model_cfg)
@@ -104,7 +103,7 @@ def train_plain_batched(
         by_steps[plain_steps(len(w.items), training)].append(i)
     results: list[DeviceTrained | None] = [None] * len(devices)
     for i in by_steps.pop(0, []):  # no examples: nothing to train, as in train_plain
-        results[i] = DeviceTrained(dict(shared), devices[i].user_row, 0, LocalOutcome(0.0, 0, 0.0))
+        results[i] = DeviceTrained(dict(shared), devices[i].user_row, 0, 0.0, 0)
     for ids in by_steps.values():
         ids.sort(key=lambda i: len(devices[i].items))
         for start in range(0, len(ids), chunk_size):

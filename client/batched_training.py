@@ -14,7 +14,7 @@ the clipped sums from one weighted contraction, so no per-example gradient is ev
 torch.func's vmap(grad) the per-example gradients of the tower cost more than the rest of the step. An
 example's item-table gradient is taken per looked-up row; its norm sums the rows of an item that
 repeats within the group, as Opacus' embedding norm sampler does. Opacus stays the accountant (each
-device's ledger records what ``train_private`` records) and the reference implementation
+device's round records what ``train_private``'s records) and the reference implementation
 (``tests/test_batched_training.py`` trains the same devices both ways).
 """
 
@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 
 from fedrec.client.device_round import stream_seed
-from fedrec.client.local_training import LocalOutcome, refuses, trained_under_dp
+from fedrec.client.local_training import trained_under_dp
 from fedrec.client.stacked import ITEM, USER, DeviceTrained, DeviceWork, StackedNeuMF, padded, stacked_optimizer
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
@@ -288,10 +288,8 @@ class _Chunk:
         for d, w in enumerate(works):
             state = {k: (self.params[k][d] if k in self.trained else v) for k, v in global_params.items()}
             user_row = self.params[USER][d] if USER in self.trained else w.user_row
-            w.ledger.record(self.privacy.noise_multiplier, self.training.sample_rate, self.training.steps)
             loss = float(self.loss_sum[d] / max(int(self.count[d]), 1))
-            outcome = LocalOutcome(loss, self.training.steps, w.ledger.epsilon(self.privacy.delta))
-            out.append(DeviceTrained(state, user_row, len(w.items), outcome))
+            out.append(DeviceTrained(state, user_row, len(w.items), loss, self.training.steps))
         return out
 
 
@@ -313,9 +311,8 @@ def train_private_batched(
     ``global_params`` are the global parameters every device starts from (no ``user_emb.*``); ``trains``
     names the parameters trained (by default those ``train_private`` trains); results come back in the order of ``devices``.
     ``lazy_noise`` (SGD only) draws each item row's noise when the row is next read: the same
-    distribution, far fewer draws, but not Opacus' own draws (see ``_LazyTableNoise``). A
-    device whose budget the round would exceed refuses, as in ``train_private``: its ledger is unchanged
-    and its result carries the global parameters with 0 examples.
+    distribution, far fewer draws, but not Opacus' own draws (see ``_LazyTableNoise``). The
+    budget is the device round's to check (``fedrec.client.device_round.device_rounds``), before this runs.
     """
     if model_cfg.dropout > 0:
         raise FedrecError("batched training: dropout > 0 is not supported (its masks would differ from Opacus')")
@@ -327,14 +324,7 @@ def train_private_batched(
     model = NeuMF(1, n_items, model_cfg)
     slots, net = _layout(model, trains), StackedNeuMF(model)
     results: list[DeviceTrained | None] = [None] * len(devices)
-    todo = []
-    for i, w in enumerate(devices):
-        if privacy.private and refuses(w.ledger, training, privacy):
-            results[i] = DeviceTrained(
-                dict(global_params), w.user_row, 0, LocalOutcome(0.0, 0, w.ledger.epsilon(privacy.delta), refused=True)
-            )
-        else:
-            todo.append(i)
+    todo = list(range(len(devices)))
     todo.sort(key=lambda i: len(devices[i].items))  # similar sizes per chunk: little padding
     shared = {k: v for k, v in global_params.items() if not is_local(k)}
     for start in range(0, len(todo), chunk_size):

@@ -9,24 +9,57 @@ from __future__ import annotations
 import io
 import secrets
 import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from fedrec.client.local_training import LocalOutcome, make_examples, personalize, train_local
+from fedrec.client.local_training import LocalOutcome, make_examples, personalize
+from fedrec.client.stacked import DeviceWork
 from fedrec.common.config import DeviceConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
-from fedrec.common.item_rows import example_counts
+from fedrec.common.mechanisms import DevicePrivacy
 from fedrec.common.metrics import ranks_from_scores
-from fedrec.common.model import NeuMF, global_state
-from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.store import DeviceStore
+from fedrec.common.model import NeuMF
+from fedrec.common.privacy import PrivacyLedger, over_budget
+from fedrec.common.store import DeviceStore, Events
 from fedrec.common.training import recency_oversample
 
 EMBEDDING, LEDGER, ROUNDS, SERVING = "user_embedding", "privacy_ledger", "rounds", "serving_embedding"
+
+
+class DeviceState(Protocol):
+    """What a device round reads and writes: an encrypted ``DeviceStore``, or the audit's state in memory."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def read_events(self, split: str | None = "train") -> Events: ...
+
+    def get_state(self, name: str) -> bytes | None: ...
+
+    def put_states(self, values: Mapping[str, bytes]) -> None: ...
+
+    def __enter__(self) -> DeviceState: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Device(Protocol):
+    """A device a node trains: its id, where its randomness comes from (``DeviceRef.seeded``), its state."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def seeded(self) -> bool: ...
+
+    def open(self) -> DeviceState: ...
 
 
 @dataclass(frozen=True)
@@ -44,14 +77,6 @@ class DeviceRef:
         return DeviceStore.open(self.path, self.key, durable=self.durable)
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    state: dict[str, torch.Tensor]  # global parameters after local training
-    num_examples: int
-    outcome: LocalOutcome
-    item_counts: torch.Tensor | None = None  # examples per item row (training without DP only)
-
-
 def device_seed(seed: int, server_round: int, device_id: str) -> int:
     """Stable per-device, per-round seed (Python's hash() is salted per process)."""
     return zlib.crc32(f"{seed}:{server_round}:{device_id}".encode())
@@ -67,16 +92,16 @@ def stream_seed(purpose: str, *seeds: int) -> int:
     return zlib.crc32(f"{purpose}:{','.join(map(str, seeds))}".encode()) | high << 32
 
 
-def load_user_row(store: DeviceStore, prefix: str, dim: int, seed: int) -> torch.Tensor:
-    raw = store.get_state(prefix + EMBEDDING)
+def read_row(store: DeviceState, name: str, dim: int, init_std: float, seed: int) -> torch.Tensor:
+    """[1, dim] a row of device state (``name`` with its prefix), or its seeded start before it is first kept."""
+    raw = store.get_state(name)
     if raw is None:
-        gen = torch.Generator().manual_seed(seed)
-        return torch.randn(1, dim, generator=gen) * 0.01
+        return torch.randn(1, dim, generator=torch.Generator().manual_seed(seed)) * init_std
     row = np.load(io.BytesIO(raw))
     if row.size != dim:
         raise FedrecError(
-            f"{store.path}: state {prefix + EMBEDDING!r} has {row.size} values but the model's user row "
-            f"has {dim}: this store was trained with another model config (use another state prefix)"
+            f"{store.path}: state {name!r} has {row.size} values but the model's row has {dim}: this store was "
+            "trained with another model config (use another state prefix)"
         )
     return torch.from_numpy(row).reshape(1, dim)
 
@@ -87,21 +112,26 @@ def embedding_bytes(weight: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def device_model(
-    store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor], device: DeviceConfig
-) -> NeuMF:
+def local_model(global_params: Mapping[str, torch.Tensor], user_row: torch.Tensor, device: DeviceConfig) -> NeuMF:
     """A fresh model per round (Opacus cannot wrap a module twice) with this device's own user row."""
     model = NeuMF(1, device.n_items, device.model)
-    model.load_state_dict({**global_params, "user_emb.weight": training_row(store, device_id, device)})
+    model.load_state_dict({**global_params, "user_emb.weight": user_row})
     return model
 
 
-def training_row(store: DeviceStore, device_id: str, device: DeviceConfig) -> torch.Tensor:
+def device_model(
+    store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor], device: DeviceConfig
+) -> NeuMF:
+    return local_model(global_params, training_row(store, device_id, device), device)
+
+
+def training_row(store: DeviceState, device_id: str, device: DeviceConfig) -> torch.Tensor:
     """[1, dim] this device's training user row (a seeded start before its first round)."""
-    return load_user_row(store, device.state_prefix, device.model.embedding_dim, device_seed(device.seed, 0, device_id))
+    seed = device_seed(device.seed, 0, device_id)
+    return read_row(store, device.state_prefix + EMBEDDING, device.model.embedding_dim, device.model.init_std, seed)
 
 
-def round_seed_of(ref: DeviceRef, task: DeviceInstructions) -> int:
+def round_seed_of(ref: Device, task: DeviceInstructions) -> int:
     """The seed of everything random in this device's round (see ``DeviceRef.seeded``). Without DP nothing
     rests on the randomness being secret, so it repeats from the run config there too."""
     if ref.seeded or not task.privacy.private:
@@ -109,7 +139,7 @@ def round_seed_of(ref: DeviceRef, task: DeviceInstructions) -> int:
     return secrets.randbits(63)
 
 
-def round_examples(store: DeviceStore, task: DeviceInstructions, round_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def round_examples(store: DeviceState, task: DeviceInstructions, round_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This round's training examples. Training never reads the held-out items; under DP the negatives
     depend on nothing but their own record."""
     events = store.read_events("train")
@@ -127,35 +157,99 @@ def round_examples(store: DeviceStore, task: DeviceInstructions, round_seed: int
     return items, labels
 
 
-def read_ledger(store: DeviceStore, prefix: str) -> PrivacyLedger:
+def read_ledger(store: DeviceState, prefix: str) -> PrivacyLedger:
     return PrivacyLedger.from_json(store.get_state(prefix + LEDGER))
 
 
-def write_round(store: DeviceStore, prefix: str, user_row: torch.Tensor, ledger: PrivacyLedger) -> None:
-    """One transaction: the user row, the ledger and the round counter move together."""
+def write_round(store: DeviceState, prefix: str, ledger: PrivacyLedger, rows: Mapping[str, torch.Tensor]) -> None:
+    """One transaction: the rows of device state, the ledger and the round counter move together."""
     rounds = int(store.get_state(prefix + ROUNDS) or b"0") + 1
-    store.put_states(
-        {
-            prefix + EMBEDDING: embedding_bytes(user_row),
-            prefix + LEDGER: ledger.to_json(),
-            prefix + ROUNDS: str(rounds).encode(),
-        }
-    )
+    states = {prefix + LEDGER: ledger.to_json(), prefix + ROUNDS: str(rounds).encode()}
+    states.update({prefix + name: embedding_bytes(row) for name, row in rows.items()})
+    store.put_states(states)
 
 
-def train_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], task: DeviceInstructions) -> TrainResult:
-    """The reference path: one device, Opacus (or plain training without DP)."""
-    prefix = task.device.state_prefix
-    with ref.open() as store:
-        ledger = read_ledger(store, prefix)
-        model = device_model(store, ref.device_id, global_params, task.device)
-        round_seed = round_seed_of(ref, task)
-        items, labels = round_examples(store, task, round_seed)
-        outcome = train_local(model, items, labels, task.device.training, task.privacy, ledger, round_seed)
-        if not outcome.refused:
-            write_round(store, prefix, model.user_emb.weight, ledger)
-    counts = None if task.privacy.private else example_counts(items, task.device.n_items)
-    return TrainResult(global_state(model), 0 if outcome.refused else len(items), outcome, counts)
+@dataclass(frozen=True)
+class Trained:
+    """What a mechanism's device step gives back for one device."""
+
+    arrays: dict[str, torch.Tensor]  # what the device contributes: its global parameters, or its share
+    rows: dict[str, torch.Tensor]  # device state to keep (names without the prefix); never sent
+    num_examples: int
+    loss: float = 0.0
+    steps: int = 0
+    item_counts: torch.Tensor | None = None  # examples per item row (training without DP only)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One device's round as its node sees it; a refusing device (budget spent) contributes nothing."""
+
+    arrays: dict[str, torch.Tensor]
+    num_examples: int
+    outcome: LocalOutcome
+    item_counts: torch.Tensor | None = None
+
+
+class DeviceStep(Protocol):
+    """What a mechanism's device does with its round's inputs (``client/app.py`` picks one per mechanism)."""
+
+    @property
+    def block(self) -> int:
+        """Devices prepared and trained together (stores held open at once)."""
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """Device state beyond the user row that the step reads and keeps."""
+
+    def train(self, works: Sequence[DeviceWork]) -> list[Trained]: ...
+
+
+STORES_OPEN = 256  # stores a stacked step holds open at once (file handles, one block's results in memory)
+
+
+def device_rounds(refs: Sequence[Device], task: DeviceInstructions, step: DeviceStep) -> Iterator[RoundResult]:
+    """Every device's round, one skeleton for every mechanism and executor: open the store, read the ledger,
+    check the budget (once, with the ledger's one tolerance), build the examples, train through the
+    mechanism's ``step``, commit the device's rows, ledger and round counter in one transaction."""
+    device, privacy, prefix = task.device, task.privacy, task.device.state_prefix
+    for start in range(0, len(refs), step.block):
+        block = refs[start : start + step.block]
+        with ExitStack() as open_stores:
+            stores = [open_stores.enter_context(ref.open()) for ref in block]
+            ledgers = [
+                task.mechanism.ledgers(read_ledger(store, prefix), device, privacy, task.round.number)
+                for store in stores
+            ]
+            allowed = [i for i, (_, after) in enumerate(ledgers) if not privacy.private or not refuses(after, privacy)]
+            works = {i: round_work(stores[i], block[i], task, step.rows) for i in allowed}
+            trained = dict(zip(allowed, step.train([works[i] for i in allowed])))
+            results = []
+            for i, (store, (before, after)) in enumerate(zip(stores, ledgers)):
+                if i not in trained:
+                    results.append(RoundResult({}, 0, LocalOutcome(0.0, 0, before.epsilon(privacy.delta), True)))
+                    continue
+                done = trained[i]
+                write_round(store, prefix, after, done.rows)
+                epsilon = after.epsilon(privacy.delta) if privacy.private else 0.0
+                outcome = LocalOutcome(done.loss, done.steps, epsilon)
+                results.append(RoundResult(done.arrays, done.num_examples, outcome, done.item_counts))
+        yield from results
+
+
+def refuses(ledger: PrivacyLedger, privacy: DevicePrivacy) -> bool:
+    """Would this ledger take the device past its budget? (Then it sits the round out.)"""
+    return over_budget(ledger.epsilon(privacy.delta), privacy.budget)
+
+
+def round_work(store: DeviceState, ref: Device, task: DeviceInstructions, rows: tuple[str, ...]) -> DeviceWork:
+    """A device's round inputs: its examples, its training user row, the other rows its step keeps, its seed.
+    A row other than the user row starts at zero."""
+    seed = round_seed_of(ref, task)
+    items, labels = round_examples(store, task, seed)
+    dim = task.device.model.embedding_dim
+    kept = {name: read_row(store, task.device.state_prefix + name, dim, 0.0, 0) for name in rows}
+    return DeviceWork(items, labels, training_row(store, ref.device_id, task.device), seed, kept)
 
 
 def serving_model(

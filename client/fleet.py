@@ -8,8 +8,8 @@ the devices themselves, so grouping devices per node changes dispatch cost, not 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,19 @@ from fedrec.client.batched_plain import supports_plain_batched, train_plain_batc
 from fedrec.client.batched_serving import evaluate_batched, serve_batched
 from fedrec.client.batched_training import train_private_batched
 from fedrec.client.device_round import (
+    EMBEDDING,
+    STORES_OPEN,
+    Device,
     DeviceRef,
-    TrainResult,
+    Trained,
+    device_rounds,
     device_seed,
     evaluate_device,
     holds_heldout,
-    read_ledger,
-    round_examples,
-    round_seed_of,
+    local_model,
     serve_private,
-    train_device,
-    training_row,
-    write_round,
 )
+from fedrec.client.local_training import train_local
 from fedrec.client.stacked import DeviceWork
 from fedrec.client.store_key import store_key
 from fedrec.common.config import Fleet
@@ -42,6 +42,7 @@ from fedrec.common.item_rows import COUNTS, ITEM_TABLE, RowMean, example_counts
 from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.manifest import load_manifest
 from fedrec.common.metrics import hit_ndcg
+from fedrec.common.model import global_state
 from fedrec.common.replies import device_weight, train_metrics
 
 
@@ -80,7 +81,7 @@ def participates(device_id: str, server_round: int, fraction: float, seed: int) 
     return np.random.default_rng(device_seed(seed, server_round, "sample:" + device_id)).random() < fraction
 
 
-def takes_part(ref: DeviceRef, task: DeviceInstructions) -> bool:
+def takes_part(ref: Device, task: DeviceInstructions) -> bool:
     """This device's coin for the round: seeded in a simulation, from the operating system otherwise."""
     fraction = task.device.participation
     if ref.seeded or fraction >= 1.0:
@@ -88,51 +89,70 @@ def takes_part(ref: DeviceRef, task: DeviceInstructions) -> bool:
     return secrets.randbelow(2**53) < fraction * 2**53
 
 
-STORES_OPEN = 256  # stores a batched node holds open at once (file handles, one block's results in memory)
+@dataclass(frozen=True)
+class LocalStep:
+    """The reference step: each device on its own, Opacus DP-SGD (or plain training without DP)."""
 
+    global_params: Mapping[str, torch.Tensor]
+    task: DeviceInstructions
+    block: int = 1  # one store open at a time
+    rows: tuple[str, ...] = ()
 
-def train_batched(
-    refs: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
-) -> Iterator[TrainResult]:
-    """``train_device`` for many devices at once: the same reads, examples, seeds and write-backs, with the
-    training of a block of devices stacked (``client/batched_training.py``, without DP ``batched_plain.py``)."""
-    device, prefix, private = task.device, task.device.state_prefix, task.privacy.private
-    for start in range(0, len(refs), STORES_OPEN):
-        block = refs[start : start + STORES_OPEN]
-        with ExitStack() as open_stores:
-            stores = [open_stores.enter_context(ref.open()) for ref in block]
-            works = []
-            for ref, store in zip(block, stores):
-                round_seed = round_seed_of(ref, task)
-                items, labels = round_examples(store, task, round_seed)
-                row = training_row(store, ref.device_id, device)
-                works.append(DeviceWork(items, labels, row, read_ledger(store, prefix), round_seed))
-            if private:
-                results = train_private_batched(
-                    global_params, device.model, device.n_items, works, device.training, task.privacy
-                )
-            else:
-                results = train_plain_batched(global_params, device.model, device.n_items, works, device.training)
-            for store, work, result in zip(stores, works, results):
-                if not result.outcome.refused:
-                    write_round(store, prefix, result.user_row, work.ledger)
-        for work, r in zip(works, results):
+    def train(self, works: Sequence[DeviceWork]) -> list[Trained]:
+        device, private = self.task.device, self.task.privacy.private
+        out = []
+        for work in works:
+            model = local_model(self.global_params, work.user_row, device)
+            stats = train_local(model, work.items, work.labels, device.training, self.task.privacy, work.seed)
             counts = None if private else example_counts(work.items, device.n_items)
-            yield TrainResult(r.state, r.num_examples, r.outcome, counts)
+            arrays, rows = global_state(model), {EMBEDDING: model.user_emb.weight}
+            out.append(Trained(arrays, rows, len(work.items), stats.loss, stats.steps, counts))
+        return out
 
 
-def _trained(
-    refs: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
-) -> Iterator[TrainResult]:
+@dataclass(frozen=True)
+class StackedStep:
+    """The same rounds for a block of devices at once (``batched_training`` under DP, else ``batched_plain``),
+    tested equal to ``LocalStep``."""
+
+    global_params: Mapping[str, torch.Tensor]
+    task: DeviceInstructions
+    block: int = STORES_OPEN
+    rows: tuple[str, ...] = ()
+
+    def train(self, works: Sequence[DeviceWork]) -> list[Trained]:
+        device, privacy = self.task.device, self.task.privacy
+        if privacy.private:
+            done = train_private_batched(
+                self.global_params, device.model, device.n_items, works, device.training, privacy
+            )
+        else:
+            done = train_plain_batched(self.global_params, device.model, device.n_items, works, device.training)
+        return [
+            Trained(
+                r.state,
+                {EMBEDDING: r.user_row},
+                r.num_examples,
+                r.loss,
+                r.steps,
+                None if privacy.private else example_counts(work.items, device.n_items),
+            )
+            for work, r in zip(works, done)
+        ]
+
+
+def local_step(global_params: Mapping[str, torch.Tensor], task: DeviceInstructions) -> LocalStep | StackedStep:
+    """The node's executor: stacked when asked for and the settings stack (plain training needs no dropout
+    and no L2), else device by device."""
     device = task.device
     plain_stacks = supports_plain_batched(device.model, device.training)
     if device.executor == "batched" and (task.privacy.private or plain_stacks):
-        return train_batched(refs, global_params, task)
-    return (train_device(ref, global_params, task) for ref in refs)
+        return StackedStep(global_params, task)
+    return LocalStep(global_params, task)
 
 
 def train_fleet(
-    devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions
+    devices: Sequence[Device], global_params: dict[str, torch.Tensor], task: DeviceInstructions
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train every participating device; return the weighted mean of their global params: by example
     count without DP (FedAvg), one weight per device under DP (the count would reveal history lengths).
@@ -143,16 +163,16 @@ def train_fleet(
     rows = RowMean(global_params[ITEM_TABLE]) if device.item_row_average and not private else None
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
     sampled = [ref for ref in devices if takes_part(ref, task)]
-    for result in _trained(sampled, global_params, task):  # a generator: one state in memory at a time
+    for result in device_rounds(sampled, task, local_step(global_params, task)):  # one block in memory at a time
         epsilons.append(result.outcome.epsilon)
         if result.outcome.refused:
             refused += 1
             continue
         n = device_weight(private, result.num_examples)
-        for k, v in result.state.items():
+        for k, v in result.arrays.items():
             total[k] += v.double() * n
         if rows is not None and result.item_counts is not None:
-            rows.add(result.state[ITEM_TABLE], result.item_counts)
+            rows.add(result.arrays[ITEM_TABLE], result.item_counts)
         weight += n
         loss_sum += result.outcome.loss * n
         steps = max(steps, result.outcome.steps)

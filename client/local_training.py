@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedrec.common.config import LocalTraining
 from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import NeuMF
-from fedrec.common.privacy import PrivacyLedger, over_budget
 from fedrec.common.training import embedding_l2
 
 # Opacus' notices that fire on every device round: secure RNG off (documented in docs/simulate.md) and
@@ -35,7 +34,15 @@ warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
 
 @dataclass(frozen=True)
+class TrainStats:
+    loss: float  # mean per-example loss over the steps
+    steps: int
+
+
+@dataclass(frozen=True)
 class LocalOutcome:
+    """A device's round as it reports it: under DP its epsilon after the round, or that it refused."""
+
     loss: float
     steps: int
     epsilon: float
@@ -49,12 +56,6 @@ FROZEN_UNDER_DP = ("output.bias",)
 
 def trained_under_dp(name: str) -> bool:
     return name not in FROZEN_UNDER_DP
-
-
-def refuses(ledger: PrivacyLedger, training: LocalTraining, privacy: DevicePrivacy) -> bool:
-    """Would one more round take this device past its budget? (Then it sits the round out.)"""
-    after = ledger.epsilon_if(privacy.noise_multiplier, training.sample_rate, training.steps, privacy.delta)
-    return over_budget(after, privacy.budget)
 
 
 def make_optimizer(model: nn.Module, training: LocalTraining) -> torch.optim.Optimizer:
@@ -150,12 +151,10 @@ def train_private(
     labels: torch.Tensor,
     training: LocalTraining,
     privacy: DevicePrivacy,
-    ledger: PrivacyLedger,
     seed: int,
-) -> LocalOutcome:
-    """DP-SGD with Opacus (RDP accountant, Poisson sampling, ghost clipping); the ledger composes."""
-    if privacy.private and refuses(ledger, training, privacy):
-        return LocalOutcome(0.0, 0, ledger.epsilon(privacy.delta), refused=True)
+) -> TrainStats:
+    """DP-SGD with Opacus (Poisson sampling, ghost clipping): ``training.steps`` noisy steps, the round the
+    mechanism's ledger entry accounts for (the device round checks the budget before)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
     for name, param in model.named_parameters():
@@ -191,14 +190,13 @@ def train_private(
             total += float(loss.detach()) * len(batch_items)
             count += len(batch_items)
     steps = sum(n for _, _, n in engine.accountant.history) + empty
-    ledger.record(privacy.noise_multiplier, training.sample_rate, steps)
     module._close()
-    return LocalOutcome(total / max(count, 1), steps, ledger.epsilon(privacy.delta))
+    return TrainStats(total / max(count, 1), steps)
 
 
 def train_plain(
     model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining, seed: int
-) -> LocalOutcome:
+) -> TrainStats:
     """The non-private arm: same examples, same number of steps, plain minibatch training, with the
     centralized recipe's L2 on the rows each example uses."""
     generator = torch.Generator().manual_seed(seed)
@@ -221,7 +219,7 @@ def train_plain(
             total += float(loss.detach()) * len(idx)
             count += len(idx)
             steps += 1
-    return LocalOutcome(total / max(count, 1), steps, 0.0)
+    return TrainStats(total / max(count, 1), steps)
 
 
 def train_local(
@@ -230,11 +228,10 @@ def train_local(
     labels: torch.Tensor,
     training: LocalTraining,
     privacy: DevicePrivacy,
-    ledger: PrivacyLedger,
     seed: int,
-) -> LocalOutcome:
+) -> TrainStats:
     if privacy.private:
-        return train_private(model, items, labels, training, privacy, ledger, seed)
+        return train_private(model, items, labels, training, privacy, seed)
     return train_plain(model, items, labels, training, seed)
 
 

@@ -5,37 +5,37 @@ optimizer whose one instance over the stack is one optimizer per device."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from fedrec.client.local_training import LocalOutcome
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
 from fedrec.common.model import NeuMF, neumf_logits, tower_layers
-from fedrec.common.privacy import PrivacyLedger
 
 USER, ITEM = "user_emb.weight", "item_emb.weight"
 
 
 @dataclass(frozen=True)
 class DeviceWork:
-    """One device's round, as ``train_private`` receives it (examples already built, negatives included)."""
+    """One device's round inputs, as the device round reads them from its store (examples already built,
+    negatives included; the budget already checked)."""
 
     items: torch.Tensor  # [N, 1+k] item groups, positive first
     labels: torch.Tensor  # [N, 1+k] 0/1
     user_row: torch.Tensor  # [1, dim] the device's local user embedding
-    ledger: PrivacyLedger  # composes in place, as train_private's does
     seed: int  # the seed train_private would get: the noise stream (and the default Poisson masks)
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)  # other device state its mechanism keeps
 
 
 @dataclass(frozen=True)
 class DeviceTrained:
     state: dict[str, torch.Tensor]  # global parameters after local training
     user_row: torch.Tensor  # [1, dim] to write back to the device store
-    num_examples: int  # 0 when the device refused (budget spent)
-    outcome: LocalOutcome
+    num_examples: int
+    loss: float
+    steps: int
 
 
 class StackedNeuMF:

@@ -11,6 +11,7 @@ import torch
 from fedrec_cli import call_fedrec
 from flwr.common.config import flatten_dict
 
+from fedrec.client import fleet
 from fedrec.client.device_round import device_model
 from fedrec.client.local_training import make_optimizer
 from fedrec.common.config import FederationConfig, FedrecConfig, load_config
@@ -138,13 +139,13 @@ def test_canary_retraining_uses_the_audited_arms_resolved_settings(tmp_path, tin
     assert federation == audited
 
     seen = []
-    real_train = inprocess.train_local
+    real_train = fleet.train_local
 
-    def spy(model, items, labels, training, privacy, ledger, seed):
+    def spy(model, items, labels, training, privacy, seed):
         seen.append((model.config, training, privacy, type(make_optimizer(model, training))))
-        return real_train(model, items, labels, training, privacy, ledger, seed)
+        return real_train(model, items, labels, training, privacy, seed)
 
-    monkeypatch.setattr(inprocess, "train_local", spy)
+    monkeypatch.setattr(fleet, "train_local", spy)
     inprocess.fit_inprocess(
         data, temporal_split(data, 0), 0, replace(federation, server=replace(federation.server, rounds=1))
     )

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedrec.client.device_round import refuses
 from fedrec.client.fleet import participates
 from fedrec.client.local_training import FROZEN_UNDER_DP, make_examples, train_local
 from fedrec.common.config import DeviceConfig, LocalTraining, PrivacyConfig
 from fedrec.common.instructions import DevicePrivacy, resolve_privacy
-from fedrec.common.mechanisms import planned_rounds
+from fedrec.common.mechanisms import mechanism_for, planned_rounds
 from fedrec.common.model import NeuMF
 from fedrec.common.privacy import PrivacyLedger
 
@@ -42,9 +43,9 @@ def test_the_median_device_ends_near_its_budget(participation):
         for rnd in range(1, rounds + 1):
             if not participates(f"device-{d:05d}", rnd, participation, 0):
                 continue
-            q, steps = device.training.sample_rate, device.training.steps
-            if ledger.epsilon_if(privacy.noise_multiplier, q, steps, privacy.delta) <= privacy.budget:
-                ledger.record(privacy.noise_multiplier, q, steps)
+            _, after = mechanism_for(privacy).ledgers(ledger, device, privacy, rnd)
+            if not refuses(after, privacy):
+                ledger = after
         finals.append(ledger.epsilon(privacy.delta))
     assert max(finals) <= epsilon
     assert np.median(finals) >= 0.9 * epsilon
@@ -71,7 +72,6 @@ def test_output_bias_is_not_trained_under_dp():
         labels,
         LocalTraining(steps_per_epoch=2, lr=0.05, optimizer="sgd"),
         DevicePrivacy(1.0, budget=1e9),
-        PrivacyLedger(),
         0,
     )
     after = model.state_dict()

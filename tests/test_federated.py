@@ -148,8 +148,8 @@ def test_batched_node_equals_the_opacus_path_through_the_fleet(tmp_path, tiny, m
     params = initial_state(base)
     devices = node_devices({}, base.fleet)
     out, opacus_calls = {}, []
-    real = fleet.train_device
-    monkeypatch.setattr(fleet, "train_device", lambda *a: opacus_calls.append(1) or real(*a))
+    real = fleet.train_local
+    monkeypatch.setattr(fleet, "train_local", lambda *a: opacus_calls.append(1) or real(*a))
     for executor in ("per_device", "batched"):
         device = replace(base, executor=executor, state_prefix=f"{executor}/")
         task = DeviceInstructions(device, privacy, RoundInfo(number=1))

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from fedrec.client.device_round import EMBEDDING, ledger_of, round_examples, round_seed_of
 from fedrec.client.fleet import node_devices
 from fedrec.client.shared_gradients import CLIP_EPS
-from fedrec.client.shared_noise import device_share, train_fleet_shared
+from fedrec.client.shared_noise import train_fleet_shared
 from fedrec.common.config import DeviceConfig, FederationConfig, Fleet, PrivacyConfig, ServerConfig, SharedNoise
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo, resolve_privacy
@@ -206,8 +206,10 @@ def test_device_refuses_past_its_budget(tmp_path, tiny):
     device = fleet_device(tmp_path, data, SharedNoise(min_devices=2, count_sigma=0.0))
     ref = node_devices({}, device.fleet)[0]
     privacy = DevicePrivacy(0.5, CLIP, 1e-5, 0.01, "distributed", 10.0)  # one step costs more than 0.01
-    share = device_share(ref, start_state(device), DeviceInstructions(device, privacy, RoundInfo(number=2)))
-    assert share.arrays is None and ledger_of(ref, device.state_prefix).steps == 0
+    task = DeviceInstructions(device, privacy, RoundInfo(number=2))
+    total, metrics = train_fleet_shared([ref], start_state(device), task)
+    assert metrics["refused"] == 1 and metrics["devices"] == 0 and ledger_of(ref, device.state_prefix).steps == 0
+    assert all(float(v.abs().max()) == 0.0 for v in total.values())
 
 
 def test_federated_ddp_on_flower_simulation_engine(tmp_path, tiny):

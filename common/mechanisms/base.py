@@ -18,6 +18,7 @@ from scipy.stats import binom
 
 from fedrec.common.errors import FedrecError
 from fedrec.common.model import NeuMF, global_state
+from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.replies import allowed_keys
 from fedrec.common.settings import require
 
@@ -192,6 +193,22 @@ class Mechanism(ABC):
     def round_step(self, device: DeviceConfig, privacy: DevicePrivacy, round_number: int) -> AccountantStep:
         """What a device's round adds to its accountant history."""
         return AccountantStep(privacy.noise_multiplier, self.sample_rate(device), device.training.steps)
+
+    def ledgers(
+        self, stored: PrivacyLedger, device: DeviceConfig, privacy: DevicePrivacy, round_number: int
+    ) -> tuple[PrivacyLedger, PrivacyLedger]:
+        """A device's ledger before and after this round, from the one it ``stored``: the budget check reads
+        the second, a refusing device reports the first. Without DP nothing is spent."""
+        if not privacy.private:
+            return stored, stored
+        shared = self.shared_history(device, privacy, round_number)
+        if shared is not None:
+            before = self.shared_history(device, privacy, round_number - 1) or ()
+            return PrivacyLedger(list(before)), PrivacyLedger(list(shared))
+        step = self.round_step(device, privacy, round_number)
+        after = PrivacyLedger(list(stored.history))
+        after.record(step.noise_multiplier, step.sample_rate, step.steps)
+        return stored, after
 
     def sample_rate(self, device: DeviceConfig) -> float:
         """The Poisson rate of the accountant's unit in one step."""
