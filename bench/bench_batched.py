@@ -45,6 +45,7 @@ from fedrec.client.stacked import DeviceWork
 from fedrec.common.config import DeviceConfig, Fleet, LocalTraining, PrivacyConfig
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
 from fedrec.common.model import NeuMF, global_state
+from fedrec.common.policy import SIMULATED
 
 Clock = Callable[[], float]
 PREFIX, REFERENCE_PREFIX = "bench-batched/", "bench-reference/"
@@ -89,7 +90,7 @@ def reference_round(refs, params, task: DeviceInstructions, clock: Clock) -> flo
     train_private, write-back) and the example-weighted sum train_fleet takes of the replies."""
     total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in params.items()}
     t = clock()
-    for result in device_rounds(refs, task, LocalStep(params, task)):
+    for result in device_rounds(refs, task, LocalStep(params, task), SIMULATED):
         for k, v in result.arrays.items():
             total[k] += v.double() * result.num_examples
     return clock() - t

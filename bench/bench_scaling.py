@@ -38,6 +38,7 @@ from fedrec.common.config import DeviceConfig, Fleet
 from fedrec.common.datasets import load_dataset
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
 from fedrec.common.keys import create_key_file
+from fedrec.common.policy import SIMULATED
 from fedrec.common.split import temporal_split
 from fedrec.server.federation import initial_state
 from fedrec.simulations.provision import provision
@@ -68,7 +69,7 @@ def one_size(stats_file: Path, users: int, items: int, round_devices: int, worke
     devices = node_devices({}, device.fleet)
     params = initial_state(device)
     t0 = time.perf_counter()
-    _, metrics = train_fleet(devices, params, task)
+    _, metrics = train_fleet(devices, params, task, SIMULATED)
     round_s = time.perf_counter() - t0
     shutil.rmtree(stores, ignore_errors=True)
     return {

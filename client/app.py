@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from fedrec.client.device_round import DeviceRef
     from fedrec.common.instructions import DeviceInstructions
+    from fedrec.common.policy import DevicePolicy
 
 # Torch, Opacus and the device code load with the first train or evaluate request, not on import: a
 # SuperNode starts one ClientApp process per message, and SecAgg+'s key stages need none of them.
@@ -60,18 +61,20 @@ def _setup() -> None:
     torch.set_num_threads(1)  # one core per ClientApp; the simulation runs several side by side
 
 
-Work = Callable[["DeviceInstructions", "list[DeviceRef]"], RecordDict]
+Work = Callable[["DeviceInstructions", "list[DeviceRef]", "DevicePolicy"], RecordDict]
 
 
 def _reply(msg: Message, context: Context, what: str, work: Work) -> Message:
-    """Reply with ``work(task, devices)`` for this node's devices; any failure becomes an error reply."""
+    """Reply with ``work(task, devices, policy)`` for this node's devices under its owner's policy; any
+    failure becomes an error reply."""
     _setup()
     try:
         from fedrec.client.fleet import node_devices
+        from fedrec.common.policy import node_policy
 
         task = _instructions(msg)
         devices = node_devices(context.node_config, task.device.fleet)
-        return Message(content=work(task, devices), reply_to=msg)
+        return Message(content=work(task, devices, node_policy(context.node_config)), reply_to=msg)
     except Exception as exc:  # noqa: BLE001 - reported to the server instead of hanging the run
         return _error_reply(msg, context, what, exc)
 
@@ -89,8 +92,8 @@ def train(msg: Message, context: Context) -> Message:
         Trainer.USER_UPDATES: train_fleet_user,
     }
 
-    def work(task: DeviceInstructions, devices: list[DeviceRef]) -> RecordDict:
-        update, metrics = trainers[task.mechanism.trainer](devices, _global_params(msg), task)
+    def work(task: DeviceInstructions, devices: list[DeviceRef], policy: DevicePolicy) -> RecordDict:
+        update, metrics = trainers[task.mechanism.trainer](devices, _global_params(msg), task, policy)
         return RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord(metrics)})
 
     return _reply(msg, context, "train", work)
@@ -100,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     from fedrec.client.fleet import evaluate_fleet
 
-    def work(task: DeviceInstructions, devices: list[DeviceRef]) -> RecordDict:
+    def work(task: DeviceInstructions, devices: list[DeviceRef], policy: DevicePolicy) -> RecordDict:
         return RecordDict({"metrics": MetricRecord(evaluate_fleet(devices, _global_params(msg), task))})
 
     return _reply(msg, context, "evaluate", work)

@@ -13,8 +13,12 @@ import typer
 
 from fedrec.client.store_cli import store_app
 from fedrec.common.cli import say
+from fedrec.common.errors import FedrecError
+from fedrec.common.policy import DevicePolicy
+from fedrec.common.settings import SettingError
 
 app = typer.Typer()
+OWNER = DevicePolicy()  # a deployed device's defaults
 app.add_typer(store_app, name="store")
 
 
@@ -33,10 +37,34 @@ def client(
     require_secure_aggregation: bool = typer.Option(
         False, help="Answer train requests only under secure aggregation (SecAgg+); refuse plain ones."
     ),
+    min_noise_multiplier: float = typer.Option(
+        OWNER.min_noise_multiplier, help="Refuse a DP round with less noise (the mechanism's multiplier)."
+    ),
+    max_epsilon: float = typer.Option(
+        OWNER.max_epsilon, help="Lifetime epsilon per unit on this store, over every run: refuse rounds past it."
+    ),
+    max_delta: float = typer.Option(OWNER.max_delta, help="Refuse a round whose delta is larger."),
+    min_devices: int = typer.Option(
+        OWNER.min_devices, help="Shared noise: refuse a round whose noise needs fewer devices' shares."
+    ),
+    min_secagg_threshold: int = typer.Option(
+        OWNER.min_secagg_threshold, help="Refuse a SecAgg+ round whose reconstruction threshold is lower."
+    ),
+    allow_non_private: bool = typer.Option(
+        OWNER.allow_non_private, help="Also train without DP (the update then carries this device's records)."
+    ),
 ) -> None:
-    """Run this device (or a gateway for a group of devices) as a Flower SuperNode that trains when asked."""
+    """Run this device (or a gateway for a group of devices) as a Flower SuperNode that trains when asked,
+    within its owner's privacy policy (the limits below; the server can only ask for stricter ones)."""
     # lazy: CLI start-up
     from fedrec.client.supernode import ClientSettings, run_client
+
+    try:
+        policy = DevicePolicy(
+            allow_non_private, min_noise_multiplier, max_delta, max_epsilon, min_devices, min_secagg_threshold
+        )
+    except SettingError as exc:
+        raise FedrecError(f"fedrec client: --{exc.field.replace('_', '-')}: {exc}") from None
 
     run_client(
         ClientSettings(
@@ -50,6 +78,7 @@ def client(
             stores_dir,
             master_key_file,
             require_secure_aggregation,
+            policy,
         ),
         say,
         echo=not quiet,

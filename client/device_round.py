@@ -7,6 +7,7 @@ to the caller is the global parameters (dense) and scalar metrics.
 from __future__ import annotations
 
 import io
+import logging
 import secrets
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,11 +27,13 @@ from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.mechanisms import DevicePrivacy
 from fedrec.common.metrics import ranks_from_scores
 from fedrec.common.model import NeuMF
-from fedrec.common.privacy import PrivacyLedger, over_budget
+from fedrec.common.policy import DevicePolicy
+from fedrec.common.privacy import LIFETIME, LifetimeLedger, PrivacyLedger, over_budget
 from fedrec.common.store import DeviceStore, Events
 from fedrec.common.training import recency_oversample
 
 EMBEDDING, LEDGER, ROUNDS, SERVING = "user_embedding", "privacy_ledger", "rounds", "serving_embedding"
+log = logging.getLogger("fedrec.client")
 
 
 class DeviceState(Protocol):
@@ -161,10 +164,18 @@ def read_ledger(store: DeviceState, prefix: str) -> PrivacyLedger:
     return PrivacyLedger.from_json(store.get_state(prefix + LEDGER))
 
 
-def write_round(store: DeviceState, prefix: str, ledger: PrivacyLedger, rows: Mapping[str, torch.Tensor]) -> None:
-    """One transaction: the rows of device state, the ledger and the round counter move together."""
+def write_round(
+    store: DeviceState,
+    prefix: str,
+    ledger: PrivacyLedger,
+    rows: Mapping[str, torch.Tensor],
+    lifetime: LifetimeLedger | None = None,
+) -> None:
+    """One transaction: the rows of device state, the ledgers and the round counter move together."""
     rounds = int(store.get_state(prefix + ROUNDS) or b"0") + 1
     states = {prefix + LEDGER: ledger.to_json(), prefix + ROUNDS: str(rounds).encode()}
+    if lifetime is not None:
+        states[LIFETIME] = lifetime.to_json()
     states.update({prefix + name: embedding_bytes(row) for name, row in rows.items()})
     store.put_states(states)
 
@@ -208,33 +219,66 @@ class DeviceStep(Protocol):
 STORES_OPEN = 256  # stores a stacked step holds open at once (file handles, one block's results in memory)
 
 
-def device_rounds(refs: Sequence[Device], task: DeviceInstructions, step: DeviceStep) -> Iterator[RoundResult]:
-    """Every device's round, one skeleton for every mechanism and executor: open the store, read the ledger,
-    check the budget (once, with the ledger's one tolerance), build the examples, train through the
-    mechanism's ``step``, commit the device's rows, ledger and round counter in one transaction."""
+def device_rounds(
+    refs: Sequence[Device], task: DeviceInstructions, step: DeviceStep, policy: DevicePolicy
+) -> Iterator[RoundResult]:
+    """Every device's round, one skeleton for every mechanism and executor: check the instructions against
+    the owner's ``policy``, open the store, read the ledgers and check the budgets (the run's and the
+    lifetime's, with the ledger's one tolerance), build the examples, train through the mechanism's
+    ``step``, commit the device's rows, ledgers and round counter in one transaction."""
     device, privacy, prefix = task.device, task.privacy, task.device.state_prefix
+    reason = policy.refusal(privacy, device, task.mechanism.shared)
+    if reason is not None:
+        log.warning("refused round %d: %s", task.round.number, reason)
+        yield from (RoundResult({}, 0, LocalOutcome(0.0, 0, 0.0, True)) for _ in refs)
+        return
     for start in range(0, len(refs), step.block):
         block = refs[start : start + step.block]
         with ExitStack() as open_stores:
             stores = [open_stores.enter_context(ref.open()) for ref in block]
-            ledgers = [
-                task.mechanism.ledgers(read_ledger(store, prefix), device, privacy, task.round.number)
-                for store in stores
-            ]
-            allowed = [i for i, (_, after) in enumerate(ledgers) if not privacy.private or not refuses(after, privacy)]
+            ledgers = [_round_ledgers(store, task) for store in stores]
+            allowed = [i for i, ledger in enumerate(ledgers) if not ledger.refuses(privacy, policy)]
             works = {i: round_work(stores[i], block[i], task, step.rows) for i in allowed}
             trained = dict(zip(allowed, step.train([works[i] for i in allowed])))
             results = []
-            for i, (store, (before, after)) in enumerate(zip(stores, ledgers)):
+            for i, (store, ledger) in enumerate(zip(stores, ledgers)):
                 if i not in trained:
-                    results.append(RoundResult({}, 0, LocalOutcome(0.0, 0, before.epsilon(privacy.delta), True)))
+                    results.append(RoundResult({}, 0, LocalOutcome(0.0, 0, ledger.before.epsilon(privacy.delta), True)))
                     continue
                 done = trained[i]
-                write_round(store, prefix, after, done.rows)
-                epsilon = after.epsilon(privacy.delta) if privacy.private else 0.0
+                write_round(store, prefix, ledger.after, done.rows, ledger.lifetime if privacy.private else None)
+                epsilon = ledger.after.epsilon(privacy.delta) if privacy.private else 0.0
                 outcome = LocalOutcome(done.loss, done.steps, epsilon)
                 results.append(RoundResult(done.arrays, done.num_examples, outcome, done.item_counts))
         yield from results
+
+
+@dataclass(frozen=True)
+class RoundLedgers:
+    """A device's ledgers around this round: the run's (under the state prefix the server named) before
+    and after, and the store's lifetime ledger after (which no server-named prefix resets)."""
+
+    before: PrivacyLedger
+    after: PrivacyLedger
+    lifetime: LifetimeLedger
+    unit: str
+
+    def refuses(self, privacy: DevicePrivacy, policy: DevicePolicy) -> bool:
+        """Would this round take the device past the run's budget or its owner's lifetime one?"""
+        if not privacy.private:
+            return False
+        run = over_budget(self.after.epsilon(privacy.delta), privacy.budget)
+        return run or over_budget(self.lifetime.epsilon(self.unit, privacy.delta), policy.max_epsilon)
+
+
+def _round_ledgers(store: DeviceState, task: DeviceInstructions) -> RoundLedgers:
+    device, privacy, mechanism, number = task.device, task.privacy, task.mechanism, task.round.number
+    before, after = mechanism.ledgers(read_ledger(store, device.state_prefix), device, privacy, number)
+    lifetime = LifetimeLedger.from_json(store.get_state(LIFETIME))
+    counted = lifetime.counted.get(device.state_prefix, 0)
+    new = lifetime.after(mechanism.lifetime_unit, mechanism.new_entries(device, privacy, number, counted))
+    new.counted[device.state_prefix] = number
+    return RoundLedgers(before, after, new, mechanism.lifetime_unit)
 
 
 def refuses(ledger: PrivacyLedger, privacy: DevicePrivacy) -> bool:

@@ -43,6 +43,7 @@ from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.manifest import load_manifest
 from fedrec.common.metrics import hit_ndcg
 from fedrec.common.model import global_state
+from fedrec.common.policy import DevicePolicy
 from fedrec.common.replies import device_weight, train_metrics
 
 
@@ -152,7 +153,10 @@ def local_step(global_params: Mapping[str, torch.Tensor], task: DeviceInstructio
 
 
 def train_fleet(
-    devices: Sequence[Device], global_params: dict[str, torch.Tensor], task: DeviceInstructions
+    devices: Sequence[Device],
+    global_params: dict[str, torch.Tensor],
+    task: DeviceInstructions,
+    policy: DevicePolicy,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train every participating device; return the weighted mean of their global params: by example
     count without DP (FedAvg), one weight per device under DP (the count would reveal history lengths).
@@ -163,7 +167,9 @@ def train_fleet(
     rows = RowMean(global_params[ITEM_TABLE]) if device.item_row_average and not private else None
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
     sampled = [ref for ref in devices if takes_part(ref, task)]
-    for result in device_rounds(sampled, task, local_step(global_params, task)):  # one block in memory at a time
+    for result in device_rounds(
+        sampled, task, local_step(global_params, task), policy
+    ):  # one block in memory at a time
         epsilons.append(result.outcome.epsilon)
         if result.outcome.refused:
             refused += 1

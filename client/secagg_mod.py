@@ -27,11 +27,12 @@ from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
+from fedrec.common.policy import deployed, node_policy
 from fedrec.common.record_values import scalar_float, scalar_int
 from fedrec.common.secure_sum import SumGrid
 
@@ -96,31 +97,42 @@ def instructions(msg: Message) -> DeviceInstructions | None:
         return None
 
 
-def deployed(context: Context) -> bool:
-    """A SuperNode `fedrec client` started (its node config names its store or its gateway's group), not
-    a simulated node, whose gateway stands in for secure aggregation."""
-    return "store" in context.node_config or "stores-dir" in context.node_config
-
-
 def _plain_refusal(msg: Message, context: Context) -> str | None:
     if str(context.node_config.get(REQUIRE_KEY, "")) == "required":
         return "this device answers train requests only under secure aggregation (SecAgg+)"
-    task = instructions(msg) if deployed(context) else None
+    task = instructions(msg) if deployed(context.node_config) else None
     if task is not None and task.mechanism.shared:
         return "a shared-noise round (privacy.mechanism distributed or user) needs secure aggregation (SecAgg+)"
     return None
+
+
+def _threshold_refusal(msg: Message, context: Context) -> str | None:
+    """At SecAgg+'s setup stage: does the server's reconstruction threshold meet the owner's minimum? (A
+    threshold of 1 would let the server unmask any one device's update from a single share.)"""
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    if configs.get(Key.STAGE) != Stage.SETUP:
+        return None
+    try:
+        threshold = scalar_int(configs, Key.THRESHOLD)
+        return node_policy(context.node_config).secagg_refusal(threshold)
+    except FedrecError as exc:
+        return str(exc)
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """SecAgg+ for train messages that ask for it; everything else goes straight to the handler."""
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
+    reason = None
     if not under_secure_aggregation(msg):
         reason = _plain_refusal(msg, context) if msg.has_content() else None
-        if reason:
-            log.error("node %s: %s", context.node_id, reason)
-            return Message(Error(code=REFUSED, reason=reason), reply_to=msg)
-        return call_next(msg, context)
+        if reason is None:
+            return call_next(msg, context)
+    else:
+        reason = _threshold_refusal(msg, context)
+    if reason:
+        log.error("node %s: %s", context.node_id, reason)
+        return Message(Error(code=REFUSED, reason=reason), reply_to=msg)
     try:
         return secaggplus_mod(msg, context, lambda m, c: as_fit_reply(m, call_next(m, c), c))
     except Exception as exc:  # noqa: BLE001 - the server treats an error reply as this node dropping out

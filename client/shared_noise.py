@@ -39,6 +39,7 @@ from fedrec.client.shared_gradients import ITEM, clipped_sums, trained_width
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
+from fedrec.common.policy import DevicePolicy
 from fedrec.common.replies import SHARED_COUNTS as COUNTS
 from fedrec.common.replies import train_metrics
 
@@ -94,13 +95,14 @@ def train_fleet_shared(
     devices: Iterable[Device],
     global_params: dict[str, torch.Tensor],
     task: DeviceInstructions,
+    policy: DevicePolicy,
     step: DeviceStep | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The shares of this node's participating devices, summed; ``num-examples`` is how many reported."""
     sampled = [ref for ref in devices if takes_part(ref, task)]
     total: dict[str, torch.Tensor] = {}
     epsilons, refused, steps = [], 0, 0
-    for result in device_rounds(sampled, task, step or SharedGradientStep(global_params, task)):
+    for result in device_rounds(sampled, task, step or SharedGradientStep(global_params, task), policy):
         epsilons.append(result.outcome.epsilon)
         if result.outcome.refused:
             refused += 1

@@ -12,7 +12,7 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -25,6 +25,7 @@ from fedrec.client.store_key import store_key
 from fedrec.common.errors import FedrecError
 from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.manifest import load_manifest
+from fedrec.common.policy import DevicePolicy
 from fedrec.common.processes import Children, flower_env, free_port, terminate_on_sigterm
 from fedrec.common.store import DeviceStore
 
@@ -45,6 +46,7 @@ class ClientSettings:
     stores_dir: Path | None = None
     master_key_file: Path | None = None
     require_secure_aggregation: bool = False  # refuse train requests outside SecAgg+ (client/secagg_mod.py)
+    policy: DevicePolicy = field(default_factory=DevicePolicy)  # the owner's limits (common/policy.py)
 
     @property
     def name(self) -> str:
@@ -108,6 +110,7 @@ def supernode_argv(s: ClientSettings, port: int, paths: dict[str, Path]) -> list
     node_config = " ".join(f'{key}="{path.resolve()}"' for key, path in paths.items())
     if s.require_secure_aggregation:
         node_config += f' {REQUIRE_KEY}="required"'
+    node_config += " " + s.policy.to_node_config()
     argv = [
         "flower-supernode",
         "--superlink",

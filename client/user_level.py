@@ -22,6 +22,7 @@ from fedrec.client.shared_noise import noise, train_fleet_shared
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.model import global_state
+from fedrec.common.policy import DevicePolicy
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class UserUpdateStep:
 
 
 def train_fleet_user(
-    devices: Sequence[Device], global_params: dict[str, torch.Tensor], task: DeviceInstructions
+    devices: Sequence[Device], global_params: dict[str, torch.Tensor], task: DeviceInstructions, policy: DevicePolicy
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The node's sampled devices (each its own coin), their shares summed."""
-    return train_fleet_shared(devices, global_params, task, UserUpdateStep(global_params, task))
+    return train_fleet_shared(devices, global_params, task, policy, UserUpdateStep(global_params, task))

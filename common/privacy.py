@@ -86,3 +86,40 @@ def noise_for_budget(epsilon: float, delta: float, sample_rate: float, steps: in
             target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant="rdp"
         )
     )
+
+
+LIFETIME = "lifetime_ledger"  # store state, never prefixed: no server-named run resets it
+
+
+@dataclass
+class LifetimeLedger:
+    """Every private round this store's device committed, per unit, whatever the run or state prefix, and
+    for each run's ledger (state prefix) the last round it counted, so a mechanism whose history is a
+    function of the round number (``user``) adds only the rounds it has not counted yet."""
+
+    units: dict[str, PrivacyLedger] = field(default_factory=dict)
+    counted: dict[str, int] = field(default_factory=dict)  # state prefix -> last round number counted
+
+    def after(self, unit: str, history: tuple[tuple[float, float, int], ...]) -> LifetimeLedger:
+        """This ledger with ``history`` (a round's new accountant entries) added to ``unit``."""
+        units = {k: PrivacyLedger(list(v.history)) for k, v in self.units.items()}
+        ledger = units.setdefault(unit, PrivacyLedger())
+        for sigma, q, steps in history:
+            ledger.record(sigma, q, steps)
+        return LifetimeLedger(units, dict(self.counted))
+
+    def epsilon(self, unit: str, delta: float) -> float:
+        return self.units.get(unit, PrivacyLedger()).epsilon(delta)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"units": {k: v.history for k, v in self.units.items()}, "counted": self.counted}, sort_keys=True
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | None) -> LifetimeLedger:
+        if data is None:
+            return cls()
+        raw = json.loads(data)
+        units = {k: PrivacyLedger([(float(s), float(q), int(n)) for s, q, n in v]) for k, v in raw["units"].items()}
+        return cls(units, {str(k): int(v) for k, v in raw["counted"].items()})

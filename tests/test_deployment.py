@@ -172,7 +172,7 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
     assert "registered device device-2" in _read(server_log)
     assert set(json.loads((out / "superlink" / "devices.json").read_text())) == {"device-0", "device-1", "device-2"}
 
-    def client(name: str, store: Path, key: Path, ca: Path, auth: Path):
+    def client(name: str, store: Path, key: Path, ca: Path, auth: Path, *policy: str):
         return fedrec(
             name,
             "client",
@@ -188,6 +188,7 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
             str(auth),
             "--max-wait",
             "60",
+            *policy,
         )
 
     # 3. Refusals: a device that trusts another CA, and a device whose key was never registered.
@@ -202,9 +203,11 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
         last = _read(tmp_path / f"{name}.log").strip().splitlines()[-1]
         assert last.startswith("error:") and expected in last, last
 
-    # 4. Three registered devices train two rounds.
+    # 4. Three registered devices take part in two rounds; the owner of device-2 accepts no less noise than 50,
+    # so it refuses every round the server asks of it (one log line each) and spends nothing.
+    strict = ("--min-noise-multiplier", "50")
     for i, (store, key) in enumerate(stores):
-        client(f"device-{i}", store, key, certs / "ca.crt", certs / "devices" / f"device-{i}")
+        client(f"device-{i}", store, key, certs / "ca.crt", certs / "devices" / f"device-{i}", *strict[: 2 * (i == 2)])
     assert wait_exit(server, server_log) == 0, _read(server_log)[-3000:]
     log = _read(server_log)
     assert "finished:completed" in log and "stopped all server processes" in log
@@ -220,8 +223,9 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
     assert all(torch.isfinite(v).all() for v in state.values()) and checkpoint.keys() == state.keys()
 
-    # 6. Each device's ledger counts both rounds (record-level DP, the noise the server set), its embedding stayed local.
-    for (store, key), i in zip(stores, range(3)):
+    # 6. Each device's ledger counts both rounds (record-level DP, the noise the server set), its embedding stayed
+    # local; the refusing device trained nothing and says why in its log.
+    for (store, key), i in zip(stores[:2], range(2)):
         children.stop_one(f"device-{i}")
         with DeviceStore.open(store, store_key(store, key)) as opened:
             ledger = PrivacyLedger.from_json(opened.get_state("privacy_ledger"))
@@ -229,6 +233,10 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
             assert opened.get_state("user_embedding") is not None
         assert ledger.steps == ROUNDS * STEPS and ledger.history[0][0] == noise
         assert 0 < ledger.epsilon(1e-5) < float("inf")
+    children.stop_one("device-2")
+    with DeviceStore.open(stores[2][0], store_key(*stores[2])) as opened:
+        assert opened.get_state("rounds") is None and opened.get_state("lifetime_ledger") is None
+    assert "is below this device's minimum 50" in _read(tmp_path / "device-2.log")
 
     # 7. On-device recommendations: original item ids, nothing the user has seen (titles: test_device.py).
     store, key = stores[0]

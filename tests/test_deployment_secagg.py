@@ -35,6 +35,7 @@ from fedrec.common.config import FederationConfig
 from fedrec.common.instructions import DeviceInstructions, RoundInfo, resolve_privacy
 from fedrec.common.keys import create_key_file
 from fedrec.common.manifest import load_manifest
+from fedrec.common.policy import SIMULATED
 from fedrec.common.processes import descendants, free_port
 from fedrec.common.settings import from_flat
 from fedrec.common.split import temporal_split
@@ -67,12 +68,20 @@ def replayed_update(store: Path, key_file: Path) -> dict[str, torch.Tensor]:
     cfg = from_flat(FederationConfig, {**parse_run_config(RUN_CONFIG), "server.rounds": 1}, "test", complete=False)
     task = DeviceInstructions(cfg.device, resolve_privacy(cfg.privacy, cfg.device, 1), RoundInfo(1, False))
     ref = DeviceRef(store.stem, store, store_key(store, key_file), durable=False)
-    state, _ = train_fleet([ref], initial_state(cfg.device), task)
+    state, _ = train_fleet([ref], initial_state(cfg.device), task, SIMULATED)
     return state
 
 
-def start_federation(tmp_path: Path, children, stores: list[Path], run_config: str, rounds: int):  # noqa: F811
-    """`fedrec certs init`, `fedrec server` and one `fedrec client --require-secure-aggregation` per store."""
+def start_federation(
+    tmp_path: Path,
+    children,  # noqa: F811
+    stores: list[Path],
+    run_config: str,
+    rounds: int,
+    *device_flags: str,
+):
+    """`fedrec certs init`, `fedrec server` and one `fedrec client --require-secure-aggregation` per store
+    (with ``device_flags``, its owner's policy)."""
     certs, out = tmp_path / "certs", tmp_path / "server"
     key_file = tmp_path / "fleet" / "master.key"  # a provisioned store's key derives from it and its id
 
@@ -89,7 +98,7 @@ def start_federation(tmp_path: Path, children, stores: list[Path], run_config: s
     for i, store in enumerate(stores):
         flags = {"--store": store, "--key-file": key_file, "--superlink": f"127.0.0.1:{port}", "--max-wait": 60}
         flags.update({"--root-cert": certs / "ca.crt", "--auth-key": certs / "devices" / f"device-{i}"})
-        fedrec(f"device-{i}", "client", *argv(flags), "--require-secure-aggregation")
+        fedrec(f"device-{i}", "client", *argv(flags), "--require-secure-aggregation", *device_flags)
     return server, out
 
 
@@ -121,7 +130,7 @@ def test_secure_aggregation_survives_a_killed_device(tmp_path, children):  # noq
     stores = fleet(tmp_path / "fleet")
     shutil.copytree(tmp_path / "fleet", tmp_path / "before")  # for the replay
     started = time.monotonic()
-    server, out = start_federation(tmp_path, children, stores, RUN_CONFIG, rounds=1)
+    server, out = start_federation(tmp_path, children, stores, RUN_CONFIG, 1, "--allow-non-private")
     server_log = tmp_path / "server.log"
     kill_when_received(tmp_path, children, server, 3)  # the third is the masked-vector request
 

@@ -12,6 +12,7 @@ from fedrec.common.config import DeviceConfig, LocalTraining
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
 from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.model import ModelConfig
+from fedrec.common.policy import SIMULATED
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.store import Events
 from fedrec.simulations.audit.inprocess import MemoryDevice
@@ -37,7 +38,7 @@ def test_a_device_runs_until_its_budget_and_then_keeps_everything(executor):
     outcomes, kept = [], []
     for rnd in range(1, 7):
         task = DeviceInstructions(device, privacy, RoundInfo(rnd))
-        results = list(device_rounds(devices, task, local_step(params, task)))
+        results = list(device_rounds(devices, task, local_step(params, task), SIMULATED))
         outcomes.append([r.outcome for r in results])
         kept.append(dict(devices[0].states))
     assert [[o.refused for o in round_] for round_ in outcomes] == [[False, False]] * 3 + [[True, True]] * 3
@@ -58,6 +59,6 @@ def test_a_refused_round_contributes_nothing(mechanism):
     params = mechanism_for(privacy).initial_state(device)
     task = DeviceInstructions(device, privacy, RoundInfo(1))
     one = device_of("a", 12, 0)
-    [result] = device_rounds([one], task, local_step(params, task))
+    [result] = device_rounds([one], task, local_step(params, task), SIMULATED)
     assert result.outcome.refused and result.num_examples == 0 and result.arrays == {}
     assert one.states == {}

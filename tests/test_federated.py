@@ -25,6 +25,7 @@ from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundI
 from fedrec.common.item_rows import COUNTS, ITEM_TABLE
 from fedrec.common.keys import create_key_file
 from fedrec.common.model import ModelConfig, NeuMF, global_names
+from fedrec.common.policy import SIMULATED
 from fedrec.common.replies import EVALUATE_PRIVATE, TRAIN_PRIVATE
 from fedrec.common.settings import from_nested
 from fedrec.common.split import temporal_split
@@ -104,8 +105,8 @@ def test_gateway_aggregate_equals_per_device_fedavg(tmp_path, tiny):
     def task(prefix: str) -> DeviceInstructions:
         return DeviceInstructions(replace(device, state_prefix=prefix), round=RoundInfo(number=1))
 
-    together, metrics = train_fleet(devices, params, task("a/"))
-    singles = [train_fleet([d], params, task("b/")) for d in devices]
+    together, metrics = train_fleet(devices, params, task("a/"), SIMULATED)
+    singles = [train_fleet([d], params, task("b/"), SIMULATED) for d in devices]
     weights = np.array([m["num-examples"] for _, m in singles], dtype=float)
     assert metrics["num-examples"] == weights.sum()
     for name in params:
@@ -132,8 +133,8 @@ def test_private_replies_weigh_devices_equally_and_carry_only_public_counts(tmp_
     def task(prefix: str) -> DeviceInstructions:
         return DeviceInstructions(replace(device, state_prefix=prefix), privacy, RoundInfo(number=1))
 
-    together, metrics = train_fleet(devices, params, task("a/"))
-    singles = [train_fleet([d], params, task("b/")) for d in devices]
+    together, metrics = train_fleet(devices, params, task("a/"), SIMULATED)
+    singles = [train_fleet([d], params, task("b/"), SIMULATED) for d in devices]
     assert tuple(metrics) == TRAIN_PRIVATE and metrics["num-examples"] == 3 == metrics["devices"]
     assert all(m["num-examples"] == 1 for _, m in singles)
     evaluated = evaluate_fleet(devices, params, task("a/"))
@@ -153,7 +154,7 @@ def test_batched_node_equals_the_opacus_path_through_the_fleet(tmp_path, tiny, m
     for executor in ("per_device", "batched"):
         device = replace(base, executor=executor, state_prefix=f"{executor}/")
         task = DeviceInstructions(device, privacy, RoundInfo(number=1))
-        mean, metrics = train_fleet(devices, params, task)
+        mean, metrics = train_fleet(devices, params, task, SIMULATED)
         assert len(opacus_calls) == len(devices)  # the batched round ran none through Opacus
         rows = [serving_or_training_row(ref, device.state_prefix) for ref in devices]
         ledgers = [ledger_of(ref, device.state_prefix).history for ref in devices]

@@ -18,6 +18,7 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo, resolve_privacy
 from fedrec.common.mechanisms import ServerStep, mechanism_for
 from fedrec.common.model import ModelConfig, NeuMF
+from fedrec.common.policy import SIMULATED
 from fedrec.common.privacy import history_epsilon
 from fedrec.common.split import temporal_split
 from fedrec.server.shared_noise import SharedNoiseAggregation
@@ -102,7 +103,7 @@ def test_noise_free_sum_equals_the_pooled_clipped_sum(tmp_path, tiny):
     state = start_state(device)
     task = task_for(device, 1e-12, 2, batch=50.0)
     expected_table, expected_users = pooled_clipped_sum(device, refs, state, task)
-    total, metrics = train_fleet_shared(refs, state, task)
+    total, metrics = train_fleet_shared(refs, state, task, SIMULATED)
     assert metrics["num-examples"] == metrics["devices"] == len(refs)
     assert torch.allclose(total["item_emb.weight"].float(), expected_table, atol=1e-6)
     assert expected_table.abs().sum() > 0
@@ -118,8 +119,8 @@ def test_noise_of_the_sum_has_std_sigma_clip(tmp_path, tiny):
     shared = SharedNoise(record_rate=0.5, min_devices=8, count_sigma=0.0, table_lr=1.0, momentum=0.0)
     quiet, noisy = (fleet_device(tmp_path / name, data, shared) for name in ("quiet", "noisy"))
     state, sigma = start_state(quiet), 3.0
-    clean, _ = train_fleet_shared(node_devices({}, quiet.fleet), state, task_for(quiet, 1e-12, 2, 1.0))
-    loud, _ = train_fleet_shared(node_devices({}, noisy.fleet), state, task_for(noisy, sigma, 2, 1.0))
+    clean, _ = train_fleet_shared(node_devices({}, quiet.fleet), state, task_for(quiet, 1e-12, 2, 1.0), SIMULATED)
+    loud, _ = train_fleet_shared(node_devices({}, noisy.fleet), state, task_for(noisy, sigma, 2, 1.0), SIMULATED)
     noise = (loud["item_emb.weight"] - clean["item_emb.weight"])[:, : GMF.embedding_dim]
     assert noise.numel() >= 500
     assert abs(float(noise.std()) / (sigma * CLIP) - 1.0) < 0.12
@@ -138,7 +139,7 @@ def test_histogram_round_sends_noisy_counts_and_records_it(tmp_path, tiny):
     device = fleet_device(tmp_path, data, SharedNoise(min_devices=4, count_sigma=2.0))
     refs = node_devices({}, device.fleet)
     task = task_for(device, 1.0, 1, 10.0)
-    total, metrics = train_fleet_shared(refs, start_state(device), task)
+    total, metrics = train_fleet_shared(refs, start_state(device), task, SIMULATED)
     split = temporal_split(data, 0)
     exact = torch.bincount(torch.from_numpy(split.train_items), minlength=data.n_items).double()
     assert set(total) == {"item_counts"}
@@ -207,7 +208,7 @@ def test_device_refuses_past_its_budget(tmp_path, tiny):
     ref = node_devices({}, device.fleet)[0]
     privacy = DevicePrivacy(0.5, CLIP, 1e-5, 0.01, "distributed", 10.0)  # one step costs more than 0.01
     task = DeviceInstructions(device, privacy, RoundInfo(number=2))
-    total, metrics = train_fleet_shared([ref], start_state(device), task)
+    total, metrics = train_fleet_shared([ref], start_state(device), task, SIMULATED)
     assert metrics["refused"] == 1 and metrics["devices"] == 0 and ledger_of(ref, device.state_prefix).steps == 0
     assert all(float(v.abs().max()) == 0.0 for v in total.values())
 
@@ -297,6 +298,8 @@ def test_a_node_with_nothing_to_add_sends_a_zero_share_of_the_rounds_layout(mech
     device = DeviceConfig(model=GMF, n_items=7)
     state = {k: v.detach() for k, v in NeuMF(1, 7, GMF).state_dict().items() if k != "user_emb.weight"}
     privacy = DevicePrivacy(1.0, CLIP, 1e-5, 8.0, mechanism, 10.0)
-    total, metrics = train_fleet_shared([], state, DeviceInstructions(device, privacy, RoundInfo(round_number)))
+    total, metrics = train_fleet_shared(
+        [], state, DeviceInstructions(device, privacy, RoundInfo(round_number)), SIMULATED
+    )
     assert set(total) == (names or set(state)) and metrics["devices"] == 0
     assert all(float(v.abs().max()) == 0.0 for v in total.values())

@@ -210,6 +210,28 @@ class Mechanism(ABC):
         after.record(step.noise_multiplier, step.sample_rate, step.steps)
         return stored, after
 
+    def new_entries(self, device: DeviceConfig, privacy: DevicePrivacy, round_number: int, counted: int) -> History:
+        """What this round adds to the device's lifetime ledger (``fedrec.common.policy``), given the last
+        round of the same run it counted (``counted``; a round number at or past this one means the server
+        restarted its count, and the whole history of the new run counts)."""
+        shared = self.shared_history(device, privacy, round_number)
+        if shared is None:
+            step = self.round_step(device, privacy, round_number)
+            return ((step.noise_multiplier, step.sample_rate, step.steps),)
+        done = sum(n for *_, n in self.shared_history(device, privacy, counted) or ()) if counted < round_number else 0
+        entries = []
+        for sigma, q, steps in shared:
+            kept = max(0, steps - done)
+            done -= steps - kept
+            if kept:
+                entries.append((sigma, q, kept))
+        return tuple(entries)
+
+    @property
+    def lifetime_unit(self) -> str:
+        """The lifetime ledger a round of this mechanism counts in."""
+        return "user" if self.user_level else "record"
+
     def sample_rate(self, device: DeviceConfig) -> float:
         """The Poisson rate of the accountant's unit in one step."""
         return device.training.sample_rate

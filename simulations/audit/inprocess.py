@@ -27,6 +27,7 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, RoundInfo, resolve_privacy
 from fedrec.common.mechanisms import Trainer, mechanism_for
 from fedrec.common.model import NeuMF
+from fedrec.common.policy import SIMULATED
 from fedrec.common.split import Split
 from fedrec.common.store import Events
 from fedrec.simulations.arms.base import ArmResult
@@ -97,7 +98,7 @@ def fit_inprocess(data: Interactions, split: Split, seed: int, federation: Feder
     devices = [d for d in everyone if len(d.events.items)]
     for rnd in range(1, rounds + 1):
         task = DeviceInstructions(device, privacy, RoundInfo(rnd))
-        mean, _ = train_fleet(devices, global_params, task)
+        mean, _ = train_fleet(devices, global_params, task, SIMULATED)
         global_params = {k: mean[k] for k in global_params}  # one node: its mean is the aggregate
     user_rows = torch.cat([training_row(d, d.device_id, device) for d in everyone])
     model = NeuMF(split.n_users, split.n_items, device.model)
