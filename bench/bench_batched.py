@@ -41,6 +41,7 @@ from fedrec.client.device_round import (
     write_round,
 )
 from fedrec.client.fleet import LocalStep, node_devices
+from fedrec.client.round_randomness import SimulatedRandomness
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.config import DeviceConfig, Fleet, LocalTraining, PrivacyConfig
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
@@ -78,9 +79,9 @@ def read_inputs(stores: list, task: DeviceInstructions, clock: Clock) -> tuple[l
         row = training_row(store, store.path.stem, task.device)
         parts["store read (events, user row)"] += clock() - t
         t = clock()
-        seed = device_seed(task.device.seed, task.round.number, store.path.stem)
-        items, labels = round_examples(store, task, seed)
-        works.append(DeviceWork(items, labels, row, seed))
+        randomness = SimulatedRandomness(device_seed(task.device.seed, task.round.number, store.path.stem))
+        items, labels = round_examples(store, task, randomness)
+        works.append(DeviceWork(items, labels, row, randomness))
         parts["examples"] += clock() - t
     return works, parts
 

@@ -31,11 +31,11 @@ from rich.table import Table
 
 from fedrec.client import local_training
 from fedrec.client.local_training import make_examples, train_private, trained_under_dp
+from fedrec.client.round_randomness import SecureRandomness, SimulatedRandomness
 from fedrec.client.secure_opacus import make_private_ghost_streams
 from fedrec.common.config import FederationConfig
 from fedrec.common.instructions import resolve_privacy
 from fedrec.common.model import NeuMF
-from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.randomness import NEGATIVES, NOISE, SAMPLING, RandomSource, SecureSource, SeededSource
 
 N_ITEMS = 1682  # ML-100K's catalogue
@@ -70,7 +70,7 @@ def stream_draws(
 def streams_in_place_of_generator(source: Callable[[], RandomSource]) -> Callable[..., Any]:
     """``make_private_ghost``'s signature, answered by ``make_private_ghost_streams`` on a fresh source."""
 
-    def make_private(engine: Any, model: Any, optimizer: Any, loader: Any, nm: float, norm: float, _: Any) -> Any:
+    def make_private(engine: Any, model: Any, optimizer: Any, loader: Any, nm: float, norm: float, *_: Any) -> Any:
         streams = source()
         return make_private_ghost_streams(
             engine,
@@ -127,7 +127,10 @@ def main() -> None:
     items, labels = make_examples(rng.integers(0, N_ITEMS, args.records), None, N_ITEMS, training.negatives, rng)
 
     def private_round(seed: int) -> None:
-        train_private(NeuMF(1, N_ITEMS, device.model), items, labels, training, privacy, PrivacyLedger(), seed)
+        train_private(NeuMF(1, N_ITEMS, device.model), items, labels, training, privacy, SimulatedRandomness(seed))
+
+    def deployed_round(seed: int) -> None:  # the path a deployed device runs: no patch
+        train_private(NeuMF(1, N_ITEMS, device.model), items, labels, training, privacy, SecureRandomness())
 
     def with_streams(make: Callable[[int], RandomSource]) -> Callable[[int], None]:
         def run(seed: int) -> None:
@@ -138,7 +141,12 @@ def main() -> None:
         return run
 
     rounds = interleaved(
-        {"torch.Generator": private_round, **{name: with_streams(make) for name, make in SOURCES.items()}}, args.rounds
+        {
+            "torch.Generator": private_round,
+            "SeededSource": with_streams(SOURCES["SeededSource"]),
+            "SecureSource": deployed_round,
+        },
+        args.rounds,
     )
 
     table = Table(

@@ -32,6 +32,7 @@ from rich.table import Table
 from fedrec.client.device_round import device_model, embedding_bytes
 from fedrec.client.fleet import node_devices
 from fedrec.client.local_training import make_examples, train_local
+from fedrec.client.round_randomness import SimulatedRandomness
 from fedrec.common.config import DEFAULT_CENTRAL, FederationConfig, PrivacyConfig
 from fedrec.common.datasets import load_dataset
 from fedrec.common.instructions import resolve_privacy
@@ -118,7 +119,8 @@ def breakdown(cfg: FederationConfig, n: int) -> dict[str, float]:
         parts["examples"] += time.perf_counter() - t
         t = time.perf_counter()
         ledger = PrivacyLedger()
-        train_local(model, items, labels, device.training, replace(privacy, budget=math.inf), ledger, i)
+        train_local(model, items, labels, device.training, replace(privacy, budget=math.inf), SimulatedRandomness(i))
+        ledger.record(privacy.noise_multiplier, device.training.sample_rate, device.training.steps)
         parts["DP-SGD steps"] += time.perf_counter() - t
         t = time.perf_counter()
         store.put_states(

@@ -26,13 +26,13 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedrec.client.local_training import GroupBCE
 from fedrec.common.datasets import load_dataset
 from fedrec.common.item_features import ml100k_item_features
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.model import NeuMF
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.split import temporal_split
+from fedrec.common.training import GroupBCE
 from fedrec.simulations.arms.centralized import model_scores
 from fedrec.simulations.arms.centralized_dp import (
     DPRecipe,

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from fedrec.client.local_training import make_examples, train_local
+from fedrec.client.round_randomness import SimulatedRandomness
 from fedrec.common.config import LocalTraining
 from fedrec.common.datasets import load_dataset
 from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.model import ModelConfig, NeuMF, global_state
-from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.sampling import positive_keys
 from fedrec.common.split import temporal_split
 from fedrec.common.training import recency_oversample, with_negatives
@@ -117,7 +117,7 @@ def main() -> None:
             model = NeuMF(1, n_items, model_cfg)
             model.load_state_dict({**glob, "user_emb.weight": users[u : u + 1]})
             items, labels = make_examples(positives[u], seen[u], n_items, local.negatives, rng)
-            out = train_local(model, items, labels, local, privacy, PrivacyLedger(), int(rnd * 100_000 + u))
+            out = train_local(model, items, labels, local, privacy, SimulatedRandomness(int(rnd * 100_000 + u)))
             users[u] = model.user_emb.weight.detach()[0]
             counts = torch.bincount(items.flatten(), minlength=n_items).double()[:, None]
             for k, x in global_state(model).items():

@@ -55,7 +55,7 @@ def _train_chunk(
     labels = padded([w.labels for w in works], items.shape[1], 0.0)
     sizes = [len(w.items) for w in works]
     batches = [batch_size(n, training) for n in sizes]
-    generators = [torch.Generator().manual_seed(w.seed) for w in works]
+    generators = [torch.Generator().manual_seed(w.randomness.order_seed()) for w in works]
     at = torch.arange(d)[:, None]
     loss_sum = torch.zeros(d, dtype=torch.float64)
     for _ in range(training.epochs):

@@ -29,8 +29,8 @@ from typing import Protocol
 
 import torch
 
-from fedrec.client.device_round import stream_seed
-from fedrec.client.local_training import trained_under_dp
+from fedrec.client.local_training import torch_sampler, trained_under_dp
+from fedrec.client.round_randomness import stream_seed
 from fedrec.client.stacked import ITEM, USER, DeviceTrained, DeviceWork, StackedNeuMF, padded, stacked_optimizer
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
@@ -49,8 +49,7 @@ class PoissonMasks(Protocol):
 
 def seeded_masks(seed: int, n: int, steps: int, rate: float) -> torch.Tensor:
     """Each example joins each step with probability ``rate``, from a stream of its own (not the noise's)."""
-    generator = torch.Generator().manual_seed(stream_seed("poisson", seed))
-    return torch.rand(steps, n, generator=generator) < rate
+    return torch.rand(steps, n, generator=torch_sampler(seed)) < rate
 
 
 class Phases:
@@ -160,17 +159,19 @@ class _Chunk:
         with phases("Poisson masks"):
             self.masks = torch.zeros(d, training.steps, self.items.shape[1], dtype=torch.bool)
             for i, w in enumerate(works):
-                self.masks[i, :, : len(w.items)] = masks(w.seed, len(w.items), training.steps, training.sample_rate)
+                self.masks[i, :, : len(w.items)] = masks(
+                    w.randomness.torch_seed(), len(w.items), training.steps, training.sample_rate
+                )
         self.expected_batch = torch.tensor(
             [max(1, int(len(w.items) * training.sample_rate)) for w in works], dtype=torch.float32
         )
-        self.generators = [torch.Generator().manual_seed(w.seed) for w in works]
+        self.generators = [torch.Generator().manual_seed(w.randomness.torch_seed()) for w in works]
         self.optimizer = stacked_optimizer([self.flat], training)
         self.grad = torch.empty(self.flat.shape)  # reused every step: a fresh [D, P] costs page faults
         self.lazy = None
         if lazy_noise and ITEM in self.trained and privacy.noise_multiplier > 0:
             std = training.lr * privacy.noise_multiplier * privacy.max_grad_norm / self.expected_batch
-            self.lazy = _LazyTableNoise(self.params[ITEM], [w.seed for w in works], std)
+            self.lazy = _LazyTableNoise(self.params[ITEM], [w.randomness.torch_seed() for w in works], std)
         self.loss_sum = torch.zeros(d, dtype=torch.float64)
         self.count = torch.zeros(d, dtype=torch.long)
 

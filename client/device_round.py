@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from fedrec.client.local_training import LocalOutcome, make_examples, personalize
+from fedrec.client.round_randomness import RoundRandomness, SecureRandomness, SimulatedRandomness
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.config import DeviceConfig
 from fedrec.common.errors import FedrecError
@@ -85,16 +85,6 @@ def device_seed(seed: int, server_round: int, device_id: str) -> int:
     return zlib.crc32(f"{seed}:{server_round}:{device_id}".encode())
 
 
-def stream_seed(purpose: str, *seeds: int) -> int:
-    """The seed of one random stream of a round (noise, record sampling) from the round seeds it serves. A
-    simulated round's seeds fit in 32 bits and get their 32-bit hash (runs repeat); an operating-system
-    seed also keeps its high bits, so the stream is not narrowed to 32 bits an adversary could search."""
-    high = 0
-    for seed in seeds:
-        high ^= seed >> 32
-    return zlib.crc32(f"{purpose}:{','.join(map(str, seeds))}".encode()) | high << 32
-
-
 def read_row(store: DeviceState, name: str, dim: int, init_std: float, seed: int) -> torch.Tensor:
     """[1, dim] a row of device state (``name`` with its prefix), or its seeded start before it is first kept."""
     raw = store.get_state(name)
@@ -134,15 +124,17 @@ def training_row(store: DeviceState, device_id: str, device: DeviceConfig) -> to
     return read_row(store, device.state_prefix + EMBEDDING, device.model.embedding_dim, device.model.init_std, seed)
 
 
-def round_seed_of(ref: Device, task: DeviceInstructions) -> int:
-    """The seed of everything random in this device's round (see ``DeviceRef.seeded``). Without DP nothing
-    rests on the randomness being secret, so it repeats from the run config there too."""
+def round_randomness(ref: Device, task: DeviceInstructions) -> RoundRandomness:
+    """Where everything random in this device's round comes from (see ``DeviceRef.seeded``). Without DP
+    nothing rests on the randomness being secret, so it repeats from the run config there too."""
     if ref.seeded or not task.privacy.private:
-        return device_seed(task.device.seed, task.round.number, ref.device_id)
-    return secrets.randbits(63)
+        return SimulatedRandomness(device_seed(task.device.seed, task.round.number, ref.device_id))
+    return SecureRandomness()
 
 
-def round_examples(store: DeviceState, task: DeviceInstructions, round_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def round_examples(
+    store: DeviceState, task: DeviceInstructions, randomness: RoundRandomness
+) -> tuple[torch.Tensor, torch.Tensor]:
     """This round's training examples. Training never reads the held-out items; under DP the negatives
     depend on nothing but their own record."""
     events = store.read_events("train")
@@ -154,9 +146,7 @@ def round_examples(store: DeviceState, task: DeviceInstructions, round_seed: int
         users = np.zeros(len(train), dtype=np.int64)
         positives = train[recency_oversample(users, events.timestamps, training.recent_last, training.recent_repeats)]
         avoid = train
-    items, labels = make_examples(
-        positives, avoid, task.device.n_items, training.negatives, np.random.default_rng(round_seed)
-    )
+    items, labels = make_examples(positives, avoid, task.device.n_items, training.negatives, randomness.negatives())
     return items, labels
 
 
@@ -289,11 +279,11 @@ def refuses(ledger: PrivacyLedger, privacy: DevicePrivacy) -> bool:
 def round_work(store: DeviceState, ref: Device, task: DeviceInstructions, rows: tuple[str, ...]) -> DeviceWork:
     """A device's round inputs: its examples, its training user row, the other rows its step keeps, its seed.
     A row other than the user row starts at zero."""
-    seed = round_seed_of(ref, task)
-    items, labels = round_examples(store, task, seed)
+    randomness = round_randomness(ref, task)
+    items, labels = round_examples(store, task, randomness)
     dim = task.device.model.embedding_dim
     kept = {name: read_row(store, task.device.state_prefix + name, dim, 0.0, 0) for name in rows}
-    return DeviceWork(items, labels, training_row(store, ref.device_id, task.device), seed, kept)
+    return DeviceWork(items, labels, training_row(store, ref.device_id, task.device), randomness, kept)
 
 
 def serving_model(

@@ -104,7 +104,7 @@ class LocalStep:
         out = []
         for work in works:
             model = local_model(self.global_params, work.user_row, device)
-            stats = train_local(model, work.items, work.labels, device.training, self.task.privacy, work.seed)
+            stats = train_local(model, work.items, work.labels, device.training, self.task.privacy, work.randomness)
             counts = None if private else example_counts(work.items, device.n_items)
             arrays, rows = global_state(model), {EMBEDDING: model.user_emb.weight}
             out.append(Trained(arrays, rows, len(work.items), stats.loss, stats.steps, counts))
@@ -123,6 +123,8 @@ class StackedStep:
 
     def train(self, works: Sequence[DeviceWork]) -> list[Trained]:
         device, privacy = self.task.device, self.task.privacy
+        if not all(work.randomness.reproducible for work in works):  # a deployed gateway: Opacus on streams
+            return LocalStep(self.global_params, self.task).train(works)
         if privacy.private:
             done = train_private_batched(
                 self.global_params, device.model, device.n_items, works, device.training, privacy

@@ -10,20 +10,25 @@ embedding simply is not uploaded.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from opacus import PrivacyEngine
 from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedrec.client.round_randomness import RoundRandomness, SecureRandomness, StreamIntegers, stream_seed
+from fedrec.client.secure_opacus import make_private_ghost_streams, poisson_loader
 from fedrec.common.config import LocalTraining
 from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import NeuMF
-from fedrec.common.training import embedding_l2
+from fedrec.common.randomness import NOISE, SAMPLING
+from fedrec.common.training import GroupBCE, embedding_l2
 
 # Opacus' notices that fire on every device round: secure RNG off (documented in docs/simulate.md) and
 # ghost clipping's backward hooks on modules whose inputs need no gradient (the embeddings).
@@ -64,22 +69,12 @@ def make_optimizer(model: nn.Module, training: LocalTraining) -> torch.optim.Opt
     return torch.optim.SGD(model.parameters(), lr=training.lr)
 
 
-class GroupBCE(nn.Module):
-    """BCE summed over a [positive, negatives] group: one loss per example, as ghost clipping needs."""
-
-    def __init__(self, reduction: str = "mean"):
-        super().__init__()
-        self.reduction = reduction
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        per_example = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(dim=-1)
-        if self.reduction == "none":
-            return per_example
-        return per_example.sum() if self.reduction == "sum" else per_example.mean()
-
-
 def make_examples(
-    positives: np.ndarray, avoid: np.ndarray | None, n_items: int, negatives: int, rng: np.random.Generator
+    positives: np.ndarray,
+    avoid: np.ndarray | None,
+    n_items: int,
+    negatives: int,
+    rng: np.random.Generator | StreamIntegers,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, 1+k] item groups (positive first) and their 0/1 labels.
 
@@ -107,12 +102,26 @@ def _loader(items: torch.Tensor, labels: torch.Tensor, steps_per_epoch: int) -> 
     return DataLoader(TensorDataset(items, labels), batch_sampler=sampler)
 
 
-def _noise_only_step(
-    optimizer: DPOptimizer, privacy: DevicePrivacy, expected_batch: float, generator: torch.Generator
-) -> None:
+def uniform_sampler(loader: DataLoader, generator: torch.Generator) -> UniformWithReplacementSampler:
+    """Opacus' Poisson sampler for ``loader``'s batches (rate 1/len(loader)) on ``generator`` alone."""
+    steps = len(loader)
+    return UniformWithReplacementSampler(
+        num_samples=len(loader.dataset),  # type: ignore[arg-type]
+        sample_rate=1 / steps,
+        steps=steps,
+        generator=generator,
+    )
+
+
+def torch_sampler(seed: int) -> torch.Generator:
+    """The simulated Poisson sampler's generator: a stream of its own (the stacked trainer's masks)."""
+    return torch.Generator().manual_seed(stream_seed("poisson", seed))
+
+
+def _noise_only_step(optimizer: DPOptimizer, privacy: DevicePrivacy, generator: torch.Generator) -> None:
     """An empty Poisson batch still releases a noisy step (ghost clipping cannot run on it): the wrapped
     optimizer steps on pure noise, scaled as Opacus scales it for a batch of the expected size."""
-    std = privacy.noise_multiplier * privacy.max_grad_norm / expected_batch
+    std = privacy.noise_multiplier * privacy.max_grad_norm / optimizer.expected_batch_size
     saved = [p.grad for p in optimizer.params]  # Opacus' own bookkeeping expects them back untouched
     for p in optimizer.params:
         p.grad = torch.normal(0.0, std, p.shape, generator=generator)
@@ -129,17 +138,19 @@ def make_private_ghost(
     noise_multiplier: float,
     max_grad_norm: float,
     generator: torch.Generator,
+    sampler: torch.Generator,
 ) -> tuple:
-    """Opacus' DP-SGD as every fedrec arm runs it: Poisson sampling, ghost clipping (one loss per example,
-    the group BCE of a positive and its negatives), the noise drawn from ``generator``."""
+    """Opacus' DP-SGD as every simulated fedrec arm runs it: Poisson sampling (Opacus' sampler on
+    ``sampler``), ghost clipping (one loss per example, the group BCE of a positive and its negatives), the
+    noise drawn from ``generator``: two streams, so the noise does not depend on the sample."""
     return engine.make_private(
         module=model,
         optimizer=optimizer,
-        data_loader=loader,
+        data_loader=poisson_loader(loader, uniform_sampler(loader, sampler)),
         criterion=GroupBCE(),
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,  # the loader already samples
         grad_sample_mode="ghost",
         noise_generator=generator,
     )
@@ -151,36 +162,48 @@ def train_private(
     labels: torch.Tensor,
     training: LocalTraining,
     privacy: DevicePrivacy,
-    seed: int,
+    randomness: RoundRandomness,
 ) -> TrainStats:
     """DP-SGD with Opacus (Poisson sampling, ghost clipping): ``training.steps`` noisy steps, the round the
-    mechanism's ledger entry accounts for (the device round checks the budget before)."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
+    mechanism's ledger entry accounts for (the device round checks the budget before). A simulated round
+    samples and noises from two seeded torch generators (the stacked trainer's draws); a deployed one from
+    two OS-keyed streams (``client/secure_opacus.py``)."""
     for name, param in model.named_parameters():
         if name in FROZEN_UNDER_DP:
             param.requires_grad_(False)
     engine = PrivacyEngine(accountant="rdp")
     optimizer = make_optimizer(model, training)
-    module, optimizer, criterion, loader = make_private_ghost(
-        engine,
-        model,
-        optimizer,
-        _loader(items, labels, training.steps_per_epoch),
-        privacy.noise_multiplier,
-        privacy.max_grad_norm,
-        generator,
-    )
+    loader = _loader(items, labels, training.steps_per_epoch)
+    sigma, clip = privacy.noise_multiplier, privacy.max_grad_norm
+    noise_only: Callable[[], None]
+    if isinstance(randomness, SecureRandomness):
+        module, optimizer, criterion, loader = make_private_ghost_streams(
+            engine,
+            model,
+            optimizer,
+            loader,
+            sampling=randomness.source.stream(SAMPLING),
+            noise=randomness.source.stream(NOISE),
+            noise_multiplier=sigma,
+            max_grad_norm=clip,
+        )
+        noise_only = optimizer.noise_only_step
+    else:
+        seed = randomness.torch_seed()
+        generator, sampler = torch.Generator().manual_seed(seed), torch_sampler(seed)
+        module, optimizer, criterion, loader = make_private_ghost(
+            engine, model, optimizer, loader, sigma, clip, generator, sampler
+        )
+        noise_only = partial(_noise_only_step, optimizer, privacy, generator)
     # Opacus scales by int(N * q), which is 0 on a device with fewer examples than steps per epoch; the
     # scale is post-processing (it multiplies clipped sum and noise alike), so any constant >= 1 is safe.
     optimizer.expected_batch_size = max(1, optimizer.expected_batch_size)
-    expected_batch = optimizer.expected_batch_size
     users = torch.zeros(1, dtype=torch.long)
     total, count, empty = 0.0, 0, 0
     for _ in range(training.epochs):
         for batch_items, batch_labels in loader:
             if len(batch_items) == 0:
-                _noise_only_step(optimizer, privacy, expected_batch, generator)
+                noise_only()
                 empty += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
@@ -228,11 +251,11 @@ def train_local(
     labels: torch.Tensor,
     training: LocalTraining,
     privacy: DevicePrivacy,
-    seed: int,
+    randomness: RoundRandomness,
 ) -> TrainStats:
     if privacy.private:
-        return train_private(model, items, labels, training, privacy, seed)
-    return train_plain(model, items, labels, training, seed)
+        return train_private(model, items, labels, training, privacy, randomness)
+    return train_plain(model, items, labels, training, randomness.order_seed())
 
 
 def personalize(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, steps: int, lr: float) -> torch.Tensor:

@@ -27,8 +27,8 @@ from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from fedrec.client.local_training import GroupBCE
 from fedrec.common.randomness import RandomStream
+from fedrec.common.training import GroupBCE
 
 
 class StreamDPOptimizer(DPOptimizerFastGradientClipping):
@@ -111,15 +111,16 @@ class StreamPoissonSampler(Sampler[list[int]]):
             yield self.stream.bernoulli(self.num_samples, self.sample_rate).nonzero().reshape(-1).tolist()
 
 
-def poisson_loader(loader: DataLoader, stream: RandomStream) -> DataLoader:
-    """``DPDataLoader.from_data_loader`` on a stream: ``len(loader)`` batches at sample rate 1/len(loader).
+def poisson_loader(loader: DataLoader, sampler: Sampler[list[int]]) -> DataLoader:
+    """``DPDataLoader.from_data_loader`` with its batches from ``sampler`` (a Poisson sampler of
+    ``len(loader)`` batches at rate 1/len(loader)), which alone draws from its random stream: Opacus' own
+    hands its generator to the DataLoader too, which takes a worker seed from it before every epoch.
     Worker and pinning settings are not carried over (fedrec's loaders use none)."""
     dataset: Any = loader.dataset
     first = dataset[0]
-    steps = len(loader)
     return DataLoader(
         dataset,
-        batch_sampler=StreamPoissonSampler(num_samples=len(dataset), sample_rate=1 / steps, steps=steps, stream=stream),
+        batch_sampler=sampler,
         collate_fn=wrap_collate_with_empty(
             collate_fn=loader.collate_fn,
             sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
@@ -151,7 +152,9 @@ def make_private_ghost_streams(
         model, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm
     )
     module.forbid_grad_accumulation()
-    private_loader = poisson_loader(loader, sampling)
+    steps = len(loader)
+    sampler = StreamPoissonSampler(num_samples=len(loader.dataset), sample_rate=1 / steps, steps=steps, stream=sampling)  # type: ignore[arg-type]
+    private_loader = poisson_loader(loader, sampler)
     sample_rate = 1 / len(private_loader)
     dp_optimizer = StreamDPOptimizer(
         optimizer,

@@ -32,22 +32,23 @@ from fedrec.client.device_round import (
     Trained,
     device_rounds,
     local_model,
-    stream_seed,
 )
 from fedrec.client.fleet import takes_part
+from fedrec.client.round_randomness import POISSON, Draws
 from fedrec.client.shared_gradients import ITEM, clipped_sums, trained_width
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.policy import DevicePolicy
+from fedrec.common.randomness import NOISE
 from fedrec.common.replies import SHARED_COUNTS as COUNTS
 from fedrec.common.replies import train_metrics
 
 MOMENTUM = "user_momentum"  # the device's own SGD momentum buffer for its user row
 
 
-def noise(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
-    return torch.normal(0.0, std, shape, generator=generator) if std > 0 else torch.zeros(shape)
+def noise(shape: tuple[int, ...], std: float, draws: Draws) -> torch.Tensor:
+    return draws.normal(shape, std) if std > 0 else torch.zeros(shape)
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,16 @@ class SharedGradientStep:
         """Each record counted once (under DP the examples hold every train record once, positive first)."""
         device, privacy = self.task.device, self.task.privacy
         step = self.task.mechanism.round_step(device, privacy, self.task.round.number)
-        generator = torch.Generator().manual_seed(stream_seed("noise", work.seed))
+        generator = work.randomness.draws(NOISE)
         counts = torch.bincount(work.items[:, 0], minlength=device.n_items).double()
         share_std = step.noise_multiplier * (1.0 / math.sqrt(device.shared_noise.min_devices))
         return Trained({COUNTS: counts + noise(tuple(counts.shape), share_std, generator).double()}, {}, 0, 0.0, 1)
 
     def _dp_step(self, work: DeviceWork) -> Trained:
         device, privacy, shared = self.task.device, self.task.privacy, self.task.device.shared_noise
-        generator = torch.Generator().manual_seed(stream_seed("noise", work.seed))
+        generator = work.randomness.draws(NOISE)
         model = local_model(self.global_params, work.user_row, device)
-        sampler = torch.Generator().manual_seed(stream_seed("poisson", work.seed))
-        picked = torch.rand(len(work.items), generator=sampler) < shared.record_rate
+        picked = work.randomness.draws(POISSON).bernoulli(len(work.items), shared.record_rate)
         sums = clipped_sums(model, work.items[picked], work.labels[picked], privacy.max_grad_norm)
         std = privacy.noise_multiplier * privacy.max_grad_norm
         width = trained_width(model)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from fedrec.client.round_randomness import RoundRandomness
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
 from fedrec.common.model import NeuMF, neumf_logits, tower_layers
@@ -25,7 +26,7 @@ class DeviceWork:
     items: torch.Tensor  # [N, 1+k] item groups, positive first
     labels: torch.Tensor  # [N, 1+k] 0/1
     user_row: torch.Tensor  # [1, dim] the device's local user embedding
-    seed: int  # the seed train_private would get: the noise stream (and the default Poisson masks)
+    randomness: RoundRandomness  # where its sampling, negatives and noise come from
     rows: dict[str, torch.Tensor] = field(default_factory=dict)  # other device state its mechanism keeps
 
 

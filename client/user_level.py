@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from fedrec.client.device_round import EMBEDDING, Device, Trained, local_model, stream_seed
+from fedrec.client.device_round import EMBEDDING, Device, Trained, local_model
 from fedrec.client.local_training import train_plain
+from fedrec.client.round_randomness import USER_NOISE
 from fedrec.client.shared_noise import noise, train_fleet_shared
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.instructions import DeviceInstructions
@@ -40,11 +41,11 @@ class UserUpdateStep:
     def _update(self, work: DeviceWork) -> Trained:
         device, privacy = self.task.device, self.task.privacy
         model = local_model(self.global_params, work.user_row, device)
-        stats = train_plain(model, work.items, work.labels, device.training, work.seed)
+        stats = train_plain(model, work.items, work.labels, device.training, work.randomness.order_seed())
         update = {k: v - self.global_params[k] for k, v in global_state(model).items()}
         norm = math.sqrt(sum(float(v.double().square().sum()) for v in update.values()))
         scale = min(1.0, privacy.max_grad_norm / (norm + 1e-12))
-        generator = torch.Generator().manual_seed(stream_seed("user-noise", work.seed))
+        generator = work.randomness.draws(USER_NOISE)
         std = privacy.noise_multiplier * privacy.max_grad_norm / math.sqrt(device.shared_noise.min_devices)
         arrays = {k: scale * v + noise(tuple(v.shape), std, generator) for k, v in update.items()}
         return Trained(arrays, {EMBEDDING: model.user_emb.weight}, len(work.items), stats.loss, stats.steps)

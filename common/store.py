@@ -98,7 +98,7 @@ class Events:
 
     items: np.ndarray  # int64, dense item indices
     timestamps: np.ndarray  # int64, unix seconds
-    event_types: np.ndarray  # str, e.g. "rating", "click"
+    event_types: np.ndarray  # object array of str, e.g. "rating", "click"
     values: np.ndarray  # float32, NaN where the event has no value
     splits: np.ndarray | None = None  # str, "train" / "validation" / "test"
 
@@ -385,7 +385,8 @@ class DeviceStore:
         return Events(
             items=np.concatenate([c.items for c in chunks]),
             timestamps=np.concatenate([c.timestamps for c in chunks]),
-            event_types=np.repeat(np.array([c.event_type for c in chunks]), counts),
+            # object, not numpy's fixed-width str, which drops trailing NUL characters of a type
+            event_types=np.repeat(np.array([c.event_type for c in chunks], dtype=object), counts),
             values=np.concatenate([c.values for c in chunks]),
             splits=np.repeat(np.array([c.split for c in chunks]), counts),
         )

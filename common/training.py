@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedrec.common.model import NeuMF
@@ -84,3 +85,17 @@ def embedding_l2(model: NeuMF, users: torch.Tensor, items: torch.Tensor) -> torc
 def per_example_bce() -> nn.Module:
     """reduction='none' gives one loss per example, which Opacus' ghost clipping needs."""
     return nn.BCEWithLogitsLoss(reduction="none")
+
+
+class GroupBCE(nn.Module):
+    """BCE summed over a [positive, negatives] group: one loss per example, as ghost clipping needs."""
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        per_example = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(dim=-1)
+        if self.reduction == "none":
+            return per_example
+        return per_example.sum() if self.reduction == "sum" else per_example.mean()

@@ -15,6 +15,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from fedrec.client.batched_training import seeded_masks, train_private_batched
 from fedrec.client.local_training import make_examples, train_private
+from fedrec.client.round_randomness import SimulatedRandomness
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.config import LocalTraining
 from fedrec.common.errors import FedrecError
@@ -81,19 +82,22 @@ def fleet():
 
 def works(fleet) -> list[DeviceWork]:
     _, devices = fleet
-    return [DeviceWork(items, labels, row.clone(), seed) for items, labels, row, seed in devices]
+    return [DeviceWork(items, labels, row.clone(), SimulatedRandomness(seed)) for items, labels, row, seed in devices]
 
 
 @pytest.fixture
 def opacus_reference(monkeypatch):
-    """train_private device by device, its Poisson sampler fed the masks the executor draws by default."""
-    queue: list[torch.Tensor] = []
+    """train_private device by device, Opacus' own Poisson sampler included: it must draw exactly the masks
+    the stacked executor draws (its generator is the executor's mask stream), which the spy checks."""
+    drawn: list[list[int]] = []
+    own_iter = UniformWithReplacementSampler.__iter__
 
-    def sampled(self):
-        for _ in range(self.steps):
-            yield queue.pop(0).nonzero().reshape(-1).tolist()
+    def spied(self):
+        for indices in own_iter(self):
+            drawn.append(indices)
+            yield indices
 
-    monkeypatch.setattr(UniformWithReplacementSampler, "__iter__", sampled)
+    monkeypatch.setattr(UniformWithReplacementSampler, "__iter__", spied)
 
     def run(fleet, local: Recipe, frozen: tuple[str, ...] = (), model_cfg: ModelConfig = MODEL):
         params, devices = fleet
@@ -104,9 +108,12 @@ def opacus_reference(monkeypatch):
             model.load_state_dict({**params, "user_emb.weight": row})
             for name, p in model.named_parameters():
                 p.requires_grad_(name not in frozen)
-            queue[:] = list(seeded_masks(seed, len(items), training.steps, training.sample_rate))
-            stats = train_private(model, items, labels, training, privacy, seed)
-            assert not queue, "Opacus did not consume exactly the injected masks"
+            drawn.clear()
+            stats = train_private(model, items, labels, training, privacy, SimulatedRandomness(seed))
+            expected = seeded_masks(seed, len(items), training.steps, training.sample_rate)
+            assert drawn == [mask.nonzero().reshape(-1).tolist() for mask in expected], (
+                "other masks than the executor's"
+            )
             out.append((global_state(model), model.user_emb.weight.detach().clone(), stats))
         return out
 
@@ -246,13 +253,13 @@ def test_plain_batched_training_equals_train_plain_device_by_device(fleet, optim
 
     params, devices = fleet
     training = LocalTraining(lr=0.05, optimizer=optimizer, epochs=epochs)
-    works = [DeviceWork(items, labels, row, seed) for items, labels, row, seed in devices]
-    works.append(DeviceWork(devices[1][0][:0], devices[1][1][:0], devices[1][2], 7))  # no examples
+    works = [DeviceWork(items, labels, row, SimulatedRandomness(seed)) for items, labels, row, seed in devices]
+    works.append(DeviceWork(devices[1][0][:0], devices[1][1][:0], devices[1][2], SimulatedRandomness(7)))
     got = train_plain_batched(params, MODEL, N_ITEMS, works, training, chunk_size=2)
     for work, result in zip(works, got):
         model = NeuMF(1, N_ITEMS, MODEL)
         model.load_state_dict({**params, "user_emb.weight": work.user_row})
-        stats = train_plain(model, work.items, work.labels, training, work.seed)
+        stats = train_plain(model, work.items, work.labels, training, work.randomness.order_seed())
         assert result.num_examples == len(work.items) and result.steps == stats.steps
         assert result.loss == pytest.approx(stats.loss, rel=1e-5, abs=1e-7)
         expected = global_state(model)

@@ -349,20 +349,28 @@ def test_node_config_names_one_device_or_a_gateways_group(tmp_path):
         check_inputs(ClientSettings(store, None, "h:1", tmp_path / "ca", tmp_path / "k", stores_dir=tmp_path))
 
 
-def test_a_deployed_private_device_draws_fresh_seeds():
-    """The server writes the run config: a deployed DP device must not derive its noise from it."""
+def test_a_deployed_private_device_draws_from_the_operating_system():
+    """The server writes the run config: a deployed DP device must not derive any draw from it, nor fall
+    back to a seeded torch generator."""
     from dataclasses import replace
 
-    from fedrec.client.device_round import DeviceRef, round_seed_of, stream_seed
+    from fedrec.client.device_round import DeviceRef, round_randomness
+    from fedrec.client.round_randomness import SecureRandomness, SimulatedRandomness
     from fedrec.common.config import DeviceConfig
     from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo
 
     private = DeviceInstructions(DeviceConfig(), DevicePrivacy(1.0, 1.0, 1e-5, 8.0), RoundInfo(3))
     deployed = DeviceRef("device-1", Path("x.db"), b"k")
     simulated = replace(deployed, seeded=True)
-    assert round_seed_of(deployed, private) != round_seed_of(deployed, private)
-    assert round_seed_of(simulated, private) == round_seed_of(simulated, private) < 2**32
+    secure = round_randomness(deployed, private)
+    assert isinstance(secure, SecureRandomness) and not secure.reproducible
+    with pytest.raises(FedrecError, match="seeded torch generator"):
+        secure.torch_seed()
+    first, second = (round_randomness(deployed, private).draws("noise").normal(64, 1.0) for _ in range(2))
+    assert not torch.equal(first, second)
+    again = round_randomness(simulated, private), round_randomness(simulated, private)
+    assert all(isinstance(r, SimulatedRandomness) for r in again) and again[0].seed == again[1].seed
     plain = DeviceInstructions(DeviceConfig(), DevicePrivacy(), RoundInfo(3))
-    assert round_seed_of(deployed, plain) == round_seed_of(simulated, plain)  # nothing rests on it without DP
-    seed = round_seed_of(deployed, private)
-    assert stream_seed("noise", seed) >> 32 == seed >> 32  # a stream keeps the OS seed's high bits
+    plain_seeds = [round_randomness(ref, plain) for ref in (deployed, simulated)]
+    assert all(isinstance(r, SimulatedRandomness) for r in plain_seeds)  # nothing rests on it without DP
+    assert plain_seeds[0].torch_seed() == plain_seeds[1].torch_seed()

@@ -10,6 +10,7 @@ import torch
 from fedrec.client.device_round import refuses
 from fedrec.client.fleet import participates
 from fedrec.client.local_training import FROZEN_UNDER_DP, make_examples, train_local
+from fedrec.client.round_randomness import SimulatedRandomness
 from fedrec.common.config import DeviceConfig, LocalTraining, PrivacyConfig
 from fedrec.common.instructions import DevicePrivacy, resolve_privacy
 from fedrec.common.mechanisms import mechanism_for, planned_rounds
@@ -72,7 +73,7 @@ def test_output_bias_is_not_trained_under_dp():
         labels,
         LocalTraining(steps_per_epoch=2, lr=0.05, optimizer="sgd"),
         DevicePrivacy(1.0, budget=1e9),
-        0,
+        SimulatedRandomness(0),
     )
     after = model.state_dict()
     for name in FROZEN_UNDER_DP:

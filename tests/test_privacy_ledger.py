@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedrec.client.local_training import FROZEN_UNDER_DP, make_examples, train_local
+from fedrec.client.round_randomness import SimulatedRandomness
 from fedrec.common.config import LocalTraining
 from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import NeuMF
@@ -53,7 +54,7 @@ def test_private_training_moves_the_model_and_counts_steps():
         labels,
         LocalTraining(epochs=2, steps_per_epoch=4, lr=0.05, optimizer="sgd"),
         DevicePrivacy(0.8, budget=1e9),
-        0,
+        SimulatedRandomness(0),
     )
     assert out.steps == 8
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k not in FROZEN_UNDER_DP)
@@ -73,7 +74,7 @@ def test_tiny_device_with_empty_batches_stays_finite(optimizer):
             labels,
             LocalTraining(steps_per_epoch=8, lr=0.05, optimizer=optimizer),
             DevicePrivacy(1.0, budget=1e9),
-            seed,
+            SimulatedRandomness(seed),
         )
         assert all(torch.isfinite(p).all() for p in model.parameters())
         assert out.steps == 8  # empty batches are noise-only steps, still counted

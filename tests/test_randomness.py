@@ -8,7 +8,6 @@ import copy
 import math
 import pickle
 from collections.abc import Callable
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,8 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench.bench_randomness import streams_in_place_of_generator
-from fedrec.client import local_training
 from fedrec.client.local_training import make_examples, make_private_ghost, train_private
+from fedrec.client.round_randomness import SecureRandomness, SimulatedRandomness
 from fedrec.client.secure_opacus import (
     StreamDPOptimizer,
     StreamPoissonSampler,
@@ -28,7 +27,6 @@ from fedrec.client.secure_opacus import (
 from fedrec.common.config import LocalTraining
 from fedrec.common.instructions import DevicePrivacy
 from fedrec.common.model import ModelConfig, NeuMF
-from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.randomness import (
     NEGATIVES,
     NOISE,
@@ -288,9 +286,10 @@ def test_the_sampler_draws_binomial_batches() -> None:
 
 def test_the_poisson_loader_yields_empty_batches_of_the_right_shape() -> None:
     data = TensorDataset(torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5))
-    loader = poisson_loader(
-        DataLoader(data, batch_sampler=[[0], [1], [2], [], []]), SeededSource(SEED).stream(SAMPLING)
+    sampler = StreamPoissonSampler(
+        num_samples=3, sample_rate=1 / 5, steps=5, stream=SeededSource(SEED).stream(SAMPLING)
     )
+    loader = poisson_loader(DataLoader(data, batch_sampler=[[0], [1], [2], [], []]), sampler)
     batches = [items for items, _ in loader]
     assert len(batches) == 5 and all(b.shape[1:] == (5,) for b in batches)
     assert any(len(b) == 0 for b in batches)
@@ -317,7 +316,7 @@ def test_without_noise_the_stream_path_steps_as_opacus_does() -> None:
         optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.01)
         loader = DataLoader(TensorDataset(items, labels), batch_sampler=[list(range(len(items)))])
         module, dp_optimizer, criterion, private_loader = make(
-            engine, net, optimizer, loader, 0.0, 1.0, torch.Generator().manual_seed(0)
+            engine, net, optimizer, loader, 0.0, 1.0, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
         )
         users = torch.zeros(1, dtype=torch.long)
         for _ in range(3):
@@ -332,15 +331,16 @@ def test_without_noise_the_stream_path_steps_as_opacus_does() -> None:
         assert torch.equal(a, b), name
 
 
-def test_train_private_on_streams_keeps_its_ledger() -> None:
-    """``train_private`` with ``make_private_ghost_streams`` in place of ``make_private_ghost`` (the wiring to
-    come): the same steps, the same epsilon."""
+def test_a_deployed_round_trains_on_secure_streams_as_the_simulated_one_on_generators() -> None:
+    """``train_private`` on a deployed device's ``SecureRandomness``: the same steps as the simulated path,
+    a finite loss, and the parameters moved by other draws."""
     training, privacy = LocalTraining(), DevicePrivacy(noise_multiplier=1.0, budget=math.inf)
     model, items, labels = device()
-    stock = train_private(copy.deepcopy(model), items, labels, training, privacy, PrivacyLedger(), 0)
-    with mock.patch.object(local_training, "make_private_ghost", streams_in_place_of_generator(SecureSource)):
-        secure = train_private(model, items, labels, training, privacy, PrivacyLedger(), 0)
-    assert (secure.steps, secure.epsilon) == (stock.steps, stock.epsilon) and math.isfinite(secure.loss)
+    twin = copy.deepcopy(model)
+    stock = train_private(twin, items, labels, training, privacy, SimulatedRandomness(0))
+    secure = train_private(model, items, labels, training, privacy, SecureRandomness())
+    assert secure.steps == stock.steps == training.steps and math.isfinite(secure.loss)
+    assert not torch.equal(model.item_emb.weight, twin.item_emb.weight)
 
 
 def test_a_stream_key_has_256_bits() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from fedrec.client.device_round import EMBEDDING, ledger_of, round_examples, round_seed_of
+from fedrec.client.device_round import EMBEDDING, ledger_of, round_examples, round_randomness
 from fedrec.client.fleet import node_devices
 from fedrec.client.shared_gradients import CLIP_EPS
 from fedrec.client.shared_noise import train_fleet_shared
@@ -61,7 +61,7 @@ def pooled_clipped_sum(device, refs, state, task) -> tuple[torch.Tensor, dict[st
     user_sums = {}
     for ref in refs:
         with ref.open() as store:
-            items, labels = round_examples(store, task, round_seed_of(ref, task))
+            items, labels = round_examples(store, task, round_randomness(ref, task))
         row = _initial_row(ref, device)
         user_sum = torch.zeros_like(row)
         for group, y in zip(items, labels):

@@ -84,6 +84,14 @@ def test_round_trip(store_path: Path) -> None:
         store.verify()
 
 
+def test_an_event_type_keeps_its_trailing_nul_characters(store_path: Path) -> None:
+    """Found by the property test: numpy's fixed-width str would read "a\x00" back as "a"."""
+    with DeviceStore.open(store_path, KEY) as store:
+        store.append_events([1, 2], [600, 700], event_type="a\x00", split="train")
+    with DeviceStore.open(store_path, KEY) as store:
+        assert store.read_events("train").event_types.tolist()[-2:] == ["a\x00", "a\x00"]
+
+
 def test_state_overwrite_and_reopen(store_path: Path) -> None:
     with DeviceStore.open(store_path, KEY) as store:
         before = store.generation

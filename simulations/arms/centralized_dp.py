@@ -35,7 +35,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedrec.client.local_training import GroupBCE, make_private_ghost
+from fedrec.client.local_training import make_private_ghost, torch_sampler
 from fedrec.common.config import CentralDPConfig, PrivacyConfig
 from fedrec.common.dp_recipe import composed_noise as shared_composed_noise
 from fedrec.common.dp_recipe import feature_rows, histogram_entry, log_odds_prior, public_item_features
@@ -45,7 +45,7 @@ from fedrec.common.privacy import history_epsilon as ledger_epsilon
 from fedrec.common.sampling import positive_keys
 from fedrec.common.settings import require, to_nested
 from fedrec.common.split import Split
-from fedrec.common.training import with_negatives
+from fedrec.common.training import GroupBCE, with_negatives
 from fedrec.simulations.arms.base import ArmBinding, ArmResult, Fitter
 from fedrec.simulations.arms.centralized import model_scores, torch_threads, train_with_validation
 
@@ -253,12 +253,11 @@ def train_dp(
             if on_epoch:
                 on_epoch(epoch, model, loss)
         return model, plan
-    torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
     engine = PrivacyEngine(accountant="rdp")
     batches = round(1.0 / plan.sample_rate)
     loader = DataLoader(TensorDataset(u_t, i_t), batch_size=math.ceil(len(u_t) / batches))
     module, optimizer, criterion, loader = make_private_ghost(
-        engine, model, optimizer, loader, plan.noise_multiplier, recipe.max_grad_norm, noise
+        engine, model, optimizer, loader, plan.noise_multiplier, recipe.max_grad_norm, noise, torch_sampler(seed)
     )
     empty = 0
     for epoch in range(1, recipe.epochs + 1):
