@@ -39,7 +39,7 @@ from fedrec.client.device_round import (
     round_seed_of,
     stream_seed,
 )
-from fedrec.client.shared_gradients import ITEM, clipped_sums, trained_width
+from fedrec.client.shared_gradients import ITEM, clipped_sums
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.model import NeuMF
@@ -129,9 +129,7 @@ def _dp_step(
     picked = torch.rand(len(items), generator=sampler) < shared.record_rate
     sums = clipped_sums(model, items[picked], labels[picked], privacy.max_grad_norm)
     std = privacy.noise_multiplier * privacy.max_grad_norm
-    width = trained_width(model)
-    table = sums.items.clone()
-    table[:, :width] += noise((device.n_items, width), std / math.sqrt(shared.min_devices), generator)
+    table = sums.items + noise(tuple(sums.items.shape), std / math.sqrt(shared.min_devices), generator)
     step = (sums.user + noise(tuple(sums.user.shape), std, generator)) / privacy.expected_batch
     momentum = shared.momentum * momentum + step  # torch.optim.SGD's momentum, on this row alone
     return {ITEM: table}, user_row - shared.table_lr * momentum, momentum
