@@ -29,14 +29,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedrec.common.datasets import load_dataset
 from fedrec.common.item_features import ml100k_item_features
 from fedrec.common.metrics import full_ranks, hit_ndcg
-from fedrec.common.model import NeuMF
+from fedrec.common.model import PRIOR, NeuMF
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.split import temporal_split
 from fedrec.common.training import GroupBCE
 from fedrec.simulations.arms.centralized import model_scores
 from fedrec.simulations.arms.centralized_dp import (
     DPRecipe,
-    PriorNeuMF,
     _groups,
     composed_noise,
     feature_rows,
@@ -90,12 +89,13 @@ def main() -> None:
         own = torch.from_numpy(np.bincount(positives[u], minlength=n_items)).double()
         counts += own + torch.normal(0.0, args["count_sigma"], (n_items,), generator=gen, dtype=torch.float64)
     prior = log_odds_prior(counts, recipe.negatives)
+    model_cfg = dataclasses.replace(recipe.model, prior=True)
 
     torch.manual_seed(args["seed"])
-    table = NeuMF(1, n_items, recipe.model).item_emb.weight.detach().clone()
+    table = NeuMF(1, n_items, model_cfg).item_emb.weight.detach().clone()
     table[:, :dim] = feature_rows(ml100k_item_features(data.item_ids), dim, recipe.model.init_std, args["seed"])
     users = torch.randn(n_users, dim) * recipe.model.init_std
-    frozen_output = NeuMF(1, n_items, recipe.model).output.state_dict()
+    frozen_output = NeuMF(1, n_items, model_cfg).output.state_dict()
     velocity, recent = torch.zeros_like(table), []
     ledgers = [PrivacyLedger([(args["count_sigma"], 1.0, 1)]) for _ in range(n_users)]
     t0 = time.time()
@@ -110,16 +110,16 @@ def main() -> None:
             if ledgers[u].epsilon_if(sigma, q, args["steps_per_round"], recipe.delta) > recipe.epsilon:
                 refused += 1
                 continue
-            core = NeuMF(1, n_items, recipe.model)
-            core.load_state_dict(
+            model = NeuMF(1, n_items, model_cfg)
+            model.load_state_dict(
                 {
                     "user_emb.weight": users[u : u + 1],
                     "item_emb.weight": table,
+                    PRIOR: prior,
                     **{f"output.{k}": v for k, v in frozen_output.items()},
                 }
             )
-            core.output.requires_grad_(False)
-            model = PriorNeuMF(core, prior)
+            model.output.requires_grad_(False)
             items = torch.from_numpy(positives[u].astype(np.int64))
             loader = DataLoader(
                 TensorDataset(torch.zeros_like(items), items),
@@ -155,22 +155,22 @@ def main() -> None:
                 opt.step()
             module._close()
             ledgers[u].record(sigma, q, steps)
-            users[u] = core.user_emb.weight.detach()[0]
-            deltas.append(core.item_emb.weight.detach() - table)
+            users[u] = model.user_emb.weight.detach()[0]
+            deltas.append(model.item_emb.weight.detach() - table)
         if deltas:
             velocity = args["server_momentum"] * velocity + torch.stack(deltas).mean(0)
             table = table + args["server_lr"] * velocity
         recent = (recent + [table.clone()])[-args["average_last"] :]
         if rnd % args["every"] == 0 or rnd == args["rounds"]:
-            served = NeuMF(n_users, n_items, recipe.model)
-            served.load_state_dict(
+            model = NeuMF(n_users, n_items, model_cfg)
+            model.load_state_dict(
                 {
                     "user_emb.weight": users.clone(),
                     "item_emb.weight": torch.stack(recent).mean(0),
+                    PRIOR: prior,
                     **{f"output.{k}": v for k, v in frozen_output.items()},
                 }
             )
-            model = PriorNeuMF(served, prior)
             plain = hit_ndcg(full_ranks(model_scores(model), split, "validation", 0))[1]
             serving_refit(model, split.train_users, split.train_items, args["refit"], 0.01, 0)
             refit = hit_ndcg(full_ranks(model_scores(model), split, "validation", 0))[1]

@@ -35,7 +35,6 @@ from fedrec.common.training import GroupBCE
 from fedrec.simulations.arms.centralized import model_scores
 from fedrec.simulations.arms.centralized_dp import (
     DPRecipe,
-    PriorNeuMF,
     _groups,
     fit_centralized_dp,
     planned_privacy,
@@ -71,8 +70,7 @@ def item_row_snr(model: NeuMF, split: Split, recipe: DPRecipe, sigma: float, cou
     """Per item row: norm of the clipped mean gradient of one Poisson batch over the norm of the noise
     Opacus adds to that row (sigma * C * sqrt(row width) / expected batch), by item-frequency bucket."""
     probe = copy.deepcopy(model)
-    core = probe.model if isinstance(probe, PriorNeuMF) else probe
-    for pname, p in core.named_parameters():
+    for pname, p in probe.named_parameters():
         p.requires_grad_(not pname.startswith(recipe.frozen))
     params = [p for p in probe.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.0)
@@ -96,7 +94,7 @@ def item_row_snr(model: NeuMF, split: Split, recipe: DPRecipe, sigma: float, cou
     opt.zero_grad(set_to_none=True)
     crit(module(u, i), y).backward()
     opt.step()  # lr 0: only clips, sums and scales, so .grad is the clipped mean gradient without noise
-    rows = core.item_emb.weight.grad
+    rows = probe.item_emb.weight.grad
     if rows is None:  # the item table is frozen: nothing of it is noised
         module._close()
         return {}

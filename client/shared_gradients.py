@@ -1,7 +1,7 @@
 """One device's clipped per-example gradient sums for the ``distributed`` mechanism (one DP-SGD step).
 
-Only the two tables train (the GMF recipe: output layer frozen, the item table's last column the frozen
-popularity prior). The unit is one record: an interaction with its negatives, so an example's gradient is
+Only the two tables train (the GMF recipe: output layer frozen, the popularity prior a buffer that never
+trains). The unit is one record: an interaction with its negatives, so an example's gradient is
 that of its group's summed BCE with respect to the user row and the rows its group looks up. torch.func
 takes each example's gradient with respect to the looked-up rows; the norm of its item-table gradient sums
 the rows of an item that repeats within the group (the table gradient of a repeated item is the sum of
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from fedrec.common.model import NeuMF
+from fedrec.common.model import PRIOR, NeuMF
 
 USER, ITEM = "user_emb.weight", "item_emb.weight"
 CLIP_EPS = 1e-6  # Opacus' coefficient min(1, C / (norm + 1e-6))
@@ -25,32 +25,31 @@ CLIP_EPS = 1e-6  # Opacus' coefficient min(1, C / (norm + 1e-6))
 @dataclass(frozen=True)
 class ClippedSums:
     user: torch.Tensor  # [1, dim] sum over the sampled examples of the clipped user-row gradients
-    items: torch.Tensor  # [n_items, width] the same for the item table (the prior column stays 0)
+    items: torch.Tensor  # [n_items, width] the same for the item table
     examples: int
     norms: torch.Tensor  # [examples] per-example gradient norms before clipping
 
 
-def trained_width(model: NeuMF) -> int:
-    """The item-table columns the recipe trains: all but the prior (bias) column."""
-    return model.config.embedding_dim
-
-
 def per_example_grads(model: NeuMF, items: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, dim] user-row and [B, 1+k, width] looked-up-row gradients of each example's group loss."""
+    """[B, dim] user-row and [B, 1+k, width] looked-up-row gradients of each example's group loss.
+
+    Each example's group runs as a model of 1+k items (slot j = the group's j-th item): its looked-up rows
+    stand in for the item table and, when the model has one, their prior for the prior."""
     fixed = {k: v.detach() for k, v in model.named_parameters() if k not in (USER, ITEM)}
     fixed.update({k: v.detach() for k, v in model.named_buffers()})
     group = items.shape[1]
     users, slots = torch.zeros(group, dtype=torch.long), torch.arange(group)
 
-    def loss(user_row: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, {**fixed, USER: user_row, ITEM: rows}, (users, slots))
+    def loss(
+        user_row: torch.Tensor, rows: torch.Tensor, looked: dict[str, torch.Tensor], y: torch.Tensor
+    ) -> torch.Tensor:
+        logits = functional_call(model, {**fixed, USER: user_row, ITEM: rows, **looked}, (users, slots))
         return F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
 
     user_row = model.user_emb.weight.detach()
     rows = model.item_emb.weight.detach()[items]
-    g_user, g_rows = vmap(grad(loss, argnums=(0, 1)), in_dims=(None, 0, 0))(user_row, rows, labels)
-    g_rows = g_rows.clone()
-    g_rows[..., trained_width(model) :] = 0.0  # the prior column is frozen
+    looked = {} if model.item_prior is None else {PRIOR: model.item_prior[items]}
+    g_user, g_rows = vmap(grad(loss, argnums=(0, 1)), in_dims=(None, 0, 0, 0))(user_row, rows, looked, labels)
     return g_user.reshape(len(items), -1), g_rows
 
 

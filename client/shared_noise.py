@@ -35,7 +35,7 @@ from fedrec.client.device_round import (
 )
 from fedrec.client.fleet import takes_part
 from fedrec.client.round_randomness import POISSON, Draws
-from fedrec.client.shared_gradients import ITEM, clipped_sums, trained_width
+from fedrec.client.shared_gradients import ITEM, clipped_sums
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
@@ -82,9 +82,7 @@ class SharedGradientStep:
         picked = work.randomness.draws(POISSON).bernoulli(len(work.items), shared.record_rate)
         sums = clipped_sums(model, work.items[picked], work.labels[picked], privacy.max_grad_norm)
         std = privacy.noise_multiplier * privacy.max_grad_norm
-        width = trained_width(model)
-        table = sums.items.clone()
-        table[:, :width] += noise((device.n_items, width), std / math.sqrt(shared.min_devices), generator)
+        table = sums.items + noise(tuple(sums.items.shape), std / math.sqrt(shared.min_devices), generator)
         step = (sums.user + noise(tuple(sums.user.shape), std, generator)) / privacy.expected_batch
         momentum = shared.momentum * work.rows[MOMENTUM] + step  # torch.optim.SGD's momentum, on this row alone
         rows = {EMBEDDING: work.user_row - shared.table_lr * momentum, MOMENTUM: momentum}

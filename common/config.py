@@ -87,7 +87,7 @@ class CentralDPConfig:
     batch_size: int = 4096
     feature_init: bool = True  # item rows start from an SVD of the public genre/decade features ...
     item_features: str = "ml-100k"  # ... of this dataset (its .item file; the split must hold all its items)
-    popularity_prior: bool = True  # add log(DP item count) to every logit (Gaussian histogram, composed)
+    popularity_prior: bool = True  # model.prior from a DP item histogram's log-odds (Gaussian, composed)
     min_count: float = 0.0  # items whose DP count is below this keep their initial row (needs popularity_prior)
     count_sigma: float = 10.0  # noise std of that histogram (each record adds 1 to one count: L2 sensitivity 1)
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (with adam_eps)
@@ -410,14 +410,14 @@ DEFAULT_CENTRAL = CentralConfig(
 
 
 # The federated_ddp arm: the centralized_dp recipe as a federation (docs/privacy.md). Its model (with the
-# round-1 item histogram's popularity prior in the item bias), negatives and clipping norm are the recipe's;
+# round-1 item histogram's popularity prior as the model's fixed prior), negatives and clipping norm are the recipe's;
 # every device takes part in every round: one histogram round, then SharedNoise.steps DP-SGD rounds.
 _RECIPE = CentralDPConfig()
 DEFAULT_FEDERATED_DDP = FederationConfig(
     server=ServerConfig(rounds=1 + SharedNoise().steps),
     privacy=PrivacyConfig(mechanism="distributed", max_grad_norm=_RECIPE.max_grad_norm),
     device=DeviceConfig(
-        model=replace(_RECIPE.model, item_bias=True),
+        model=replace(_RECIPE.model, prior=True),
         training=LocalTraining(negatives=_RECIPE.negatives),
         participation=1.0,
     ),

@@ -18,6 +18,7 @@ from fedrec.common.memory import require_memory
 from fedrec.common.settings import MAX_LAYERS, MAX_WIDTH, require, require_count
 
 LOCAL_PREFIX = "user_emb."
+PRIOR = "item_prior"  # the state-dict key of the fixed per-item logit offset (ModelConfig.prior)
 # Floats of the widest [users, items, width] block score_users builds at once: about 8 MB, so the block stays
 # in cache between the tower's layers (a 256-user block of ML-100K was 3x slower, with the same scores).
 SCORE_BLOCK = 1 << 21
@@ -34,7 +35,10 @@ class ModelConfig:
     mlp_dim: int = 64
     layers: tuple[int, ...] = (128, 64, 32)
     dropout: float = 0.0
-    item_bias: bool = True  # one extra item-table column added to the logit (popularity prior)
+    item_bias: bool = True  # one extra item-table column added to the logit (a learned item bias)
+    # A fixed per-item logit offset (the DP popularity prior): a buffer, so it takes no clipping budget
+    # and no noise, and never trains; whoever releases the item histogram writes it (NeuMF.set_prior).
+    prior: bool = False
     init_std: float = 0.01
 
     def __post_init__(self) -> None:
@@ -88,10 +92,12 @@ def neumf_logits(
     linear: Linear,
     first: torch.Tensor | None = None,
     dropout: float = 0.0,
+    prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """NeuMF's logit of each user row against each item row (``users`` [..., dim] and ``items`` [..., cols]
     of one shape, or broadcasting against each other when ``first`` is given): the MLP tower on the two MLP
-    halves side by side with the GMF product, into the output layer, plus the item's prior (bias) column.
+    halves side by side with the GMF product, into the output layer, plus the item's learned bias column
+    and its fixed ``prior`` (the popularity prior of each item, shaped as the logits or broadcasting).
 
     The one definition of the score, whatever holds the weights: ``linear`` applies a named layer (the
     module itself, so that Opacus' hooks see it, or every device's weights of a stack). ``first``, when
@@ -114,7 +120,9 @@ def neumf_logits(
     if config.uses_gmf:
         parts.append(u_gmf * i_gmf)
     out = linear("output", torch.cat(parts, dim=-1)).squeeze(-1)
-    return out + items[..., -1] if config.item_bias else out
+    if config.item_bias:
+        out = out + items[..., -1]
+    return out if prior is None else out + prior
 
 
 def check_tables_fit(n_users: int, n_items: int, config: ModelConfig) -> None:
@@ -131,6 +139,8 @@ def check_tables_fit(n_users: int, n_items: int, config: ModelConfig) -> None:
 class NeuMF(nn.Module):
     """Scores (user, item) pairs with one logit; BCE with sampled negatives trains it."""
 
+    item_prior: torch.Tensor | None  # [n_items] when config.prior: moves and saves with the module, never trained
+
     def __init__(self, n_users: int, n_items: int, config: ModelConfig = ModelConfig()):
         super().__init__()
         self.config = config
@@ -144,6 +154,8 @@ class NeuMF(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=config.init_std)
         if config.item_bias:
             nn.init.zeros_(self.item_emb.weight[:, dim:])
+        # None keeps the key out of the state dict: a model without a prior has no such key in its files.
+        self.register_buffer(PRIOR, torch.zeros(n_items) if config.prior else None)
         head = 0
         if config.uses_mlp:
             tower: list[nn.Module] = []
@@ -162,9 +174,25 @@ class NeuMF(nn.Module):
     def _layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return self.get_submodule(name)(x)
 
-    def _logits(self, users: torch.Tensor, items: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+    def _logits(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        prior: torch.Tensor | None,
+        first: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         dropout = self.config.dropout if self.training else 0.0
-        return neumf_logits(self.config, users, items, self._layer, first, dropout)
+        return neumf_logits(self.config, users, items, self._layer, first, dropout, prior)
+
+    def _prior_of(self, items: torch.Tensor) -> torch.Tensor | None:
+        return None if self.item_prior is None else self.item_prior[items]
+
+    @torch.no_grad()
+    def set_prior(self, prior: torch.Tensor) -> None:
+        """Write the fixed per-item offset (the released histogram's log-odds, ``dp_recipe.log_odds_prior``)."""
+        if self.item_prior is None:
+            raise ValueError("this NeuMF has no prior (ModelConfig.prior is false)")
+        self.item_prior.copy_(prior)
 
     def _first_halves(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first tower layer's weight on the user half, on the item half, and its bias."""
@@ -174,7 +202,7 @@ class NeuMF(nn.Module):
         return first.weight[:, :m], first.weight[:, m:], first.bias
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self._logits(self.user_emb(users), self.item_emb(items))
+        return self._logits(self.user_emb(users), self.item_emb(items), self._prior_of(items))
 
     def frozen_item_logits(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """``logits(rows, owner, items)`` = ``forward`` for user rows ``rows[owner]`` against ``items`` ([N, k]),
@@ -190,7 +218,7 @@ class NeuMF(nn.Module):
             first = None
             if self.config.uses_mlp:
                 first = (halves(self.config, rows)[1] @ w_u.T)[owner][:, None, :] + item_first[items]
-            return self._logits(rows[owner][:, None, :], item_rows[items], first)
+            return self._logits(rows[owner][:, None, :], item_rows[items], self._prior_of(items), first)
 
         return logits
 
@@ -213,7 +241,7 @@ class NeuMF(nn.Module):
             first = None
             if self.config.uses_mlp:
                 first = (halves(self.config, user_rows)[1] @ w_u.T)[:, None, :] + item_first + b
-            rows.append(self._logits(user_rows[:, None, :], item_rows[None, :, :], first))
+            rows.append(self._logits(user_rows[:, None, :], item_rows[None, :, :], self.item_prior, first))
         self.train(was_training)
         return torch.cat(rows)
 

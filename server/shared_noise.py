@@ -4,8 +4,8 @@ becomes one DP-SGD step of the pooled recipe.
 Each reply is a node's sum over its devices; their sum is what SecAgg+ reveals. A round with fewer than
 ``min_devices`` reporting devices is dropped: its sum carries less than the noise sigma C the accountant
 assumed, so it is never applied (the devices still count the step in their ledgers: the share was sent).
-Round 1 (when ``count_sigma`` > 0) releases the item histogram; the server turns it into the frozen
-popularity prior in the item table's last column. Every later sum is divided by the public expected batch
+Round 1 (when ``count_sigma`` > 0) releases the item histogram; the server turns it into the model's
+fixed popularity prior (``item_prior``, never trained). Every later sum is divided by the public expected batch
 (q times the fleet's train records) and applied with SGD and momentum at the table learning rate:
 post-processing of the released sums. The momentum buffer lives in memory: a resumed run restarts it.
 """
@@ -26,6 +26,7 @@ from fedrec.common.config import DeviceConfig, FederationConfig
 from fedrec.common.dp_recipe import log_odds_prior
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy
 from fedrec.common.mechanisms import ServerStep
+from fedrec.common.model import PRIOR
 from fedrec.common.record_values import scalar_int
 from fedrec.common.replies import SHARED_COUNTS as COUNTS
 from fedrec.server.strategies import FedrecStrategyMixin, FlowerStrategy, aggregate_train_metrics, node_sampling
@@ -77,8 +78,7 @@ class SharedNoiseAggregation(FlowerStrategy):
             return ArrayRecord(state), metrics
         total = summed(replies)
         if COUNTS in total:
-            prior = log_odds_prior(total[COUNTS], self.device.training.negatives)
-            state[ITEM][:, self.device.model.embedding_dim :] = prior[:, None]
+            state[PRIOR] = log_odds_prior(total[COUNTS], self.device.training.negatives)
         else:
             self._step(state, total)
         return ArrayRecord(state), metrics

@@ -96,7 +96,7 @@ def test_federated_ddp_reads_its_own_branch_whose_defaults_are_the_centralized_d
     ddp = cfg.federated_ddp
     assert ddp.server.rounds == 1 + ddp.device.shared_noise.steps  # the histogram round, then the DP-SGD steps
     assert ddp.privacy.max_grad_norm == recipe.max_grad_norm
-    assert ddp.device.model == replace(recipe.model, item_bias=True)
+    assert ddp.device.model == replace(recipe.model, prior=True)
     assert ddp.device.training.negatives == recipe.negatives
     assert ddp.device.participation == 1.0
     # the rest is the federation's (one epsilon and delta for every private arm by default)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from fedrec.common.config import CentralConfig
 from fedrec.common.datasets import from_raw
 from fedrec.common.metrics import full_ranks, hit_ndcg
-from fedrec.common.model import ModelConfig, NeuMF, global_state, local_state, tower_layers
+from fedrec.common.model import PRIOR, ModelConfig, NeuMF, global_state, local_state, tower_layers
 from fedrec.common.split import temporal_split
 from fedrec.common.training import TrainConfig, recency_oversample
 from fedrec.simulations.arms.centralized import fit_centralized, train_with_validation
@@ -57,6 +59,27 @@ def test_item_bias_keeps_one_lookup_per_table_and_local_user_rows():
     assert torch.allclose(model.score_users(users)[torch.arange(3), items], logits, atol=1e-5)
     assert set(local_state(model)) == {"user_emb.weight"}
     assert "item_emb.weight" in global_state(model)
+
+
+@pytest.mark.parametrize("kind", ["neumf", "gmf"])
+def test_the_prior_is_a_fixed_offset_on_every_score_and_a_state_key_only_when_configured(kind):
+    config = ModelConfig(kind=kind, gmf_dim=4, mlp_dim=3, layers=(8,), item_bias=True, init_std=0.5)
+    torch.manual_seed(0)
+    plain = NeuMF(3, 7, config)
+    torch.manual_seed(0)
+    model = NeuMF(3, 7, replace(config, prior=True))  # the same weights: the prior draws no randomness
+    assert PRIOR not in plain.state_dict() and PRIOR in global_state(model)
+    assert PRIOR not in dict(model.named_parameters())  # never trained
+    prior = torch.randn(7)
+    model.set_prior(prior)
+    users, items = torch.tensor([0, 2, 1, 2]), torch.tensor([6, 0, 3, 3])
+    assert torch.equal(model(users, items), plain(users, items) + prior[items])
+    assert torch.equal(model.score_users(torch.arange(3)), plain.score_users(torch.arange(3)) + prior)
+    rows = model.user_emb.weight.detach()
+    logits = model.frozen_item_logits()(rows, users, items[:, None])
+    assert torch.allclose(logits[:, 0], model(users, items), atol=1e-6)
+    with pytest.raises(ValueError, match="no prior"):
+        plain.set_prior(prior)
 
 
 def test_refit_data_adds_exactly_the_validation_items():

@@ -12,7 +12,7 @@ from fedrec.common.config import load_config
 from fedrec.common.errors import FedrecError
 from fedrec.common.model import ModelConfig
 from fedrec.common.split import temporal_split
-from fedrec.simulations.arms.centralized_dp import DPRecipe, PriorNeuMF, _groups, fit_centralized_dp, train_dp
+from fedrec.simulations.arms.centralized_dp import DPRecipe, _groups, fit_centralized_dp, train_dp
 from fedrec.simulations.arms.registry import central_fitters
 
 TINY = DPRecipe(
@@ -32,9 +32,8 @@ def split(tiny):
 
 
 def _train(split, recipe, noise_seed=None):
-    """The trained NeuMF (without the prior wrapper) and the privacy spent."""
-    model, spent = train_dp(split.n_users, split.n_items, split.train_users, split.train_items, recipe, 0, noise_seed)
-    return (model.model if isinstance(model, PriorNeuMF) else model), spent
+    """The trained NeuMF and the privacy spent."""
+    return train_dp(split.n_users, split.n_items, split.train_users, split.train_items, recipe, 0, noise_seed)
 
 
 def test_arm_trains_within_budget(split):

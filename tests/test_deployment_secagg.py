@@ -35,6 +35,7 @@ from fedrec.common.config import FederationConfig
 from fedrec.common.instructions import DeviceInstructions, RoundInfo, resolve_privacy
 from fedrec.common.keys import create_key_file
 from fedrec.common.manifest import load_manifest
+from fedrec.common.model import PRIOR
 from fedrec.common.policy import SIMULATED
 from fedrec.common.processes import descendants, free_port
 from fedrec.common.settings import from_flat
@@ -171,7 +172,8 @@ def test_shared_noise_rounds_under_secure_aggregation(tmp_path, children):  # no
     manifest = load_manifest(tmp_path / "fleet")
     records = sum(d.counts["train"] for d in manifest.devices)
     run_config = (
-        f'device.n_items={N_ITEMS} device.model.kind="gmf" device.model.gmf_dim=4 device.participation=1.0 '
+        f'device.n_items={N_ITEMS} device.model.kind="gmf" device.model.gmf_dim=4 device.model.item_bias=false '
+        "device.model.prior=true device.participation=1.0 "
         f"device.fleet.devices={DEVICES} device.fleet.train_records={records} device.training.negatives=2 "
         'device.shared_noise.min_devices=3 device.shared_noise.feature_init="" device.shared_noise.table_lr=5.0 '
         'device.serving.refit_steps=1 privacy.mechanism="distributed" privacy.epsilon=8.0 device.seed=0 '
@@ -193,8 +195,9 @@ def test_shared_noise_rounds_under_secure_aggregation(tmp_path, children):  # no
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["train"]["devices"] for r in rounds] == [4, 3]  # both rounds applied (3 >= min_devices)
     assert max(rounds[1]["epsilons"]) <= 8.0 + 1e-9
-    final = torch.load(out / "global_model.pt", weights_only=True)["item_emb.weight"]
-    assert final[:, 4].std() > 0  # round 1's histogram became the prior column
+    final_state = torch.load(out / "global_model.pt", weights_only=True)
+    assert final_state[PRIOR].std() > 0  # round 1's histogram became the prior
+    final = final_state["item_emb.weight"]
     start = initial_state(
         from_flat(FederationConfig, parse_run_config(run_config), "test", complete=False).device,
     )["item_emb.weight"]

@@ -20,7 +20,8 @@ from fedrec.common.replies import SHARED_COUNTS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = DeviceConfig()
-DDP_DEVICE = replace(DEVICE, participation=1.0, model=ModelConfig(kind="gmf", gmf_dim=32, item_bias=True, init_std=0.1))
+DDP_MODEL = ModelConfig(kind="gmf", gmf_dim=32, item_bias=False, prior=True, init_std=0.1)
+DDP_DEVICE = replace(DEVICE, participation=1.0, model=DDP_MODEL)
 
 # resolve_privacy's output for these inputs before the mechanisms were classes (seed-free, deterministic)
 PLANS = {

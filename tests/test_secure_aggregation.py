@@ -276,6 +276,8 @@ MECHANISMS = {
     "distributed": {  # round 1 the item histogram, round 2 one DP-SGD step of the item table
         "privacy.mechanism": "distributed",
         "device.model.kind": "gmf",
+        "device.model.item_bias": False,
+        "device.model.prior": True,
         "device.shared_noise.feature_init": "",
         "device.shared_noise.min_devices": 3,
         "device.shared_noise.table_lr": 5.0,

@@ -17,7 +17,7 @@ from fedrec.common.config import DeviceConfig, FederationConfig, Fleet, PrivacyC
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo, resolve_privacy
 from fedrec.common.mechanisms import ServerStep, mechanism_for
-from fedrec.common.model import ModelConfig, NeuMF
+from fedrec.common.model import PRIOR, ModelConfig, NeuMF
 from fedrec.common.policy import SIMULATED
 from fedrec.common.privacy import history_epsilon
 from fedrec.common.split import temporal_split
@@ -27,7 +27,7 @@ from fedrec.simulations.audit.accounting import check_ledger, read_ledger
 from fedrec.simulations.audit.wire import audit_wire_log
 from tests.test_federated import provisioned
 
-GMF = ModelConfig(kind="gmf", gmf_dim=16, item_bias=True, init_std=0.3)
+GMF = ModelConfig(kind="gmf", gmf_dim=16, item_bias=False, prior=True, init_std=0.3)
 CLIP = 0.5
 
 
@@ -49,13 +49,15 @@ def task_for(device: DeviceConfig, sigma: float, round_number: int, batch: float
 
 
 def start_state(device: DeviceConfig) -> dict[str, torch.Tensor]:
+    """A random global model with a random prior: the gradients must look up each item's own prior."""
     torch.manual_seed(1)
     model = NeuMF(1, device.n_items, device.model)
+    model.set_prior(torch.randn(device.n_items))
     return {k: v for k, v in model.state_dict().items() if not k.startswith("user_emb")}
 
 
 def pooled_clipped_sum(device, refs, state, task) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The pooled reference: every record's gradient (user row and item table, prior column excluded),
+    """The pooled reference: every record's gradient (user row and item table; the prior is a buffer),
     taken with plain autograd one record at a time, clipped to CLIP over both, summed."""
     table_sum = torch.zeros_like(state["item_emb.weight"])
     user_sums = {}
@@ -71,7 +73,6 @@ def pooled_clipped_sum(device, refs, state, task) -> tuple[torch.Tensor, dict[st
                 model(torch.zeros_like(group), group), y, reduction="sum"
             )
             g_user, g_table = torch.autograd.grad(loss, [model.user_emb.weight, model.item_emb.weight])
-            g_table[:, GMF.embedding_dim :] = 0.0
             norm = (g_user.square().sum() + g_table.square().sum()).sqrt()
             scale = min(1.0, CLIP / (float(norm) + CLIP_EPS))
             table_sum += scale * g_table
@@ -121,7 +122,7 @@ def test_noise_of_the_sum_has_std_sigma_clip(tmp_path, tiny):
     state, sigma = start_state(quiet), 3.0
     clean, _ = train_fleet_shared(node_devices({}, quiet.fleet), state, task_for(quiet, 1e-12, 2, 1.0), SIMULATED)
     loud, _ = train_fleet_shared(node_devices({}, noisy.fleet), state, task_for(noisy, sigma, 2, 1.0), SIMULATED)
-    noise = (loud["item_emb.weight"] - clean["item_emb.weight"])[:, : GMF.embedding_dim]
+    noise = loud["item_emb.weight"] - clean["item_emb.weight"]
     assert noise.numel() >= 500
     assert abs(float(noise.std()) / (sigma * CLIP) - 1.0) < 0.12
     assert abs(float(noise.mean())) < 0.2 * sigma * CLIP
@@ -164,6 +165,17 @@ def test_resolved_noise_spends_the_budget_with_the_histogram():
         )
 
 
+@pytest.mark.parametrize(
+    ("model", "key"),
+    [(replace(GMF, prior=False), "device.model.prior"), (replace(GMF, item_bias=True), "device.model.item_bias")],
+)
+def test_the_histogram_needs_the_prior_and_no_learned_bias_column(model, key):
+    """The released histogram has one place to go, the model's fixed prior; a bias column would train."""
+    device = DeviceConfig(model=model, participation=1.0, shared_noise=SharedNoise(count_sigma=10.0))
+    with pytest.raises(FedrecError, match=f"federation.{key}: must be"):
+        resolve_privacy(PrivacyConfig(mechanism="distributed"), device, rounds=41, records=98_000)
+
+
 class _Reply:
     def __init__(self, arrays: dict[str, torch.Tensor], devices: int):
         metrics = {"num-examples": devices, "devices": devices, "refused": 0, "steps-max": 1}
@@ -184,8 +196,8 @@ def _aggregator(min_devices: int) -> SharedNoiseAggregation:
 
 
 def test_round_with_fewer_than_min_devices_is_dropped():
-    state = {"item_emb.weight": torch.ones(5, GMF.embedding_dim + 1), "output.weight": torch.ones(1, 16)}
-    update = {"item_emb.weight": torch.full((5, GMF.embedding_dim + 1), 2.0)}
+    state = {"item_emb.weight": torch.ones(5, GMF.embedding_dim), "output.weight": torch.ones(1, 16)}
+    update = {"item_emb.weight": torch.full((5, GMF.embedding_dim), 2.0)}
     few = _aggregator(min_devices=5)
     few._current = state
     arrays, metrics = few.aggregate_train(3, [_Reply(update, 2), _Reply(update, 2)])
@@ -233,10 +245,9 @@ def test_federated_ddp_on_flower_simulation_engine(tmp_path, tiny):
     model_dir = tmp_path / result.info["model_dir"]
     wire = audit_wire_log(model_dir / "wire.jsonl", model_dir / "model.json")
     assert wire["ok"], wire["problems"]
-    assert set(wire["arrays"]) == {"item_emb.weight", "item_counts", "output.weight", "output.bias"}
+    assert set(wire["arrays"]) == {"item_emb.weight", PRIOR, "item_counts", "output.weight", "output.bias"}
     final = torch.load(model_dir / "global_model.pt", weights_only=True)
-    prior = final["item_emb.weight"][:, GMF.embedding_dim]
-    assert prior.std() > 0  # round 1's histogram became the prior column
+    assert final[PRIOR].std() > 0  # round 1's histogram became the prior
     assert result.info["federation"]["device"]["shared_noise"]["min_devices"] == 6  # 0 = the whole fleet
     assert result.scores.shape == (data.n_users, data.n_items)
 

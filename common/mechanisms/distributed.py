@@ -70,6 +70,18 @@ class DistributedDP(Mechanism):
         need(
             device.model.kind == "gmf", "device.model.kind", "must be gmf (the recipe trains only the rows)", self.name
         )
+        need(
+            not device.model.item_bias,
+            "device.model.item_bias",
+            "must be false (a learned bias column takes the clipping norm; the popularity prior is device.model.prior)",
+            self.name,
+        )
+        need(
+            device.model.prior or shared.count_sigma == 0,
+            "device.model.prior",
+            "must be true while shared_noise.count_sigma > 0 (the released histogram becomes the prior)",
+            self.name,
+        )
         need(records > 0, "device.fleet", "needs a manifest (the number of train records fixes the batch)", self.name)
         steps = shared_steps(device, rounds)
         need(steps >= 1, "server.rounds", f"needs a round after the histogram round, got {rounds}", self.name)
@@ -93,7 +105,7 @@ class DistributedDP(Mechanism):
         return ServerStep(shared.table_lr, shared.momentum, -1.0)
 
     def initial_state(self, device: DeviceConfig) -> dict[str, torch.Tensor]:
-        """The recipe's start: item rows from the public features (when named), prior column 0."""
+        """The recipe's start: item rows from the public features (when named), the prior 0."""
         state = super().initial_state(device)
         source = device.shared_noise.feature_init
         if source:

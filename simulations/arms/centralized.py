@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,15 +36,7 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class UserScorer(Protocol):
-    """What full-ranking scores need of a model: NeuMF, or NeuMF behind centralized_dp's fixed prior."""
-
-    n_users: int
-
-    def score_users(self, users: torch.Tensor) -> torch.Tensor: ...
-
-
-def model_scores(model: UserScorer) -> np.ndarray:
+def model_scores(model: NeuMF) -> np.ndarray:
     return model.score_users(torch.arange(model.n_users)).numpy()
 
 

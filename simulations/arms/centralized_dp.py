@@ -126,7 +126,7 @@ def composed_noise(recipe: DPRecipe, q: float, steps: int) -> float:
     return shared_composed_noise(recipe.epsilon, recipe.delta, sigma, q, steps, "centralized_dp")
 
 
-def _rare_rows(model: NeuMF | PriorNeuMF, recipe: DPRecipe, released: torch.Tensor | None) -> Callable[[], None]:
+def _rare_rows(model: NeuMF, recipe: DPRecipe, released: torch.Tensor | None) -> Callable[[], None]:
     """A hook that puts the rows of items with a released count below ``min_count`` back to their initial
     value after each step: the choice uses only the DP histogram and discarding part of a noisy update is
     post-processing, so shared embeddings are trained only where the data can pay for them."""
@@ -155,33 +155,6 @@ def planned_privacy(n_records: int, recipe: DPRecipe) -> DPPrivacy:
     return DPPrivacy(recipe.epsilon, recipe.delta, sigma, q, steps)
 
 
-class PriorNeuMF(nn.Module):
-    """NeuMF plus a fixed per-item logit offset (the DP popularity prior), which takes no clipping budget."""
-
-    prior: torch.Tensor  # a buffer: moves and saves with the module, never trained
-
-    def __init__(self, model: NeuMF, prior: torch.Tensor):
-        super().__init__()
-        self.model = model
-        self.n_users, self.n_items = model.n_users, model.n_items
-        self.register_buffer("prior", prior.float())
-
-    @property
-    def user_emb(self) -> nn.Embedding:
-        return self.model.user_emb
-
-    @property
-    def item_emb(self) -> nn.Embedding:
-        return self.model.item_emb
-
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.model(users, items) + self.prior[items]
-
-    @torch.no_grad()
-    def score_users(self, users: torch.Tensor) -> torch.Tensor:
-        return self.model.score_users(users) + self.prior
-
-
 def noisy_counts(items: np.ndarray, n_items: int, recipe: DPRecipe, generator: torch.Generator) -> torch.Tensor:
     """The released histogram: item counts plus N(0, count_sigma^2) each (one record moves one count by 1)."""
     counts = torch.from_numpy(np.bincount(items, minlength=n_items)).double()
@@ -189,7 +162,7 @@ def noisy_counts(items: np.ndarray, n_items: int, recipe: DPRecipe, generator: t
 
 
 def _plain_epoch(
-    model: NeuMF | PriorNeuMF,
+    model: NeuMF,
     optimizer: torch.optim.Optimizer,
     users: torch.Tensor,
     items: torch.Tensor,
@@ -220,29 +193,28 @@ def train_dp(
     seed: int,
     noise_seed: int | None = None,
     features: np.ndarray | None = None,
-    on_epoch: Callable[[int, NeuMF | PriorNeuMF, float], None] | None = None,
-) -> tuple[NeuMF | PriorNeuMF, DPPrivacy]:
-    """NeuMF trained on the given positives with Opacus DP-SGD (ghost clipping, Poisson sampling)."""
+    on_epoch: Callable[[int, NeuMF, float], None] | None = None,
+) -> tuple[NeuMF, DPPrivacy]:
+    """NeuMF trained on the given positives with Opacus DP-SGD (ghost clipping, Poisson sampling); with
+    ``popularity_prior`` its fixed prior holds the log-odds of the released item histogram."""
     torch.manual_seed(seed)
-    net = NeuMF(n_users, n_items, recipe.model)
+    model = NeuMF(n_users, n_items, dataclasses.replace(recipe.model, prior=recipe.popularity_prior))
     if recipe.feature_init:
         if features is None:
             raise FedrecError("centralized_dp: feature_init needs the public item features")
         dim = recipe.model.embedding_dim
         with torch.no_grad():
-            net.item_emb.weight[:, :dim] = feature_rows(features, dim, recipe.model.init_std, seed)
-    for name, p in net.named_parameters():
+            model.item_emb.weight[:, :dim] = feature_rows(features, dim, recipe.model.init_std, seed)
+    for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith(recipe.frozen))
-    model: NeuMF | PriorNeuMF = net
     noise = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
+    released = None
     if recipe.popularity_prior:
         exact = not recipe.private or math.isinf(recipe.epsilon)  # no budget to protect: counts as they are
         counted = dataclasses.replace(recipe, count_sigma=0.0) if exact else recipe
         released = noisy_counts(items, n_items, counted, noise)
-        model = PriorNeuMF(net, log_odds_prior(released, recipe.negatives))
-        keep = _rare_rows(model, recipe, released)
-    else:
-        keep = _rare_rows(model, recipe, None)
+        model.set_prior(log_odds_prior(released, recipe.negatives))
+    keep = _rare_rows(model, recipe, released)
     optimizer = _optimizer(model, recipe)
     generator = torch.Generator().manual_seed(seed + 1)  # negatives and the plain arm's shuffling
     u_t, i_t = torch.from_numpy(users.astype(np.int64)), torch.from_numpy(items.astype(np.int64))
@@ -298,9 +270,7 @@ def _noise_step(optimizer: DPOptimizer, plan: DPPrivacy, recipe: DPRecipe, gener
         p.grad = None
 
 
-def serving_refit(
-    model: NeuMF | PriorNeuMF, users: np.ndarray, items: np.ndarray, epochs: int, lr: float, seed: int
-) -> None:
+def serving_refit(model: NeuMF, users: np.ndarray, items: np.ndarray, epochs: int, lr: float, seed: int) -> None:
     """Each user row fitted to the frozen item side on that user's own positives (never fed to training)."""
     if epochs <= 0:
         return
