@@ -257,13 +257,16 @@ class RoundLedgers:
         """Would this round take the device past the run's budget or its owner's lifetime one?"""
         if not privacy.private:
             return False
-        run = over_budget(self.after.epsilon(privacy.delta), privacy.budget)
-        return run or over_budget(self.lifetime.epsilon(self.unit, privacy.delta), policy.max_epsilon)
+        return refuses(self.after, privacy) or over_budget(
+            self.lifetime.epsilon(self.unit, privacy.delta), policy.max_epsilon
+        )
 
 
 def _round_ledgers(store: DeviceState, task: DeviceInstructions) -> RoundLedgers:
     device, privacy, mechanism, number = task.device, task.privacy, task.mechanism, task.round.number
     before, after = mechanism.ledgers(read_ledger(store, device.state_prefix), device, privacy, number)
+    if not privacy.private:  # nothing is spent: the lifetime ledger is neither read nor written
+        return RoundLedgers(before, after, LifetimeLedger(), mechanism.lifetime_unit)
     lifetime = LifetimeLedger.from_json(store.get_state(LIFETIME))
     counted = lifetime.counted.get(device.state_prefix, 0)
     new = lifetime.after(mechanism.lifetime_unit, mechanism.new_entries(device, privacy, number, counted))

@@ -253,11 +253,3 @@ class SeededSource(RandomSource):
     @property
     def reproducible(self) -> bool:
         return True
-
-    def torch_seed(self, purpose: str) -> int:
-        """A 63-bit seed for a torch generator of ``purpose`` (the simulation's stacked trainer draws its
-        Poisson masks and noise from torch generators; its per-device reference does the same). Only a
-        seeded source has one: a deployed device's draws never pass through a torch generator."""
-        info = b"fedrec torch seed v1" + _encode(purpose)
-        key = HKDF(algorithm=hashes.SHA256(), length=8, salt=None, info=info).derive(self._key)
-        return int.from_bytes(key, "big") >> 1
