@@ -227,7 +227,13 @@ def device_rounds(
         with ExitStack() as open_stores:
             stores = [open_stores.enter_context(ref.open()) for ref in block]
             ledgers = [_round_ledgers(store, task) for store in stores]
-            allowed = [i for i, ledger in enumerate(ledgers) if not ledger.refuses(privacy, policy)]
+            allowed = []
+            for i, (ref, ledger) in enumerate(zip(block, ledgers)):
+                why = ledger.refusal(privacy, policy)
+                if why is None:
+                    allowed.append(i)
+                else:
+                    log.warning("%s refused round %d: %s", ref.device_id, task.round.number, why)
             works = {i: round_work(stores[i], block[i], task, step.rows) for i in allowed}
             trained = dict(zip(allowed, step.train([works[i] for i in allowed])))
             results = []
@@ -253,13 +259,20 @@ class RoundLedgers:
     lifetime: LifetimeLedger
     unit: str
 
-    def refuses(self, privacy: DevicePrivacy, policy: DevicePolicy) -> bool:
-        """Would this round take the device past the run's budget or its owner's lifetime one?"""
+    def refusal(self, privacy: DevicePrivacy, policy: DevicePolicy) -> str | None:
+        """Why this round would take the device past the run's budget or its owner's lifetime one, if it would."""
         if not privacy.private:
-            return False
-        return refuses(self.after, privacy) or over_budget(
-            self.lifetime.epsilon(self.unit, privacy.delta), policy.max_epsilon
-        )
+            return None
+        if refuses(self.after, privacy):
+            epsilon = self.after.epsilon(privacy.delta)
+            return f"the run's epsilon would reach {epsilon:.3g}, past its budget {privacy.budget:.3g}"
+        lifetime = self.lifetime.epsilon(self.unit, privacy.delta)
+        if over_budget(lifetime, policy.max_epsilon):
+            return (
+                f"the lifetime epsilon per {self.unit} would reach {lifetime:.3g}, "
+                f"past this device's maximum {policy.max_epsilon:.3g}"
+            )
+        return None
 
 
 def _round_ledgers(store: DeviceState, task: DeviceInstructions) -> RoundLedgers:

@@ -214,6 +214,10 @@ class _Workflow(SecAggPlusWorkflow):
     def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
         done = super().setup_stage(grid, context, state)
         state.nid_to_fitins = dict(self._contents)
+        # A node that drops at setup (a device refusing the threshold) sent no keys, so no survivor holds a
+        # share of its secrets nor a mask with it. Flower 1.42 still counts it among the sampled nodes and
+        # asks the survivors for its shares at unmask, where each fails (KeyError) and the round is lost.
+        state.sampled_node_ids = set(state.active_node_ids)
         return done
 
     def __call__(self, grid: Grid, context: Context) -> None:

@@ -86,19 +86,26 @@ def markdown(report: dict) -> str:
         lines += [
             "### Privacy",
             "",
-            "| arm | epsilon max | epsilon median | delta | noise multiplier | sample rate | steps (max) | unit |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| arm | epsilon max | epsilon median | against the server: max | median | delta | noise multiplier "
+            "| sample rate | steps (max) | unit |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, arm in private.items():
             p = arm["privacy"]
+            server = [p.get(f"epsilon_server_{k}") for k in ("max", "median")]
             lines.append(
-                f"| {name} | {p['epsilon_max']:.3f} | {p['epsilon_median']:.3f} | {p['delta']:g} | "
-                f"{p['noise_multiplier']:.4f} | {p['sample_rate']:.4f} | {p['steps']} | {p['unit']} |"
+                f"| {name} | {p['epsilon_max']:.3f} | {p['epsilon_median']:.3f} | "
+                + " | ".join("-" if v is None else f"{v:.3f}" for v in server)
+                + f" | {p['delta']:g} | {p['noise_multiplier']:.4f} | {p['sample_rate']:.4f} | {p['steps']} | "
+                f"{p['unit']} |"
             )
         lines += [
             "",
-            "Epsilon is composed over every step each device ever took (Opacus RDP accountant); the "
-            "ledgers in `privacy/` let anyone recompute it from (noise multiplier, sample rate, steps).",
+            "Epsilon is composed over every step each device ever took (Opacus RDP accountant), against an "
+            "observer of the released model; against the server, which also sees who reports each round, "
+            "device sampling amplifies nothing (user-level DP: each round a device took part in counts at "
+            "sample rate 1). The ledgers in `privacy/` (`<arm>_ledger.csv`, `<arm>_server_ledger.csv`) let "
+            "anyone recompute both from (noise multiplier, sample rate, steps).",
             "",
             "![epsilon per device](epsilon.png)",
             "",

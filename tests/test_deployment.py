@@ -29,7 +29,7 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.keys import create_key_file, derive_device_key
 from fedrec.common.manifest import Manifest, load_manifest
 from fedrec.common.model import is_local
-from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.privacy import LIFETIME, LifetimeLedger, PrivacyLedger
 from fedrec.common.processes import Children, alive, descendants, flower_env, free_port
 from fedrec.common.settings import flatten
 from fedrec.common.split import temporal_split
@@ -203,11 +203,13 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
         last = _read(tmp_path / f"{name}.log").strip().splitlines()[-1]
         assert last.startswith("error:") and expected in last, last
 
-    # 4. Three registered devices take part in two rounds; the owner of device-2 accepts no less noise than 50,
-    # so it refuses every round the server asks of it (one log line each) and spends nothing.
-    strict = ("--min-noise-multiplier", "50")
+    # 4. Three registered devices take part in two rounds of a server that asks for a budget of 8. Their owners
+    # set their own limits: device-1 spends at most epsilon 7 in its lifetime, so it takes round 1 (5.79) and
+    # refuses round 2 (8.00); device-2 accepts no less noise than 50, so it refuses every round. One log line
+    # per refusal, and nothing spent on a refused round.
+    policies = {1: ("--max-epsilon", "7"), 2: ("--min-noise-multiplier", "50")}
     for i, (store, key) in enumerate(stores):
-        client(f"device-{i}", store, key, certs / "ca.crt", certs / "devices" / f"device-{i}", *strict[: 2 * (i == 2)])
+        client(f"device-{i}", store, key, certs / "ca.crt", certs / "devices" / f"device-{i}", *policies.get(i, ()))
     assert wait_exit(server, server_log) == 0, _read(server_log)[-3000:]
     log = _read(server_log)
     assert "finished:completed" in log and "stopped all server processes" in log
@@ -223,16 +225,19 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
     assert all(torch.isfinite(v).all() for v in state.values()) and checkpoint.keys() == state.keys()
 
-    # 6. Each device's ledger counts both rounds (record-level DP, the noise the server set), its embedding stayed
-    # local; the refusing device trained nothing and says why in its log.
-    for (store, key), i in zip(stores[:2], range(2)):
+    # 6. Each device's ledger counts the rounds it took (record-level DP, the noise the server set), its embedding
+    # stayed local; the lifetime ledger holds the same; the refusing devices say why in their logs.
+    for (store, key), i, taken in zip(stores[:2], range(2), (ROUNDS, 1)):
         children.stop_one(f"device-{i}")
         with DeviceStore.open(store, store_key(store, key)) as opened:
             ledger = PrivacyLedger.from_json(opened.get_state("privacy_ledger"))
-            assert int(opened.get_state("rounds")) == ROUNDS
+            lifetime = LifetimeLedger.from_json(opened.get_state(LIFETIME))
+            assert int(opened.get_state("rounds")) == taken
             assert opened.get_state("user_embedding") is not None
-        assert ledger.steps == ROUNDS * STEPS and ledger.history[0][0] == noise
-        assert 0 < ledger.epsilon(1e-5) < float("inf")
+        assert ledger.steps == taken * STEPS and ledger.history[0][0] == noise
+        assert 0 < ledger.epsilon(1e-5) <= 8.0 + 1e-6
+        assert lifetime.epsilon("record", 1e-5) == pytest.approx(ledger.epsilon(1e-5))
+    assert ledger.epsilon(1e-5) <= 7.0 and "lifetime" in _read(tmp_path / "device-1.log")
     children.stop_one("device-2")
     with DeviceStore.open(stores[2][0], store_key(*stores[2])) as opened:
         assert opened.get_state("rounds") is None and opened.get_state("lifetime_ledger") is None

@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +81,10 @@ def start_federation(
     run_config: str,
     rounds: int,
     *device_flags: str,
+    owners: Mapping[int, Sequence[str]] = {},
 ):
     """`fedrec certs init`, `fedrec server` and one `fedrec client --require-secure-aggregation` per store
-    (with ``device_flags``, its owner's policy)."""
+    (with ``device_flags``, and ``owners[i]``: device i's own policy flags)."""
     certs, out = tmp_path / "certs", tmp_path / "server"
     key_file = tmp_path / "fleet" / "master.key"  # a provisioned store's key derives from it and its id
 
@@ -99,7 +101,7 @@ def start_federation(
     for i, store in enumerate(stores):
         flags = {"--store": store, "--key-file": key_file, "--superlink": f"127.0.0.1:{port}", "--max-wait": 60}
         flags.update({"--root-cert": certs / "ca.crt", "--auth-key": certs / "devices" / f"device-{i}"})
-        fedrec(f"device-{i}", "client", *argv(flags), "--require-secure-aggregation", *device_flags)
+        fedrec(f"device-{i}", "client", *argv(flags), "--require-secure-aggregation", *device_flags, *owners.get(i, ()))
     return server, out
 
 
@@ -160,6 +162,29 @@ def test_secure_aggregation_survives_a_killed_device(tmp_path, children):  # noq
     assert occurs(final.tobytes()[:64], out), "control: the server's own final model is found"
     assert occurs(trained.tobytes()[:64], out) == [] and occurs(delta.tobytes()[:64], out) == []
     print(f"secure round with one device killed: {elapsed:.0f} s, stages {secure['stages']}", file=sys.stderr)
+
+
+@pytest.mark.e2e
+def test_a_device_refuses_a_reconstruction_threshold_below_its_owners(tmp_path, children):  # noqa: F811
+    """The server asks for SecAgg+ with reconstruction threshold 3; device-3's owner accepts no less than 4
+    (`fedrec client --min-secagg-threshold 4`), so it refuses at the setup stage with one log line and
+    sends nothing. The round goes on with the three others (Flower 1.42's workflow alone would lose it:
+    each survivor fails the unmask stage asking for shares of a node that never sent keys)."""
+    stores = fleet(tmp_path / "fleet")
+    owners = {VICTIM: ("--min-secagg-threshold", "4")}
+    server, out = start_federation(tmp_path, children, stores, RUN_CONFIG, 1, "--allow-non-private", owners=owners)
+    server_log = tmp_path / "server.log"
+    assert wait_exit(server, server_log) == 0, _read(server_log)[-3000:]
+    assert "finished:completed" in _read(server_log)
+    wire = [json.loads(line) for line in (out / "wire.jsonl").read_text().splitlines()]
+    (secure,) = [e for e in wire if e["direction"] == SECURE_DIRECTION]
+    assert [s["nodes"] for s in secure["stages"]] == [3, 3, 3, 3] and secure["revealed"], secure
+    assert secure["masked_vectors"] == 3
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[0]["train"]["devices"] == 3
+    log = _read(tmp_path / f"device-{VICTIM}.log").splitlines()
+    refusals = [line for line in log if "below this device's minimum" in line]
+    assert len(refusals) == 1 and "SecAgg+ threshold 3 is below this device's minimum 4" in refusals[0], refusals
 
 
 @pytest.mark.e2e

@@ -79,7 +79,7 @@ def test_instructions_below_the_policy_are_refused_with_one_line(privacy, device
     assert train_round(devices(), device, privacy, 1, SIMULATED)["refused"] == 0  # the harness's own policy
 
 
-def test_a_huge_budget_stops_at_the_lifetime_epsilon_and_a_new_prefix_does_not_reset_it():
+def test_a_huge_budget_stops_at_the_lifetime_epsilon_and_a_new_prefix_does_not_reset_it(caplog):
     fleet = devices(1)
     owner = DevicePolicy(max_epsilon=3.0)
     privacy = DevicePrivacy(3.0, budget=1e300)  # about 1.2 per round
@@ -90,8 +90,11 @@ def test_a_huge_budget_stops_at_the_lifetime_epsilon_and_a_new_prefix_does_not_r
     spent = LifetimeLedger.from_json(fleet[0].states[LIFETIME]).epsilon("record", 1e-5)
     assert spent <= 3.0 + 1e-9
     # the server names a fresh ledger: the run's ledger is empty, the lifetime one is not
+    caplog.clear()
     assert train_round(fleet, device_config("b/"), privacy, 1, owner)["refused"] == 1
     assert "b/privacy_ledger" not in fleet[0].states
+    (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert line.startswith("d0 refused round 1: the lifetime epsilon per record would reach")
 
 
 def test_a_restarted_round_count_under_user_level_dp_counts_again():

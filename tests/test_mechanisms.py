@@ -167,3 +167,13 @@ def test_no_module_outside_the_mechanisms_dispatches_on_a_mechanism_name():
         if DISPATCH.search(line.split("#")[0])
     ]
     assert found == []
+
+
+def test_only_user_level_dp_is_weaker_against_the_server_than_against_the_released_model():
+    """The server sees who reports: under ``user`` the device-sampling amplification is gone against it
+    (each round taken part in at rate 1, none for the others); record-level mechanisms sample on the device."""
+    released = ((1.1, 0.25, 30),)
+    assert mechanism_for(PrivacyConfig(mechanism="user")).server_history(released, 7) == ((1.1, 1.0, 7),)
+    assert mechanism_for(PrivacyConfig(mechanism="user")).server_history(released, 0) == ()
+    for name in ("local", "distributed"):
+        assert mechanism_for(PrivacyConfig(mechanism=name)).server_history(released, 7) == released

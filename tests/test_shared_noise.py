@@ -274,6 +274,16 @@ def test_federated_user_dp_on_flower_simulation_engine(tmp_path, tiny):
         read_ledger(tmp_path / "privacy" / "federated_user_dp_ledger.csv"), 1e-5, privacy["epsilon_max"]
     )
     assert audit["agree"]
+    # against the server, which sees who reports: each round a user took part in counts at sample rate 1
+    server = read_ledger(tmp_path / "privacy" / "federated_user_dp_server_ledger.csv")
+    assert check_ledger(server, 1e-5, privacy["epsilon_server_max"])["agree"]
+    taken = {d.device_id: d.history[0][2] for d in server}
+    assert all(d.history == ((resolved["noise_multiplier"], 1.0, taken[d.device_id]),) for d in server)
+    most = max(taken.values())
+    assert privacy["epsilon_server_max"] == pytest.approx(
+        history_epsilon(((resolved["noise_multiplier"], 1.0, most),), 1e-5)
+    )
+    assert privacy["epsilon_server_max"] > privacy["epsilon_max"]
     model_dir = tmp_path / result.info["model_dir"]
     assert audit_wire_log(model_dir / "wire.jsonl", model_dir / "model.json")["ok"]
     minimum = result.info["federation"]["device"]["shared_noise"]["min_devices"]

@@ -236,6 +236,12 @@ class Mechanism(ABC):
         """The Poisson rate of the accountant's unit in one step."""
         return device.training.sample_rate
 
+    def server_history(self, released: History, taken_part: int) -> History:
+        """A device's accountant history against the server, which sees who reports in each round, given its
+        history against the released model and the rounds it took part in. The same history, unless the
+        mechanism's amplification rests on the server not knowing who took part."""
+        return released
+
     def shared_history(self, device: DeviceConfig, privacy: DevicePrivacy, rounds: int) -> History | None:
         """The accountant history every device has after ``rounds``, when it is the same for all (the
         ledger then need not be read per device); None = each device's own ledger."""

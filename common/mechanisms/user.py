@@ -77,6 +77,11 @@ class UserDP(Mechanism):
     def sample_rate(self, device: DeviceConfig) -> float:
         return device.participation
 
+    def server_history(self, released: History, taken_part: int) -> History:
+        """The server sees which devices report: device sampling amplifies nothing against it, and each
+        round a device took part in is the full Gaussian mechanism (sample rate 1) on its update."""
+        return tuple((sigma, 1.0, taken_part) for sigma, _, _ in released) if taken_part else ()
+
     def shared_history(self, device: DeviceConfig, privacy: DevicePrivacy, rounds: int) -> History:
         """Every round counts for every user, sampled or not (the sampling amplifies it)."""
         return ((privacy.noise_multiplier, self.sample_rate(device), rounds),) if rounds > 0 else ()

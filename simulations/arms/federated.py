@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fedrec.client.device_round import ledger_of, serve_device, serving_row
-from fedrec.client.fleet import node_devices
+from fedrec.client.fleet import node_devices, participates
 from fedrec.common.config import FederationConfig, Fleet
 from fedrec.common.datasets import Interactions
 from fedrec.common.errors import FedrecError
@@ -156,35 +156,61 @@ def score_matrix(cfg: FederationConfig, model_path: Path, n_users: int) -> np.nd
 
 
 def export_ledgers(result: FederationResult, path: Path) -> dict:
-    """privacy/<arm>_ledger.csv: one row per accountant history entry, the device's epsilon on each."""
-    device, privacy = result.config.device, result.privacy
-    refs = node_devices({}, device.fleet)
-    epsilons, steps = [], []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["device_id", "noise_multiplier", "sample_rate", "steps", "epsilon"])
-        for ref in refs:
-            ledger = _user_ledger(result) if mechanism_for(privacy).user_level else ledger_of(ref, device.state_prefix)
-            eps = ledger.epsilon(privacy.delta)
-            epsilons.append(eps)
-            steps.append(ledger.steps)
-            for sigma, q, n in ledger.history:
-                writer.writerow([ref.device_id, sigma, q, n, eps])
+    """privacy/<arm>_ledger.csv: one row per accountant history entry, the device's epsilon on each, against
+    an observer of the released model; privacy/<arm>_server_ledger.csv: the same against the server, which
+    also sees who reports each round (``Mechanism.server_history``)."""
+    device, privacy, mechanism = result.config.device, result.privacy, mechanism_for(result.privacy)
+    released: dict[str, PrivacyLedger] = {}
+    against_server: dict[str, PrivacyLedger] = {}
+    for ref in node_devices({}, device.fleet):
+        ledger = _user_ledger(result) if mechanism.user_level else ledger_of(ref, device.state_prefix)
+        released[ref.device_id] = ledger
+        taken = _rounds_taken_part(result, ref.device_id)
+        against_server[ref.device_id] = PrivacyLedger(list(mechanism.server_history(tuple(ledger.history), taken)))
+    server_path = path.with_name(path.name.replace("_ledger.csv", "_server_ledger.csv"))
+    epsilons = _write_ledger(released, privacy.delta, path)
+    server_epsilons = _write_ledger(against_server, privacy.delta, server_path)
     return {
         "epsilon_max": float(np.max(epsilons)),
         "epsilon_median": float(np.median(epsilons)),
+        "epsilon_server_max": float(np.max(server_epsilons)),
+        "epsilon_server_median": float(np.median(server_epsilons)),
         "delta": privacy.delta,
         "noise_multiplier": privacy.noise_multiplier,
         "sample_rate": _sample_rate(result),
-        "steps": int(max(steps)),
-        "unit": mechanism_for(privacy).unit,
+        "steps": int(max(ledger.steps for ledger in released.values())),
+        "unit": mechanism.unit,
         "epsilon_budget": privacy.budget,
         "accountant": "rdp (opacus)",
         "ledger": str(path.name),
+        "server_ledger": str(server_path.name),
         # a record lies inside one user: a user-level epsilon bounds the record-level one
-        **({"epsilon_record_level_max": float(np.max(epsilons))} if mechanism_for(privacy).user_level else {}),
+        **({"epsilon_record_level_max": float(np.max(epsilons))} if mechanism.user_level else {}),
     }
+
+
+def _write_ledger(ledgers: dict[str, PrivacyLedger], delta: float, path: Path) -> list[float]:
+    """One row per history entry (``LEDGER_COLUMNS`` of the audit); each device's epsilon, in order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache: dict[tuple, float] = {}  # devices often share a history
+    epsilons = []
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["device_id", "noise_multiplier", "sample_rate", "steps", "epsilon"])
+        for device_id, ledger in ledgers.items():
+            key = tuple(ledger.history)
+            if key not in cache:
+                cache[key] = ledger.epsilon(delta) if ledger.history else 0.0
+            epsilons.append(cache[key])
+            for sigma, q, n in ledger.history:
+                writer.writerow([device_id, sigma, q, n, cache[key]])
+    return epsilons
+
+
+def _rounds_taken_part(result: FederationResult, device_id: str) -> int:
+    """The rounds whose coin said yes for this simulated device (what the server saw: who reported)."""
+    device, rounds = result.config.device, result.config.server.rounds
+    return sum(participates(device_id, r, device.participation, device.seed) for r in range(1, rounds + 1))
 
 
 def _user_ledger(result: FederationResult) -> PrivacyLedger:

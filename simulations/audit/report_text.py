@@ -63,6 +63,21 @@ def _accounting(acc: dict) -> list[str]:
         )
         if r["n_flagged"]:
             out.append(f"| | flagged devices ({r['n_flagged']}): {', '.join(r['flagged_devices'])} | | | | | | |")
+        s = r.get("against_server")
+        if s:
+            out.append(
+                f"| {arm}, against the server | {s['n_devices']} | {s['delta']:g} | {_f(s['epsilon_max'])} | "
+                f"{_f(s['epsilon_median'])} | {_f(s['epsilon_recomputed_max'])} | {100 * s['max_relative_gap']:.3f}% "
+                f"| {_f(s['agree'])} |"
+            )
+    out += [
+        "",
+        "Each arm's first row is against an observer of the released model; the row *against the server* is "
+        "the same devices' epsilon against the server, which also sees who reports each round: device "
+        "sampling amplifies nothing there (user-level DP counts each round a device took part in at sample "
+        "rate 1; devices that never took part are not listed). Record-level mechanisms sample on the device, "
+        "out of the server's sight, so their two rows agree.",
+    ]
     return out + ["", "![epsilon per device](audit_epsilon.png)", ""]
 
 

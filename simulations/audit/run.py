@@ -71,11 +71,19 @@ def accounting_section(run: AuditedRun) -> tuple[dict, dict]:
             "noise_multiplier": privacy.get("noise_multiplier"),
             "sample_rate": privacy.get("sample_rate"),
         }
+        if "server_ledger" in privacy:  # the same devices against the server, which sees who reports
+            server_ledger = run.path / "privacy" / privacy["server_ledger"]
+            server = check_ledger(
+                read_ledger(server_ledger), float(privacy["delta"]), privacy.get("epsilon_server_max")
+            )
+            server.pop("per_device")
+            arms[arm]["against_server"] = {**server, "ledger": str(server_ledger.relative_to(run.path))}
     if not arms:
         return not_applicable("no DP arm in this run, so no privacy budget was spent or accounted"), per_device
     primary = arms.get(PRIMARY_DP_ARM) or next(iter(arms.values()))
     head = {k: primary[k] for k in ("epsilon_max", "epsilon_median", "epsilon_recomputed_max", "delta", "unit")}
-    return {**head, "agree": all(a["agree"] for a in arms.values()), "arms": arms}, per_device
+    agree = all(a["agree"] and a.get("against_server", {}).get("agree", True) for a in arms.values())
+    return {**head, "agree": agree, "arms": arms}, per_device
 
 
 def wire_section(run: AuditedRun) -> dict:

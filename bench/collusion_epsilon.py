@@ -1,0 +1,58 @@
+"""Epsilon of the shared-noise arms of a run when the server colludes with some of the devices.
+
+    python -m bench.collusion_epsilon RUN_DIR [--fractions 0,0.1,0.25,0.5]
+
+Under ``distributed`` and ``user`` each device adds 1/sqrt(m_min) of the noise, and the sum of m >= m_min
+shares carries sigma C. Colluding devices can tell the server their own shares, which it then subtracts:
+with a fraction f of the m devices colluding, what is left of the noise is sigma C sqrt((1 - f) m / m_min).
+This prints, for the worst case m = m_min (the default: every device of the fleet), each arm's epsilon
+from its ledger (``privacy/<arm>_ledger.csv``: the history every device shares) with every noise
+multiplier scaled by sqrt(1 - f). Accountant: Opacus RDP, as the devices use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fedrec.common.privacy import history_epsilon
+from fedrec.simulations.audit.accounting import read_ledger
+
+SHARED = ("federated_ddp", "federated_user_dp")
+
+
+def colluded(history: tuple[tuple[float, float, int], ...], fraction: float) -> tuple[tuple[float, float, int], ...]:
+    """The history whose noise the honest devices alone carry when ``fraction`` of them collude."""
+    return tuple((sigma * math.sqrt(1.0 - fraction), q, steps) for sigma, q, steps in history)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--fractions", default="0,0.1,0.25,0.5")
+    args = parser.parse_args()
+    fractions = [float(f) for f in args.fractions.split(",")]
+    report = json.loads((args.run_dir / "report.json").read_text())
+    table = Table(title=f"epsilon against a server colluding with a fraction f of the devices ({args.run_dir})")
+    table.add_column("arm")
+    table.add_column("delta")
+    for f in fractions:
+        table.add_column(f"f = {f:g}", justify="right")
+    for arm in SHARED:
+        privacy = report["arms"].get(arm, {}).get("privacy")
+        if privacy is None:
+            continue
+        devices = read_ledger(args.run_dir / "privacy" / privacy["ledger"])
+        history = max((d.history for d in devices), key=lambda h: sum(s for *_, s in h))
+        delta = float(privacy["delta"])
+        table.add_row(arm, f"{delta:g}", *(f"{history_epsilon(colluded(history, f), delta):.2f}" for f in fractions))
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
