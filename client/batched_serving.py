@@ -98,14 +98,13 @@ def _keep_serving(stores: Sequence[DeviceStore], serving: torch.Tensor, device: 
         store.put_states({device.state_prefix + SERVING: embedding_bytes(row[None, :])})
 
 
-def serve_batched(refs: Sequence[DeviceRef], global_params: dict[str, torch.Tensor], device: DeviceConfig) -> int:
+def serve_batched(refs: Sequence[DeviceRef], global_params: dict[str, torch.Tensor], device: DeviceConfig) -> None:
     """The final evaluation of a private arm: every device stores its serving row (as ``evaluate_batched``
-    with ``keep_serving``) and no rank is computed; returns how many hold a held-out item."""
+    with ``keep_serving``) and no rank is computed."""
     with ExitStack() as open_stores:
         stores = [open_stores.enter_context(ref.open()) for ref in refs]
         rows = torch.cat([training_row(store, ref.device_id, device) for store, ref in zip(stores, refs)])
         _keep_serving(stores, _refitted(global_params, rows, stores, refs, device, SERVES_ON), device)
-        return sum(len(store.read_events(device.eval_stage).items) > 0 for store in stores)
 
 
 def evaluate_batched(

@@ -348,17 +348,10 @@ def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: Devi
         return _store_serving(store, ref, global_params, device)
 
 
-def holds_heldout(ref: DeviceRef, stage: str) -> bool:
-    with ref.open() as store:
-        return len(store.read_events(stage).items) > 0
-
-
-def serve_private(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> bool:
-    """A private arm's final evaluation on one device: store the serving row and say whether the device
-    holds an item of its evaluation stage (all its reply counts), in one opening of the store."""
+def serve_private(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> None:
+    """A private arm's final evaluation on one device: store the serving row (it replies nothing of its own)."""
     with ref.open() as store:
         _store_serving(store, ref, global_params, device)
-        return len(store.read_events(device.eval_stage).items) > 0
 
 
 def serve_device(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> np.ndarray:

@@ -28,7 +28,6 @@ from fedrec.client.device_round import (
     device_rounds,
     device_seed,
     evaluate_device,
-    holds_heldout,
     local_model,
     serve_private,
 )
@@ -217,12 +216,15 @@ def evaluate_fleet(
 
 
 def _serve_private(devices: list[DeviceRef], global_params: dict[str, torch.Tensor], task: DeviceInstructions) -> int:
-    """A private evaluation reply is a count of devices (``allowed_keys``), so no device ranks its held-out
-    item; at the final round each stores its serving row, as a plain arm's evaluation does."""
+    """A private evaluation reply is the number of devices the node serves, a public fact: no device ranks its
+    held-out item, and none says whether it holds one (which depends on its history). At the final round
+    each stores its serving row, as a plain arm's evaluation does."""
     device = task.device
-    if not task.round.final:
-        return sum(holds_heldout(ref, device.eval_stage) for ref in devices)
-    if device.executor == "batched":
-        blocks = (devices[start : start + STORES_OPEN] for start in range(0, len(devices), STORES_OPEN))
-        return sum(serve_batched(block, global_params, device) for block in blocks)
-    return sum(serve_private(ref, global_params, device) for ref in devices)
+    if task.round.final:
+        if device.executor == "batched":
+            for start in range(0, len(devices), STORES_OPEN):
+                serve_batched(devices[start : start + STORES_OPEN], global_params, device)
+        else:
+            for ref in devices:
+                serve_private(ref, global_params, device)
+    return len(devices)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -32,9 +32,10 @@ from fedrec.client.device_round import (
     Trained,
     device_rounds,
     local_model,
+    round_randomness,
 )
 from fedrec.client.fleet import takes_part
-from fedrec.client.round_randomness import POISSON, Draws
+from fedrec.client.round_randomness import POISSON, Draws, RoundRandomness
 from fedrec.client.shared_gradients import ITEM, clipped_sums
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.errors import FedrecError
@@ -89,6 +90,12 @@ class SharedGradientStep:
         return Trained({ITEM: table}, rows, sums.examples, 0.0, 1)
 
 
+@runtime_checkable
+class NoiseOnly(Protocol):
+    def noise_only(self, randomness: RoundRandomness) -> dict[str, torch.Tensor]:
+        """The share of a device whose coin said no: its noise alone, drawn as a sampled device draws it."""
+
+
 def train_fleet_shared(
     devices: Iterable[Device],
     global_params: dict[str, torch.Tensor],
@@ -96,19 +103,33 @@ def train_fleet_shared(
     policy: DevicePolicy,
     step: DeviceStep | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The shares of this node's participating devices, summed; ``num-examples`` is how many reported."""
-    sampled = [ref for ref in devices if takes_part(ref, task)]
+    """The shares of this node's devices, summed; ``num-examples`` is how many carry noise. A device whose
+    coin said no sends its noise alone when the step can make it (``NoiseOnly``, under ``user``): then every
+    share carries noise, any sum SecAgg+ reveals holds the noise of as many devices as it has shares, and the
+    server cannot tell who was sampled."""
+    refs = list(devices)
+    coins = [takes_part(ref, task) for ref in refs]  # once each: a deployed device's coin is not repeatable
+    step = step or SharedGradientStep(global_params, task)
     total: dict[str, torch.Tensor] = {}
+
+    def add(arrays: Mapping[str, torch.Tensor]) -> None:
+        for key, value in arrays.items():
+            total[key] = total[key] + value.double() if key in total else value.double()
+
     epsilons, refused, steps = [], 0, 0
-    for result in device_rounds(sampled, task, step or SharedGradientStep(global_params, task), policy):
+    for result in device_rounds([r for r, coin in zip(refs, coins) if coin], task, step, policy):
         epsilons.append(result.outcome.epsilon)
         if result.outcome.refused:
             refused += 1
             continue
         steps = max(steps, result.outcome.steps)
-        for key, value in result.arrays.items():
-            total[key] = total[key] + value.double() if key in total else value.double()
+        add(result.arrays)
     reported = len(epsilons) - refused
+    absent = [r for r, coin in zip(refs, coins) if not coin]
+    if absent and isinstance(step, NoiseOnly) and policy.refusal(task.privacy, task.device, True) is None:
+        for ref in absent:
+            add(step.noise_only(round_randomness(ref, task)))
+        reported += len(absent)
     if not total:  # nothing to add: an all-zero share keeps the round's layout (SecAgg+ needs every array)
         for name in task.share_names(list(global_params)):
             shape = (task.device.n_items,) if name == COUNTS else tuple(global_params[name].shape)

@@ -18,7 +18,7 @@ import torch
 
 from fedrec.client.device_round import EMBEDDING, Device, Trained, local_model
 from fedrec.client.local_training import train_plain
-from fedrec.client.round_randomness import USER_NOISE
+from fedrec.client.round_randomness import USER_NOISE, RoundRandomness
 from fedrec.client.shared_noise import noise, train_fleet_shared
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.instructions import DeviceInstructions
@@ -38,6 +38,16 @@ class UserUpdateStep:
     def train(self, works: Sequence[DeviceWork]) -> list[Trained]:
         return [self._update(work) for work in works]
 
+    @property
+    def share_std(self) -> float:
+        privacy = self.task.privacy
+        return privacy.noise_multiplier * privacy.max_grad_norm / math.sqrt(self.task.device.shared_noise.min_devices)
+
+    def noise_only(self, randomness: RoundRandomness) -> dict[str, torch.Tensor]:
+        """A device that was not sampled sends N(0, share_std^2) per coordinate, the noise a sampled one adds."""
+        generator = randomness.draws(USER_NOISE)
+        return {k: noise(tuple(v.shape), self.share_std, generator) for k, v in self.global_params.items()}
+
     def _update(self, work: DeviceWork) -> Trained:
         device, privacy = self.task.device, self.task.privacy
         model = local_model(self.global_params, work.user_row, device)
@@ -46,9 +56,9 @@ class UserUpdateStep:
         norm = math.sqrt(sum(float(v.double().square().sum()) for v in update.values()))
         scale = min(1.0, privacy.max_grad_norm / (norm + 1e-12))
         generator = work.randomness.draws(USER_NOISE)
-        std = privacy.noise_multiplier * privacy.max_grad_norm / math.sqrt(device.shared_noise.min_devices)
-        arrays = {k: scale * v + noise(tuple(v.shape), std, generator) for k, v in update.items()}
-        return Trained(arrays, {EMBEDDING: model.user_emb.weight}, len(work.items), stats.loss, stats.steps)
+        arrays = {k: scale * v + noise(tuple(v.shape), self.share_std, generator) for k, v in update.items()}
+        # one release a round (the noisy clipped update): the local step count would follow the record count
+        return Trained(arrays, {EMBEDDING: model.user_emb.weight}, len(work.items), stats.loss, 1)
 
 
 def train_fleet_user(

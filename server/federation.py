@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
-from scipy.stats import binom
 
 from fedrec.common.config import DeviceConfig, FederationConfig
 from fedrec.common.errors import FedrecError
@@ -57,15 +56,14 @@ def fleet_size(device: DeviceConfig) -> int:
 
 
 def resolve_min_devices(device: DeviceConfig) -> DeviceConfig:
-    """``shared_noise.min_devices`` 0 = the whole fleet of the manifest; when devices sample themselves
-    (participation < 1), the 1st percentile of how many report (Binomial(fleet, participation))."""
+    """``shared_noise.min_devices`` 0 = the whole fleet of the manifest: every device sends a noisy share
+    each round (under ``user`` also those their coin left out)."""
     if device.shared_noise.min_devices > 0:
         return device
     fleet = fleet_size(device)
     if not fleet:
         raise FedrecError("run config: set device.shared_noise.min_devices or device.fleet.stores_dir with a manifest")
-    minimum = fleet if device.participation >= 1 else max(1, int(binom.ppf(0.01, fleet, device.participation)))
-    return replace(device, shared_noise=replace(device.shared_noise, min_devices=minimum))
+    return replace(device, shared_noise=replace(device.shared_noise, min_devices=fleet))
 
 
 def train_records(device: DeviceConfig) -> int:

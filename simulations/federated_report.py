@@ -102,10 +102,11 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             "Epsilon is composed over every step each device ever took (Opacus RDP accountant), against an "
-            "observer of the released model; against the server, which also sees who reports each round, "
-            "device sampling amplifies nothing (user-level DP: each round a device took part in counts at "
-            "sample rate 1). The ledgers in `privacy/` (`<arm>_ledger.csv`, `<arm>_server_ledger.csv`) let "
-            "anyone recompute both from (noise multiplier, sample rate, steps).",
+            "observer of the released model and against the server (which sees only what the model is "
+            "computed from: records are sampled on the device, and under user-level DP every device sends a "
+            "noisy share each round, so no one's coin shows; docs/privacy.md). The ledgers in `privacy/` "
+            "(`<arm>_ledger.csv`, `<arm>_server_ledger.csv`) let anyone recompute both from (noise "
+            "multiplier, sample rate, steps).",
             "",
             "![epsilon per device](epsilon.png)",
             "",

@@ -236,10 +236,12 @@ class Mechanism(ABC):
         """The Poisson rate of the accountant's unit in one step."""
         return device.training.sample_rate
 
-    def server_history(self, released: History, taken_part: int) -> History:
-        """A device's accountant history against the server, which sees who reports in each round, given its
-        history against the released model and the rounds it took part in. The same history, unless the
-        mechanism's amplification rests on the server not knowing who took part."""
+    def server_history(self, released: History) -> History:
+        """A device's accountant history against the server, given its history against an observer of the
+        released model. The same for every mechanism here: records are sampled on the device, and under
+        ``user`` every device sends a noisy share each round, so the server sees no one's coin; the
+        server's view, the noisy sums, is what the released model is computed from. A mechanism whose
+        server saw more (who was sampled, a single device's share) would return a longer history."""
         return released
 
     def shared_history(self, device: DeviceConfig, privacy: DevicePrivacy, rounds: int) -> History | None:

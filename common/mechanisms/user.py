@@ -1,6 +1,8 @@
 """User-level DP-FedAvg with the noise shared: the ``federated_user_dp`` arm. A sampled device (its own
 Poisson coin, rate q) trains plainly, clips its whole update to norm C and adds its 1/sqrt(min_devices)
-share of the noise; the server sees only the sum (SecAgg+) and applies it as FedAvgM applies an update."""
+share of the noise; a device its coin left out sends that noise share alone, so every share carries noise
+and the server, which sees only the sum (SecAgg+), cannot tell who was sampled. It applies the sum as
+FedAvgM applies an update."""
 
 from __future__ import annotations
 
@@ -27,10 +29,10 @@ class UserDP(Mechanism):
     name = "user"
     unit = USER_UNIT
     trusted = (
-        "the devices and secure aggregation, as under distributed; for the amplification by device sampling, "
-        "also that the server does not learn which devices were sampled"
+        "the devices and secure aggregation, as under distributed (every device sends a noisy share each round, "
+        "sampled or not, so the server does not learn who was sampled)"
     )
-    server_sees = "only the noisy sum per round, and who reported"
+    server_sees = "only the noisy sum per round of every device's share"
     shared = True
     user_level = True
     trainer = Trainer.USER_UPDATES
@@ -76,11 +78,6 @@ class UserDP(Mechanism):
 
     def sample_rate(self, device: DeviceConfig) -> float:
         return device.participation
-
-    def server_history(self, released: History, taken_part: int) -> History:
-        """The server sees which devices report: device sampling amplifies nothing against it, and each
-        round a device took part in is the full Gaussian mechanism (sample rate 1) on its update."""
-        return tuple((sigma, 1.0, taken_part) for sigma, _, _ in released) if taken_part else ()
 
     def shared_history(self, device: DeviceConfig, privacy: DevicePrivacy, rounds: int) -> History:
         """Every round counts for every user, sampled or not (the sampling amplifies it)."""

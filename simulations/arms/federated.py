@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fedrec.client.device_round import ledger_of, serve_device, serving_row
-from fedrec.client.fleet import node_devices, participates
+from fedrec.client.fleet import node_devices
 from fedrec.common.config import FederationConfig, Fleet
 from fedrec.common.datasets import Interactions
 from fedrec.common.errors import FedrecError
@@ -157,16 +157,15 @@ def score_matrix(cfg: FederationConfig, model_path: Path, n_users: int) -> np.nd
 
 def export_ledgers(result: FederationResult, path: Path) -> dict:
     """privacy/<arm>_ledger.csv: one row per accountant history entry, the device's epsilon on each, against
-    an observer of the released model; privacy/<arm>_server_ledger.csv: the same against the server, which
-    also sees who reports each round (``Mechanism.server_history``)."""
+    an observer of the released model; privacy/<arm>_server_ledger.csv: the same against the server
+    (``Mechanism.server_history``)."""
     device, privacy, mechanism = result.config.device, result.privacy, mechanism_for(result.privacy)
     released: dict[str, PrivacyLedger] = {}
     against_server: dict[str, PrivacyLedger] = {}
     for ref in node_devices({}, device.fleet):
         ledger = _user_ledger(result) if mechanism.user_level else ledger_of(ref, device.state_prefix)
         released[ref.device_id] = ledger
-        taken = _rounds_taken_part(result, ref.device_id)
-        against_server[ref.device_id] = PrivacyLedger(list(mechanism.server_history(tuple(ledger.history), taken)))
+        against_server[ref.device_id] = PrivacyLedger(list(mechanism.server_history(tuple(ledger.history))))
     server_path = path.with_name(path.name.replace("_ledger.csv", "_server_ledger.csv"))
     epsilons = _write_ledger(released, privacy.delta, path)
     server_epsilons = _write_ledger(against_server, privacy.delta, server_path)
@@ -205,12 +204,6 @@ def _write_ledger(ledgers: dict[str, PrivacyLedger], delta: float, path: Path) -
             for sigma, q, n in ledger.history:
                 writer.writerow([device_id, sigma, q, n, cache[key]])
     return epsilons
-
-
-def _rounds_taken_part(result: FederationResult, device_id: str) -> int:
-    """The rounds whose coin said yes for this simulated device (what the server saw: who reported)."""
-    device, rounds = result.config.device, result.config.server.rounds
-    return sum(participates(device_id, r, device.participation, device.seed) for r in range(1, rounds + 1))
 
 
 def _user_ledger(result: FederationResult) -> PrivacyLedger:

@@ -72,11 +72,10 @@ def _accounting(acc: dict) -> list[str]:
             )
     out += [
         "",
-        "Each arm's first row is against an observer of the released model; the row *against the server* is "
-        "the same devices' epsilon against the server, which also sees who reports each round: device "
-        "sampling amplifies nothing there (user-level DP counts each round a device took part in at sample "
-        "rate 1; devices that never took part are not listed). Record-level mechanisms sample on the device, "
-        "out of the server's sight, so their two rows agree.",
+        "Each arm's first row is against an observer of the released model; the row *against the server* "
+        "recomputes the devices' epsilon from the ledger of what the server sees (`<arm>_server_ledger.csv`, "
+        "`Mechanism.server_history`). They agree: records are sampled on the device, and under user-level "
+        "DP every device sends a noisy share each round, so the server learns no one's coin.",
     ]
     return out + ["", "![epsilon per device](audit_epsilon.png)", ""]
 
