@@ -2,12 +2,14 @@
 
     python -m bench.collusion_epsilon RUN_DIR [--fractions 0,0.1,0.25,0.5]
 
-Under ``distributed`` and ``user`` each device adds 1/sqrt(m_min) of the noise, and the sum of m >= m_min
-shares carries sigma C. Colluding devices can tell the server their own shares, which it then subtracts:
-with a fraction f of the m devices colluding, what is left of the noise is sigma C sqrt((1 - f) m / m_min).
-This prints, for the worst case m = m_min (the default: every device of the fleet), each arm's epsilon
-from its ledger (``privacy/<arm>_ledger.csv``: the history every device shares) with every noise
-multiplier scaled by sqrt(1 - f). Accountant: Opacus RDP, as the devices use.
+Under ``distributed`` and ``user`` each device adds 1/sqrt((1 - t) m_min) of the noise, t the arm's
+``device.shared_noise.tolerated_collusion``, and the sum of m >= m_min shares carries sigma C / sqrt(1 - t).
+Colluding devices can tell the server their own shares, which it then subtracts: with a fraction f of the m
+devices colluding, what is left of the noise is sigma C sqrt((1 - f) m / ((1 - t) m_min)). This prints, for
+the worst case m = m_min (the default: every device of the fleet), each arm's epsilon from its ledger
+(``privacy/<arm>_ledger.csv``: the history every device shares) with every noise multiplier scaled by
+sqrt((1 - f) / (1 - t)), capped at 1 (colluders below t leave the noise the ledger counts).
+Accountant: Opacus RDP, as the devices use.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ from fedrec.simulations.audit.accounting import read_ledger
 SHARED = ("federated_ddp", "federated_user_dp")
 
 
-def colluded(history: tuple[tuple[float, float, int], ...], fraction: float) -> tuple[tuple[float, float, int], ...]:
-    """The history whose noise the honest devices alone carry when ``fraction`` of them collude."""
-    return tuple((sigma * math.sqrt(1.0 - fraction), q, steps) for sigma, q, steps in history)
+def colluded(
+    history: tuple[tuple[float, float, int], ...], fraction: float, tolerated: float
+) -> tuple[tuple[float, float, int], ...]:
+    """The history whose noise the honest devices alone carry when ``fraction`` of them collude and the shares
+    were sized for ``tolerated``."""
+    scale = min(1.0, math.sqrt((1.0 - fraction) / (1.0 - tolerated)))
+    return tuple((sigma * scale, q, steps) for sigma, q, steps in history)
 
 
 def main() -> None:
@@ -40,6 +46,7 @@ def main() -> None:
     report = json.loads((args.run_dir / "report.json").read_text())
     table = Table(title=f"epsilon against a server colluding with a fraction f of the devices ({args.run_dir})")
     table.add_column("arm")
+    table.add_column("tolerated")
     table.add_column("delta")
     for f in fractions:
         table.add_column(f"f = {f:g}", justify="right")
@@ -50,7 +57,10 @@ def main() -> None:
         devices = read_ledger(args.run_dir / "privacy" / privacy["ledger"])
         history = max((d.history for d in devices), key=lambda h: sum(s for *_, s in h))
         delta = float(privacy["delta"])
-        table.add_row(arm, f"{delta:g}", *(f"{history_epsilon(colluded(history, f), delta):.2f}" for f in fractions))
+        shared = report["arms"][arm]["info"]["federation"]["device"]["shared_noise"]
+        tolerated = float(shared.get("tolerated_collusion", 0.0))
+        row = (f"{history_epsilon(colluded(history, f, tolerated), delta):.2f}" for f in fractions)
+        table.add_row(arm, f"{tolerated:g}", f"{delta:g}", *row)
     Console().print(table)
 
 

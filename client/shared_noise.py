@@ -18,7 +18,6 @@ from the operating system (``DeviceRef.seeded``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -73,7 +72,7 @@ class SharedGradientStep:
         step = self.task.mechanism.round_step(device, privacy, self.task.round.number)
         generator = work.randomness.draws(NOISE)
         counts = torch.bincount(work.items[:, 0], minlength=device.n_items).double()
-        share_std = step.noise_multiplier * (1.0 / math.sqrt(device.shared_noise.min_devices))
+        share_std = device.shared_noise.share_std(step.noise_multiplier)
         return Trained({COUNTS: counts + noise(tuple(counts.shape), share_std, generator).double()}, {}, 0, 0.0, 1)
 
     def _dp_step(self, work: DeviceWork) -> Trained:
@@ -83,7 +82,7 @@ class SharedGradientStep:
         picked = work.randomness.draws(POISSON).bernoulli(len(work.items), shared.record_rate)
         sums = clipped_sums(model, work.items[picked], work.labels[picked], privacy.max_grad_norm)
         std = privacy.noise_multiplier * privacy.max_grad_norm
-        table = sums.items + noise(tuple(sums.items.shape), std / math.sqrt(shared.min_devices), generator)
+        table = sums.items + noise(tuple(sums.items.shape), shared.share_std(std), generator)
         step = (sums.user + noise(tuple(sums.user.shape), std, generator)) / privacy.expected_batch
         momentum = shared.momentum * work.rows[MOMENTUM] + step  # torch.optim.SGD's momentum, on this row alone
         rows = {EMBEDDING: work.user_row - shared.table_lr * momentum, MOMENTUM: momentum}

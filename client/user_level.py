@@ -41,7 +41,7 @@ class UserUpdateStep:
     @property
     def share_std(self) -> float:
         privacy = self.task.privacy
-        return privacy.noise_multiplier * privacy.max_grad_norm / math.sqrt(self.task.device.shared_noise.min_devices)
+        return self.task.device.shared_noise.share_std(privacy.noise_multiplier * privacy.max_grad_norm)
 
     def noise_only(self, randomness: RoundRandomness) -> dict[str, torch.Tensor]:
         """A device that was not sampled sends N(0, share_std^2) per coordinate, the noise a sampled one adds."""

@@ -197,6 +197,9 @@ class SharedNoise:
     # m_min: each device adds 1/sqrt(m_min) of the noise and a round whose sum holds fewer reporting devices
     # is dropped; 0 = every device of the fleet's manifest (no dropout tolerated: the least noise)
     min_devices: int = 0
+    # f: the fraction of the reporting devices that may collude with the server (hand it their own shares);
+    # each share then carries 1/sqrt((1 - f) m_min) of the noise, so the honest devices' alone make sigma C
+    tolerated_collusion: float = 0.0
     count_sigma: float = 10.0  # noise std of the round-1 item histogram (the popularity prior); 0 = none
     feature_init: str = "ml-100k"  # item rows start from this dataset's public item features ("" = random)
     table_lr: float = 3000.0  # SGD lr of the user and item rows (a row's mean gradient ~ its share of records)
@@ -206,10 +209,17 @@ class SharedNoise:
     def __post_init__(self) -> None:
         _fraction(self.record_rate, "record_rate")
         require_count(self.min_devices, "min_devices", low=0, high=1 << 31)
+        f = self.tolerated_collusion
+        require(0.0 <= f < 1.0, "tolerated_collusion", f"must be in [0, 1), got {f}")
         require(self.count_sigma >= 0, "count_sigma", f"must be >= 0, got {self.count_sigma}")
         _positive(self.table_lr, "table_lr")
         require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
         require_count(self.steps, "steps")
+
+    def share_std(self, std: float) -> float:
+        """One device's part of the noise ``std`` the sum must carry: sqrt((1 - f) m_min) honest shares of it
+        make ``std`` (m >= m_min devices report, at most a fraction f of them colluding)."""
+        return std / ((1.0 - self.tolerated_collusion) * self.min_devices) ** 0.5
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from fedrec.common.mechanisms import ServerStep, mechanism_for
 from fedrec.common.model import PRIOR, ModelConfig, NeuMF
 from fedrec.common.policy import SIMULATED
 from fedrec.common.privacy import history_epsilon
+from fedrec.common.settings import SettingError
 from fedrec.common.split import temporal_split
 from fedrec.server.shared_noise import SharedNoiseAggregation
 from fedrec.simulations.arms.federated import FederatedArm, fit_federated
@@ -114,18 +115,22 @@ def test_noise_free_sum_equals_the_pooled_clipped_sum(tmp_path, tiny):
         assert torch.allclose(_row_after(ref, device), expected_row, atol=1e-6)
 
 
-def test_noise_of_the_sum_has_std_sigma_clip(tmp_path, tiny):
-    """m_min devices each add sigma C / sqrt(m_min): their sum carries sigma C per coordinate, and each
-    device's own user row carries the full sigma C."""
+@pytest.mark.parametrize("colluding", [0.0, 0.5])
+def test_noise_of_the_sum_has_std_sigma_clip(tmp_path, tiny, colluding):
+    """m_min devices each add sigma C / sqrt((1 - f) m_min): the sum of the (1 - f) m_min honest ones
+    carries sigma C per coordinate, all of them sigma C / sqrt(1 - f); each device's own user row carries
+    the full sigma C."""
     data = tiny.subset_users(8)
-    shared = SharedNoise(record_rate=0.5, min_devices=8, count_sigma=0.0, table_lr=1.0, momentum=0.0)
+    shared = SharedNoise(
+        record_rate=0.5, min_devices=8, tolerated_collusion=colluding, count_sigma=0.0, table_lr=1.0, momentum=0.0
+    )
     quiet, noisy = (fleet_device(tmp_path / name, data, shared) for name in ("quiet", "noisy"))
     state, sigma = start_state(quiet), 3.0
     clean, _ = train_fleet_shared(node_devices({}, quiet.fleet), state, task_for(quiet, 1e-12, 2, 1.0), SIMULATED)
     loud, _ = train_fleet_shared(node_devices({}, noisy.fleet), state, task_for(noisy, sigma, 2, 1.0), SIMULATED)
     noise = loud["item_emb.weight"] - clean["item_emb.weight"]
     assert noise.numel() >= 500
-    assert abs(float(noise.std()) / (sigma * CLIP) - 1.0) < 0.12
+    assert abs(float(noise.std()) * math.sqrt(1 - colluding) / (sigma * CLIP) - 1.0) < 0.12
     assert abs(float(noise.mean())) < 0.2 * sigma * CLIP
     rows = torch.cat(
         [
@@ -338,3 +343,12 @@ def test_under_user_a_device_its_coin_left_out_sends_its_noise_share_alone(tmp_p
     table = total["item_emb.weight"] / (sigma * CLIP)
     assert abs(float(table.std()) - 1.0) < 0.05  # 6 shares of std sigma C / sqrt(6)
     assert all(ledger_of(ref, device.state_prefix).steps == 0 for ref in refs)  # none trained, none opened
+
+
+def test_a_tolerated_colluding_fraction_leaves_the_whole_noise_to_the_honest_devices():
+    shared = SharedNoise(min_devices=10, tolerated_collusion=0.3)
+    assert 7 * shared.share_std(2.0) ** 2 == pytest.approx(2.0**2)  # 7 honest of 10
+    assert SharedNoise(min_devices=10).share_std(2.0) == pytest.approx(2.0 / math.sqrt(10))
+    with pytest.raises(SettingError, match="must be in") as refused:
+        SharedNoise(tolerated_collusion=1.0)
+    assert refused.value.field == "tolerated_collusion"

@@ -39,7 +39,7 @@ class DistributedDP(Mechanism):
     unit = SHARED_UNIT
     trusted = (
         "the devices (they add their noise shares honestly) and secure aggregation: the server must see only "
-        "the sum over >= min_devices devices"
+        "the sum over >= min_devices devices, at most a fraction tolerated_collusion of them colluding with it"
     )
     server_sees = "only the noisy sum per round, and which devices reported"
     shared = True

@@ -42,6 +42,7 @@ class UserDP(Mechanism):
         "privacy.max_update_norm",
         "device.participation",
         "device.shared_noise.min_devices",
+        "device.shared_noise.tolerated_collusion",
         "server.strategy.server_lr",
         "server.strategy.server_momentum",
         "device.fleet.devices",
