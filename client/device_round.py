@@ -263,9 +263,9 @@ class RoundLedgers:
         """Why this round would take the device past the run's budget or its owner's lifetime one, if it would."""
         if not privacy.private:
             return None
-        if refuses(self.after, privacy):
-            epsilon = self.after.epsilon(privacy.delta)
-            return f"the run's epsilon would reach {epsilon:.3g}, past its budget {privacy.budget:.3g}"
+        run = self.after.epsilon(privacy.delta)
+        if over_budget(run, privacy.budget):
+            return f"the run's epsilon would reach {run:.3g}, past its budget {privacy.budget:.3g}"
         lifetime = self.lifetime.epsilon(self.unit, privacy.delta)
         if over_budget(lifetime, policy.max_epsilon):
             return (

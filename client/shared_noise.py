@@ -12,8 +12,8 @@ gradient over both tables together (``fedrec.client.shared_gradients``) and
 Together that is the Gaussian mechanism of one central DP-SGD step on the whole parameter vector
 (docs/privacy.md). A node serving several devices replies with their sum: the value SecAgg+ would reveal.
 
-The simulation's noise is seeded per device and round so runs repeat; any other device draws its seeds
-from the operating system (``DeviceRef.seeded``).
+A simulated device draws its sampling and noise from streams seeded per device and round, so runs repeat;
+a deployed one from streams keyed by the operating system (``fedrec.client.round_randomness``).
 """
 
 from __future__ import annotations
@@ -125,7 +125,11 @@ def train_fleet_shared(
         add(result.arrays)
     reported = len(epsilons) - refused
     absent = [r for r, coin in zip(refs, coins) if not coin]
-    if absent and isinstance(step, NoiseOnly) and policy.refusal(task.privacy, task.device, True) is None:
+    if (
+        absent
+        and isinstance(step, NoiseOnly)
+        and policy.refusal(task.privacy, task.device, task.mechanism.shared) is None
+    ):
         for ref in absent:
             add(step.noise_only(round_randomness(ref, task)))
         reported += len(absent)

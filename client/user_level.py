@@ -3,8 +3,9 @@
 The unit is everything one user contributes. A sampled device (its own Poisson coin, rate q) trains
 locally without any per-record mechanism, the user row included (it never leaves the device and the
 device's whole shared update is clipped: joint DP), then clips the change of every shared parameter to
-norm C as one vector and adds N(0, (sigma C)^2 / m_min) per coordinate. The sum over >= m_min sampled devices
-carries sigma C, the Gaussian mechanism on the sum of per-user updates of L2 sensitivity C.
+norm C as one vector and adds N(0, (sigma C)^2 / m_min) per coordinate; a device its coin left out sends
+that noise alone. The sum over >= m_min devices carries sigma C, the Gaussian mechanism on the sum of
+per-user updates of L2 sensitivity C, and no share says whether its device was sampled.
 """
 
 from __future__ import annotations

@@ -191,18 +191,14 @@ def export_ledgers(result: FederationResult, path: Path) -> dict:
 def _write_ledger(ledgers: dict[str, PrivacyLedger], delta: float, path: Path) -> list[float]:
     """One row per history entry (``LEDGER_COLUMNS`` of the audit); each device's epsilon, in order."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    cache: dict[tuple, float] = {}  # devices often share a history
     epsilons = []
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["device_id", "noise_multiplier", "sample_rate", "steps", "epsilon"])
         for device_id, ledger in ledgers.items():
-            key = tuple(ledger.history)
-            if key not in cache:
-                cache[key] = ledger.epsilon(delta) if ledger.history else 0.0
-            epsilons.append(cache[key])
+            epsilons.append(ledger.epsilon(delta))  # cached per history (history_epsilon)
             for sigma, q, n in ledger.history:
-                writer.writerow([device_id, sigma, q, n, cache[key]])
+                writer.writerow([device_id, sigma, q, n, epsilons[-1]])
     return epsilons
 
 

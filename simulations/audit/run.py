@@ -71,7 +71,7 @@ def accounting_section(run: AuditedRun) -> tuple[dict, dict]:
             "noise_multiplier": privacy.get("noise_multiplier"),
             "sample_rate": privacy.get("sample_rate"),
         }
-        if "server_ledger" in privacy:  # the same devices against the server, which sees who reports
+        if "server_ledger" in privacy:  # the same devices against the server (Mechanism.server_history)
             server_ledger = run.path / "privacy" / privacy["server_ledger"]
             server = check_ledger(
                 read_ledger(server_ledger), float(privacy["delta"]), privacy.get("epsilon_server_max")
