@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 # SuperNode starts one ClientApp process per message, and SecAgg+'s key stages need none of them.
 app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ when a train message asks for it
 log = logging.getLogger("fedrec.client")
+# A mechanism's node round: (devices, global parameters, instructions, owner's policy) -> (sum or mean, metrics)
+FleetTrainer = Callable[
+    ["list[DeviceRef]", "dict[str, torch.Tensor]", "DeviceInstructions", "DevicePolicy"],
+    "tuple[dict[str, torch.Tensor], dict[str, Any]]",
+]
 
 
 def _instructions(msg: Message) -> DeviceInstructions:
@@ -86,7 +91,7 @@ def train(msg: Message, context: Context) -> Message:
     from fedrec.client.user_level import train_fleet_user
     from fedrec.common.mechanisms import Trainer
 
-    trainers = {
+    trainers: dict[Trainer, FleetTrainer] = {
         Trainer.LOCAL: train_fleet,
         Trainer.SHARED_GRADIENTS: train_fleet_shared,
         Trainer.USER_UPDATES: train_fleet_user,

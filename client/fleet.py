@@ -8,7 +8,7 @@ the devices themselves, so grouping devices per node changes dispatch cost, not 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from fedrec.client.device_round import (
     STORES_OPEN,
     Device,
     DeviceRef,
+    RoundResult,
     Trained,
     device_rounds,
     device_seed,
@@ -158,19 +159,22 @@ def train_fleet(
     global_params: dict[str, torch.Tensor],
     task: DeviceInstructions,
     policy: DevicePolicy,
+    tap: Callable[[Device, RoundResult], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train every participating device; return the weighted mean of their global params: by example
     count without DP (FedAvg), one weight per device under DP (the count would reveal history lengths).
     Without DP and with ``device.item_row_average`` the item table is the mean over the examples that
-    used each row, sent with those counts (fedrec.common.item_rows)."""
+    used each row, sent with those counts (fedrec.common.item_rows). ``tap`` sees each device's own update
+    before it is averaged: what a server facing one-device nodes receives (the canary audit's view)."""
     device, private = task.device, task.privacy.private
     total: dict[str, torch.Tensor] = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_params.items()}
     rows = RowMean(global_params[ITEM_TABLE]) if device.item_row_average and not private else None
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
     sampled = [ref for ref in devices if takes_part(ref, task)]
-    for result in device_rounds(
-        sampled, task, local_step(global_params, task), policy
-    ):  # one block in memory at a time
+    results = device_rounds(sampled, task, local_step(global_params, task), policy)  # one block in memory at a time
+    for ref, result in zip(sampled, results):
+        if tap is not None:
+            tap(ref, result)
         epsilons.append(result.outcome.epsilon)
         if result.outcome.refused:
             refused += 1

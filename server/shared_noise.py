@@ -86,13 +86,9 @@ class SharedNoiseAggregation(FlowerStrategy):
     def _step(self, state: dict[str, torch.Tensor], noisy_sums: dict[str, torch.Tensor]) -> None:
         """torch.optim.SGD's momentum on each summed parameter, its direction = sign x noisy sum / expected
         batch (the item table's gradient under distributed: sign -1; the mean model update under user: +1)."""
-        lr, momentum, sign = self.step.lr, self.step.momentum, self.step.sign
-        buffers = self._momentum if self._momentum is not None else {}
-        for key, noisy_sum in noisy_sums.items():
-            direction = sign * noisy_sum / self.privacy.expected_batch
-            buffers[key] = momentum * buffers[key] + direction if key in buffers else direction
-            state[key] = (state[key].double() + lr * buffers[key]).to(state[key].dtype)
-        self._momentum = buffers
+        if self._momentum is None:
+            self._momentum = {}
+        self.step.apply(state, noisy_sums, self.privacy.expected_batch, self._momentum)
 
 
 class SharedNoiseStrategy(FedrecStrategyMixin, SharedNoiseAggregation, FedAvg):

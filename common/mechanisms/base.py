@@ -72,6 +72,19 @@ class ServerStep:
     momentum: float
     sign: float
 
+    def apply(
+        self,
+        state: dict[str, torch.Tensor],
+        noisy_sums: dict[str, torch.Tensor],
+        expected_batch: float,
+        buffers: dict[str, torch.Tensor],
+    ) -> None:
+        """One step on ``state`` in place; ``buffers`` (the momentum, per parameter) is updated in place too."""
+        for key, noisy_sum in noisy_sums.items():
+            direction = self.sign * noisy_sum / expected_batch
+            buffers[key] = self.momentum * buffers[key] + direction if key in buffers else direction
+            state[key] = (state[key].double() + self.lr * buffers[key]).to(state[key].dtype)
+
 
 @dataclass(frozen=True)
 class AccountantStep:
