@@ -42,8 +42,15 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--fractions", default="0,0.1,0.25,0.5")
     args = parser.parse_args()
-    fractions = [float(f) for f in args.fractions.split(",")]
-    report = json.loads((args.run_dir / "report.json").read_text())
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        raise SystemExit(f"--fractions: comma-separated numbers in [0, 1), got {args.fractions!r}") from None
+    path = args.run_dir / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: not a finished run's report ({exc.__class__.__name__}: {exc})") from None
     table = Table(title=f"epsilon against a server colluding with a fraction f of the devices ({args.run_dir})")
     table.add_column("arm")
     table.add_column("tolerated")

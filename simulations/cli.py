@@ -229,16 +229,20 @@ def audit(
         4, min=0, help="LiRA shadow trainings of the centralized arm (even; 0 = loss attack only)."
     ),
     shadow_epochs: Optional[int] = typer.Option(None, min=1, help="Epochs per shadow (default: the arm's best epoch)."),
-    canaries: int = typer.Option(1000, min=2, help="Canary interactions m, each included with probability 1/2."),
-    canary_guesses: int = typer.Option(100, min=1, help="Guesses per side (k 'in' + k 'out'), fixed in advance."),
-    canary_users: int = typer.Option(100, min=3, help="Users in the canary retraining (the run's first N)."),
+    canaries: int = typer.Option(20000, min=2, help="Canary interactions m, each included with probability 1/2."),
+    canary_guesses: int = typer.Option(9500, min=1, help="Guesses per side (k 'in' + k 'out'), fixed in advance."),
+    canary_users: int = typer.Option(200, min=3, help="Users (devices) in the canary retraining (the run's first N)."),
     canary_rounds: Optional[int] = typer.Option(
         None, min=1, help="Rounds of the canary retraining (default: the run's)."
     ),
     canary_trainer: str = typer.Option(
-        "harness", help="harness (Flower simulation) or inprocess (same device code, one process)."
+        "whitebox",
+        help="whitebox (the device code, scored on what the server receives), harness (Flower simulation, "
+        "scored on the final model) or inprocess (harness's device code in one process).",
     ),
-    canary_contrast: bool = typer.Option(True, help="Also audit the arm without DP (shows the audit can see a leak)."),
+    canary_contrast: bool = typer.Option(
+        True, help="Also audit a control: whitebox, the arm at epsilon 1000; otherwise the arm without DP."
+    ),
     quiet: bool = typer.Option(False, help="No progress output."),
 ) -> None:
     """Privacy audit: epsilon spent (re-checked), what crosses the wire, what rests on devices, what attacks learn."""

@@ -123,3 +123,18 @@ def test_audit_refuses_a_split_it_cannot_rebuild(small_run, tmp_path):
     result = CliRunner().invoke(app, ["audit", str(run), "--dataset", str(other), "--skip", "mia,canary", "--quiet"])
     assert result.exit_code != 0
     assert "differs from the run's test split" in str(result.exception)
+
+
+def test_the_default_canary_audit_is_the_white_box_one_with_its_control(small_run, tmp_path):
+    run, csv_path = small_run
+    args = ["audit", str(run), "--dataset", str(csv_path), "--skip", "accounting,wire,at_rest,mia"]
+    args += ["--canaries", "200", "--canary-guesses", "40", "--canary-users", "10", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    canary = json.loads((run / "audit.json").read_text())["canary"]
+    assert canary["trainer"] == "whitebox" and canary["arm"] == "federated_dp"
+    assert canary["m"] == 200 and canary["guesses"] == 80 and canary["devices"] == 10
+    assert canary["epsilon_lower_bound"] <= canary["epsilon_formal"] <= 4.0 * 1.01
+    control = canary["control"]
+    assert control["budget"] == 1000 and control["epsilon_formal"] > 100
+    assert "(control, budget 1000)" in (run / "audit.md").read_text()

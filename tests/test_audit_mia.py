@@ -41,6 +41,15 @@ def test_candidates_are_members_and_held_out_pairs_of_the_same_users(tiny):
     assert sorted(cands.users[cands.member]) == sorted(cands.users[~cands.member])
 
 
+def test_each_member_is_its_users_latest_train_pair(tiny):
+    split = temporal_split(tiny, 0)
+    cands = mia_candidates(split, seed=0)
+    stamp = {(u, i): t for u, i, t in zip(split.train_users, split.train_items, split.train_timestamps)}
+    latest = {u: split.train_timestamps[split.train_users == u].max() for u in np.unique(split.train_users)}
+    members = zip(cands.users[cands.member], cands.items[cands.member])
+    assert all(stamp[(u, i)] == latest[u] for u, i in members)
+
+
 def test_keep_matrix_puts_every_candidate_in_half_the_shadows():
     keep = keep_matrix(4, 50, seed=1)
     assert (keep.sum(axis=0) == 2).all()

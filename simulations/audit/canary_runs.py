@@ -24,7 +24,7 @@ from fedrec.simulations.arms.table import ARMS
 from fedrec.simulations.audit.canary import CanaryTrainer
 from fedrec.simulations.audit.inprocess import fit_inprocess
 
-TRAINERS = ("harness", "inprocess")
+TRAINERS = ("whitebox", "harness", "inprocess")  # whitebox: fedrec.simulations.audit.whitebox
 
 
 def run_config_of(report: dict) -> FedrecConfig:

@@ -1,9 +1,10 @@
 """Membership inference on the final models: is a (user, item) pair in the training data?
 
-Members are one train interaction per user, drawn at random (seeded); non-members are the users'
-test interactions, which no arm ever trains on (the centralized refit adds validation, never test).
-Both sets hold the same users, so a per-user score offset cannot separate them; the non-members are
-later in time than most members, which a real attacker could also exploit, so this is a fair task.
+Members are each user's latest train interaction; non-members are the users' test interactions, which
+no arm ever trains on (the centralized refit adds validation, never test). Both sets hold the same users,
+so a per-user score offset cannot separate them, and they are matched in time: between a user's member
+and non-member lies only the validation interaction, so an attack cannot win by telling old from recent
+(a model's drift toward recent taste would otherwise pass for memorization).
 
 Attack 1 (loss threshold, Yeom et al. 2018): lower loss on the pair = member.
 Attack 2 (LiRA, Carlini et al. 2022): shadow copies of the centralized arm, each trained on all other
@@ -42,18 +43,19 @@ class Candidates:
 
 
 def mia_candidates(split: Split, seed: int, max_users: int | None = None) -> Candidates:
-    """One random train pair (member) and the test pair (non-member) of each user who has both."""
+    """The latest train pair (member) and the test pair (non-member) of each user who has both; ``seed``
+    draws the ``max_users`` users when there are more."""
     rng = np.random.default_rng(seed)
     counts = np.bincount(split.train_users, minlength=split.n_users)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    order = np.argsort(split.train_users, kind="stable")
+    by_time = np.lexsort((split.train_timestamps, split.train_users))  # user blocks, each in time order
     keys = positive_keys(split.train_users, split.train_items, split.n_items)
     users = np.flatnonzero((counts > 0) & (split.test_items >= 0))
     test_keys = users * split.n_items + split.test_items[users]
     users = users[~np.isin(test_keys, keys)]  # a test pair also seen in train would be a member
     if max_users is not None and len(users) > max_users:
         users = np.sort(rng.choice(users, max_users, replace=False))
-    picks = order[starts[users] + rng.integers(0, counts[users])]
+    picks = by_time[starts[users] + counts[users] - 1]
     return Candidates(
         users=np.concatenate([split.train_users[picks], users]),
         items=np.concatenate([split.train_items[picks], split.test_items[users]]),

@@ -141,20 +141,40 @@ def _mia(m: dict) -> list[str]:
     ]
 
 
+def _canary_setup(c: dict) -> str:
+    if c["trainer"] == "whitebox":
+        return (
+            f"Trained `{c['arm']}` with the run's privacy settings through the device code on {c['users']} "
+            f"devices for {c['rounds']} rounds, with m = {c['m']} canary records (each on an item of its own, "
+            f"included with probability 1/2: {c['included']} were), the auditor being the server the guarantee "
+            "is stated against: it reads each device's update (local) or each round's revealed sum "
+            "(distributed), sends the model and recipe that show a record most, and scores each canary by its "
+            f"item row's movement along its host's direction. It guessed 'included' for the {c['guesses'] // 2} "
+            f"highest scores and 'excluded' for the {c['guesses'] // 2} lowest, abstaining on the rest."
+        )
+    return (
+        f"Retrained `{c['arm']}` with the run's settings on {c['users']} users for {c['rounds']} rounds "
+        f"({c['trainer']} trainer), with m = {c['m']} canary interactions (each on a fresh item of its own, "
+        f"host device drawn at random, included with probability 1/2: {c['included']} were). The auditor guessed "
+        f"'included' for the {c['guesses'] // 2} highest-scoring canaries (logit of host user and canary item in "
+        f"the final model) and 'excluded' for the {c['guesses'] // 2} lowest, abstaining on the rest."
+    )
+
+
 def _canary(c: dict) -> list[str]:
     out = [
         "## 5. Testing the guarantee: one-run canary audit",
         "",
-        f"Retrained `federated_dp` with the run's settings on {c['users']} users for {c['rounds']} rounds "
-        f"({c['trainer']} trainer), with m = {c['m']} canary interactions (each on a fresh item of its own, "
-        f"host device drawn at random, included with probability 1/2: {c['included']} were). The auditor guessed "
-        f"'included' for the {c['guesses'] // 2} highest-scoring canaries (logit of host user and canary item in "
-        f"the final model) and 'excluded' for the {c['guesses'] // 2} lowest, abstaining on the rest.",
+        _canary_setup(c),
         "",
         "| arm | formal epsilon | guesses | correct | empirical epsilon lower bound | ceiling |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    rows = [("federated_dp", c)] + ([("federated (no DP)", c["no_dp_contrast"])] if "no_dp_contrast" in c else [])
+    rows = [(c["arm"], c)]
+    if "control" in c:
+        rows.append((f"{c['arm']} (control, budget {c['control']['budget']:g})", c["control"]))
+    if "no_dp_contrast" in c:
+        rows.append(("federated (no DP)", c["no_dp_contrast"]))
     for name, r in rows:
         out.append(
             f"| {name} | {_f(r['epsilon_formal'])} | {r['guesses']} | {r['correct']} | "

@@ -8,8 +8,10 @@ that does not apply to the run (no DP arm to account for, no federated arm on th
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from fedrec.simulations.audit.canary_runs import audited_federation, canary_trai
 from fedrec.simulations.audit.mia import attack_arm, mia_candidates, train_shadows
 from fedrec.simulations.audit.report_text import render_audit
 from fedrec.simulations.audit.rundata import MIA_ARMS, AuditedRun, open_run
+from fedrec.simulations.audit.whitebox import CONTROL_EPSILON, WhiteboxSettings, covers, whitebox_audit
 from fedrec.simulations.audit.wire import audit_wire
 from fedrec.simulations.progress import progress
 from fedrec.simulations.rundir import atomic_write_text, git_commit
@@ -48,12 +51,14 @@ class AuditOptions:
     shadows: int = 4
     shadow_epochs: int | None = None  # default: the centralized arm's early-stopped epoch count
     mia_users: int | None = None
-    canaries: int = 1000
-    canary_guesses: int = 100  # per side: k "included" + k "excluded" guesses, fixed in advance
-    canary_users: int = 100
+    canaries: int = 20000  # with 9,500 guesses a side, the ceiling passes 8 at delta 1e-5
+    canary_guesses: int = 9500  # per side: k "included" + k "excluded" guesses, fixed in advance
+    canary_users: int = 200
     canary_rounds: int | None = None  # default: the run's rounds
-    canary_trainer: str = "harness"
-    canary_contrast: bool = True  # also audit the same arm without DP: shows the audit can see a leak
+    canary_trainer: str = "whitebox"
+    # also audit a control (whitebox: the same arm at epsilon CONTROL_EPSILON; otherwise the arm without DP):
+    # shows the audit can see a leak
+    canary_contrast: bool = True
     confidence: float = 0.95
     show: bool = True
 
@@ -147,10 +152,71 @@ def canary_federation(federation: FederationConfig) -> FederationConfig:
     return replace(federation, device=replace(federation.device, shared_noise=shared))
 
 
+@contextmanager
+def quiet_devices() -> Iterator[None]:
+    """The canary fleet's budget refusals are counted in the result, not logged one line per device."""
+    logger = logging.getLogger("fedrec.client")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def whitebox_section(run: AuditedRun, opts: AuditOptions, arm: str, console: Console) -> dict:
+    """The white-box audit of the arm's mechanism (``whitebox.py``) at the run's settings, and the control."""
+    data = load_dataset(
+        opts.data or run.report["meta"]["dataset"], opts.data_dir, min(opts.canary_users, run.data.n_users)
+    )
+    split = temporal_split(data, run.seed)
+    audited = canary_federation(audited_federation(run.report, arm, opts.canary_rounds))
+    if not covers(audited.privacy):
+        return not_applicable(
+            f"the white-box audit covers the local and distributed mechanisms, not {arm}'s "
+            f"{audited.privacy.mechanism!r}: audit it with --canary-trainer harness"
+        )
+    settings = WhiteboxSettings(
+        users=data.n_users,
+        canaries_per_device=max(1, opts.canaries // data.n_users),
+        guesses=opts.canary_guesses,
+        confidence=opts.confidence,
+        seed=run.seed,
+    )
+    variants = {"audited": audited}
+    if opts.canary_contrast:
+        variants["control"] = replace(audited, privacy=replace(audited.privacy, epsilon=CONTROL_EPSILON))
+    out = {}
+    for name, federation in variants.items():
+        budget = federation.privacy.epsilon
+        console.print(
+            f"canary audit (white-box): {arm} at budget {budget:g}, {settings.users} devices x "
+            f"{settings.canaries_per_device} canaries, {federation.server.rounds} rounds"
+        )
+        with progress(opts.show) as bar, quiet_devices():
+            task = bar.add_task(f"{arm} ({name}) rounds", total=federation.server.rounds)
+            out[name] = whitebox_audit(
+                split, federation, settings, lambda done, total: bar.update(task, completed=done)
+            )
+        r = out[name]
+        console.print(
+            f"  {name}: {r['correct']}/{r['guesses']} guesses correct -> epsilon >= {r['epsilon_lower_bound']:.3f} "
+            f"(ceiling {r['ceiling']:.3f}, formal {r['epsilon_formal']:.3f})"
+        )
+    head = dict(out["audited"])
+    head["arm"], head["trainer"], head["users"] = arm, "whitebox", settings.users
+    head["below_formal"] = head["epsilon_lower_bound"] <= head["epsilon_formal"]
+    if "control" in out:
+        head["control"] = out["control"]
+    return head
+
+
 def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dict:
     audited_arm = next((a for a in CANARY_ARMS if a in run.report["arms"]), None)
     if audited_arm is None:
         return not_applicable(f"no {' / '.join(CANARY_ARMS)} arm in this run: there is no formal guarantee to test")
+    if opts.canary_trainer == "whitebox":
+        return whitebox_section(run, opts, audited_arm, console)
     nodes = run_config_of(run.report).simulation.nodes
     data = load_dataset(
         opts.data or run.report["meta"]["dataset"], opts.data_dir, min(opts.canary_users, run.data.n_users)
@@ -282,6 +348,8 @@ def headline(result: dict) -> dict:
         if section in result:
             status = {k: result[section][k] for k in ("skipped", "not_applicable") if k in result[section]}
             out[section] = status or {k: result[section].get(k) for k in keys}
+    if "control" in result.get("canary", {}):
+        out["canary"]["control_epsilon_lower_bound"] = result["canary"]["control"]["epsilon_lower_bound"]
     if "no_dp_contrast" in result.get("canary", {}):
         contrast = result["canary"]["no_dp_contrast"]
         out["canary"]["no_dp_epsilon_lower_bound"] = contrast["epsilon_lower_bound"]

@@ -35,7 +35,7 @@ import torch
 from fedrec.client.device_round import Device, RoundResult, read_ledger
 from fedrec.client.fleet import train_fleet
 from fedrec.client.shared_noise import train_fleet_shared
-from fedrec.common.config import FederationConfig, ModelConfig
+from fedrec.common.config import FederationConfig, ModelConfig, PrivacyConfig
 from fedrec.common.dp_recipe import log_odds_prior
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, RoundInfo
@@ -53,7 +53,9 @@ from fedrec.simulations.audit.inprocess import MemoryDevice, memory_devices
 
 Progress = Callable[[int, int], None]  # (rounds done, rounds)
 OUTPUT = "output.weight"
-MAD_TO_STD = 1.4826  # the MAD of a normal times this is its standard deviation
+MAD_TO_STD = 1.4826
+# The control's budget: noise so small (multiplier ~0.1) that the audit must find most canaries
+CONTROL_EPSILON = 1000.0  # the MAD of a normal times this is its standard deviation
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class Observed:
 
     rows: np.ndarray  # [m, width] the row's part of the messages
     counts: np.ndarray  # [m] the row's released histogram count (distributed), else zeros
+    refused: int  # device rounds refused (a budget the noise calibration's quantile leaves short)
 
 
 def robust_z(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -181,7 +184,7 @@ def _observe_local(run: AuditRun) -> Observed:
     at = {i: np.flatnonzero(layout.hosts == i) for i in range(len(fleet))}
     g = device.model.gmf_dim
     rows = np.zeros((layout.m, g))
-    rounds = federation.server.rounds
+    rounds, refused = federation.server.rounds, 0
     for rnd in range(1, rounds + 1):
         adversary.craft(params, device.model)
         before = params[ITEM_TABLE][:, :g].clone()
@@ -193,10 +196,11 @@ def _observe_local(run: AuditRun) -> Observed:
             sent = result.arrays[ITEM_TABLE][layout.items[j], :g]
             rows[j] += (sent - before[layout.items[j]]).double().numpy()
 
-        mean, _ = train_fleet(fleet, params, DeviceInstructions(device, privacy, RoundInfo(rnd)), SIMULATED, tap)
+        mean, metrics = train_fleet(fleet, params, DeviceInstructions(device, privacy, RoundInfo(rnd)), SIMULATED, tap)
         params = {k: mean[k] for k in params}  # the server's FedAvg of one-weight devices
+        refused += int(metrics["refused"])
         run.progress(rnd, rounds)
-    return Observed(rows, np.zeros(layout.m))
+    return Observed(rows, np.zeros(layout.m), refused)
 
 
 def _observe_shared(run: AuditRun) -> Observed:
@@ -210,11 +214,12 @@ def _observe_shared(run: AuditRun) -> Observed:
     buffers: dict[str, torch.Tensor] = {}
     g = device.model.gmf_dim
     rows, counts = np.zeros((layout.m, g)), np.zeros(layout.m)
-    rounds = federation.server.rounds
+    rounds, refused = federation.server.rounds, 0
     for rnd in range(1, rounds + 1):
         adversary.craft(params, device.model)
         task = DeviceInstructions(device, privacy, RoundInfo(rnd))
         total, metrics = train_fleet_shared(fleet, params, task, SIMULATED)
+        refused += int(metrics["refused"])
         if metrics["devices"] >= device.shared_noise.min_devices:  # the server's rule: fewer is dropped
             if SHARED_COUNTS in total:
                 counts += total[SHARED_COUNTS][layout.items].numpy()
@@ -223,7 +228,13 @@ def _observe_shared(run: AuditRun) -> Observed:
                 rows += total[ITEM_TABLE][layout.items, :g].numpy()
                 step.apply(params, {ITEM_TABLE: total[ITEM_TABLE]}, privacy.expected_batch, buffers)
         run.progress(rnd, rounds)
-    return Observed(rows, counts)
+    return Observed(rows, counts, refused)
+
+
+def covers(privacy: PrivacyConfig) -> bool:
+    """Per-record mechanisms whose messages carry item rows: local and distributed."""
+    mechanism = mechanism_for(privacy)
+    return mechanism.private and mechanism.trainer in (Trainer.LOCAL, Trainer.SHARED_GRADIENTS)
 
 
 @dataclass(frozen=True)
@@ -246,7 +257,7 @@ def whitebox_audit(
     is the audited arm's (its ``device.n_items`` is set here, its ``server.rounds`` is the run's length)."""
     t0 = time.perf_counter()
     mechanism = mechanism_for(federation.privacy)
-    if mechanism.trainer not in (Trainer.LOCAL, Trainer.SHARED_GRADIENTS) or not mechanism.private:
+    if not covers(federation.privacy):
         raise FedrecError(
             f"the white-box canary audit covers the local and distributed mechanisms, not {mechanism.name!r}"
         )
@@ -277,6 +288,7 @@ def whitebox_audit(
     bound = epsilon_lower_bound(layout.m, r, v, delta, settings.confidence)
     return {
         "mechanism": mechanism.name,
+        "budget": federation.privacy.epsilon,
         "executor": device.executor,
         "epsilon_lower_bound": bound,
         "epsilon_formal": formal,
@@ -290,6 +302,7 @@ def whitebox_audit(
         "delta": delta,
         "noise_multiplier": privacy.noise_multiplier,
         "devices": len(fleet),
+        "refused_device_rounds": seen.refused,
         "rounds": rounds,
         "n_items": n_items,
         "wall_s": time.perf_counter() - t0,
