@@ -2,7 +2,7 @@
 the audited setting, at a high-epsilon control, and under each mutation of ``bench.mutation_plugin``.
 
     python -m bench.canary_audit [--rows audited,control,mutations] [--seed 0]
-    python -m bench.canary_audit one ARM EPSILON MUTATION USERS PER_DEVICE GUESSES ROUNDS   # one row, JSON
+    python -m bench.canary_audit one ARM EPSILON MUTATION USERS PER_DEVICE GUESSES ROUNDS [EXECUTOR [PADDING]]
 
 Each row runs in its own process (a mutation patches the device code at start-up, as under pytest), on
 ML-100K's train split (temporal split, the run's seed), the arm's default settings from ``FedrecConfig``
@@ -68,7 +68,15 @@ def rows(kinds: list[str]) -> list[tuple[str, Row]]:
 
 
 def one(
-    arm: str, epsilon: float, mutation: str, users: int, per_device: int, guesses: int, rounds: int, executor: str
+    arm: str,
+    epsilon: float,
+    mutation: str,
+    users: int,
+    per_device: int,
+    guesses: int,
+    rounds: int,
+    executor: str,
+    padding: int = 0,
 ) -> None:
     if mutation != "none":
         from bench.mutation_plugin import APPLY
@@ -94,7 +102,7 @@ def one(
     def progress(done: int, total: int) -> None:
         print(f"  {arm} eps {epsilon:g} {mutation}: round {done}/{total} (from {started})", file=sys.stderr, flush=True)
 
-    settings = WhiteboxSettings(users=users, canaries_per_device=per_device, guesses=guesses)
+    settings = WhiteboxSettings(users=users, canaries_per_device=per_device, guesses=guesses, padding_items=padding)
     result = whitebox_audit(split, federation, settings, progress)
     print(json.dumps({"arm": arm, "mutation": mutation, **result}))
 
@@ -107,7 +115,8 @@ def commit() -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "one":
         a = sys.argv[2:]
-        one(a[0], float(a[1]), a[2], int(a[3]), int(a[4]), int(a[5]), int(a[6]), a[7] if len(a) > 7 else "")
+        executor, padding = (a[7] if len(a) > 7 else ""), (int(a[8]) if len(a) > 8 else 0)
+        one(a[0], float(a[1]), a[2], int(a[3]), int(a[4]), int(a[5]), int(a[6]), executor, padding)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="audited,control,mutations")

@@ -245,6 +245,7 @@ class WhiteboxSettings:
     confidence: float = 0.95
     seed: int = 0
     adversary: Adversary = Adversary()
+    padding_items: int = 0  # catalogue items no record holds (fewer negatives land on canary rows)
 
 
 def whitebox_audit(
@@ -265,9 +266,10 @@ def whitebox_audit(
     users = min(settings.users, int(np.count_nonzero(np.bincount(split.train_users))))
     if not federation.device.model.uses_gmf:
         raise FedrecError("the white-box canary audit crafts the GMF half of the model: the audited model has none")
-    layout = plan_layout(users, settings.canaries_per_device, split.n_items, settings.seed)
+    base = split.n_items + settings.padding_items
+    layout = plan_layout(users, settings.canaries_per_device, base, settings.seed)
     fleet = canary_fleet(split, users, layout)
-    n_items = split.n_items + layout.m
+    n_items = base + layout.m
     records = sum(len(d.events.items) for d in fleet)
     fleet_cfg = replace(federation.device.fleet, devices=len(fleet), train_records=records)
     device = replace(federation.device, n_items=n_items, seed=settings.seed, fleet=fleet_cfg)
