@@ -128,7 +128,7 @@ def main() -> None:
         if run.returncode != 0:
             raise SystemExit(f"{row}: the audit did not run (exit {run.returncode})")
         r = json.loads(run.stdout.strip().splitlines()[-1])
-        expected = EXPECT_FLAGGED.get(row.mutation) if kind == "mutation" else False if kind == "audited" else None
+        expected = {"audited": False, "control": None, "mutation": EXPECT_FLAGGED.get(row.mutation)}[kind]
         if expected is not None and r["flagged"] != expected:
             ok = False
         trainer = (

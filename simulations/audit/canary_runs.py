@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fedrec.common.config import FederationConfig, FedrecConfig, config_from_report
 from fedrec.common.datasets import Interactions
+from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.settings import from_nested
 from fedrec.common.split import Split
 from fedrec.simulations.arms.base import ArmResult, federation_of
@@ -43,6 +44,16 @@ def audited_federation(report: dict, arm: str, rounds: int | None) -> Federation
     if rounds is not None:
         federation = replace(federation, server=replace(federation.server, rounds=rounds))
     return federation
+
+
+def canary_federation(federation: FederationConfig) -> FederationConfig:
+    """The audited settings for the smaller canary fleet: a shared-noise arm's m_min is that of the canary
+    fleet (0 = resolved again from its manifest), and its item rows start at random, since every canary
+    sits on an item of its own that has no public features (the mechanism and its noise are unchanged)."""
+    if not mechanism_for(federation.privacy).shared:
+        return federation
+    shared = replace(federation.device.shared_noise, min_devices=0, feature_init="")
+    return replace(federation, device=replace(federation.device, shared_noise=shared))
 
 
 def harness_trainer(federation: FederationConfig, name: str, nodes: int, work_dir: Path, show: bool) -> CanaryTrainer:

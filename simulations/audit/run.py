@@ -17,17 +17,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedrec.common.config import FederationConfig
 from fedrec.common.datasets import load_dataset
 from fedrec.common.errors import DataError, FedrecError
-from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.table import AUDITED_ARMS
 from fedrec.simulations.audit import plots
 from fedrec.simulations.audit.accounting import check_ledger, read_ledger
 from fedrec.simulations.audit.at_rest import audit_stores
 from fedrec.simulations.audit.canary import canary_audit
-from fedrec.simulations.audit.canary_runs import audited_federation, canary_trainer, run_config_of
+from fedrec.simulations.audit.canary_runs import audited_federation, canary_federation, canary_trainer, run_config_of
 from fedrec.simulations.audit.mia import attack_arm, mia_candidates, train_shadows
 from fedrec.simulations.audit.report_text import render_audit
 from fedrec.simulations.audit.rundata import MIA_ARMS, AuditedRun, open_run
@@ -142,16 +140,6 @@ def mia_section(run: AuditedRun, opts: AuditOptions, console: Console) -> tuple[
     return out, curves
 
 
-def canary_federation(federation: FederationConfig) -> FederationConfig:
-    """The audited settings for the smaller canary fleet: a shared-noise arm's m_min is that of the canary
-    fleet (0 = resolved again from its manifest), and its item rows start at random, since every canary
-    sits on an item of its own that has no public features (the mechanism and its noise are unchanged)."""
-    if not mechanism_for(federation.privacy).shared:
-        return federation
-    shared = replace(federation.device.shared_noise, min_devices=0, feature_init="")
-    return replace(federation, device=replace(federation.device, shared_noise=shared))
-
-
 @contextmanager
 def quiet_devices() -> Iterator[None]:
     """The canary fleet's budget refusals are counted in the result, not logged one line per device."""
@@ -170,7 +158,7 @@ def whitebox_section(run: AuditedRun, opts: AuditOptions, arm: str, console: Con
         opts.data or run.report["meta"]["dataset"], opts.data_dir, min(opts.canary_users, run.data.n_users)
     )
     split = temporal_split(data, run.seed)
-    audited = canary_federation(audited_federation(run.report, arm, opts.canary_rounds))
+    audited = audited_federation(run.report, arm, opts.canary_rounds)
     if not covers(audited.privacy):
         return not_applicable(
             f"the white-box audit covers the local and distributed mechanisms, not {arm}'s "
@@ -215,6 +203,11 @@ def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dic
     audited_arm = next((a for a in CANARY_ARMS if a in run.report["arms"]), None)
     if audited_arm is None:
         return not_applicable(f"no {' / '.join(CANARY_ARMS)} arm in this run: there is no formal guarantee to test")
+    if 2 * opts.canary_guesses > opts.canaries:
+        raise FedrecError(
+            f"--canary-guesses {opts.canary_guesses} a side needs --canaries of at least {2 * opts.canary_guesses}, "
+            f"got {opts.canaries}"
+        )
     if opts.canary_trainer == "whitebox":
         return whitebox_section(run, opts, audited_arm, console)
     nodes = run_config_of(run.report).simulation.nodes

@@ -49,6 +49,7 @@ from fedrec.common.store import Events
 from fedrec.server.federation import resolve_min_devices
 from fedrec.simulations.audit.bound import ceiling, epsilon_lower_bound
 from fedrec.simulations.audit.canary import guesses
+from fedrec.simulations.audit.canary_runs import canary_federation
 from fedrec.simulations.audit.inprocess import MemoryDevice, memory_devices
 
 Progress = Callable[[int, int], None]  # (rounds done, rounds)
@@ -268,13 +269,19 @@ def whitebox_audit(
         raise FedrecError("the white-box canary audit crafts the GMF half of the model: the audited model has none")
     base = split.n_items + settings.padding_items
     layout = plan_layout(users, settings.canaries_per_device, base, settings.seed)
+    if 2 * settings.guesses > layout.m:
+        raise FedrecError(
+            f"{settings.guesses} guesses a side need at least {2 * settings.guesses} canaries, and "
+            f"{users} devices x {settings.canaries_per_device} give {layout.m}: fewer guesses, or more canaries"
+        )
     fleet = canary_fleet(split, users, layout)
     n_items = base + layout.m
     records = sum(len(d.events.items) for d in fleet)
     fleet_cfg = replace(federation.device.fleet, devices=len(fleet), train_records=records)
+    federation = canary_federation(federation)  # m_min of the canary fleet, item rows at random
     device = replace(federation.device, n_items=n_items, seed=settings.seed, fleet=fleet_cfg)
     if shared:
-        device = resolve_min_devices(replace(device, shared_noise=replace(device.shared_noise, feature_init="")))
+        device = resolve_min_devices(device)
     federation = settings.adversary.instruct(replace(federation, device=device))
     rounds = federation.server.rounds
     privacy = mechanism.plan(federation.privacy, device, rounds, records, len(fleet))
