@@ -11,7 +11,7 @@ from typing import NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from fedrec.common.errors import FedrecError
+from fedrec.common.errors import FedrecError, Interrupted
 
 T = TypeVar("T")
 err = Console(stderr=True)
@@ -29,12 +29,13 @@ def parse_list(text: str, cast: Callable[[str], T] = str) -> list[T]:  # type: i
         raise FedrecError(f"cannot parse {text!r} as a comma-separated list") from None
 
 
-def exit_now(code: int) -> NoReturn:
+def exit_now(code: int, at_once: bool = False) -> NoReturn:
     """Exit with ``code`` once the error is printed. A library thread that cannot be told to stop (Flower's
     ServerApp thread, still waiting for replies after its simulation runtime crashed) would keep a plain
-    ``sys.exit`` waiting for it forever; when such a thread is left, the process ends without it."""
+    ``sys.exit`` waiting for it forever; when such a thread is left, the process ends without it.
+    ``at_once`` also skips exit handlers (an interrupt: Ray's would try its dead processes for seconds)."""
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if others:
+    if others or at_once:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -48,6 +49,6 @@ def run(app: typer.Typer) -> None:
     except FedrecError as exc:
         say(f"error: {exc}")
         exit_now(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         say("interrupted")
-        exit_now(130)
+        exit_now(exc.code if isinstance(exc, Interrupted) else 130)

@@ -7,3 +7,11 @@ class FedrecError(Exception):
 
 class DataError(FedrecError):
     """Bad or missing input data: the message names the file, line or field."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM unwinding as Ctrl-C does, with the exit code it calls for (143; Ctrl-C's is 130)."""
+
+    def __init__(self, code: int = 130):
+        super().__init__()
+        self.code = code

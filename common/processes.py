@@ -14,14 +14,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
-from fedrec.common.errors import FedrecError
+from fedrec.common.errors import FedrecError, Interrupted
 from fedrec.common.reaper import children_by_parent, signal_all, start_time
+
+T = TypeVar("T")
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -206,19 +209,63 @@ def _terminate(proc: subprocess.Popen, grace: float) -> None:
         proc.stdout.close()
 
 
+def interruptible(target: Callable[[], T], name: str) -> T:
+    """``target()`` in a daemon thread while this (the main) thread waits for it, so that Ctrl-C and SIGTERM
+    reach fedrec: a library that catches KeyboardInterrupt in its own loop (Flower's simulation runtime)
+    or takes SIGTERM over in C (Ray's core worker, which then aborts the process) would swallow them.
+    SIGTERM is taken back every quarter second while ``target`` runs."""
+    if threading.current_thread() is not threading.main_thread():
+        return target()
+    outcome: dict[str, object] = {}
+    done = threading.Event()
+
+    def body() -> None:
+        try:
+            outcome["value"] = target()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread as it is
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=body, name=name, daemon=True).start()
+    try:
+        while not done.wait(0.25):
+            signal.signal(signal.SIGTERM, raise_terminated)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def end_descendants(grace: float = 3.0) -> None:
+    """SIGTERM every process below this one, then SIGKILL what is left after ``grace`` seconds (an
+    interrupted command must leave no Ray worker, background fit or reaper behind)."""
+    mine = os.getpid()
+    found = descendants(mine)
+    signal_all(found, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in found):
+        time.sleep(0.1)
+        found += [p for p in descendants(mine) if p not in found]
+    signal_all([p for p in found + descendants(mine) if alive(p)], signal.SIGKILL)
+
+
 def alive(pid: int) -> bool:
     """Running (not a zombie awaiting its parent)."""
     return start_time(pid) is not None
 
 
+def raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM as ``Interrupted`` (exit 143), so Ctrl-C and SIGTERM share one clean-up path."""
+    raise Interrupted(code=128 + signal.SIGTERM)
+
+
 @contextmanager
 def terminate_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt so Ctrl-C and SIGTERM share one clean-up path."""
-
-    def raise_interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:

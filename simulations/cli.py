@@ -8,12 +8,15 @@ every other command load no torch, flwr or Ray they do not use; none of these im
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from fedrec.common.cli import err, parse_list, say
+from fedrec.common.cli import err, exit_now, parse_list, say
 from fedrec.simulations.arms.table import CENTRAL_ARMS, DEFAULT_ARMS, budget_keys, choices, rounds_keys
+
+if TYPE_CHECKING:
+    from fedrec.simulations.experiment import Experiment
 
 app = typer.Typer()
 data_app = typer.Typer(no_args_is_help=True, help="Obtain and provision datasets.")
@@ -92,6 +95,28 @@ def data_synth(
     say(synth_csv(out, users, items, seed, source, str(data_dir) if data_dir else None))
 
 
+def run_to_the_end(exp: Experiment) -> dict:
+    """The experiment; on Ctrl-C or SIGTERM every process it started ends and one line names the run dir it
+    leaves incomplete."""
+    # lazy: CLI start-up
+    import logging
+
+    from fedrec.common.errors import Interrupted
+    from fedrec.common.processes import end_descendants, terminate_on_sigterm
+    from fedrec.simulations.experiment import run
+
+    try:
+        with terminate_on_sigterm():
+            return run(exp)
+    except KeyboardInterrupt as exc:  # nothing of the run may keep running
+        for library in ("flwr", "ray"):  # their threads would log every actor the interrupt ends
+            logging.getLogger(library).disabled = True
+        end_descendants(grace=1.0)
+        say(f"interrupted: {exp.out} is incomplete (its INCOMPLETE file says so); run again into a fresh --out")
+        # typer would turn a KeyboardInterrupt into a plain exit, which waits for Flower's ServerApp thread
+        exit_now(exc.code if isinstance(exc, Interrupted) else 130, at_once=True)
+
+
 @app.command()
 def baseline(
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp\\[,rating])."),
@@ -111,7 +136,7 @@ def baseline(
     # lazy: CLI start-up
     from fedrec.common.config import load_config
     from fedrec.simulations.arms.registry import central_fitters
-    from fedrec.simulations.experiment import Experiment, run
+    from fedrec.simulations.experiment import Experiment
 
     cfg = load_config(config)
     fitters = central_fitters(parse_list(arms), cfg, show=not quiet)
@@ -126,7 +151,7 @@ def baseline(
         show=not quiet,
         retention=retention,
     )
-    report = run(exp)
+    report = run_to_the_end(exp)
     err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
 
 
@@ -168,7 +193,6 @@ def simulate(
     """Federated arms through Flower's simulation engine beside the centralized arms; writes a run dir."""
     # lazy: CLI start-up
     from fedrec.common.config import load_config
-    from fedrec.simulations.experiment import run
     from fedrec.simulations.simulate import build_experiment
 
     cfg = load_config(
@@ -192,7 +216,7 @@ def simulate(
         not quiet,
         retention,
     )
-    report = run(exp)
+    report = run_to_the_end(exp)
     err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
 
 

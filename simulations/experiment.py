@@ -56,6 +56,7 @@ def run(exp: Experiment) -> dict:
             highlight=False,
         )
     run_dir = RunDir.fresh(exp.out)
+    run_dir.mark_incomplete()
     per_arm: dict[str, list[dict]] = {name: [] for name in exp.fitters}
     info: dict[str, dict] = {}
     for seed in exp.seeds:
@@ -119,6 +120,7 @@ def run(exp: Experiment) -> dict:
         report["retention"] = {"skipped": "not requested (--no-retention)"}
     report["meta"]["wall_s"] = time.perf_counter() - t0
     run_dir.write_report(report, render(report))
+    run_dir.mark_complete()  # every arm is in; retention reads the run dir as any later stage does
     if exp.retention:
         report = retention_or_skip(run_dir, report, data, exp.show, console)
     return report

@@ -110,6 +110,9 @@ def check_report(report: object, where: Path) -> None:
                 raise bad(f"arms.{name}.{table}", "an object or null", arm[table])
 
 
+INCOMPLETE = "INCOMPLETE"  # present while a run is fitting, and after one that stopped half-way
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -121,8 +124,9 @@ class RunDir:
         mixes with the dead run's stores, ledgers (its privacy spending) or checkpoints."""
         path = Path(path)
         if path.is_dir() and any(path.iterdir()):
+            state = "an unfinished run (interrupted or failed)" if (path / INCOMPLETE).exists() else "a run"
             raise FedrecError(
-                f"{path}: already holds a run (finished or interrupted); give a fresh --out "
+                f"{path}: already holds {state}; give a fresh --out "
                 f"(a harness run cannot be resumed: its devices' ledgers would mix two runs)"
             )
         if path.exists() and not path.is_dir():
@@ -145,10 +149,22 @@ class RunDir:
             raise FedrecError(f"{path / 'report.json'}: not found ({path} does not exist; {flag}: a fedrec run dir)")
         if not path.is_dir():
             raise FedrecError(f"{path}: not a directory ({flag}: a fedrec run dir)")
+        if (path / INCOMPLETE).exists():
+            raise FedrecError(
+                f"{path}: the run did not finish (interrupted or failed: {path / INCOMPLETE}); run it again "
+                "into a fresh --out"
+            )
         run_dir = cls(path)
         run_dir.read_report()
         writable_dir(path, flag)
         return run_dir
+
+    def mark_incomplete(self) -> None:
+        """Until ``mark_complete``: every reader refuses the dir, which a run stopped half-way leaves behind."""
+        atomic_write_text(self.path / INCOMPLETE, "this run has not finished: fitting, or interrupted or failed\n")
+
+    def mark_complete(self) -> None:
+        (self.path / INCOMPLETE).unlink(missing_ok=True)
 
     def read_report(self) -> dict:
         """report.json, checked against what its readers use (``check_report``)."""

@@ -30,7 +30,7 @@ from fedrec.common.mechanisms import mechanism_for
 from fedrec.common.model import NeuMF
 from fedrec.common.model_files import load_global_model
 from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.processes import reaped_descendants
+from fedrec.common.processes import interruptible, reaped_descendants
 from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
 from fedrec.server.app import make_server_app
@@ -113,11 +113,14 @@ def _run_flower(arm: FederatedArm, cfg: FederationConfig) -> FederationResult:
         # its federation config gives ray.init no cluster address (docs/simulate.md).
         with reaped_descendants():  # Ray's processes end with the harness, even after a SIGKILL
             try:
-                run_simulation(
-                    server_app=server_app,
-                    client_app=client_app,
-                    num_supernodes=arm.nodes,
-                    backend_config=backend_config(arm.nodes, arm.ray_address),
+                interruptible(
+                    lambda: run_simulation(
+                        server_app=server_app,
+                        client_app=client_app,
+                        num_supernodes=arm.nodes,
+                        backend_config=backend_config(arm.nodes, arm.ray_address),
+                    ),
+                    f"flower-simulation-{arm.name}",
                 )
             except RuntimeError as exc:  # what run_simulation raises when its runtime (Ray) fails
                 raise FedrecError(f"{arm.name}: Flower's simulation runtime failed: {root_cause(exc)}") from exc

@@ -7,20 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from process_checks import assert_all_ended, command_of
 
-from fedrec.common.processes import alive, descendants
+from fedrec.common.processes import descendants
 
 FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
-
-
-def _command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @pytest.mark.e2e
@@ -51,20 +44,16 @@ def test_sigkill_of_a_simulation_takes_rays_processes_with_it(tmp_path, ml100k_d
         while time.monotonic() < deadline:
             assert harness.poll() is None, log.read_text()[-2000:]
             tree = descendants(harness.pid)
-            if any("ClientAppActor" in _command(p) or "raylet" in _command(p) for p in tree):
+            if any("ClientAppActor" in command_of(p) or "raylet" in command_of(p) for p in tree):
                 break
             time.sleep(1)
-        ray = [p for p in tree if "ray" in _command(p).lower()]
+        ray = [p for p in tree if "ray" in command_of(p).lower()]
         assert ray, "Ray never started"
         time.sleep(3)
         tree = descendants(harness.pid)
         harness.send_signal(signal.SIGKILL)
         harness.wait(timeout=30)
-        deadline = time.monotonic() + 45
-        while time.monotonic() < deadline and any(alive(p) for p in tree):
-            time.sleep(0.5)
-        left = {p: _command(p)[:80] for p in tree if alive(p)}
-        assert not left, f"left behind by the killed harness: {left}"
+        assert_all_ended(tree, 45, "the killed harness")
     finally:
         if harness.poll() is None:
             os.killpg(harness.pid, signal.SIGKILL)
