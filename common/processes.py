@@ -212,8 +212,9 @@ def _terminate(proc: subprocess.Popen, grace: float) -> None:
 def interruptible(target: Callable[[], T], name: str) -> T:
     """``target()`` in a daemon thread while this (the main) thread waits for it, so that Ctrl-C and SIGTERM
     reach fedrec: a library that catches KeyboardInterrupt in its own loop (Flower's simulation runtime)
-    or takes SIGTERM over in C (Ray's core worker, which then aborts the process) would swallow them.
-    SIGTERM is taken back every quarter second while ``target`` runs."""
+    or takes the signals over in C (Ray's core worker: SIGTERM aborts the process, SIGINT ends it with
+    code 1 or is turned into an exception in the thread that waits on Ray) would swallow them. Both are
+    taken back every quarter second while ``target`` runs."""
     if threading.current_thread() is not threading.main_thread():
         return target()
     outcome: dict[str, object] = {}
@@ -227,13 +228,15 @@ def interruptible(target: Callable[[], T], name: str) -> T:
         finally:
             done.set()
 
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     threading.Thread(target=body, name=name, daemon=True).start()
     try:
         while not done.wait(0.25):
             signal.signal(signal.SIGTERM, raise_terminated)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
