@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from fedrec.client.secagg_mod import REQUIRE_KEY
 from fedrec.client.store_key import store_key
-from fedrec.common.errors import FedrecError
+from fedrec.common.errors import FedrecError, Interrupted
 from fedrec.common.keys import derive_device_key, load_key_file
 from fedrec.common.manifest import load_manifest
 from fedrec.common.policy import DevicePolicy
-from fedrec.common.processes import Children, flower_env, free_port, terminate_on_sigterm
+from fedrec.common.processes import Children, flower_env, free_port, interrupt_on_signals
 from fedrec.common.store import DeviceStore
 
 Say = Callable[[str], None]
@@ -194,13 +194,13 @@ def run_client(s: ClientSettings, say: Say, echo: bool = True) -> None:
         except (ValueError, OSError):  # children.stop() closed the pipe under the reader: the output has ended
             return
 
-    with terminate_on_sigterm():
+    with interrupt_on_signals():
         try:
             proc = children.start("supernode", supernode_argv(s, port, paths), capture=True)
             reader = threading.Thread(target=pump, args=(proc.stdout,), daemon=True)
             reader.start()
             code = proc.wait()
-        except KeyboardInterrupt:
+        except Interrupted:
             say("stopping the SuperNode")
             return
         finally:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from fedrec.common.errors import FedrecError, Interrupted
+from fedrec.common.processes import interrupt_on_signals
 
 T = TypeVar("T")
 err = Console(stderr=True)
@@ -43,12 +44,15 @@ def exit_now(code: int, at_once: bool = False) -> NoReturn:
 
 
 def run(app: typer.Typer) -> None:
-    """Run ``app``; a FedrecError becomes ``error: <message>`` on one line and exit code 1."""
+    """Run ``app``; a FedrecError becomes ``error: <message>`` on one line and exit code 1, Ctrl-C or
+    SIGTERM ``interrupted`` and 130 or 143 (a command that leaves something half-done says what in its
+    own line first)."""
     try:
-        app()
+        with interrupt_on_signals():
+            app()
     except FedrecError as exc:
         say(f"error: {exc}")
         exit_now(1)
-    except KeyboardInterrupt as exc:
+    except Interrupted as exc:
         say("interrupted")
-        exit_now(exc.code if isinstance(exc, Interrupted) else 130)
+        exit_now(exc.code, at_once=True)

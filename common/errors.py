@@ -9,9 +9,12 @@ class DataError(FedrecError):
     """Bad or missing input data: the message names the file, line or field."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM unwinding as Ctrl-C does, with the exit code it calls for (143; Ctrl-C's is 130)."""
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM unwinding the command, with the exit code it calls for (128 + the signal: 130, 143).
 
-    def __init__(self, code: int = 130):
-        super().__init__()
-        self.code = code
+    Not a KeyboardInterrupt, which typer turns into a silent exit and Flower's simulation runtime catches
+    in its own loop; not an Exception, which library code catches broadly."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.code = 128 + signum

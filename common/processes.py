@@ -115,8 +115,14 @@ def reaped_descendants(grace: float = 10.0) -> Iterator[None]:
     reaper = _start_reaper(tree=True)
     try:
         yield
-    finally:
+    except Interrupted:
+        # Left watching: it ends the block's processes once this process has exited. Ending them first
+        # would race Ray's core worker, which exits this process (code 1) as soon as its raylet dies.
+        raise
+    except BaseException:
         _release(reaper, grace)
+        raise
+    _release(reaper, grace)
 
 
 class Children:
@@ -211,10 +217,10 @@ def _terminate(proc: subprocess.Popen, grace: float) -> None:
 
 def interruptible(target: Callable[[], T], name: str) -> T:
     """``target()`` in a daemon thread while this (the main) thread waits for it, so that Ctrl-C and SIGTERM
-    reach fedrec: a library that catches KeyboardInterrupt in its own loop (Flower's simulation runtime)
-    or takes the signals over in C (Ray's core worker: SIGTERM aborts the process, SIGINT ends it with
-    code 1 or is turned into an exception in the thread that waits on Ray) would swallow them. Both are
-    taken back every quarter second while ``target`` runs."""
+    reach fedrec as ``Interrupted``: a library that takes the signals over (Ray's core worker installs a
+    SIGTERM handler in C that aborts the process) would swallow them, and Flower's simulation runtime
+    blocks its caller until every round is done. Both are taken back every quarter second while
+    ``target`` runs."""
     if threading.current_thread() is not threading.main_thread():
         return target()
     outcome: dict[str, object] = {}
@@ -228,31 +234,14 @@ def interruptible(target: Callable[[], T], name: str) -> T:
         finally:
             done.set()
 
-    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     threading.Thread(target=body, name=name, daemon=True).start()
-    try:
+    with interrupt_on_signals():
         while not done.wait(0.25):
-            signal.signal(signal.SIGTERM, raise_terminated)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-    finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
+            for signum in INTERRUPTS:
+                signal.signal(signum, raise_interrupted)
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
-
-
-def end_descendants(grace: float = 3.0) -> None:
-    """SIGTERM every process below this one, then SIGKILL what is left after ``grace`` seconds (an
-    interrupted command must leave no Ray worker, background fit or reaper behind)."""
-    mine = os.getpid()
-    found = descendants(mine)
-    signal_all(found, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(alive(p) for p in found):
-        time.sleep(0.1)
-        found += [p for p in descendants(mine) if p not in found]
-    signal_all([p for p in found + descendants(mine) if alive(p)], signal.SIGKILL)
 
 
 def alive(pid: int) -> bool:
@@ -260,19 +249,26 @@ def alive(pid: int) -> bool:
     return start_time(pid) is not None
 
 
-def raise_terminated(signum: int, frame: object) -> None:
-    """SIGTERM as ``Interrupted`` (exit 143), so Ctrl-C and SIGTERM share one clean-up path."""
-    raise Interrupted(code=128 + signal.SIGTERM)
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 @contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so Ctrl-C and SIGTERM share one clean-up path."""
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+def interrupt_on_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM raise ``Interrupted`` in the main thread inside the block, so both share one
+    clean-up path (elsewhere the handlers are left as they are)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, raise_interrupted) for signum in INTERRUPTS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def wait_until(

@@ -30,7 +30,7 @@ from cryptography import x509
 
 from fedrec.common.certs import CA_CERT, DEVICE_PUB_SUFFIX, SERVER_CERT, SERVER_KEY, ServerPki, loopback_pki
 from fedrec.common.config import FederationConfig, StrategyConfig, load_config
-from fedrec.common.errors import FedrecError
+from fedrec.common.errors import FedrecError, Interrupted
 from fedrec.common.files import writable_dir
 from fedrec.common.manifest import load_manifest
 from fedrec.common.processes import (
@@ -38,8 +38,8 @@ from fedrec.common.processes import (
     exclusive,
     flower_env,
     free_port,
+    interrupt_on_signals,
     port_in_use,
-    terminate_on_sigterm,
     wait_until,
 )
 from fedrec.common.settings import Scalar, flatten, from_flat
@@ -383,7 +383,7 @@ def _serve(s: ServerSettings, host: str, say: Say, resuming: bool) -> None:
     pki = loopback_pki(s.state_dir / "loopback")
     inner = free_port(LOOPBACK)
     children = Children(flower_env(write_flwr_config(s.state_dir, inner, pki.ca_cert)))
-    with terminate_on_sigterm():
+    with interrupt_on_signals():
         try:
             argv = superlink_argv(pki, inner, s.state_dir / "superlink.db")
             link = start_listener(
@@ -439,7 +439,7 @@ def _serve(s: ServerSettings, host: str, say: Say, resuming: bool) -> None:
             if "completed" not in status:
                 raise FedrecError(f"run {run_id} ended as {status!r}; see {s.state_dir / 'run.log'}")
             say(f"run {run_id} {status}; final model {s.out / 'global_model.pt'}")
-        except KeyboardInterrupt:
+        except Interrupted:
             say("stopping: shutting down the SuperLink (the checkpoint lets a restart continue the run)")
         finally:
             started = time.monotonic()

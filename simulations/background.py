@@ -10,6 +10,7 @@ the ones a foreground fit gives (tests/test_background.py). The process starts i
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from contextlib import ExitStack
 from multiprocessing.pool import AsyncResult, Pool
@@ -18,6 +19,11 @@ from types import TracebackType
 from fedrec.common.processes import reaped_descendants
 from fedrec.common.split import Split
 from fedrec.simulations.arms.base import ArmResult, Fitter
+
+
+def ignore_ctrl_c() -> None:
+    """Ctrl-C reaches the whole foreground group; the harness handles it (its reaper ends this process)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def timed_fit(fitter: Fitter, split: Split, seed: int) -> tuple[ArmResult, float]:
@@ -37,7 +43,7 @@ class BackgroundFits:
     def submit(self, fitter: Fitter, split: Split, seed: int) -> AsyncResult:
         if self._pool is None:
             self._stack.enter_context(reaped_descendants())
-            self._pool = multiprocessing.get_context("spawn").Pool(1)
+            self._pool = multiprocessing.get_context("spawn").Pool(1, initializer=ignore_ctrl_c)
         return self._pool.apply_async(timed_fit, (fitter, split, seed))
 
     def __enter__(self) -> BackgroundFits:

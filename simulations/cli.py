@@ -96,25 +96,26 @@ def data_synth(
 
 
 def run_to_the_end(exp: Experiment) -> dict:
-    """The experiment; on Ctrl-C or SIGTERM every process it started ends and one line names the run dir it
-    leaves incomplete."""
+    """The experiment; on Ctrl-C or SIGTERM one line names the run dir it leaves incomplete, and the
+    command ends at once."""
     # lazy: CLI start-up
-    import logging
-
     from fedrec.common.errors import Interrupted
-    from fedrec.common.processes import end_descendants, terminate_on_sigterm
     from fedrec.simulations.experiment import run
+    from fedrec.simulations.rundir import INCOMPLETE
 
     try:
-        with terminate_on_sigterm():
-            return run(exp)
-    except KeyboardInterrupt as exc:  # nothing of the run may keep running
-        for library in ("flwr", "ray"):  # their threads would log every actor the interrupt ends
-            logging.getLogger(library).disabled = True
-        end_descendants(grace=1.0)
-        say(f"interrupted: {exp.out} is incomplete (its INCOMPLETE file says so); run again into a fresh --out")
-        # typer would turn a KeyboardInterrupt into a plain exit, which waits for Flower's ServerApp thread
-        exit_now(exc.code if isinstance(exc, Interrupted) else 130, at_once=True)
+        return run(exp)
+    except Interrupted as exc:
+        out = Path(exp.out)
+        if (out / INCOMPLETE).exists():
+            say(f"interrupted: {out} is incomplete (its INCOMPLETE file says so); run again into a fresh --out")
+        elif (out / "report.json").exists():  # only the retention stage, which reads a finished run, was cut short
+            say(f"interrupted: {out} holds every arm but no retention; `fedrec retention {out}` adds it")
+        else:
+            say(f"interrupted before any arm was fitted; nothing was written to {out}")
+        # No waiting, no exit handlers: the processes the run started (Ray, the background fit) are ended by
+        # their reapers once this process is gone (processes.reaped_descendants).
+        exit_now(exc.code, at_once=True)
 
 
 @app.command()
