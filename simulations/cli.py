@@ -95,6 +95,25 @@ def data_synth(
     say(synth_csv(out, users, items, seed, source, str(data_dir) if data_dir else None))
 
 
+@data_app.command("export-split")
+def data_export_split(
+    run_dir: Path = typer.Argument(..., help="A finished run dir (fedrec baseline or simulate)."),
+    format: str = typer.Option("recbole", "--format", help="recbole: RecBole's atomic files and a config for them."),
+    out: Optional[Path] = typer.Option(None, help="Where to write (default RUN_DIR/export/FORMAT)."),
+    dataset: Optional[str] = typer.Option(
+        None, help="Dataset to reload (default: meta.dataset of the run; give the CSV path for runs on a CSV file)."
+    ),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
+) -> None:
+    """The run's exact split (its primary seed) for another toolkit, checked against the run's held-out pairs."""
+    # lazy: CLI start-up
+    from fedrec.simulations.export_split import export_split
+
+    done = export_split(run_dir, format, out, dataset, str(data_dir) if data_dir else None)
+    counts = ", ".join(f"{stage} {n}" for stage, n in done.rows.items())
+    say(f"wrote {done.directory} ({counts} interactions): {', '.join(f.name for f in done.files)}")
+
+
 def run_to_the_end(exp: Experiment) -> dict:
     """The experiment; on Ctrl-C or SIGTERM one line names the run dir it leaves incomplete, and the
     command ends at once."""

@@ -141,9 +141,9 @@ class RunDir:
         return self.path / "report.json"
 
     @classmethod
-    def finished(cls, path: str | Path, flag: str = "RUN_DIR") -> RunDir:
-        """A finished run dir for a stage that reads it and writes into it (retention, audit): a directory
-        holding a valid report.json, writable, all checked before any work."""
+    def finished(cls, path: str | Path, flag: str = "RUN_DIR", writes: bool = True) -> RunDir:
+        """A finished run dir for a stage that reads it and (``writes``) writes into it (retention, audit):
+        a directory holding a valid report.json, writable if need be, all checked before any work."""
         path = Path(path)
         if not path.exists():
             raise FedrecError(f"{path / 'report.json'}: not found ({path} does not exist; {flag}: a fedrec run dir)")
@@ -156,7 +156,8 @@ class RunDir:
             )
         run_dir = cls(path)
         run_dir.read_report()
-        writable_dir(path, flag)
+        if writes:
+            writable_dir(path, flag)
         return run_dir
 
     def mark_incomplete(self) -> None:
