@@ -90,7 +90,8 @@ def _run_flower(arm: FederatedArm, cfg: FederationConfig) -> FederationResult:
     require_head(arm.ray_address)
     results: list[FederationResult] = []
     with progress(arm.show) as bar:
-        task = bar.add_task(f"{arm.name}", total=cfg.server.rounds)
+        # the first round's line replaces this one; until then Ray and the simulated devices start
+        task = bar.add_task(f"{arm.name}  (starting Ray and {arm.nodes} simulated SuperNodes)", total=cfg.server.rounds)
 
         def on_round(server_round: int, entry: dict) -> None:
             ev, tr = entry["evaluate"], entry["train"]
