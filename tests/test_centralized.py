@@ -7,30 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from synthetic_data import clustered_split
 
 from fedrec.common.config import CentralConfig
-from fedrec.common.datasets import from_raw
 from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.model import PRIOR, ModelConfig, NeuMF, global_state, local_state, tower_layers
-from fedrec.common.split import temporal_split
 from fedrec.common.training import TrainConfig, recency_oversample
 from fedrec.simulations.arms.centralized import fit_centralized, train_with_validation
 from fedrec.simulations.arms.simple import fit_popularity
-
-GROUPS, USERS_PER_GROUP, ITEMS_PER_GROUP, PER_USER = 4, 20, 12, 8
-
-
-def clustered_split(seed: int = 0):
-    """Users only touch items of their own group, so group-blind popularity is near chance."""
-    rng = np.random.default_rng(seed)
-    users, items = [], []
-    for u in range(GROUPS * USERS_PER_GROUP):
-        group = u % GROUPS
-        chosen = rng.choice(ITEMS_PER_GROUP, size=PER_USER, replace=False) + group * ITEMS_PER_GROUP
-        users += [u] * PER_USER
-        items += chosen.tolist()
-    stamps = rng.permutation(len(users))
-    return temporal_split(from_raw("synthetic", np.array(users), np.array(items), stamps), seed)
 
 
 def test_neumf_beats_popularity_on_clustered_data():

@@ -42,6 +42,8 @@ ARMS: dict[str, Arm] = {
         Arm("random", "none", "", "", "simple:bind_random", default=True),
         Arm("popularity", "none", "", "", "simple:bind_popularity", default=True),
         Arm("ease", "none", "", "", "simple:bind_ease", default=True),
+        Arm("itemknn", "none", "", "", "itemknn:bind_itemknn"),
+        Arm("bpr", "none", "", "", "bpr:bind_bpr"),
         Arm("centralized", "none", "", "central", "centralized:bind", background=True, default=True),
         Arm("federated", "none", "", "federation", "federated:bind", federated=True, default=True),
         Arm(
