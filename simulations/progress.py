@@ -1,11 +1,13 @@
 """One progress style for all long work: rich's bar in a terminal, plain timed lines when the output goes to a
-file or a pipe (rich draws a bar there only once, at the end), silenced in tests and on request."""
+file or a pipe (rich draws a bar there only once, at the end), silenced in tests and on request. A fit in
+the background process hands its lines to the harness (``forward_to``), which prints them above its own
+bar: the background process does not own the terminal."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -16,6 +18,15 @@ from fedrec.common.cli import err, say
 
 LINE_EVERY_S = 10.0  # at most one line per task this often while it advances
 HEARTBEAT_S = 30.0  # a line at least this often, also while nothing advances (Ray starting, a long epoch)
+FORWARDED_EVERY_S = 30.0  # a background fit's lines come between the foreground's: fewer of them
+
+_forward: Callable[[str], None] | None = None  # set in the background process: where its lines go
+
+
+def forward_to(emit: Callable[[str], None] | None) -> None:
+    """Send this process's progress lines to ``emit`` instead of drawing them (None: draw them again)."""
+    global _forward
+    _forward = emit
 
 
 class _Silent:
@@ -48,8 +59,10 @@ class Lines:
     ``LINE_EVERY_S`` per task and always on its last step; a heartbeat thread repeats the line of a task
     that has printed nothing for ``HEARTBEAT_S``."""
 
-    def __init__(self, line_every: float = LINE_EVERY_S, heartbeat: float = HEARTBEAT_S):
-        self.line_every, self.heartbeat = line_every, heartbeat
+    def __init__(
+        self, line_every: float = LINE_EVERY_S, heartbeat: float = HEARTBEAT_S, emit: Callable[[str], None] = say
+    ):
+        self.line_every, self.heartbeat, self.emit = line_every, heartbeat, emit
         self.tasks: dict[TaskID, _Task] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -91,7 +104,7 @@ class Lines:
     def _say(self, task: _Task, force: bool) -> None:
         now = time.monotonic()
         if force or now - task.said >= self.line_every:
-            say(task.line(now))
+            self.emit(task.line(now))
             task.said = now
 
     def _beats(self) -> None:
@@ -101,7 +114,7 @@ class Lines:
                 for task in self.tasks.values():
                     unfinished = task.total is None or task.completed < task.total
                     if unfinished and now - task.said >= self.heartbeat:
-                        say(task.line(now))
+                        self.emit(task.line(now))
                         task.said = now
 
     def close(self) -> None:
@@ -117,8 +130,8 @@ def progress(show: bool = True) -> Iterator[Bar]:
     if not show:
         yield _Silent()
         return
-    if not err.is_terminal:
-        lines = Lines()
+    if _forward is not None or not err.is_terminal:
+        lines = Lines() if _forward is None else Lines(FORWARDED_EVERY_S, FORWARDED_EVERY_S, _forward)
         try:
             yield lines
         finally:

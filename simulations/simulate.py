@@ -37,13 +37,12 @@ def build_experiment(
             raise FedrecError(f"--sweep: epsilon {eps} {exc}") from None
     chosen = arms_named(arms)
     data = load_dataset(dataset, data_dir, users)
-    # the background arms fit in a second process beside the federated ones, and show no progress bar
-    # there: that process does not own the terminal
+    # the background arms fit in a second process beside the federated ones (their progress lines are
+    # printed by this one: simulations/progress.py)
     beside = cfg.simulation.background_central and any(arm.federated for arm in chosen)
 
     def fitter(arm: Arm, name: str, config: FedrecConfig) -> Fitter:
-        shown = show and not (beside and arm.background)
-        return bind(arm, config, name, shown, data, Path(out), seeds[0])
+        return bind(arm, config, name, show, data, Path(out), seeds[0])
 
     ordered = [a for a in chosen if not a.federated] + [a for a in chosen if a.federated]
     fitters = {arm.name: fitter(arm, arm.name, cfg) for arm in ordered}

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_data import clustered_split
 
 from fedrec.common.config import DEFAULT_CENTRAL, load_config
 from fedrec.common.errors import FedrecError
 from fedrec.common.model import ModelConfig
 from fedrec.simulations.arms.centralized import fit_centralized
 from fedrec.simulations.arms.simple import fit_popularity
+from fedrec.simulations.background import BackgroundFits
 from fedrec.simulations.experiment import Experiment, run
 from fedrec.simulations.simulate import build_experiment
 
@@ -83,3 +85,13 @@ def test_simulate_fits_the_centralized_arms_beside_the_federated_ones(tmp_path, 
         load_config(), ["centralized"], str(csv), tmp_path / "c", [0], None, None, [], show=False
     )
     assert central_only.background == frozenset()  # nothing to run beside
+
+
+def test_a_background_fit_shows_its_progress_through_the_harness(capsys):
+    with BackgroundFits() as background:
+        job = background.submit(partial(fit_centralized, config=SMALL, show=True), clustered_split(), 0)
+        job.get(timeout=120)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    # the fit and its refit on train + validation, each from its first step to its last, epoch by epoch
+    assert [line.split("  ")[0] for line in lines] == ["centralized neumf"] * 4, lines
+    assert lines[0].startswith("centralized neumf  0/3") and "val NDCG@10" in lines[1] and " 3/3 " in lines[1]
