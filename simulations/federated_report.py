@@ -11,6 +11,26 @@ def _fed_arms(report: dict) -> dict[str, dict]:
     return {n: a for n, a in report["arms"].items() if "rounds" in a.get("info", {})}
 
 
+def round_curves(report: dict) -> dict[str, tuple[list[int], list[float]]]:
+    """Validation NDCG@10 per evaluated round of each federated arm that has a curve (two points or more):
+    a single evaluation is a number in the table, not a plot."""
+    series = {}
+    for name, arm in _fed_arms(report).items():
+        rounds = [r for r in arm["info"]["rounds"] if "ndcg@10" in r["evaluate"]]
+        if len(rounds) >= 2:
+            series[name] = ([r["round"] for r in rounds], [r["evaluate"]["ndcg@10"] for r in rounds])
+    return series
+
+
+def refusals(arm: dict) -> tuple[int, int, int | None]:
+    """Device-rounds sat out because the device's budget was spent, device-rounds asked, the first such round."""
+    rounds = arm["info"]["rounds"]
+    refused = [int(r["train"].get("refused", 0)) for r in rounds]
+    asked = sum(refused) + sum(int(r["train"].get("devices", 0)) for r in rounds)
+    first = next((r["round"] for r, n in zip(rounds, refused) if n), None)
+    return sum(refused), asked, first
+
+
 def write_plots(report: dict, run_dir: Path) -> None:
     """federated_rounds.png (validation NDCG@10 per round) and epsilon.png (per-device epsilon)."""
     import matplotlib.pyplot as plt
@@ -18,21 +38,19 @@ def write_plots(report: dict, run_dir: Path) -> None:
     arms = _fed_arms(report)
     if not arms:
         return
-    series = {}
-    for name, arm in arms.items():
-        rounds = [r for r in arm["info"]["rounds"] if "ndcg@10" in r["evaluate"]]
-        series[name] = ([r["round"] for r in rounds], [r["evaluate"]["ndcg@10"] for r in rounds])
+    series = round_curves(report)
     central = report["arms"].get("centralized", {}).get("info", {}).get("val_ndcg@10")
-    if central is not None:
+    if series and central is not None:
         xs = series[next(iter(series))][0]
         series["centralized (best val)"] = ([xs[0], xs[-1]], [central, central])
-    curves(
-        series,
-        run_dir / "federated_rounds.png",
-        "round",
-        "validation NDCG@10 (on devices)",
-        "federated training, accuracy per round",
-    )
+    if series:
+        curves(
+            series,
+            run_dir / "federated_rounds.png",
+            "round",
+            "validation NDCG@10 (on devices)",
+            "federated training, accuracy per round",
+        )
     private = {n: a for n, a in arms.items() if "privacy" in a}
     if private:
         fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -80,7 +98,9 @@ def markdown(report: dict) -> str:
             f"{server['strategy']['server_lr']}) | {device['participation']} | {device['training']['lr']} | "
             f"{noise:.3f} | {last:.4f} |"
         )
-    lines += ["", "![per-round accuracy](federated_rounds.png)", ""]
+    lines.append("")
+    if round_curves(report):
+        lines += ["![per-round accuracy](federated_rounds.png)", ""]
     private = {n: a for n, a in arms.items() if "privacy" in a}
     if private:
         lines += [
@@ -108,9 +128,18 @@ def markdown(report: dict) -> str:
             "(`<arm>_ledger.csv`, `<arm>_server_ledger.csv`) let anyone recompute both from (noise "
             "multiplier, sample rate, steps).",
             "",
-            "![epsilon per device](epsilon.png)",
-            "",
         ]
+        for name, arm in private.items():
+            refused, asked, first = refusals(arm)
+            if refused:
+                lines += [
+                    f"{name}: {refused} of {asked} device-rounds ({refused / asked:.0%}) were sat out by devices "
+                    f"that had spent their budget, the first in round {first}; what those devices would have "
+                    "contributed afterwards is missing from the model (a smaller sample rate or fewer rounds "
+                    "spreads the budget over the run).",
+                    "",
+                ]
+        lines += ["![epsilon per device](epsilon.png)", ""]
     sweep = report.get("epsilon_sweep")
     if sweep:
         lines += [
@@ -122,5 +151,18 @@ def markdown(report: dict) -> str:
         for row in sweep:
             mechanism = row.get("mechanism", "federated_dp")
             lines.append(f"| {mechanism} | {row['epsilon']} | {row['hr@10']:.4f} | {row['ndcg@10']:.4f} |")
-        lines += ["", "![accuracy vs epsilon](epsilon_sweep.png)", ""]
+        lines.append("")
+        if sweep_curves(sweep):
+            lines += ["![accuracy vs epsilon](epsilon_sweep.png)", ""]
     return "\n".join(lines)
+
+
+def sweep_curves(rows: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """Test NDCG@10 against epsilon of each private arm run at two budgets or more (--sweep)."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        if isinstance(row["epsilon"], (int, float)):
+            xs, ys = series.setdefault(row.get("mechanism", "federated_dp"), ([], []))
+            xs.append(row["epsilon"])
+            ys.append(row["ndcg@10"])
+    return {arm: xy for arm, xy in series.items() if len(xy[0]) >= 2}

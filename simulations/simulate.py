@@ -14,6 +14,7 @@ from fedrec.simulations.arms.base import Fitter, budget_of
 from fedrec.simulations.arms.registry import at_budget, bind
 from fedrec.simulations.arms.table import Arm, arms_named, sweep_arm_name, swept
 from fedrec.simulations.experiment import Experiment
+from fedrec.simulations.federated_report import sweep_curves
 
 
 def build_experiment(
@@ -101,12 +102,10 @@ def add_sweep(epsilons: list[float], run_budgets: dict[str, float]) -> Callable[
         if not rows:
             return
         report["epsilon_sweep"] = rows
-        series = {}
-        for arm in run_budgets:
-            finite = [r for r in rows if r["mechanism"] == arm]
-            if finite:
-                series[arm] = ([r["epsilon"] for r in finite], [r["ndcg@10"] for r in finite])
-        xs = [x for xs_, _ in series.values() for x in xs_] or [1.0]
+        series = sweep_curves(rows)
+        if not series:  # each arm at one budget: the table says it all
+            return
+        xs = [x for xs_, _ in series.values() for x in xs_]
         for ref in ("federated", "centralized", "popularity"):
             if ref in arms:
                 label = ref + (" (no DP)" if ref == "federated" else "")
