@@ -15,6 +15,7 @@ from fedrec.simulations.arms.registry import at_budget, bind
 from fedrec.simulations.arms.table import Arm, arms_named, sweep_arm_name, swept
 from fedrec.simulations.experiment import Experiment
 from fedrec.simulations.federated_report import sweep_curves
+from fedrec.simulations.ray_backend import require_head
 
 
 def build_experiment(
@@ -37,6 +38,8 @@ def build_experiment(
         except SettingError as exc:
             raise FedrecError(f"--sweep: epsilon {eps} {exc}") from None
     chosen = arms_named(arms)
+    if any(arm.federated for arm in chosen):  # before the data loads and anything is written into --out
+        require_head(cfg.simulation.ray_address)
     data = load_dataset(dataset, data_dir, users)
     # the background arms fit in a second process beside the federated ones (their progress lines are
     # printed by this one: simulations/progress.py)

@@ -98,6 +98,12 @@ def test_audit_writes_every_required_field(small_run):
         report["arms"]["federated_dp"]["privacy"]["epsilon_max"]
     )
     assert acc["epsilon_recomputed_max"] == pytest.approx(acc["epsilon_max"], rel=0.01)
+    shown = json.loads(result.stdout)["accounting"]
+    assert (shown["delta"], shown["unit"], shown["observer"]) == (
+        acc["delta"],
+        "record, per device",
+        "anyone holding the released model",
+    )
     for arm in ("centralized", "federated", "federated_dp"):
         assert set(audit["mia"][arm]) >= {"auc", "tpr@1%fpr", "tpr@0.1%fpr"}
         assert 0.0 <= audit["mia"][arm]["auc"] <= 1.0
@@ -138,3 +144,7 @@ def test_the_default_canary_audit_is_the_white_box_one_with_its_control(small_ru
     control = canary["control"]
     assert control["budget"] == 1000 and control["epsilon_formal"] > 100
     assert "(control, budget 1000)" in (run / "audit.md").read_text()
+    shown = json.loads(result.stdout)["canary"]  # the terminal summary: no epsilon without its terms
+    assert shown["delta"] == canary["delta"] and shown["unit"] == "record, per device"
+    assert shown["observer"] == "the server, reading each device's update"
+    assert shown["epsilon_formal"] == canary["epsilon_formal"]

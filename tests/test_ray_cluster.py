@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fedrec_cli import call_fedrec
 
 from fedrec.common.config import load_config
 from fedrec.common.errors import FedrecError
@@ -147,6 +148,16 @@ def test_an_address_where_no_head_listens_fails_in_one_line():
     port = free_port()  # nobody listens: ray.init would retry this address forever
     with pytest.raises(FedrecError, match=f"no Ray head answers at 127.0.0.1:{port}"):
         require_head(f"127.0.0.1:{port}", timeout=1.0)
+
+
+def test_simulate_checks_the_address_before_any_work(tmp_path, monkeypatch, capsys):
+    port = free_port()
+    out = tmp_path / "run"
+    done = call_fedrec(monkeypatch, capsys, "simulate", "--ray-address", f"127.0.0.1:{port}", "--out", str(out))
+    assert done.code == 1 and done.stderr.strip().startswith(
+        f"error: simulation.ray_address: no Ray head answers at 127.0.0.1:{port}"
+    )
+    assert not out.exists()  # a retry into the same --out is not refused
 
 
 @pytest.mark.parametrize("bad", ["ray://h:10001", "h", "h:port", ":6379"])

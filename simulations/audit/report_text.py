@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from fedrec.common.item_rows import COUNTS
+from fedrec.common.replies import SHARED_COUNTS
+
 
 def _f(x: object, digits: int = 3) -> str:
     if x is None:
@@ -26,7 +29,7 @@ def _verdicts(a: dict) -> list[str]:
     lines = ["| check | result |", "| --- | --- |"]
     checks = [
         ("accounting", "accounting: ledgers agree with an independent accountant (within 1%)", "agree"),
-        ("wire", "wire: only dense global parameters left the devices", "ok"),
+        ("wire", "wire: only what the arm's mechanism allows left the devices (section 2)", "ok"),
         ("at_rest", "at rest: no plaintext user data in the stores, key files 0600", "ok"),
     ]
     for name, label, key in checks:
@@ -89,7 +92,16 @@ def _wire(w: dict) -> list[str]:
         )
         out += [f"  - {p}" for p in r["problems"][:10]]
     if w.get("arrays"):
-        out += ["", "| array | shape | dtype | bytes per message |", "| --- | --- | --- | --- |"]
+        out += [
+            "",
+            "Allowed: the model's global parameters, each as its full dense table (never a user row, never item "
+            "ids); from an arm without DP also the per-row example counts of the item table (`" + COUNTS + "`, "
+            "which show the items a device trained on: that arm claims no privacy); under shared noise each "
+            "round's item-table gradient sum, or in round 1 the noisy item histogram (`" + SHARED_COUNTS + "`).",
+            "",
+            "| array | shape | dtype | bytes per message |",
+            "| --- | --- | --- | --- |",
+        ]
         out += [f"| {n} | {m['shape']} | {m['dtype']} | {m['bytes']} |" for n, m in w["arrays"].items()]
     out += [f"- {p}" for p in w.get("problems", [])]
     return out + [""]

@@ -20,7 +20,7 @@ from rich.console import Console
 from fedrec.common.datasets import load_dataset
 from fedrec.common.errors import DataError, FedrecError
 from fedrec.common.split import temporal_split
-from fedrec.simulations.arms.table import AUDITED_ARMS
+from fedrec.simulations.arms.table import ARMS, AUDITED_ARMS
 from fedrec.simulations.audit import plots
 from fedrec.simulations.audit.accounting import check_ledger, read_ledger
 from fedrec.simulations.audit.at_rest import audit_stores
@@ -85,6 +85,7 @@ def accounting_section(run: AuditedRun) -> tuple[dict, dict]:
         return not_applicable("no DP arm in this run, so no privacy budget was spent or accounted"), per_device
     primary = arms.get(PRIMARY_DP_ARM) or next(iter(arms.values()))
     head = {k: primary[k] for k in ("epsilon_max", "epsilon_median", "epsilon_recomputed_max", "delta", "unit")}
+    head["observer"] = RELEASED_MODEL
     agree = all(a["agree"] and a.get("against_server", {}).get("agree", True) for a in arms.values())
     return {**head, "agree": agree, "arms": arms}, per_device
 
@@ -193,6 +194,8 @@ def whitebox_section(run: AuditedRun, opts: AuditOptions, arm: str, console: Con
         )
     head = dict(out["audited"])
     head["arm"], head["trainer"], head["users"] = arm, "whitebox", settings.users
+    head["unit"] = ARMS[arm].unit
+    head["observer"] = WHITEBOX_OBSERVER.get(head["mechanism"], "the server")
     head["below_formal"] = head["epsilon_lower_bound"] <= head["epsilon_formal"]
     if "control" in out:
         head["control"] = out["control"]
@@ -234,11 +237,11 @@ def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dic
         console.print(
             f"  {name}: {result['correct']}/{result['guesses']} guesses correct -> epsilon >= "
             f"{result['epsilon_lower_bound']:.3f} (ceiling {result['ceiling']:.3f}, formal "
-            f"{result['epsilon_formal']})"
+            f"{'n/a: no DP' if result['epsilon_formal'] is None else format(result['epsilon_formal'], '.3f')})"
         )
         out[name] = result
     head = dict(out[audited_arm])
-    head["arm"] = audited_arm
+    head["arm"], head["unit"], head["observer"] = audited_arm, ARMS[audited_arm].unit, RELEASED_MODEL
     head["trainer"], head["rounds"], head["users"] = opts.canary_trainer, rounds, data.n_users
     head["below_formal"] = head["epsilon_formal"] is not None and head["epsilon_lower_bound"] <= head["epsilon_formal"]
     if "federated" in out:
@@ -326,9 +329,29 @@ def audit(path: Path, opts: AuditOptions) -> dict:
     return result
 
 
+# Who each epsilon of the audit is against (audit.md's Assumptions say what each of them sees).
+RELEASED_MODEL = "anyone holding the released model"
+WHITEBOX_OBSERVER = {
+    "local": "the server, reading each device's update",
+    "distributed": "the server, reading each round's revealed sum and histogram",
+    "user": "the server, reading each round's revealed sum",
+}
+
+# Every epsilon on the terminal comes with its delta, its unit and whom it is against.
 HEADLINE = {
-    "accounting": ("epsilon_max", "epsilon_median", "epsilon_recomputed_max", "agree"),
-    "canary": ("epsilon_lower_bound", "confidence", "m", "guesses", "correct", "ceiling", "epsilon_formal"),
+    "accounting": ("epsilon_max", "epsilon_median", "epsilon_recomputed_max", "delta", "unit", "observer", "agree"),
+    "canary": (
+        "epsilon_lower_bound",
+        "epsilon_formal",
+        "delta",
+        "unit",
+        "observer",
+        "confidence",
+        "m",
+        "guesses",
+        "correct",
+        "ceiling",
+    ),
     "wire": ("ok",),
     "at_rest": ("ok", "devices_scanned", "plaintext_findings"),
 }
