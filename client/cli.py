@@ -103,4 +103,4 @@ def recommend(
     from fedrec.client.recommend import recommend as top_k
 
     for rec in top_k(store, key_file, model, k, manifest, state_prefix):
-        print(f"{rec.rank + 1:>3}  {rec.item_id:>8}  {rec.score:8.3f}  {rec.title or ''}".rstrip())
+        print(f"{rec.rank:>3}  {rec.item_id:>8}  {rec.score:8.3f}  {rec.title or ''}".rstrip())

@@ -18,7 +18,7 @@ from fedrec.common.model_files import load_global_model
 
 @dataclass(frozen=True)
 class Recommendation:
-    rank: int
+    rank: int  # 1 = the best, in the CSV of a harness run as on screen
     item_id: str  # the dataset's original id
     title: str | None
     score: float
@@ -81,4 +81,4 @@ def recommend(
     found = find_manifest(store, manifest)
     ids, titles = item_catalogue(load_manifest(found.parent) if found else None, n_items)
     top = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]
-    return [Recommendation(rank, ids[i], titles.get(int(i)), float(scores[i])) for rank, i in enumerate(top)]
+    return [Recommendation(rank, ids[i], titles.get(int(i)), float(scores[i])) for rank, i in enumerate(top, start=1)]

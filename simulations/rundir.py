@@ -200,7 +200,7 @@ class RunDir:
         unseen = split.n_items - np.diff(seen.indptr)
         keep = (np.arange(k)[None, :] < unseen[:, None]).ravel()
         users = np.repeat(data.user_ids, k)[keep]
-        ranks = np.tile(np.arange(k), n_users)[keep]
+        ranks = np.tile(np.arange(1, k + 1), n_users)[keep]  # 1 = the best, as `fedrec recommend` shows it
         items = data.item_ids[best.ravel()[keep]]
         path = self.path / "recommendations" / f"{arm}.csv"
         self._write_csv(path, ["user_id", "rank", "item_id"], zip(users.tolist(), ranks.tolist(), items.tolist()))

@@ -79,6 +79,8 @@ def test_small_catalogue_recommends_only_unseen_items(tmp_path, cli):
         by_user: dict[int, list[int]] = {}
         for row in rows:
             by_user.setdefault(int(row["user_id"]), []).append(int(row["item_id"]))
+        ranks = [int(row["rank"]) for row in rows if int(row["user_id"]) == data.user_ids[0]]
+        assert ranks == list(range(1, len(ranks) + 1))  # 1 = the best, as `fedrec recommend` prints it
         for dense, user in enumerate(data.user_ids.tolist()):
             seen_ids = set(data.item_ids[seen[dense].indices].tolist())
             assert not seen_ids & set(by_user[user]), (arm, user)
