@@ -182,7 +182,7 @@ def simulate(
         None, help="TOML config (tables \\[central.*], \\[federation.*], \\[federated_ddp.*], \\[simulation])."
     ),
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV."),
-    clients: Optional[int] = typer.Option(None, min=3, help="Simulate only the first N users' devices."),
+    users: Optional[int] = typer.Option(None, min=3, help="Keep only the first N users (one device each)."),
     rounds: Optional[int] = typer.Option(
         None, help=f"Rounds of every federated arm (sets {', '.join(rounds_keys())})."
     ),
@@ -231,7 +231,7 @@ def simulate(
         out,
         parse_list(seeds, int),
         str(data_dir) if data_dir else None,
-        clients,
+        users,
         parse_list(sweep, float),
         not quiet,
         retention,

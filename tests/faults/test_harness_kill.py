@@ -25,7 +25,7 @@ def test_sigkill_of_a_simulation_takes_rays_processes_with_it(tmp_path, ml100k_d
             "simulate",
             "--out",
             str(tmp_path / "run"),
-            "--clients",
+            "--users",
             "8",
             "--rounds",
             "50",

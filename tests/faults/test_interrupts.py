@@ -18,7 +18,7 @@ from process_checks import assert_all_ended, command_of
 from fedrec.common.processes import descendants
 
 FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
-ARGS = ["--clients", "8", "--rounds", "200", "--arms", "popularity,federated", "--no-retention", "--quiet"]
+ARGS = ["--users", "8", "--rounds", "200", "--arms", "popularity,federated", "--no-retention", "--quiet"]
 
 
 def _started(out: Path, log: Path) -> subprocess.Popen:
