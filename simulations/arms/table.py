@@ -44,6 +44,7 @@ ARMS: dict[str, Arm] = {
         Arm("ease", "none", "", "", "simple:bind_ease", default=True),
         Arm("itemknn", "none", "", "", "itemknn:bind_itemknn"),
         Arm("bpr", "none", "", "", "bpr:bind_bpr"),
+        Arm("multivae", "none", "", "", "multivae:bind_multivae"),
         Arm("centralized", "none", "", "central", "centralized:bind", background=True, default=True),
         Arm("federated", "none", "", "federation", "federated:bind", federated=True, default=True),
         Arm(
