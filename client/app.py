@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from fedrec.client.secagg_mod import secure_aggregation_mod
 from fedrec.common.errors import FedrecError
+from fedrec.common.flower_logs import single_flower_lines
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 # Torch, Opacus and the device code load with the first train or evaluate request, not on import: a
 # SuperNode starts one ClientApp process per message, and SecAgg+'s key stages need none of them.
+single_flower_lines()
 app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ when a train message asks for it
 log = logging.getLogger("fedrec.client")
 # A mechanism's node round: (devices, global parameters, instructions, owner's policy) -> (sum or mean, metrics)

@@ -7,6 +7,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.common.config import FederationConfig
+from fedrec.common.flower_logs import single_flower_lines
 from fedrec.common.settings import from_flat
 from fedrec.server.federation import FederationResult, RoundCallback, run_federation
 from fedrec.server.secure_aggregation import secure_grid
@@ -30,4 +31,5 @@ def make_server_app(
     return server_app
 
 
+single_flower_lines()
 app = make_server_app()
