@@ -23,6 +23,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedrec.common.errors import FedrecError
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
+CA_KEY_DIR_SUFFIX = "-ca"  # the CA's private key lives in <out>-ca/, beside the directory the server reads
+
+
+def ca_key_dir(out: Path) -> Path:
+    """Where the CA key of the certificates in ``out`` is kept: a sibling directory (mode 0700) that never
+    goes to the server, so a compromised server cannot mint device-trusted certificates."""
+    return out.with_name(out.name + CA_KEY_DIR_SUFFIX)
+
+
 SERVER_CERT, SERVER_KEY = "server.crt", "server.pem"
 DEVICE_KEY_SUFFIX, DEVICE_PUB_SUFFIX = "", ".pub"  # <name> (private, OpenSSH) and <name>.pub
 DEVICES_DIR = "devices"
@@ -93,12 +102,18 @@ def _alt_names(server_names: list[str], ips: list[str]) -> list[x509.GeneralName
 
 
 def create_ca(
-    out: Path, common_name: str = "fedrec local CA", days: int = 3650, overwrite: bool = False
+    out: Path,
+    common_name: str = "fedrec local CA",
+    days: int = 3650,
+    overwrite: bool = False,
+    key_dir: Path | None = None,
 ) -> tuple[Path, Path]:
-    """A self-signed CA that only signs certificates (path length 0: no intermediate CAs).
+    """A self-signed CA that only signs certificates (path length 0: no intermediate CAs): its certificate
+    in ``out``, its key in ``key_dir`` (default ``ca_key_dir(out)``).
 
     An existing CA is kept unless ``overwrite``: replacing it locks out every device that trusts it.
     """
+    key_dir = ca_key_dir(out) if key_dir is None else key_dir
     if (out / CA_CERT).exists() and not overwrite:
         raise FedrecError(
             f"{out / CA_CERT} already exists; replacing the CA locks out every device that trusts it "
@@ -132,29 +147,43 @@ def create_ca(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
+    if key_dir != out:
+        key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_dir.chmod(0o700)
     _write(out / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
-    _write(out / CA_KEY, _pem_key(key), private=True)
-    return out / CA_CERT, out / CA_KEY
+    _write(key_dir / CA_KEY, _pem_key(key), private=True)
+    return out / CA_CERT, key_dir / CA_KEY
 
 
-def load_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(out: Path, key_dir: Path | None = None) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key_path = (ca_key_dir(out) if key_dir is None else key_dir) / CA_KEY
+    if not key_path.exists() and (out / CA_KEY).exists():
+        raise FedrecError(
+            f"{out / CA_KEY}: the CA key sits in the directory the server reads; move it to {key_path} "
+            "(mode 0600, in a directory that never goes to the server)"
+        )
     try:
         cert = x509.load_pem_x509_certificate((out / CA_CERT).read_bytes())
-        key = serialization.load_pem_private_key((out / CA_KEY).read_bytes(), password=None)
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except FileNotFoundError as exc:
         raise FedrecError(f"{exc.filename}: CA not found (run `fedrec certs init` first)") from None
     except ValueError as exc:
         raise FedrecError(f"{out / CA_CERT}: cannot read the CA ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise FedrecError(f"{out / CA_KEY}: expected an EC private key")
+        raise FedrecError(f"{key_path}: expected an EC private key")
     return cert, key
 
 
 def _issue(
-    out: Path, common_name: str, usage: x509.ObjectIdentifier, alt_names: list[x509.GeneralName], days: int
+    out: Path,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    alt_names: list[x509.GeneralName],
+    days: int,
+    key_dir: Path | None = None,
 ) -> tuple[bytes, bytes]:
-    """A leaf certificate and its key (PEM) signed by the CA in ``out`` for one purpose (TLS server or client)."""
-    ca_cert, ca_key = load_ca(out)
+    """A leaf certificate and its key (PEM) signed by the CA of ``out`` for one purpose (TLS server or client)."""
+    ca_cert, ca_key = load_ca(out, key_dir)
     key = ec.generate_private_key(ec.SECP384R1())
     start, end = _validity(days)
     builder = (
@@ -174,10 +203,13 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
 
-def issue_server_cert(out: Path, server_names: list[str], ips: list[str], days: int = 825) -> ServerPki:
-    """A TLS server certificate signed by the CA in ``out``, valid for every given name and address."""
+def issue_server_cert(
+    out: Path, server_names: list[str], ips: list[str], days: int = 825, key_dir: Path | None = None
+) -> ServerPki:
+    """A TLS server certificate signed by the CA of ``out``, valid for every given name and address."""
     common_name = server_names[0] if server_names else ips[0] if ips else "fedrec-superlink"
-    cert, key = _issue(out, common_name, ExtendedKeyUsageOID.SERVER_AUTH, _alt_names(server_names, ips), days)
+    alt_names = _alt_names(server_names, ips)
+    cert, key = _issue(out, common_name, ExtendedKeyUsageOID.SERVER_AUTH, alt_names, days, key_dir)
     _write(out / SERVER_CERT, cert)
     _write(out / SERVER_KEY, key, private=True)
     return ServerPki(out / CA_CERT, out / SERVER_CERT, out / SERVER_KEY)
@@ -206,8 +238,8 @@ def loopback_pki(out: Path) -> ServerPki:
     Flower insists on TLS for SuperNode authentication; this keeps the inner hop independent of the
     public certificate's names. The CA key is deleted once the certificate is issued.
     """
-    create_ca(out, common_name="fedrec loopback CA (one server start)", days=30, overwrite=True)
-    pki = issue_server_cert(out, ["localhost"], ["127.0.0.1"], days=30)
+    create_ca(out, common_name="fedrec loopback CA (one server start)", days=30, overwrite=True, key_dir=out)
+    pki = issue_server_cert(out, ["localhost"], ["127.0.0.1"], days=30, key_dir=out)
     (out / CA_KEY).unlink()
     return pki
 

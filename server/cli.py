@@ -19,21 +19,24 @@ app.add_typer(certs_app, name="certs")
 
 @certs_app.command("init")
 def certs_init(
-    out: Path = typer.Option(..., help="Directory for ca.crt, ca.key, server.crt, server.pem."),
+    out: Path = typer.Option(
+        ..., help="Directory for ca.crt, server.crt, server.pem (the server's); the CA key goes to OUT-ca/."
+    ),
     server_name: list[str] = typer.Option([], help="DNS name devices use for the server (repeatable)."),
     ip: list[str] = typer.Option([], help="IP address devices use for the server (repeatable)."),
     devices: int = typer.Option(0, min=0, help="Also create this many device key pairs (device-0, device-1, ...)."),
     force: bool = typer.Option(False, help="Replace an existing CA (every device must then get the new ca.crt)."),
 ) -> None:
     """Create a CA and a server certificate valid for every --server-name and --ip."""
-    from fedrec.common.certs import create_ca, create_device_keys, issue_server_cert
+    from fedrec.common.certs import ca_key_dir, create_ca, create_device_keys, issue_server_cert
 
     writable_dir(out, "--out")
-    create_ca(out, overwrite=force)
+    writable_dir(ca_key_dir(out), "--out (its CA key directory)")
+    _, ca_key = create_ca(out, overwrite=force)
     pki = issue_server_cert(out, server_name, ip)
     say(
         f"CA {pki.ca_cert} (give to every device), server certificate {pki.cert} + key {pki.key} "
-        f"for {', '.join(server_name + ip)}"
+        f"for {', '.join(server_name + ip)}; CA key {ca_key} (keep it off the server: it signs what devices trust)"
     )
     for i in range(devices):
         keys = create_device_keys(out, f"device-{i}")

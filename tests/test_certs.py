@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from fedrec_cli import call_fedrec
 
 from fedrec.common.certs import create_ca, create_device_keys, device_public_keys, issue_server_cert
 from fedrec.common.errors import FedrecError
@@ -98,3 +99,21 @@ def test_refusals(tmp_path):
         create_device_keys(tmp_path, "../evil")
     with pytest.raises(FedrecError, match="CA not found"):
         issue_server_cert(tmp_path / "empty", ["localhost"], [])
+
+
+def test_the_ca_key_never_sits_where_the_server_reads(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "pki"
+    done = call_fedrec(monkeypatch, capsys, "certs", "init", "--out", str(out), "--server-name", "localhost")
+    assert done.code == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "server.crt", "server.pem"]
+    key = tmp_path / "pki-ca" / "ca.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert f"CA key {key} (keep it off the server" in done.stderr
+    # signing reads it from there; a key an older init left beside the certificates is refused in one line
+    assert call_fedrec(monkeypatch, capsys, "certs", "operator", "--out", str(out)).code == 0
+    key.rename(out / "ca.key")
+    moved = call_fedrec(monkeypatch, capsys, "certs", "server", "--out", str(out), "--ip", "127.0.0.1")
+    assert moved.code == 1 and moved.stderr.strip() == (
+        f"error: {out / 'ca.key'}: the CA key sits in the directory the server reads; move it to {key} "
+        "(mode 0600, in a directory that never goes to the server)"
+    )
