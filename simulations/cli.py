@@ -7,16 +7,24 @@ every other command load no torch, flwr or Ray they do not use; none of these im
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from fedrec.common.cli import err, exit_now, parse_list, say
-from fedrec.simulations.arms.table import CENTRAL_ARMS, DEFAULT_ARMS, budget_keys, choices, rounds_keys
+from fedrec.simulations.arms.table import (
+    CENTRAL_ARMS,
+    DEFAULT_ARMS,
+    DEFAULT_CENTRAL_ARMS,
+    budget_keys,
+    choices,
+    rounds_keys,
+)
 
 if TYPE_CHECKING:
-    from fedrec.simulations.experiment import Experiment
+    from fedrec.simulations.api import Results
 
 app = typer.Typer()
 data_app = typer.Typer(no_args_is_help=True, help="Obtain and provision datasets.")
@@ -114,18 +122,16 @@ def data_export_split(
     say(f"wrote {done.directory} ({counts} interactions): {', '.join(f.name for f in done.files)}")
 
 
-def run_to_the_end(exp: Experiment) -> dict:
-    """The experiment; on Ctrl-C or SIGTERM one line names the run dir it leaves incomplete, and the
-    command ends at once."""
+def run_to_the_end(out: Path, work: Callable[[], Results]) -> Results:
+    """``work()``, the run into ``out``; on Ctrl-C or SIGTERM one line names the run dir it leaves
+    incomplete, and the command ends at once."""
     # lazy: CLI start-up
     from fedrec.common.errors import Interrupted
-    from fedrec.simulations.experiment import run
     from fedrec.simulations.rundir import INCOMPLETE
 
     try:
-        return run(exp)
+        return work()
     except Interrupted as exc:
-        out = Path(exp.out)
         if (out / INCOMPLETE).exists():
             say(f"interrupted: {out} is incomplete (its INCOMPLETE file says so); run again into a fresh --out")
         elif (out / "report.json").exists():  # only the retention stage, which reads a finished run, was cut short
@@ -141,7 +147,7 @@ def run_to_the_end(exp: Experiment) -> dict:
 def baseline(
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp\\[,rating])."),
     arms: str = typer.Option(
-        ",".join(a for a in DEFAULT_ARMS if a in CENTRAL_ARMS),
+        ",".join(DEFAULT_CENTRAL_ARMS),
         help=f"Comma-separated arms, any of {choices(CENTRAL_ARMS)}.",
     ),
     out: Path = typer.Option(..., help="Run dir to write."),
@@ -154,25 +160,23 @@ def baseline(
 ) -> None:
     """Centralized arms (random, popularity, EASE, NeuMF) under docs/protocol.md; writes a run dir."""
     # lazy: CLI start-up
-    from fedrec.common.config import load_config
-    from fedrec.simulations.arms.registry import central_fitters
-    from fedrec.simulations.experiment import Experiment
+    from fedrec.simulations import api
 
-    cfg = load_config(config)
-    fitters = central_fitters(parse_list(arms), cfg, show=not quiet)
-    exp = Experiment(
-        dataset=dataset,
-        out=out,
-        fitters=fitters,
-        seeds=parse_list(seeds, int),
-        data_dir=str(data_dir) if data_dir else None,
-        users=users,
-        config=cfg.to_dict(),
-        show=not quiet,
-        retention=retention,
+    results = run_to_the_end(
+        out,
+        lambda: api.baseline(
+            out,
+            dataset,
+            arms=parse_list(arms),
+            seeds=parse_list(seeds, int),
+            users=users,
+            config=config,
+            data_dir=str(data_dir) if data_dir else None,
+            retention=retention,
+            show=not quiet,
+        ),
     )
-    report = run_to_the_end(exp)
-    err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
+    err.print(f"wrote {out}/report.json and report.md ({results.report['meta']['wall_s']:.0f} s)")
 
 
 @app.command()
@@ -212,32 +216,28 @@ def simulate(
 ) -> None:
     """Federated arms through Flower's simulation engine beside the centralized arms; writes a run dir."""
     # lazy: CLI start-up
-    from fedrec.common.config import load_config
-    from fedrec.simulations.simulate import build_experiment
+    from fedrec.simulations import api
 
-    cfg = load_config(
-        config,
-        {
-            **dict.fromkeys(rounds_keys(), rounds),
-            **dict.fromkeys(budget_keys("epsilon"), epsilon),
-            **dict.fromkeys(budget_keys("delta"), delta),
-            "simulation.ray_address": ray_address,
-        },
-    )
-    exp = build_experiment(
-        cfg,
-        parse_list(arms),
-        dataset,
+    results = run_to_the_end(
         out,
-        parse_list(seeds, int),
-        str(data_dir) if data_dir else None,
-        users,
-        parse_list(sweep, float),
-        not quiet,
-        retention,
+        lambda: api.simulate(
+            out,
+            dataset,
+            arms=parse_list(arms),
+            seeds=parse_list(seeds, int),
+            users=users,
+            config=config,
+            rounds=rounds,
+            epsilon=epsilon,
+            delta=delta,
+            sweep=parse_list(sweep, float),
+            ray_address=ray_address,
+            data_dir=str(data_dir) if data_dir else None,
+            retention=retention,
+            show=not quiet,
+        ),
     )
-    report = run_to_the_end(exp)
-    err.print(f"wrote {out}/report.json and report.md ({report['meta']['wall_s']:.0f} s)")
+    err.print(f"wrote {out}/report.json and report.md ({results.report['meta']['wall_s']:.0f} s)")
 
 
 @app.command()

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedrec.common.config import FedrecConfig
-from fedrec.common.datasets import load_dataset
+from fedrec.common.datasets import Interactions, load_dataset
 from fedrec.common.errors import FedrecError
 from fedrec.common.settings import SettingError
 from fedrec.simulations.arms.base import Fitter, budget_of
@@ -21,7 +21,7 @@ from fedrec.simulations.ray_backend import require_head
 def build_experiment(
     cfg: FedrecConfig,
     arms: list[str],
-    dataset: str,
+    dataset: str | Interactions,
     out: Path,
     seeds: list[int],
     data_dir: str | None,
@@ -31,7 +31,8 @@ def build_experiment(
     retention: bool = True,
 ) -> Experiment:
     """Every arm of ``arms`` (the table's names) bound to its settings, and each arm that sweeps again at
-    every budget of ``sweep``; the centralized arms first, then the federated ones, then the sweep arms."""
+    every budget of ``sweep``; the centralized arms first, then the federated ones, then the sweep arms.
+    ``dataset``: a name or CSV path, loaded once the settings are checked, or data already loaded."""
     for eps in sweep:  # each budget is checked as the config's epsilon is, before the data loads
         try:
             replace(cfg.federation.privacy, epsilon=eps)
@@ -40,7 +41,10 @@ def build_experiment(
     chosen = arms_named(arms)
     if any(arm.federated for arm in chosen):  # before the data loads and anything is written into --out
         require_head(cfg.simulation.ray_address)
-    data = load_dataset(dataset, data_dir, users)
+    if isinstance(dataset, Interactions):
+        data = dataset.subset_users(users) if users else dataset
+    else:
+        data = load_dataset(dataset, data_dir, users)
     # the background arms fit in a second process beside the federated ones (their progress lines are
     # printed by this one: simulations/progress.py)
     beside = cfg.simulation.background_central and any(arm.federated for arm in chosen)
@@ -63,7 +67,7 @@ def build_experiment(
         run_budgets = {arm.name: budget_of(arm, cfg).epsilon for arm in repeated}
         post.insert(0, add_sweep(sweep, run_budgets))
     return Experiment(
-        dataset=dataset,
+        dataset=data.name,
         out=Path(out),
         fitters=fitters,
         seeds=seeds,

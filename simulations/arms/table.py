@@ -98,6 +98,7 @@ ARMS: dict[str, Arm] = {
 
 CENTRAL_ARMS = {name: arm for name, arm in ARMS.items() if not arm.federated}  # what fedrec baseline fits
 DEFAULT_ARMS = tuple(a.name for a in ARMS.values() if a.default)
+DEFAULT_CENTRAL_ARMS = tuple(name for name in DEFAULT_ARMS if name in CENTRAL_ARMS)  # what `fedrec baseline` fits
 PRIVATE_ARMS = tuple(a.name for a in ARMS.values() if a.private)
 AUDITED_ARMS = tuple(a.name for a in ARMS.values() if a.audit)  # the canary audit retrains the first in a run
 

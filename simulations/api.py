@@ -1,0 +1,199 @@
+"""fedrec from Python: what `fedrec simulate` and `fedrec baseline` run, with the results as objects.
+
+    from fedrec.simulations.api import simulate
+    results = simulate("runs/quick", arms=["popularity", "ease", "federated"], users=50, rounds=5)
+    results.arms["federated"].ndcg                 # test NDCG@10, mean over the seeds
+    results.to_frame()                              # one row per arm and metric (pandas, if installed)
+
+The data may be a dataset name (ml-100k, ml-1m), a CSV path, loaded ``Interactions`` or a pandas DataFrame
+with user, item and timestamp columns (rating optional). Settings are the settings tree: a TOML file, a
+``FedrecConfig``, and dotted overrides (``settings={"federation.server.rounds": 10}``). Everything lands in
+the run dir ``out`` as the CLI writes it; ``Results.report`` is its report.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedrec.common.config import FedrecConfig, load_config
+from fedrec.common.datasets import Interactions, from_raw, load_dataset
+from fedrec.common.errors import DataError
+from fedrec.simulations.arms.registry import central_fitters
+from fedrec.simulations.arms.table import DEFAULT_ARMS, DEFAULT_CENTRAL_ARMS, budget_keys, rounds_keys
+from fedrec.simulations.experiment import Experiment, run
+from fedrec.simulations.simulate import build_experiment
+
+METRICS = ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled")
+
+
+@dataclass(frozen=True)
+class Metric:
+    mean: float
+    low: float  # 95% interval over the seeds (the mean itself with one seed)
+    high: float
+
+
+@dataclass(frozen=True)
+class ArmResults:
+    name: str
+    metrics: dict[str, Metric]  # METRICS, test split, full ranking (docs/protocol.md)
+    per_seed: list[dict[str, float]]
+    info: dict[str, Any]  # what the arm chose and spent (settings, curves, privacy)
+
+    @property
+    def ndcg(self) -> float:
+        return self.metrics["ndcg@10"].mean
+
+    @property
+    def hit_rate(self) -> float:
+        return self.metrics["hr@10"].mean
+
+
+@dataclass(frozen=True)
+class Results:
+    run_dir: Path
+    arms: dict[str, ArmResults]
+    report: dict[str, Any]  # report.json, as written
+
+    @classmethod
+    def of(cls, run_dir: Path, report: dict[str, Any]) -> Results:
+        arms = {
+            name: ArmResults(
+                name,
+                {k: Metric(d["mean"], *d["ci95"]) for k, d in arm["accuracy_ci95"].items()},
+                arm["accuracy_seeds"],
+                {**arm.get("info", {}), **({"privacy": arm["privacy"]} if "privacy" in arm else {})},
+            )
+            for name, arm in report["arms"].items()
+        }
+        return cls(Path(run_dir), arms, report)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per arm and metric: arm, metric, mean, low, high."""
+        return [
+            {"arm": arm.name, "metric": key, "mean": m.mean, "low": m.low, "high": m.high}
+            for arm in self.arms.values()
+            for key, m in arm.metrics.items()
+        ]
+
+    def to_frame(self) -> Any:
+        """``rows()`` as a pandas DataFrame (pandas is not a dependency of fedrec: install it to use this)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise DataError(
+                "Results.to_frame needs pandas (pip install pandas); Results.rows() has the same table"
+            ) from None
+        return pd.DataFrame(self.rows())
+
+
+def interactions(
+    data: str | Path | Interactions | Any, data_dir: str | None = None, users: int | None = None
+) -> Interactions:
+    """A dataset name or CSV path, ``Interactions`` as they are, or a DataFrame with user, item and
+    timestamp columns (rating optional); ``users`` keeps the first that many."""
+    if isinstance(data, Interactions):
+        loaded = data
+    elif isinstance(data, (str, Path)):
+        return load_dataset(str(data), data_dir, users)
+    elif hasattr(data, "columns"):
+        missing = [c for c in ("user", "item", "timestamp") if c not in data.columns]
+        if missing:
+            raise DataError(f"DataFrame: missing column(s) {', '.join(missing)} (user, item, timestamp[, rating])")
+        ratings = data["rating"].to_numpy() if "rating" in data.columns else None
+        loaded = from_raw(
+            "dataframe",
+            data["user"].to_numpy(),
+            data["item"].to_numpy(),
+            data["timestamp"].to_numpy(),
+            ratings,
+        )
+    else:
+        raise DataError(f"data: a dataset name, a CSV path, Interactions or a DataFrame, not {type(data).__name__}")
+    return loaded.subset_users(users) if users else loaded
+
+
+def settings_of(
+    config: FedrecConfig | str | Path | None,
+    settings: Mapping[str, Any] | None = None,
+    rounds: int | None = None,
+    epsilon: float | None = None,
+    delta: float | None = None,
+    ray_address: str | None = None,
+) -> FedrecConfig:
+    """The settings tree: a file or tree, then dotted ``settings``, then the shorthands the CLI offers
+    (rounds, epsilon, delta: for every federated or private arm)."""
+    overrides = {
+        **(settings or {}),
+        **dict.fromkeys(rounds_keys(), rounds),
+        **dict.fromkeys(budget_keys("epsilon"), epsilon),
+        **dict.fromkeys(budget_keys("delta"), delta),
+        "simulation.ray_address": ray_address,
+    }
+    if isinstance(config, FedrecConfig):
+        from fedrec.common.settings import from_flat
+
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return from_flat(FedrecConfig, given, "settings", complete=False, base=config) if given else config
+    return load_config(config, overrides)
+
+
+def simulate(
+    out: str | Path,
+    data: str | Path | Interactions | Any = "ml-100k",
+    *,
+    arms: Sequence[str] = DEFAULT_ARMS,
+    seeds: Iterable[int] = (0,),
+    users: int | None = None,
+    config: FedrecConfig | str | Path | None = None,
+    settings: Mapping[str, Any] | None = None,
+    rounds: int | None = None,
+    epsilon: float | None = None,
+    delta: float | None = None,
+    sweep: Iterable[float] = (),
+    ray_address: str | None = None,
+    data_dir: str | None = None,
+    retention: bool = True,
+    show: bool = True,
+) -> Results:
+    """Every arm of ``arms`` (federated ones through Flower's simulation engine) on the data, into ``out``."""
+    cfg = settings_of(config, settings, rounds, epsilon, delta, ray_address)
+    source = str(data) if isinstance(data, (str, Path)) else interactions(data)  # a name loads after the checks
+    exp = build_experiment(
+        cfg, list(arms), source, Path(out), list(seeds), data_dir, users, list(sweep), show, retention
+    )
+    return Results.of(Path(out), run(exp))
+
+
+def baseline(
+    out: str | Path,
+    data: str | Path | Interactions | Any = "ml-100k",
+    *,
+    arms: Sequence[str] = DEFAULT_CENTRAL_ARMS,
+    seeds: Iterable[int] = (0,),
+    users: int | None = None,
+    config: FedrecConfig | str | Path | None = None,
+    settings: Mapping[str, Any] | None = None,
+    data_dir: str | None = None,
+    retention: bool = True,
+    show: bool = True,
+) -> Results:
+    """The centralized arms only (no Flower, no Ray), into ``out``."""
+    cfg = settings_of(config, settings)
+    loaded = interactions(data, data_dir, users)
+    exp = Experiment(
+        dataset=loaded.name,
+        out=Path(out),
+        fitters=central_fitters(list(arms), cfg, show=show),
+        seeds=list(seeds),
+        data_dir=data_dir,
+        users=users,
+        config=cfg.to_dict(),
+        show=show,
+        retention=retention,
+        data=loaded,
+    )
+    return Results.of(Path(out), run(exp))
