@@ -3,7 +3,11 @@ interval between, and a heartbeat while nothing advances (issue 25: silence for 
 
 from __future__ import annotations
 
+import csv
 import time
+
+from fedrec_cli import run_fedrec
+from synthetic_data import synthetic_log
 
 from fedrec.simulations import progress as progress_module
 from fedrec.simulations.progress import Lines, progress
@@ -44,3 +48,20 @@ def test_not_a_terminal_means_lines(monkeypatch, capsys):
     monkeypatch.setattr(progress_module.err, "_force_terminal", False)
     with progress(True) as bar:
         assert isinstance(bar, Lines)
+
+
+def test_a_command_whose_output_is_a_file_prints_progress_lines(tmp_path):
+    log = synthetic_log(n_users=20, n_items=15, per_user=8, seed=4)
+    data = tmp_path / "log.csv"
+    with data.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["user", "item", "timestamp"])
+        writer.writerows(zip(log.user_ids[log.users], log.item_ids[log.items], log.timestamps))
+    (tmp_path / "small.toml").write_text(
+        "central.model = {gmf_dim = 4, mlp_dim = 4, layers = [8]}\ncentral.train = {epochs = 3, batch_size = 32}\n"
+    )
+    done = run_fedrec("baseline", "--dataset", str(data), "--arms", "centralized", "--config",
+                      str(tmp_path / "small.toml"), "--no-retention", "--out", str(tmp_path / "run"))  # fmt: skip
+    assert done.code == 0, done.stderr
+    steps = [line for line in done.stderr.splitlines() if line.startswith("centralized neumf")]
+    assert steps[0].startswith("centralized neumf  0/3  00:00:0") and "3/3" in steps[1], done.stderr
