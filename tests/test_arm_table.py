@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from fedrec.common.config import CentralDPConfig, FederationConfig, FedrecConfig, PrivacyConfig
 from fedrec.common.mechanisms.registry import MECHANISMS
-from fedrec.simulations import simulate
+from fedrec.simulations import api
 from fedrec.simulations.arms.base import ArmBinding, budget_of
 from fedrec.simulations.arms.registry import binder
 from fedrec.simulations.arms.table import ARMS, DEFAULT_ARMS, swept
@@ -112,7 +112,7 @@ def test_rounds_epsilon_and_delta_set_every_arm_their_help_names(tmp_path, monke
         seen["cfg"] = cfg
         raise SystemExit(0)
 
-    monkeypatch.setattr(simulate, "build_experiment", capture)
+    monkeypatch.setattr(api, "build_experiment", capture)
     args = ["simulate", "--out", str(tmp_path / "run"), "--rounds", "3", "--epsilon", "2", "--delta", "1e-6"]
     CliRunner().invoke(app, args)
     cfg = seen["cfg"]

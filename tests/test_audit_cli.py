@@ -101,7 +101,7 @@ def test_audit_writes_every_required_field(small_run):
     shown = json.loads(result.stdout)["accounting"]
     assert (shown["delta"], shown["unit"], shown["observer"]) == (
         acc["delta"],
-        "record, per device",
+        acc["unit"],
         "anyone holding the released model",
     )
     for arm in ("centralized", "federated", "federated_dp"):
@@ -145,6 +145,6 @@ def test_the_default_canary_audit_is_the_white_box_one_with_its_control(small_ru
     assert control["budget"] == 1000 and control["epsilon_formal"] > 100
     assert "(control, budget 1000)" in (run / "audit.md").read_text()
     shown = json.loads(result.stdout)["canary"]  # the terminal summary: no epsilon without its terms
-    assert shown["delta"] == canary["delta"] and shown["unit"] == "record, per device"
-    assert shown["observer"] == "the server, reading each device's update"
+    assert shown["delta"] == canary["delta"] and shown["unit"].startswith("record-level")
+    assert shown["observer"] == "the server, which sees each node's mean of DP updates"
     assert shown["epsilon_formal"] == canary["epsilon_formal"]

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from fedrec.common.datasets import load_dataset
 from fedrec.common.errors import DataError, FedrecError
+from fedrec.common.mechanisms.registry import MECHANISMS
 from fedrec.common.split import temporal_split
 from fedrec.simulations.arms.table import ARMS, AUDITED_ARMS
 from fedrec.simulations.audit import plots
@@ -194,8 +195,7 @@ def whitebox_section(run: AuditedRun, opts: AuditOptions, arm: str, console: Con
         )
     head = dict(out["audited"])
     head["arm"], head["trainer"], head["users"] = arm, "whitebox", settings.users
-    head["unit"] = ARMS[arm].unit
-    head["observer"] = WHITEBOX_OBSERVER.get(head["mechanism"], "the server")
+    head["unit"], head["observer"] = MECHANISMS[head["mechanism"]].unit, against_the_server(head["mechanism"])
     head["below_formal"] = head["epsilon_lower_bound"] <= head["epsilon_formal"]
     if "control" in out:
         head["control"] = out["control"]
@@ -241,7 +241,11 @@ def canary_section(run: AuditedRun, opts: AuditOptions, console: Console) -> dic
         )
         out[name] = result
     head = dict(out[audited_arm])
-    head["arm"], head["unit"], head["observer"] = audited_arm, ARMS[audited_arm].unit, RELEASED_MODEL
+    head["arm"], head["unit"], head["observer"] = (
+        audited_arm,
+        MECHANISMS[ARMS[audited_arm].mechanism].unit,
+        RELEASED_MODEL,
+    )
     head["trainer"], head["rounds"], head["users"] = opts.canary_trainer, rounds, data.n_users
     head["below_formal"] = head["epsilon_formal"] is not None and head["epsilon_lower_bound"] <= head["epsilon_formal"]
     if "federated" in out:
@@ -329,13 +333,13 @@ def audit(path: Path, opts: AuditOptions) -> dict:
     return result
 
 
-# Who each epsilon of the audit is against (audit.md's Assumptions say what each of them sees).
-RELEASED_MODEL = "anyone holding the released model"
-WHITEBOX_OBSERVER = {
-    "local": "the server, reading each device's update",
-    "distributed": "the server, reading each round's revealed sum and histogram",
-    "user": "the server, reading each round's revealed sum",
-}
+RELEASED_MODEL = "anyone holding the released model"  # whom the accounting's epsilon is against
+
+
+def against_the_server(mechanism: str) -> str:
+    """Whom the white-box canary audit's epsilon is against: the server, reading what the mechanism sends it."""
+    return f"the server, which sees {MECHANISMS[mechanism].server_sees}"
+
 
 # Every epsilon on the terminal comes with its delta, its unit and whom it is against.
 HEADLINE = {

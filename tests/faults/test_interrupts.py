@@ -73,13 +73,17 @@ def test_an_interrupted_simulation_ends_at_once_and_its_run_dir_says_incomplete(
         assert "the run did not finish" in later.stderr
 
 
-def _interrupted(argv: list[str], sig: int, after: float, log: Path) -> tuple[int, float, list[str]]:
-    """``argv`` in a session of its own, ``sig`` to its group after ``after`` seconds: exit code, seconds to
-    exit, non-blank output lines."""
+def _interrupted(argv: list[str], sig: int, after: float, log: Path, ready: str = "") -> tuple[int, float, list[str]]:
+    """``argv`` in a session of its own, ``sig`` to its group ``after`` seconds once its output holds
+    ``ready``: exit code, seconds to exit, non-blank output lines."""
     proc = subprocess.Popen(
         argv, stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
     )
     try:
+        deadline = time.monotonic() + 120
+        while ready not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
         time.sleep(after)
         assert proc.poll() is None, log.read_text()[-2000:]
         os.killpg(proc.pid, sig)
@@ -106,7 +110,7 @@ def test_any_command_ends_in_one_line(tmp_path, ml100k_dir, sig, code):
 def test_an_interrupted_centralized_fit_marks_its_run_dir(tmp_path, ml100k_dir, sig, code):
     out = tmp_path / "run"
     argv = [*FEDREC, "baseline", "--arms", "centralized", "--out", str(out), "--no-retention"]
-    exit_code, seconds, lines = _interrupted(argv, sig, 6.0, tmp_path / "baseline.log")
+    exit_code, seconds, lines = _interrupted(argv, sig, 1.0, tmp_path / "baseline.log", "fitting centralized")
     assert exit_code == code and lines[-1].startswith(f"interrupted: {out} is incomplete"), lines
     assert seconds < 10
     assert not any("Traceback" in line for line in lines), lines
