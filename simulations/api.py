@@ -183,11 +183,12 @@ def baseline(
 ) -> Results:
     """The centralized arms only (no Flower, no Ray), into ``out``."""
     cfg = settings_of(config, settings)
+    fitters = central_fitters(list(arms), cfg, show=show)  # an unknown arm is refused before the data loads
     loaded = interactions(data, data_dir, users)
     exp = Experiment(
         dataset=loaded.name,
         out=Path(out),
-        fitters=central_fitters(list(arms), cfg, show=show),
+        fitters=fitters,
         seeds=list(seeds),
         data_dir=data_dir,
         users=users,
