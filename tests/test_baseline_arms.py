@@ -10,7 +10,7 @@ import pytest
 from synthetic_data import clustered_split
 
 from fedrec.common.metrics import evaluate_scores
-from fedrec.simulations.arms.bpr import BprSetting, fit_bpr, negatives
+from fedrec.simulations.arms.bpr import BprSetting, fit_bpr, negatives, train_keys
 from fedrec.simulations.arms.itemknn import cosine, fit_itemknn, keep_nearest
 from fedrec.simulations.arms.multivae import VaeSetting, fit_multivae
 from fedrec.simulations.arms.simple import fit_popularity
@@ -48,13 +48,14 @@ def test_the_test_items_do_not_change_the_fit(split, name):
 
 def test_negatives_never_hit_a_train_interaction(split):
     users = np.repeat(np.arange(split.n_users), 50)
-    items = negatives(split, users, np.random.default_rng(0))
+    items = negatives(split, users, np.random.default_rng(0), train_keys(split))
     train = set(zip(split.train_users.tolist(), split.train_items.tolist()))
     assert not any((u, i) in train for u, i in zip(users.tolist(), items.tolist()))
 
 
 def test_each_item_keeps_its_k_nearest(split):
-    sim = cosine(split.train_matrix().toarray().astype(np.float32), 0.0)
+    x = split.train_matrix().toarray().astype(np.float32)
+    sim = cosine(x.T @ x, 0.0)
     kept = keep_nearest(sim, 3)
     assert np.all((kept > 0).sum(axis=0) <= 3) and np.allclose(np.diag(sim), 0.0)
     j = int(np.argmax(sim.sum(axis=0)))

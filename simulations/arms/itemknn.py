@@ -14,9 +14,9 @@ NEIGHBOURS = (20, 50, 100, 200, 400)
 SHRINKS = (0.0, 10.0, 100.0)
 
 
-def cosine(x: np.ndarray, shrink: float) -> np.ndarray:
-    """Item x item cosine of the binary train matrix, ``shrink`` added to the denominator, no self-similarity."""
-    overlap = x.T @ x
+def cosine(overlap: np.ndarray, shrink: float) -> np.ndarray:
+    """Item x item cosine from the co-occurrence counts ``overlap`` (x.T @ x of the binary train matrix),
+    ``shrink`` added to the denominator, no self-similarity."""
     norms = np.sqrt(np.diag(overlap))
     sim = overlap / (np.outer(norms, norms) + shrink + 1e-12)
     np.fill_diagonal(sim, 0.0)
@@ -39,8 +39,9 @@ def fit_itemknn(
     x = split.train_matrix().toarray().astype(np.float32)
     curve: dict[str, float] = {}
     best: tuple[float, dict, np.ndarray | None] = (-1.0, {}, None)
+    overlap = x.T @ x
     for shrink in shrinks:
-        sim = cosine(x, shrink)
+        sim = cosine(overlap, shrink)
         for k in neighbours:
             scores = (x @ keep_nearest(sim, k)).astype(np.float32)
             _, ndcg = hit_ndcg(full_ranks(scores, split, "validation", seed))

@@ -11,11 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrec.common.errors import FedrecError
-from fedrec.common.metrics import full_ranks, hit_ndcg
 from fedrec.common.split import Split
 from fedrec.simulations.arms.base import ArmBinding, ArmResult, Fitter
-from fedrec.simulations.arms.centralized import torch_threads
+from fedrec.simulations.arms.validation import EarlyStopping, choose_on_validation
 
 
 @dataclass(frozen=True)
@@ -49,15 +47,14 @@ class MultVae(nn.Module):
         return self.decoder(z), mu, logvar
 
 
-def train_vae(split: Split, seed: int, s: VaeSetting) -> tuple[np.ndarray, float, list[float]]:
-    """The best validation epoch's scores, its NDCG@10 and the curve."""
+def train_vae(split: Split, seed: int, s: VaeSetting) -> EarlyStopping:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(split.train_matrix().toarray().astype(np.float32))
     model = MultVae(split.n_items, s)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-    step, curve = 0, []
-    best: tuple[float, np.ndarray | None] = (-1.0, None)
+    stopping = EarlyStopping(split, seed, s.patience)
+    step = 0
     for _ in range(s.epochs):
         model.train()
         order = rng.permutation(split.n_users)
@@ -75,36 +72,19 @@ def train_vae(split: Split, seed: int, s: VaeSetting) -> tuple[np.ndarray, float
         model.eval()
         with torch.no_grad():
             scores = model(x)[0].numpy()
-        _, ndcg = hit_ndcg(full_ranks(scores, split, "validation", seed))
-        curve.append(ndcg)
-        if ndcg > best[0]:
-            best = (ndcg, scores.copy())
-        elif len(curve) - 1 - int(np.argmax(curve)) >= s.patience:
+        if stopping.stop_after(scores):
             break
-    if best[1] is None:
-        raise FedrecError("multivae: no epoch was trained")
-    return best[1], best[0], curve
+    return stopping
 
 
 def fit_multivae(split: Split, seed: int, grid: tuple[VaeSetting, ...] = GRID) -> ArmResult:
-    by_setting: dict[str, float] = {}
-    best = None  # (validation NDCG@10, setting, scores, curve) of the best so far; the first of equals
-    with torch_threads(1):
-        for setting in grid:
-            scores, ndcg, curve = train_vae(split, seed, setting)
-            by_setting[f"anneal_cap={setting.anneal_cap:g}"] = ndcg
-            if best is None or ndcg > best[0]:
-                best = (ndcg, setting, scores, curve)
-    if best is None:
-        raise FedrecError("multivae: no setting to choose from")
-    _, setting, scores, curve = best
-    info = {
-        "anneal_cap": setting.anneal_cap,
-        "epochs": int(np.argmax(curve)) + 1,
-        "validation_ndcg@10_by_setting": by_setting,
-        "validation_curve": curve,
-    }
-    return ArmResult("multivae", scores.astype(np.float32), info)
+    return choose_on_validation(
+        "multivae",
+        grid,
+        lambda setting: train_vae(split, seed, setting),
+        lambda setting: f"anneal_cap={setting.anneal_cap:g}",
+        lambda setting: {"anneal_cap": setting.anneal_cap},
+    )
 
 
 def bind_multivae(binding: ArmBinding) -> Fitter:
