@@ -446,10 +446,15 @@ class FedrecConfig:
         return to_nested(self)
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> FedrecConfig:
-    """Defaults, then the TOML file, then command-line overrides (flat dotted keys; None = not given)."""
+def load_config(
+    path: str | Path | FedrecConfig | None = None, overrides: Mapping[str, Any] | None = None
+) -> FedrecConfig:
+    """Defaults, then the TOML file (or a tree already built), then overrides (flat dotted keys; None = not
+    given)."""
     cfg = FedrecConfig()
-    if path is not None:
+    if isinstance(path, FedrecConfig):
+        cfg = path
+    elif path is not None:
         path = Path(path)
         text = read_text(path, "the config file")
         try:

@@ -133,11 +133,6 @@ def settings_of(
         **dict.fromkeys(budget_keys("delta"), delta),
         "simulation.ray_address": ray_address,
     }
-    if isinstance(config, FedrecConfig):
-        from fedrec.common.settings import from_flat
-
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return from_flat(FedrecConfig, given, "settings", complete=False, base=config) if given else config
     return load_config(config, overrides)
 
 

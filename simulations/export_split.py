@@ -54,24 +54,16 @@ def split_of_run(run_dir: Path, dataset: str | None = None, data_dir: str | None
             f"{exc} (reloading the dataset of {rd.report_json}; pass --dataset PATH for a CSV run)"
         ) from None
     split = temporal_split(data, int(meta["seed"]))
-    for stage, file in (("validation", "validation.csv"), ("test", "test.csv")):
-        _check_held_out(rd.path / "split" / file, data, split.targets(stage))
+    for stage in ("validation", "test"):
+        matches = rd.split_matches(split, data, stage)
+        if matches is None:
+            raise FedrecError(f"{rd.split_path(stage)}: not found (the run's held-out pairs); nothing exported")
+        if not matches:
+            raise FedrecError(
+                f"{rd.split_path(stage)}: the dataset reloaded now does not give the run's split (changed since "
+                "the run, or another --dataset/--data-dir); nothing exported"
+            )
     return RunSplit(data, split, Path(meta["dataset"]).stem)
-
-
-def _check_held_out(path: Path, data: Interactions, targets: np.ndarray) -> None:
-    users = np.flatnonzero(targets >= 0)
-    expected = list(zip(data.user_ids[users].astype(str).tolist(), data.item_ids[targets[users]].astype(str).tolist()))
-    try:
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-    except OSError as exc:
-        raise FedrecError(f"{path}: cannot read the run's held-out pairs ({exc.strerror})") from None
-    if [tuple(r) for r in rows[1:]] != expected:
-        raise FedrecError(
-            f"{path}: the dataset reloaded now does not give the run's split (changed since the run, or another "
-            "--dataset/--data-dir); nothing exported"
-        )
 
 
 def _rating_lookup(data: Interactions) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

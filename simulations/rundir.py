@@ -110,6 +110,13 @@ def check_report(report: object, where: Path) -> None:
                 raise bad(f"arms.{name}.{table}", "an object or null", arm[table])
 
 
+def held_out_pairs(split: Split, data: Interactions, stage: str) -> list[tuple[object, object]]:
+    """(user id, item id), original ids, of every user with a held-out item at ``stage``."""
+    targets = split.targets(stage)
+    users = np.flatnonzero(targets >= 0)
+    return list(zip(data.user_ids[users].tolist(), data.item_ids[targets[users]].tolist()))
+
+
 INCOMPLETE = "INCOMPLETE"  # present while a run is fitting, and after one that stopped half-way
 
 
@@ -186,10 +193,21 @@ class RunDir:
 
     def write_split(self, split: Split, data: Interactions) -> None:
         for stage in ("test", "validation"):
-            targets = split.targets(stage)
-            users = np.flatnonzero(targets >= 0)
-            rows = zip(data.user_ids[users].tolist(), data.item_ids[targets[users]].tolist())
-            self._write_csv(self.path / "split" / f"{stage}.csv", ["user_id", "item_id"], rows)
+            self._write_csv(self.split_path(stage), ["user_id", "item_id"], held_out_pairs(split, data, stage))
+
+    def split_path(self, stage: str) -> Path:
+        """split/<stage>.csv: each user's held-out item at ``stage`` (validation or test), original ids."""
+        return self.path / "split" / f"{stage}.csv"
+
+    def split_matches(self, split: Split, data: Interactions, stage: str) -> bool | None:
+        """Does ``split`` (rebuilt by a later stage) hold the run's held-out pairs at ``stage``? None when the
+        run wrote none (an older run dir)."""
+        path = self.split_path(stage)
+        if not path.is_file():
+            return None
+        with path.open(newline="") as fh:
+            written = [(r["user_id"], r["item_id"]) for r in csv.DictReader(fh)]
+        return sorted(written) == sorted((str(u), str(i)) for u, i in held_out_pairs(split, data, stage))
 
     def write_recommendations(self, arm: str, scores: np.ndarray, split: Split, data: Interactions) -> Path:
         """Top 50 per user for the test step (train and validation items excluded), original ids; a user

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from fedrec.common.datasets import Interactions, load_dataset
 from fedrec.common.errors import DataError
@@ -53,18 +50,9 @@ class AuditedRun:
 
 def _check_split(run_dir: RunDir, data: Interactions, split: Split) -> None:
     """The rebuilt split must reproduce the run's split/test.csv, or every audit number would be wrong."""
-    path = run_dir.path / "split" / "test.csv"
-    if not path.exists():
-        return
-    with path.open(newline="") as fh:
-        rows = [(r["user_id"], r["item_id"]) for r in csv.DictReader(fh)]
-    users = np.flatnonzero(split.test_items >= 0)
-    rebuilt = list(
-        zip(data.user_ids[users].astype(str).tolist(), data.item_ids[split.test_items[users]].astype(str).tolist())
-    )
-    if sorted(rows) != sorted(rebuilt):
+    if run_dir.split_matches(split, data, "test") is False:
         raise DataError(
-            f"{path}: the split rebuilt from report.json (dataset {data.name}, seed {split.seed}) "
+            f"{run_dir.split_path('test')}: the split rebuilt from report.json (dataset {data.name}, seed {split.seed}) "
             "differs from the run's test split; pass --data to point at the run's dataset"
         )
 
