@@ -13,26 +13,40 @@ OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 WORKERS ?= 4
 PARALLEL := -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
+# The CPU build of torch, installed first so that pip never picks a multi-GB CUDA one.
+TORCH := torch==2.13.0
+# The device install (`pip install fedrec`, no harness): the deployment test runs its devices from it.
+DEVICE_VENV ?= .venv-device
+
 PACKAGES := common client server simulations
 LINTED := $(PACKAGES) bench tests
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup device demo test lint bench clean
 
 setup: $(VENV)/.installed
 
-# torch is installed first and pinned so that the CPU build is used, never a multi-GB CUDA one.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[harness,dev]"
+	touch $@
+
+device: $(DEVICE_VENV)/.installed
+
+$(DEVICE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/pip install --quiet --upgrade pip
+	$(DEVICE_VENV)/bin/pip install --quiet "$(TORCH)"
+	$(DEVICE_VENV)/bin/pip install --quiet -e .
 	touch $@
 
 demo: setup
 	$(BIN)/fedrec data fetch ml-100k
 	$(BIN)/fedrec simulate --out $(OUT)
 
-test: setup lint
+test: export FEDREC_DEVICE_PYTHON = $(abspath $(DEVICE_VENV))/bin/python
+test: setup device lint
 	$(BIN)/fedrec data fetch ml-100k
 	$(BIN)/python -m pytest -m "not e2e" $(PARALLEL) --durations=15
 	$(BIN)/python -m pytest -m e2e --durations=15
@@ -55,4 +69,4 @@ bench: setup
 	$(BIN)/python -m bench.bench_demo
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .lint .mypy_cache
+	rm -rf $(VENV) $(DEVICE_VENV) runs .pytest_cache .lint .mypy_cache

@@ -80,8 +80,12 @@ def _reply(msg: Message, context: Context, what: str, work: Work) -> Message:
         from fedrec.common.policy import node_policy
 
         task = _instructions(msg)
+        policy = node_policy(context.node_config)
+        refused = policy.model_refusal(task.device.model)
+        if refused:
+            raise FedrecError(refused)
         devices = node_devices(context.node_config, task.device.fleet)
-        return Message(content=work(task, devices, node_policy(context.node_config)), reply_to=msg)
+        return Message(content=work(task, devices, policy), reply_to=msg)
     except Exception as exc:  # noqa: BLE001 - reported to the server instead of hanging the run
         return _error_reply(msg, context, what, exc)
 

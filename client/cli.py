@@ -53,6 +53,9 @@ def client(
     allow_non_private: bool = typer.Option(
         OWNER.allow_non_private, help="Also train without DP (the update then carries this device's records)."
     ),
+    allow_model: list[str] = typer.Option(
+        [], help="A model of one's own (module:Class or file.py:Class) this device may load; repeat for more."
+    ),
 ) -> None:
     """Run this device (or a gateway for a group of devices) as a Flower SuperNode that trains when asked,
     within its owner's privacy policy (the limits below; the server can only ask for stricter ones)."""
@@ -61,7 +64,13 @@ def client(
 
     try:
         policy = DevicePolicy(
-            allow_non_private, min_noise_multiplier, max_delta, max_epsilon, min_devices, min_secagg_threshold
+            allow_non_private,
+            min_noise_multiplier,
+            max_delta,
+            max_epsilon,
+            min_devices,
+            min_secagg_threshold,
+            ",".join(allow_model),
         )
     except SettingError as exc:
         raise FedrecError(f"fedrec client: --{exc.field.replace('_', '-')}: {exc}") from None
@@ -97,10 +106,13 @@ def recommend(
     state_prefix: Optional[str] = typer.Option(
         None, help="State-name prefix the device trained under (default: the run's)."
     ),
+    allow_model: list[str] = typer.Option(
+        [], help="The run's model of one's own (module:Class or file.py:Class), when you installed and trust it."
+    ),
 ) -> None:
     """Top-k unseen items for this device's user, computed on the device."""
     # lazy: CLI start-up
     from fedrec.client.recommend import recommend as top_k
 
-    for rec in top_k(store, key_file, model, k, manifest, state_prefix):
+    for rec in top_k(store, key_file, model, k, manifest, state_prefix, ",".join(allow_model)):
         print(f"{rec.rank:>3}  {rec.item_id:>8}  {rec.score:8.3f}  {rec.title or ''}".rstrip())

@@ -26,9 +26,10 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
 from fedrec.common.mechanisms import DevicePrivacy
 from fedrec.common.metrics import ranks_from_scores
-from fedrec.common.model import NeuMF
+from fedrec.common.model import build_model
 from fedrec.common.policy import DevicePolicy
 from fedrec.common.privacy import LIFETIME, LifetimeLedger, PrivacyLedger, over_budget
+from fedrec.common.recommender import Recommender
 from fedrec.common.store import DeviceStore, Events
 from fedrec.common.training import recency_oversample
 
@@ -105,16 +106,16 @@ def embedding_bytes(weight: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def local_model(global_params: Mapping[str, torch.Tensor], user_row: torch.Tensor, device: DeviceConfig) -> NeuMF:
+def local_model(global_params: Mapping[str, torch.Tensor], user_row: torch.Tensor, device: DeviceConfig) -> Recommender:
     """A fresh model per round (Opacus cannot wrap a module twice) with this device's own user row."""
-    model = NeuMF(1, device.n_items, device.model)
+    model = build_model(1, device.n_items, device.model)
     model.load_state_dict({**global_params, "user_emb.weight": user_row})
     return model
 
 
 def device_model(
     store: DeviceStore, device_id: str, global_params: dict[str, torch.Tensor], device: DeviceConfig
-) -> NeuMF:
+) -> Recommender:
     return local_model(global_params, training_row(store, device_id, device), device)
 
 
@@ -308,7 +309,7 @@ def serving_model(
     global_params: dict[str, torch.Tensor],
     device: DeviceConfig,
     known: tuple[str, ...] = ("train",),
-) -> NeuMF:
+) -> Recommender:
     """The model this device serves with: the global model plus its user row refitted on-device on the
     ``known`` part of its history (never uploaded, never fed into training, so it needs no DP)."""
     model = device_model(store, device_id, global_params, device)
@@ -336,14 +337,14 @@ KNOWN_BEFORE = {"validation": ("train",), "test": SERVES_ON}
 
 def _store_serving(
     store: DeviceStore, ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig
-) -> NeuMF:
+) -> Recommender:
     """Personalize for serving and keep the serving row in the store (separate from the training row)."""
     model = serving_model(store, ref.device_id, global_params, device, SERVES_ON)
     store.put_states({device.state_prefix + SERVING: embedding_bytes(model.user_emb.weight)})
     return model
 
 
-def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> NeuMF:
+def _served(ref: DeviceRef, global_params: dict[str, torch.Tensor], device: DeviceConfig) -> Recommender:
     with ref.open() as store:
         return _store_serving(store, ref, global_params, device)
 

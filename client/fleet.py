@@ -149,7 +149,7 @@ def local_step(global_params: Mapping[str, torch.Tensor], task: DeviceInstructio
     and no L2), else device by device."""
     device = task.device
     plain_stacks = supports_plain_batched(device.model, device.training)
-    if device.executor == "batched" and (task.privacy.private or plain_stacks):
+    if device.stacked and (task.privacy.private or plain_stacks):
         return StackedStep(global_params, task)
     return LocalStep(global_params, task)
 
@@ -205,7 +205,7 @@ def evaluate_fleet(
     if task.privacy.private:
         metrics: dict[str, Any] = {"num-examples": _serve_private(devices, global_params, task)}
         return {k: metrics[k] for k in task.mechanism.reply_keys("evaluate", private=True)}
-    if device.executor == "batched":  # the same refits stacked (client/batched_serving.py), a block at a time
+    if device.stacked:  # the same refits stacked (client/batched_serving.py), a block at a time
         found = [
             rank
             for start in range(0, len(devices), STORES_OPEN)
@@ -225,7 +225,7 @@ def _serve_private(devices: list[DeviceRef], global_params: dict[str, torch.Tens
     each stores its serving row, as a plain arm's evaluation does."""
     device = task.device
     if task.round.final:
-        if device.executor == "batched":
+        if device.stacked:
             for start in range(0, len(devices), STORES_OPEN):
                 serve_batched(devices[start : start + STORES_OPEN], global_params, device)
         else:

@@ -26,8 +26,8 @@ from fedrec.client.round_randomness import RoundRandomness, SecureRandomness, St
 from fedrec.client.secure_opacus import make_private_ghost_streams, poisson_loader
 from fedrec.common.config import LocalTraining
 from fedrec.common.instructions import DevicePrivacy
-from fedrec.common.model import NeuMF
 from fedrec.common.randomness import NOISE, SAMPLING
+from fedrec.common.recommender import Recommender
 from fedrec.common.training import GroupBCE, embedding_l2
 
 # Opacus' notices that fire on every device round: secure RNG off (documented in docs/simulate.md) and
@@ -157,7 +157,7 @@ def make_private_ghost(
 
 
 def train_private(
-    model: NeuMF,
+    model: Recommender,
     items: torch.Tensor,
     labels: torch.Tensor,
     training: LocalTraining,
@@ -218,7 +218,7 @@ def train_private(
 
 
 def train_plain(
-    model: NeuMF, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining, seed: int
+    model: Recommender, items: torch.Tensor, labels: torch.Tensor, training: LocalTraining, seed: int
 ) -> TrainStats:
     """The non-private arm: same examples, same number of steps, plain minibatch training, with the
     centralized recipe's L2 on the rows each example uses."""
@@ -246,7 +246,7 @@ def train_plain(
 
 
 def train_local(
-    model: NeuMF,
+    model: Recommender,
     items: torch.Tensor,
     labels: torch.Tensor,
     training: LocalTraining,
@@ -258,7 +258,7 @@ def train_local(
     return train_plain(model, items, labels, training, randomness.order_seed())
 
 
-def personalize(model: NeuMF, items: torch.Tensor, labels: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+def personalize(model: Recommender, items: torch.Tensor, labels: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
     """Fit only the user row to the (frozen) global model, on the device, for serving.
 
     The result is never uploaded and never feeds a later training round (it lives under its own state

@@ -14,6 +14,7 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.fetch import dataset_dir
 from fedrec.common.manifest import Manifest, load_manifest
 from fedrec.common.model_files import load_global_model
+from fedrec.common.policy import model_refusal
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,21 @@ def item_catalogue(manifest: Manifest | None, n_items: int) -> tuple[list[str], 
 
 
 def recommend(
-    store: Path, key_file: Path, model: Path, k: int = 10, manifest: Path | None = None, state_prefix: str | None = None
+    store: Path,
+    key_file: Path,
+    model: Path,
+    k: int = 10,
+    manifest: Path | None = None,
+    state_prefix: str | None = None,
+    allow_models: str = "",
 ) -> list[Recommendation]:
     """Top-k unseen items for the store's user, served on the device as the federated evaluation serves it:
-    its user row refitted on-device against the global model (the run's ``device.serving`` settings)."""
+    its user row refitted on-device against the global model (the run's ``device.serving`` settings). A
+    model of one's own loads only when ``allow_models`` names it (model.json comes from the server)."""
     state, info = load_global_model(model)
+    refused = model_refusal(info.federation.device.model, allow_models)
+    if refused:
+        raise FedrecError(f"{model}: {refused}")
     device = (
         info.federation.device if state_prefix is None else replace(info.federation.device, state_prefix=state_prefix)
     )

@@ -39,6 +39,7 @@ from fedrec.client.shared_gradients import ITEM, clipped_sums
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
+from fedrec.common.model import NeuMF
 from fedrec.common.policy import DevicePolicy
 from fedrec.common.randomness import NOISE
 from fedrec.common.replies import SHARED_COUNTS as COUNTS
@@ -79,6 +80,7 @@ class SharedGradientStep:
         device, privacy, shared = self.task.device, self.task.privacy, self.task.device.shared_noise
         generator = work.randomness.draws(NOISE)
         model = local_model(self.global_params, work.user_row, device)
+        assert isinstance(model, NeuMF)  # the mechanism refuses other models (Mechanism.any_model)
         picked = work.randomness.draws(POISSON).bernoulli(len(work.items), shared.record_rate)
         sums = clipped_sums(model, work.items[picked], work.labels[picked], privacy.max_grad_norm)
         std = privacy.noise_multiplier * privacy.max_grad_norm

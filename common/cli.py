@@ -16,6 +16,9 @@ from fedrec.common.processes import interrupt_on_signals
 
 T = TypeVar("T")
 err = Console(stderr=True)
+# What pyproject's `harness` extra brings that a device install lacks (Ray, through flwr[simulation]; plots;
+# the audit's accountants): a command that imports one says which install it needs.
+HARNESS_MODULES = ("ray", "matplotlib", "dp_accounting")
 
 
 def say(line: str) -> None:
@@ -56,3 +59,8 @@ def run(app: typer.Typer) -> None:
     except Interrupted as exc:
         say("interrupted")
         exit_now(exc.code, at_once=True)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in HARNESS_MODULES:
+            raise
+        say(f"error: this command needs {exc.name}, which a device install leaves out: pip install 'fedrec[harness]'")
+        exit_now(1)

@@ -110,6 +110,7 @@ class CentralDPConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.optimizer, OPTIMIZERS, "optimizer")
+        require(not self.model.custom, "model.kind", "the centralized_dp recipe trains NeuMF's own layout only")
         require_count(self.epochs, "epochs")
         require_count(self.batch_size, "batch_size", high=MAX_BATCH)
         require_count(self.negatives, "negatives", high=MAX_NEGATIVES)
@@ -238,9 +239,15 @@ class DeviceConfig:
     # serving rows "batched" (stacked, the same mathematics as Opacus, plain training and the refit per
     # device, tested equal; plain training with emb_l2 stays per device) or "per_device" (one at a time).
     executor: str = "batched"
+    # A model of one's own (ModelConfig.custom) always trains and serves per device.
     # Without DP, each item row is averaged over the examples that used it (fedrec.common.item_rows);
     # a private device never sends the per-row counts this needs.
     item_row_average: bool = True
+
+    @property
+    def stacked(self) -> bool:
+        """Whether a node stacks its devices: when asked, and only for NeuMF (the stacked maths is its own)."""
+        return self.executor == "batched" and not self.model.custom
 
     def __post_init__(self) -> None:
         _fraction(self.participation, "participation")

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrec.common.memory import require_memory
+from fedrec.common.recommender import Recommender, check_contract, is_model_path, model_class
 from fedrec.common.settings import MAX_LAYERS, MAX_WIDTH, require, require_count
 
+BUILT_IN = ("neumf", "mlp", "gmf")  # NeuMF and its two halves; any other kind is a class path (common/recommender.py)
 LOCAL_PREFIX = "user_emb."
 PRIOR = "item_prior"  # the state-dict key of the fixed per-item logit offset (ModelConfig.prior)
 # Floats of the widest [users, items, width] block score_users builds at once: about 8 MB, so the block stays
@@ -28,7 +30,9 @@ TABLES_CHECKED_ABOVE = 1 << 28
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture; ``kind`` is 'neumf', 'mlp' (the seed's embedding-MLP) or 'gmf'."""
+    """Architecture; ``kind`` is 'neumf', 'mlp' (the seed's embedding-MLP), 'gmf', or a model of one's own
+    named by where its class is (``module:Class``, ``file.py:Class``; docs/models.md), which reads the
+    widths it wants from here and has ``gmf_dim + mlp_dim`` wide user rows."""
 
     kind: str = "neumf"
     gmf_dim: int = 64  # dims and item_bias: chosen by validation in bench/neumf_search.py
@@ -42,7 +46,12 @@ class ModelConfig:
     init_std: float = 0.01
 
     def __post_init__(self) -> None:
-        require(self.kind in ("neumf", "mlp", "gmf"), "kind", f"must be neumf, mlp or gmf, not {self.kind!r}")
+        require(
+            self.kind in BUILT_IN or is_model_path(self.kind),
+            "kind",
+            f"must be neumf, mlp, gmf or a model class as module:Class or file.py:Class, not {self.kind!r}",
+        )
+        require(not (self.custom and self.prior), "prior", "the popularity prior is NeuMF's (kind neumf, mlp or gmf)")
         require_count(self.gmf_dim, "gmf_dim", high=MAX_WIDTH)
         require_count(self.mlp_dim, "mlp_dim", high=MAX_WIDTH)
         require(bool(self.layers) or not self.uses_mlp, "layers", f"{self.kind} needs at least one hidden layer")
@@ -56,6 +65,11 @@ class ModelConfig:
         require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
 
     @property
+    def custom(self) -> bool:
+        """A model of one's own: trained by the reference paths (Opacus per device), never the stacked ones."""
+        return self.kind not in BUILT_IN
+
+    @property
     def uses_gmf(self) -> bool:
         return self.kind in ("neumf", "gmf")
 
@@ -65,6 +79,8 @@ class ModelConfig:
 
     @property
     def embedding_dim(self) -> int:
+        if self.custom:
+            return self.gmf_dim + self.mlp_dim
         return self.gmf_dim * self.uses_gmf + self.mlp_dim * self.uses_mlp
 
 
@@ -136,15 +152,13 @@ def check_tables_fit(n_users: int, n_items: int, config: ModelConfig) -> None:
         )
 
 
-class NeuMF(nn.Module):
+class NeuMF(Recommender):
     """Scores (user, item) pairs with one logit; BCE with sampled negatives trains it."""
 
     item_prior: torch.Tensor | None  # [n_items] when config.prior: moves and saves with the module, never trained
 
     def __init__(self, n_users: int, n_items: int, config: ModelConfig = ModelConfig()):
-        super().__init__()
-        self.config = config
-        self.n_users, self.n_items = n_users, n_items
+        super().__init__(n_users, n_items, config)
         dim = config.embedding_dim
         check_tables_fit(n_users, n_items, config)
         self.user_emb = nn.Embedding(n_users, dim)
@@ -244,6 +258,15 @@ class NeuMF(nn.Module):
             rows.append(self._logits(user_rows[:, None, :], item_rows[None, :, :], self.item_prior, first))
         self.train(was_training)
         return torch.cat(rows)
+
+
+def build_model(n_users: int, n_items: int, config: ModelConfig) -> Recommender:
+    """The model ``config.kind`` names: NeuMF for the built-in kinds, else the class it points to."""
+    if not config.custom:
+        return NeuMF(n_users, n_items, config)
+    model = model_class(config.kind)(n_users, n_items, config)
+    check_contract(model, n_users, n_items, config)
+    return model
 
 
 def from_pretrained(gmf: NeuMF, mlp: NeuMF, config: ModelConfig, alpha: float = 0.5) -> NeuMF:

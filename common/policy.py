@@ -25,6 +25,7 @@ from fedrec.common.settings import SettingError, require
 if TYPE_CHECKING:
     from fedrec.common.config import DeviceConfig
     from fedrec.common.mechanisms import DevicePrivacy
+    from fedrec.common.model import ModelConfig
 
 NODE_CONFIG_PREFIX = "policy."  # node config keys: policy.<field>
 
@@ -40,6 +41,9 @@ class DevicePolicy:
     max_epsilon: float = 10.0  # lifetime, per unit, over every run and state prefix on this store
     min_devices: int = 2  # shared noise: the fewest devices whose shares must add up to the promised noise
     min_secagg_threshold: int = 2  # SecAgg+: the fewest shares that reconstruct a secret
+    # Models of one's own (module:Class or file.py:Class) this device may load, comma-separated, "*" any:
+    # loading one runs its code, so a server cannot name code for a device to run.
+    allow_models: str = ""
 
     def __post_init__(self) -> None:
         require(self.min_noise_multiplier >= 0, "min_noise_multiplier", "must be >= 0")
@@ -62,6 +66,10 @@ class DevicePolicy:
                 f"{self.min_devices}"
             )
         return None
+
+    def model_refusal(self, model: ModelConfig) -> str | None:
+        """Why this device refuses to load the instructed model, or None (the built-in kinds load anywhere)."""
+        return model_refusal(model, self.allow_models)
 
     def secagg_refusal(self, threshold: int) -> str | None:
         if threshold < self.min_secagg_threshold:
@@ -100,7 +108,16 @@ SIMULATED = DevicePolicy(
     max_epsilon=math.inf,
     min_devices=1,
     min_secagg_threshold=1,
+    allow_models="*",
 )
+
+
+def model_refusal(model: ModelConfig, allowed: str) -> str | None:
+    """Why a model may not be loaded under the owner's comma-separated ``allowed`` kinds, or None."""
+    names = {name.strip() for name in allowed.split(",")}
+    if not model.custom or "*" in names or model.kind in names:
+        return None
+    return f"model {model.kind!r} is not one this device's owner allowed (--allow-model): loading it runs its code"
 
 
 def _node_value(value: object) -> str:
@@ -122,6 +139,8 @@ def _typed(value: object, kind: object) -> Any:
         raise ValueError(f"expected true or false, got {value!r}")
     if name == "int":
         return int(str(value))
+    if name == "str":
+        return str(value)
     return float(str(value))
 
 

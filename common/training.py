@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedrec.common.model import NeuMF
+from fedrec.common.recommender import Recommender
 from fedrec.common.sampling import sample_negatives
 from fedrec.common.settings import MAX_BATCH, MAX_NEGATIVES, MAX_PROCESSES, require, require_count
 
@@ -77,7 +77,7 @@ def recency_oversample(users: np.ndarray, timestamps: np.ndarray, last: int, rep
     return np.concatenate([index, np.tile(recent, repeats)])
 
 
-def embedding_l2(model: NeuMF, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+def embedding_l2(model: Recommender, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """Per-example squared norm of the user and item rows a batch uses (not for Opacus: a second lookup)."""
     return model.user_emb(users).pow(2).sum(-1) + model.item_emb(items).pow(2).sum(-1)
 

@@ -8,11 +8,14 @@
 The data may be a dataset name (ml-100k, ml-1m), a CSV path, loaded ``Interactions`` or a pandas DataFrame
 with user, item and timestamp columns (rating optional). Settings are the settings tree: a TOML file, a
 ``FedrecConfig``, and dotted overrides (``settings={"federation.server.rounds": 10}``). Everything lands in
-the run dir ``out`` as the CLI writes it; ``Results.report`` is its report.json.
+the run dir ``out`` as the CLI writes it; ``Results.report`` is its report.json. ``model`` trains a model
+of one's own (a ``fedrec.common.recommender.Recommender`` subclass, or where it is as ``module:Class`` or
+``file.py:Class``) in every arm that takes one (docs/models.md).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,14 @@ from fedrec.common.config import FedrecConfig, load_config
 from fedrec.common.datasets import Interactions, from_raw, load_dataset
 from fedrec.common.errors import DataError
 from fedrec.simulations.arms.registry import central_fitters
-from fedrec.simulations.arms.table import DEFAULT_ARMS, DEFAULT_CENTRAL_ARMS, budget_keys, rounds_keys
+from fedrec.simulations.arms.table import (
+    DEFAULT_ARMS,
+    DEFAULT_CENTRAL_ARMS,
+    budget_keys,
+    model_keys,
+    refuse_fixed_models,
+    rounds_keys,
+)
 from fedrec.simulations.experiment import Experiment, run
 from fedrec.simulations.simulate import build_experiment
 
@@ -116,6 +126,19 @@ def interactions(
     return loaded.subset_users(users) if users else loaded
 
 
+def model_kind(model: str | type | None) -> str | None:
+    """The settings' name of a model: a class becomes ``its/file.py:Class`` (found by every process of the
+    run, Ray's workers included), a relative ``file.py:Class`` absolute; a name stays as it is."""
+    if model is None:
+        return None
+    if isinstance(model, type):
+        if "<locals>" in model.__qualname__:
+            raise DataError(f"model {model.__qualname__}: define the class at the top level of a module")
+        return f"{Path(inspect.getfile(model)).resolve()}:{model.__qualname__}"
+    where, colon, name = model.rpartition(":")
+    return f"{Path(where).resolve()}{colon}{name}" if where.endswith(".py") else model
+
+
 def settings_of(
     config: FedrecConfig | str | Path | None,
     settings: Mapping[str, Any] | None = None,
@@ -123,11 +146,13 @@ def settings_of(
     epsilon: float | None = None,
     delta: float | None = None,
     ray_address: str | None = None,
+    model: str | type | None = None,
 ) -> FedrecConfig:
     """The settings tree: a file or tree, then dotted ``settings``, then the shorthands the CLI offers
-    (rounds, epsilon, delta: for every federated or private arm)."""
+    (rounds, epsilon, delta: for every federated or private arm; model: for every arm that takes one)."""
     overrides = {
         **(settings or {}),
+        **dict.fromkeys(model_keys(), model_kind(model)),
         **dict.fromkeys(rounds_keys(), rounds),
         **dict.fromkeys(budget_keys("epsilon"), epsilon),
         **dict.fromkeys(budget_keys("delta"), delta),
@@ -153,9 +178,12 @@ def simulate(
     data_dir: str | None = None,
     retention: bool = True,
     show: bool = True,
+    model: str | type | None = None,
 ) -> Results:
     """Every arm of ``arms`` (federated ones through Flower's simulation engine) on the data, into ``out``."""
-    cfg = settings_of(config, settings, rounds, epsilon, delta, ray_address)
+    if model is not None:
+        refuse_fixed_models(arms)
+    cfg = settings_of(config, settings, rounds, epsilon, delta, ray_address, model)
     source = str(data) if isinstance(data, (str, Path)) else interactions(data)  # a name loads after the checks
     exp = build_experiment(
         cfg, list(arms), source, Path(out), list(seeds), data_dir, users, list(sweep), show, retention
@@ -175,9 +203,12 @@ def baseline(
     data_dir: str | None = None,
     retention: bool = True,
     show: bool = True,
+    model: str | type | None = None,
 ) -> Results:
     """The centralized arms only (no Flower, no Ray), into ``out``."""
-    cfg = settings_of(config, settings)
+    if model is not None:
+        refuse_fixed_models(arms)
+    cfg = settings_of(config, settings, model=model)
     fitters = central_fitters(list(arms), cfg, show=show)  # an unknown arm is refused before the data loads
     loaded = interactions(data, data_dir, users)
     exp = Experiment(

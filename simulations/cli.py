@@ -20,6 +20,7 @@ from fedrec.simulations.arms.table import (
     DEFAULT_CENTRAL_ARMS,
     budget_keys,
     choices,
+    model_keys,
     rounds_keys,
 )
 
@@ -143,6 +144,12 @@ def run_to_the_end(out: Path, work: Callable[[], Results]) -> Results:
         exit_now(exc.code, at_once=True)
 
 
+MODEL_OPTION = typer.Option(
+    None,
+    help=f"A model of one's own, as module:Class or file.py:Class (docs/models.md), for {', '.join(model_keys())}.",
+)
+
+
 @app.command()
 def baseline(
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or a path to a CSV (user,item,timestamp\\[,rating])."),
@@ -157,6 +164,7 @@ def baseline(
     users: Optional[int] = typer.Option(None, min=3, help="Keep only the first N users (quick runs)."),
     retention: bool = typer.Option(True, help="Run the retention simulator after the accuracy arms."),
     quiet: bool = typer.Option(False, help="No progress output."),
+    model: Optional[str] = MODEL_OPTION,
 ) -> None:
     """Centralized arms (random, popularity, EASE, NeuMF) under docs/protocol.md; writes a run dir."""
     # lazy: CLI start-up
@@ -174,6 +182,7 @@ def baseline(
             data_dir=str(data_dir) if data_dir else None,
             retention=retention,
             show=not quiet,
+            model=model,
         ),
     )
     err.print(f"wrote {out}/report.json and report.md ({results.report['meta']['wall_s']:.0f} s)")
@@ -213,6 +222,7 @@ def simulate(
     ),
     retention: bool = typer.Option(True, help="Run the retention simulator after the accuracy arms."),
     quiet: bool = typer.Option(False, help="No progress output."),
+    model: Optional[str] = MODEL_OPTION,
 ) -> None:
     """Federated arms through Flower's simulation engine beside the centralized arms; writes a run dir."""
     # lazy: CLI start-up
@@ -235,6 +245,7 @@ def simulate(
             data_dir=str(data_dir) if data_dir else None,
             retention=retention,
             show=not quiet,
+            model=model,
         ),
     )
     err.print(f"wrote {out}/report.json and report.md ({results.report['meta']['wall_s']:.0f} s)")

@@ -4,7 +4,9 @@ are refused with one clear line. Every process is started in its own group and e
 
 The federation test is marked ``e2e`` (select with ``pytest -m e2e``); the fast tests below it check
 the pieces that need no network. Set ``FEDREC_E2E_APP`` to run a Flower App directory other than this
-project (its pyproject must list the run config keys used below).
+project (its pyproject must list the run config keys used below), and ``FEDREC_DEVICE_PYTHON`` to run the
+devices' `fedrec client` and `fedrec recommend` from another environment's Python (`make test` gives it
+the device install: `pip install fedrec`, without the harness).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from fedrec.simulations.provision import provision
 
 ROOT = Path(__file__).resolve().parent.parent
 FEDREC = [sys.executable, "-m", "fedrec.simulations.main"]
+DEVICE = [os.environ.get("FEDREC_DEVICE_PYTHON", sys.executable), "-m", "fedrec.simulations.main"]
 N_ITEMS, ROUNDS, STEPS = 20, 2, 2
 RUN_CONFIG = (
     f'device.n_items={N_ITEMS} device.model.gmf_dim=4 device.model.mlp_dim=4 device.model.layers="8,4" '
@@ -123,8 +126,8 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
         ["--app", os.environ["FEDREC_E2E_APP"]] if "FEDREC_E2E_APP" in os.environ else []
     )  # default: the App written by `fedrec server`
 
-    def fedrec(name: str, *args: str):
-        return children.start(name, [*FEDREC, *args], log=tmp_path / f"{name}.log", cwd=ROOT)
+    def fedrec(name: str, *args: str, python: list[str] = FEDREC):
+        return children.start(name, [*python, *args], log=tmp_path / f"{name}.log", cwd=ROOT)
 
     # 1. PKI: a CA, a server certificate for localhost/127.0.0.1, four device keys (only three registered).
     proc = fedrec(
@@ -189,6 +192,7 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
             "--max-wait",
             "60",
             *policy,
+            python=DEVICE,
         )
 
     # 3. Refusals: a device that trusts another CA, and a device whose key was never registered.
@@ -256,6 +260,7 @@ def test_tls_federation_with_authenticated_devices(tmp_path, children):
         str(out / "global_model.pt"),
         "-k",
         "5",
+        python=DEVICE,
     )
     assert wait_exit(rec, tmp_path / "recommend.log", 120) == 0, _read(tmp_path / "recommend.log")
     rows = [line.split() for line in _read(tmp_path / "recommend.log").splitlines() if line.strip()]

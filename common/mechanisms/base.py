@@ -17,7 +17,7 @@ import torch
 from scipy.stats import binom
 
 from fedrec.common.errors import FedrecError
-from fedrec.common.model import NeuMF, global_state
+from fedrec.common.model import build_model, global_state
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.replies import allowed_keys
 from fedrec.common.settings import require
@@ -145,6 +145,8 @@ class Mechanism(ABC):
     # The noise is split across devices and only the sum is used: rounds need secure aggregation.
     shared: ClassVar[bool] = False
     trainer: ClassVar[Trainer] = Trainer.LOCAL
+    # Trains any model of the contract (common/recommender.py), not only NeuMF's own layout.
+    any_model: ClassVar[bool] = True
     # A train reply's arrays are (a sum of) the global parameters, or their change, under their own names;
     # else the mechanism's own arrays (``share_names``).
     replies_parameters: ClassVar[bool] = True
@@ -152,7 +154,13 @@ class Mechanism(ABC):
     ignores: ClassVar[tuple[Ignored, ...]] = ()
 
     def check(self, federation: FederationConfig) -> None:
-        """Refuse, in one line, a setting this mechanism ignores that was set to another value."""
+        """Refuse, in one line, a setting this mechanism ignores that was set to another value, or a model
+        it cannot train."""
+        require(
+            self.any_model or not federation.device.model.custom,
+            "device.model.kind",
+            f"privacy.mechanism {self.name} trains NeuMF's own layout only, not {federation.device.model.kind!r}",
+        )
         for ignored in self.ignores:
             value, default = setting(federation, ignored.key)
             allowed = ignored.allowed or (default,)
@@ -199,9 +207,9 @@ class Mechanism(ABC):
         return None
 
     def initial_state(self, device: DeviceConfig) -> dict[str, torch.Tensor]:
-        """The global model the first round starts from: a seeded random NeuMF."""
+        """The global model the first round starts from: a seeded random model of the configured kind."""
         torch.manual_seed(device.seed)
-        return global_state(NeuMF(1, device.n_items, device.model))
+        return global_state(build_model(1, device.n_items, device.model))
 
     def round_step(self, device: DeviceConfig, privacy: DevicePrivacy, round_number: int) -> AccountantStep:
         """What a device's round adds to its accountant history."""

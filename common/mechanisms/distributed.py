@@ -44,6 +44,7 @@ class DistributedDP(Mechanism):
     server_sees = "only the noisy sum per round, and which devices reported"
     shared = True
     trainer = Trainer.SHARED_GRADIENTS
+    any_model = False  # its per-record gradients are written out for NeuMF's tables (client/shared_gradients.py)
     replies_parameters = False  # the item table's noisy gradient sum, or in round 1 the item histogram
     reads = (
         "privacy.epsilon",

@@ -15,7 +15,8 @@ import torch
 
 from fedrec.common.config import CentralConfig
 from fedrec.common.metrics import full_ranks, hit_ndcg, sampled_ranks
-from fedrec.common.model import ModelConfig, NeuMF, from_pretrained
+from fedrec.common.model import ModelConfig, NeuMF, build_model, from_pretrained
+from fedrec.common.recommender import Recommender
 from fedrec.common.sampling import positive_keys
 from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
@@ -36,7 +37,7 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def model_scores(model: NeuMF) -> np.ndarray:
+def model_scores(model: Recommender) -> np.ndarray:
     return model.score_users(torch.arange(model.n_users)).numpy()
 
 
@@ -51,7 +52,7 @@ def train_with_validation(split: Split) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def train_epoch(
-    model: NeuMF,
+    model: Recommender,
     optimizer: torch.optim.Optimizer,
     users: np.ndarray,
     items: np.ndarray,
@@ -78,7 +79,7 @@ def train_epoch(
 
 
 def central_optimizer(
-    model: NeuMF, cfg: TrainConfig
+    model: Recommender, cfg: TrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Adam, fused: one kernel per step instead of a loop over the parameters (bench/centralized_adam.py)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -86,7 +87,7 @@ def central_optimizer(
 
 
 def _train(
-    model: NeuMF,
+    model: Recommender,
     users: np.ndarray,
     items: np.ndarray,
     stamps: np.ndarray,
@@ -96,7 +97,7 @@ def _train(
     label: str,
     split: Split,
     epochs: int | None = None,
-) -> tuple[NeuMF, dict]:
+) -> tuple[Recommender, dict]:
     """Train ``model`` on the given positives.
 
     With ``epochs=None``: up to ``cfg.epochs``, keeping the epoch with the best validation NDCG@10 (full
@@ -160,7 +161,7 @@ def _recipe(
     data: tuple[np.ndarray, np.ndarray, np.ndarray],
     bar: Bar,
     epochs: dict[str, int] | None = None,
-) -> tuple[NeuMF, dict[str, dict]]:
+) -> tuple[Recommender, dict[str, dict]]:
     """NeuMF from random init, or (``pretrain``) from a GMF-only and an MLP-only model trained first.
 
     ``epochs`` None: early stopping for every stage; else the per-stage epoch counts found that way.
@@ -168,9 +169,9 @@ def _recipe(
     cfg, model_cfg = config.train, config.model
     infos: dict[str, dict] = {}
 
-    def stage(name: str, cfg_m: ModelConfig, init: NeuMF | None = None) -> NeuMF:
+    def stage(name: str, cfg_m: ModelConfig, init: Recommender | None = None) -> Recommender:
         torch.manual_seed(seed)
-        model = init if init is not None else NeuMF(split.n_users, split.n_items, cfg_m)
+        model = init if init is not None else build_model(split.n_users, split.n_items, cfg_m)
         model, infos[name] = _train(
             model, *data, cfg, seed, bar, f"centralized {name}", split, None if epochs is None else epochs[name]
         )
@@ -180,6 +181,7 @@ def _recipe(
     if cfg.pretrain and model_cfg.kind == "neumf":
         gmf = stage("gmf", dataclasses.replace(model_cfg, kind="gmf"))
         mlp = stage("mlp", dataclasses.replace(model_cfg, kind="mlp"))
+        assert isinstance(gmf, NeuMF) and isinstance(mlp, NeuMF)  # the built-in kinds build NeuMF
         init = from_pretrained(gmf, mlp, model_cfg)
     return stage("neumf", model_cfg, init), infos
 

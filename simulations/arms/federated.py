@@ -27,7 +27,7 @@ from fedrec.common.errors import FedrecError
 from fedrec.common.keys import create_key_file, load_key_file
 from fedrec.common.manifest import is_provisioned, load_manifest
 from fedrec.common.mechanisms import mechanism_for
-from fedrec.common.model import NeuMF
+from fedrec.common.model import build_model
 from fedrec.common.model_files import load_global_model
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.processes import interruptible, reaped_descendants
@@ -154,7 +154,7 @@ def score_matrix(cfg: FederationConfig, model_path: Path, n_users: int) -> np.nd
         if row is None:
             row = serve_device(ref, state, device)
         rows[index[ref.device_id]] = torch.from_numpy(row)
-    model = NeuMF(n_users, device.n_items, device.model)
+    model = build_model(n_users, device.n_items, device.model)
     model.load_state_dict({**state, "user_emb.weight": rows})
     return model.score_users(torch.arange(n_users)).numpy()
 

@@ -29,6 +29,9 @@ class Arm:
     audit: bool = False  # the canary audit can retrain it (fedrec audit)
     background: bool = False  # fitted in a second process beside the federated arms (simulation.background_central)
     default: bool = False  # in the default `fedrec simulate`
+    # The ModelConfig (dotted path) of an arm that trains any model of the contract (common/recommender.py):
+    # what --model sets. An arm with settings and none here trains NeuMF's own layout only.
+    model: str = ""
 
     @property
     def private(self) -> bool:
@@ -45,8 +48,26 @@ ARMS: dict[str, Arm] = {
         Arm("itemknn", "none", "", "", "itemknn:bind_itemknn"),
         Arm("bpr", "none", "", "", "bpr:bind_bpr"),
         Arm("multivae", "none", "", "", "multivae:bind_multivae"),
-        Arm("centralized", "none", "", "central", "centralized:bind", background=True, default=True),
-        Arm("federated", "none", "", "federation", "federated:bind", federated=True, default=True),
+        Arm(
+            "centralized",
+            "none",
+            "",
+            "central",
+            "centralized:bind",
+            background=True,
+            default=True,
+            model="central.model",
+        ),
+        Arm(
+            "federated",
+            "none",
+            "",
+            "federation",
+            "federated:bind",
+            federated=True,
+            default=True,
+            model="federation.device.model",
+        ),
         Arm(
             "federated_dp",
             "local",
@@ -58,6 +79,7 @@ ARMS: dict[str, Arm] = {
             sweeps=True,
             audit=True,
             default=True,
+            model="federation.device.model",
         ),
         # the centralized_dp recipe as a federation, with settings of its own; asked for with --arms (slow)
         Arm(
@@ -81,6 +103,7 @@ ARMS: dict[str, Arm] = {
             federated=True,
             sweeps=True,
             audit=True,
+            model="federation.device.model",
         ),
         # Opacus DP-SGD on the pooled split: the local mechanism with the whole split as one device
         Arm(
@@ -131,6 +154,19 @@ def sweep_arm_name(arm: str, epsilon: float) -> str:
 def rounds_keys() -> list[str]:
     """What --rounds sets: the rounds of every federated arm's settings branch."""
     return _unique(f"{a.settings}.server.rounds" for a in ARMS.values() if a.federated)
+
+
+def model_keys() -> list[str]:
+    """What --model sets: the model kind of every arm that trains any model of the contract."""
+    return _unique(f"{a.model}.kind" for a in ARMS.values() if a.model)
+
+
+def refuse_fixed_models(names: Iterable[str]) -> None:
+    """--model with an arm that trains NeuMF's own layout only (it would silently ignore the model)."""
+    for name in names:
+        arm = ARMS.get(name)
+        if arm is not None and arm.settings and not arm.model:
+            raise FedrecError(f"--model: arm {name} trains NeuMF's own layout only; leave it out of --arms")
 
 
 def budget_keys(leaf: str) -> list[str]:

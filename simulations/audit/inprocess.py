@@ -26,7 +26,7 @@ from fedrec.common.datasets import Interactions
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions, RoundInfo, resolve_privacy
 from fedrec.common.mechanisms import Trainer, mechanism_for
-from fedrec.common.model import NeuMF
+from fedrec.common.model import build_model
 from fedrec.common.policy import SIMULATED
 from fedrec.common.split import Split
 from fedrec.common.store import Events
@@ -101,7 +101,7 @@ def fit_inprocess(data: Interactions, split: Split, seed: int, federation: Feder
         mean, _ = train_fleet(devices, global_params, task, SIMULATED)
         global_params = {k: mean[k] for k in global_params}  # one node: its mean is the aggregate
     user_rows = torch.cat([training_row(d, d.device_id, device) for d in everyone])
-    model = NeuMF(split.n_users, split.n_items, device.model)
+    model = build_model(split.n_users, split.n_items, device.model)
     model.load_state_dict({**global_params, "user_emb.weight": user_rows})
     scores = model.score_users(torch.arange(split.n_users)).numpy()
     info: dict = {

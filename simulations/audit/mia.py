@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fedrec.common.config import CentralConfig
-from fedrec.common.model import NeuMF
+from fedrec.common.model import build_model
 from fedrec.common.sampling import positive_keys
 from fedrec.common.split import Split
 from fedrec.common.training import TrainConfig
@@ -88,7 +88,7 @@ def train_shadow(
     cfg: TrainConfig = config.train
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = NeuMF(split.n_users, split.n_items, config.model)
+    model = build_model(split.n_users, split.n_items, config.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     keys = positive_keys(users, items, split.n_items)

@@ -16,7 +16,7 @@ import numpy as np
 from fedrec.common.errors import DataError
 from fedrec.common.item_rows import COUNTS
 from fedrec.common.mechanisms import mechanism_for
-from fedrec.common.model import LOCAL_PREFIX, NeuMF
+from fedrec.common.model import LOCAL_PREFIX, build_model
 from fedrec.common.model_files import read_model_info
 from fedrec.common.replies import SHARED_COUNTS, allowed_keys
 from fedrec.server.secure_aggregation import SECURE_DIRECTION
@@ -27,7 +27,7 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 def expected_arrays(model_json: Path) -> dict[str, dict]:
     """Name -> {shape, dtype} of every global parameter of the run's model (from its model.json)."""
     device = read_model_info(model_json).federation.device
-    model = NeuMF(1, device.n_items, device.model)
+    model = build_model(1, device.n_items, device.model)
     return {
         name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         for name, t in model.state_dict().items()
