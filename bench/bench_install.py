@@ -44,6 +44,8 @@ def main() -> None:
         print(f"device install (pip install fedrec):            {device:7.0f} MB, {len(device_pkgs)} distributions")
         print(f'full install (pip install "fedrec[harness]"):   {full:7.0f} MB, {len(full_pkgs)} distributions')
         print(f"the harness adds {full - device:.0f} MB: {', '.join(sorted(set(full_pkgs) - set(device_pkgs)))}")
+        (torch,) = (Path(tmp) / "device").glob("lib/python*/site-packages/torch")
+        print(f"torch's CPU build, in both: {size_mb(torch):.0f} MB")
         print(f"device / full: {device / full:.2f} ({time.perf_counter() - t0:.0f} s)")
 
 

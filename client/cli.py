@@ -14,6 +14,7 @@ import typer
 from fedrec.client.store_cli import store_app
 from fedrec.common.cli import say
 from fedrec.common.errors import FedrecError
+from fedrec.common.model_names import canonical
 from fedrec.common.policy import DevicePolicy
 from fedrec.common.settings import SettingError
 
@@ -70,7 +71,7 @@ def client(
             max_epsilon,
             min_devices,
             min_secagg_threshold,
-            ",".join(allow_model),
+            ",".join(canonical(kind) for kind in allow_model),
         )
     except SettingError as exc:
         raise FedrecError(f"fedrec client: --{exc.field.replace('_', '-')}: {exc}") from None
@@ -114,5 +115,5 @@ def recommend(
     # lazy: CLI start-up
     from fedrec.client.recommend import recommend as top_k
 
-    for rec in top_k(store, key_file, model, k, manifest, state_prefix, ",".join(allow_model)):
+    for rec in top_k(store, key_file, model, k, manifest, state_prefix, ",".join(map(canonical, allow_model))):
         print(f"{rec.rank:>3}  {rec.item_id:>8}  {rec.score:8.3f}  {rec.title or ''}".rstrip())

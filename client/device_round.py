@@ -29,7 +29,7 @@ from fedrec.common.metrics import ranks_from_scores
 from fedrec.common.model import build_model
 from fedrec.common.policy import DevicePolicy
 from fedrec.common.privacy import LIFETIME, LifetimeLedger, PrivacyLedger, over_budget
-from fedrec.common.recommender import Recommender
+from fedrec.common.recommender import Recommender, load_weights
 from fedrec.common.store import DeviceStore, Events
 from fedrec.common.training import recency_oversample
 
@@ -109,7 +109,7 @@ def embedding_bytes(weight: torch.Tensor) -> bytes:
 def local_model(global_params: Mapping[str, torch.Tensor], user_row: torch.Tensor, device: DeviceConfig) -> Recommender:
     """A fresh model per round (Opacus cannot wrap a module twice) with this device's own user row."""
     model = build_model(1, device.n_items, device.model)
-    model.load_state_dict({**global_params, "user_emb.weight": user_row})
+    load_weights(model, {**global_params, "user_emb.weight": user_row})
     return model
 
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrec.common.memory import require_memory
-from fedrec.common.recommender import Recommender, check_contract, is_model_path, model_class
+from fedrec.common.model_names import is_model_path
+from fedrec.common.recommender import Recommender, check_contract, model_class
 from fedrec.common.settings import MAX_LAYERS, MAX_WIDTH, require, require_count
 
 BUILT_IN = ("neumf", "mlp", "gmf")  # NeuMF and its two halves; any other kind is a class path (common/recommender.py)

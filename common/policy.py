@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from fedrec.common.errors import FedrecError
+from fedrec.common.model_names import canonical
 from fedrec.common.settings import SettingError, require
 
 if TYPE_CHECKING:
@@ -113,9 +114,10 @@ SIMULATED = DevicePolicy(
 
 
 def model_refusal(model: ModelConfig, allowed: str) -> str | None:
-    """Why a model may not be loaded under the owner's comma-separated ``allowed`` kinds, or None."""
-    names = {name.strip() for name in allowed.split(",")}
-    if not model.custom or "*" in names or model.kind in names:
+    """Why a model may not be loaded under the owner's comma-separated ``allowed`` kinds, or None (a file
+    path names the same model however it is written)."""
+    names = {canonical(name.strip()) for name in allowed.split(",") if name.strip()}
+    if not model.custom or "*" in names or canonical(model.kind) in names:
         return None
     return f"model {model.kind!r} is not one this device's owner allowed (--allow-model): loading it runs its code"
 

@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from fedrec.common.errors import FedrecError
+from fedrec.common.model_names import is_model_path
 
 if TYPE_CHECKING:
     from fedrec.common.model import ModelConfig
@@ -65,12 +67,6 @@ class Recommender(nn.Module):
         ]
         self.train(was_training)
         return torch.cat(rows) if rows else torch.zeros(0, self.n_items)
-
-
-def is_model_path(kind: str) -> bool:
-    """``kind`` names a class by where it is (``module:Class`` or ``file.py:Class``), not by registry name."""
-    module, _, name = kind.rpartition(":")
-    return bool(module) and name.isidentifier()
 
 
 def model_class(kind: str) -> type[Recommender]:
@@ -108,6 +104,22 @@ def _load_file(path: Path) -> ModuleType:
         del sys.modules[name]
         raise
     return module
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """``state`` into ``model``, or one line naming the first parameter that differs: weights trained with
+    another model's code (a model file changed since the run, another kind or width)."""
+    own = model.state_dict()
+    for name in sorted(set(own) | set(state)):
+        if name not in own or name not in state or own[name].shape != state[name].shape:
+            given = tuple(state[name].shape) if name in state else "absent"
+            expected = tuple(own[name].shape) if name in own else "absent"
+            kind = getattr(getattr(model, "config", None), "kind", type(model).__name__)
+            raise FedrecError(
+                f"model {kind!r}: the weights do not fit its code ({name}: {given} in the weights, {expected} in "
+                "the model); was the model changed since the run?"
+            )
+    model.load_state_dict(state)
 
 
 def check_contract(model: nn.Module, n_users: int, n_items: int, config: ModelConfig) -> None:

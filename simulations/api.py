@@ -24,6 +24,7 @@ from typing import Any
 from fedrec.common.config import FedrecConfig, load_config
 from fedrec.common.datasets import Interactions, from_raw, load_dataset
 from fedrec.common.errors import DataError
+from fedrec.common.model_names import canonical
 from fedrec.simulations.arms.registry import central_fitters
 from fedrec.simulations.arms.table import (
     DEFAULT_ARMS,
@@ -135,8 +136,7 @@ def model_kind(model: str | type | None) -> str | None:
         if "<locals>" in model.__qualname__:
             raise DataError(f"model {model.__qualname__}: define the class at the top level of a module")
         return f"{Path(inspect.getfile(model)).resolve()}:{model.__qualname__}"
-    where, colon, name = model.rpartition(":")
-    return f"{Path(where).resolve()}{colon}{name}" if where.endswith(".py") else model
+    return canonical(model)
 
 
 def settings_of(

@@ -24,6 +24,9 @@ from fedrec.simulations.rundir import RunDir, atomic_write_text
 # RecBole's atomic .inter header: name:type per column, tab-separated (https://recbole.io, "Atomic Files").
 RECBOLE_COLUMNS = ("user_id:token", "item_id:token", "rating:float", "timestamp:float")
 RECBOLE_STAGES = ("train", "valid", "test")  # the suffixes of RecBole's benchmark_filename
+# RecBole reads a dataset named ml-100k from its own bundled copy whatever data_path says: every exported
+# dataset name carries this prefix, so RecBole reads the exported files.
+RECBOLE_PREFIX = "fedrec-"
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,10 @@ def stage_rows(run: RunSplit) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def write_recbole(run: RunSplit, out: Path) -> Exported:
-    """``out/<name>/<name>.{train,valid,test}.inter`` and ``<name>.yaml``, RecBole's config for them."""
-    directory = out / run.name
+    """``out/fedrec-<name>/fedrec-<name>.{train,valid,test}.inter`` and ``fedrec-<name>.yaml``, RecBole's
+    config for them."""
+    name = RECBOLE_PREFIX + run.name
+    directory = out / name
     directory.mkdir(parents=True, exist_ok=True)
     rating = _rating_lookup(run.data)
     has_rating = bool(np.isfinite(run.data.ratings).any())
@@ -102,12 +107,12 @@ def write_recbole(run: RunSplit, out: Path) -> Exported:
             table.append(np.char.mod("%g", rating(users, items)))
         table.append(stamps.astype(str))
         lines = ["\t".join(columns)] + ["\t".join(cells) for cells in zip(*(t.tolist() for t in table))]
-        path = directory / f"{run.name}.{stage}.inter"
+        path = directory / f"{name}.{stage}.inter"
         atomic_write_text(path, "\n".join(lines) + "\n")
         files.append(path)
         counts[stage] = len(users)
-    config = directory / f"{run.name}.yaml"
-    atomic_write_text(config, recbole_config(run.name, out, [c.split(":")[0] for c in columns]))
+    config = directory / f"{name}.yaml"
+    atomic_write_text(config, recbole_config(name, out, [c.split(":")[0] for c in columns]))
     return Exported(directory, (*files, config), counts)
 
 

@@ -4,18 +4,20 @@ or that a device's owner did not allow, is refused in one line."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from fedrec_cli import run_fedrec
 
 from fedrec.common.config import DeviceConfig, FederationConfig, PrivacyConfig
 from fedrec.common.errors import FedrecError
 from fedrec.common.model import ModelConfig, build_model
 from fedrec.common.policy import SIMULATED, DevicePolicy
-from fedrec.common.recommender import Recommender
+from fedrec.common.recommender import Recommender, load_weights
 from fedrec.common.settings import SettingError
 from fedrec.simulations.api import baseline, simulate
 
@@ -35,7 +37,9 @@ def two_tower(tmp_path) -> str:
 
 def model_file(tmp_path, name: str, body: str) -> str:
     path = tmp_path / f"{name}.py"
-    path.write_text("import torch\nfrom torch import nn\nfrom fedrec.common.recommender import Recommender\n" + body)
+    path.write_text(
+        "import torch\nfrom torch import nn\nfrom fedrec.common.recommender import Recommender, load_weights\n" + body
+    )
     return str(path)
 
 
@@ -124,6 +128,25 @@ def test_the_example_trains_centralized_federated_and_private_above_popularity(t
     assert private["device_privacy"]["mechanism"] == "local" and private["device_privacy"]["noise_multiplier"] > 0
     assert 0 < max(r["epsilon_max"] for r in private["rounds"]) <= 8.0 + 1e-9  # Opacus' accountant, per device
     assert arms["federated_dp"].ndcg > 0
+
+    # on-device recommendations from the run's model: only when the device's owner allows the model
+    run = tmp_path / "run"
+    store = sorted((run / "stores" / "stores").glob("*.db"))[0]
+    args = ["recommend", "--store", str(store), "--key-file", str(run / "stores" / "master.key"), "--model",
+            str(run / "models" / "federated" / "global_model.pt"), "-k", "3"]  # fmt: skip
+    refused = run_fedrec(*args)
+    assert refused.code == 1 and "not one this device's owner allowed (--allow-model)" in refused.stderr
+    relative = os.path.relpath(two_tower, tmp_path)  # the same file, however it is written
+    served = run_fedrec(*args, "--allow-model", relative, cwd=tmp_path)
+    assert served.code == 0, served.stderr
+    assert [line.split()[0] for line in served.stdout.splitlines()] == ["1", "2", "3"]
+
+
+def test_weights_of_another_model_are_one_clear_error(two_tower):
+    model = build_model(2, 6, ModelConfig(kind=two_tower, **SMALL))
+    state = {**model.state_dict(), "item_emb.weight": torch.zeros(6, 3)}
+    with pytest.raises(FedrecError, match=r"item_emb.weight: \(6, 3\) in the weights, \(6, 17\) in the model"):
+        load_weights(model, state)
 
 
 def test_baseline_takes_the_class_itself(tmp_path, two_tower, ml100k_dir):

@@ -42,7 +42,7 @@ def test_recbole_export_round_trips_to_the_runs_split(run, monkeypatch, capsys, 
     assert done.code == 0, done.stderr
     data = load_csv(log)
     split = temporal_split(data, 4)
-    stages = read_recbole(out / "log", data)
+    stages = read_recbole(out / "fedrec-log", data)
     users, items, stamps = stages["train"]
     pairs = set(zip(users.tolist(), items.tolist(), stamps.tolist()))
     assert len(pairs) == len(users) == len(split.train_users)
@@ -52,9 +52,9 @@ def test_recbole_export_round_trips_to_the_runs_split(run, monkeypatch, capsys, 
         expected = np.full(data.n_users, -1)
         expected[users] = items
         assert np.array_equal(expected, targets)
-    header = (out / "log" / "log.train.inter").read_text().splitlines()[0]
+    header = (out / "fedrec-log" / "fedrec-log.train.inter").read_text().splitlines()[0]
     assert header == "user_id:token\titem_id:token\trating:float\ttimestamp:float"
-    assert "benchmark_filename: [train, valid, test]" in (out / "log" / "log.yaml").read_text()
+    assert "benchmark_filename: [train, valid, test]" in (out / "fedrec-log" / "fedrec-log.yaml").read_text()
 
 
 def test_a_dataset_that_changed_since_the_run_is_refused(run, monkeypatch, capsys, tmp_path):

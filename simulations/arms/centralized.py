@@ -172,8 +172,9 @@ def _recipe(
     def stage(name: str, cfg_m: ModelConfig, init: Recommender | None = None) -> Recommender:
         torch.manual_seed(seed)
         model = init if init is not None else build_model(split.n_users, split.n_items, cfg_m)
+        shown = cfg_m.kind.rpartition(":")[2] if cfg_m.custom else name  # a model of one's own by its class
         model, infos[name] = _train(
-            model, *data, cfg, seed, bar, f"centralized {name}", split, None if epochs is None else epochs[name]
+            model, *data, cfg, seed, bar, f"centralized {shown}", split, None if epochs is None else epochs[name]
         )
         return model
 

@@ -31,6 +31,7 @@ from fedrec.common.model import build_model
 from fedrec.common.model_files import load_global_model
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.processes import interruptible, reaped_descendants
+from fedrec.common.recommender import load_weights
 from fedrec.common.settings import to_nested
 from fedrec.common.split import Split
 from fedrec.server.app import make_server_app
@@ -155,7 +156,7 @@ def score_matrix(cfg: FederationConfig, model_path: Path, n_users: int) -> np.nd
             row = serve_device(ref, state, device)
         rows[index[ref.device_id]] = torch.from_numpy(row)
     model = build_model(n_users, device.n_items, device.model)
-    model.load_state_dict({**state, "user_emb.weight": rows})
+    load_weights(model, {**state, "user_emb.weight": rows})
     return model.score_users(torch.arange(n_users)).numpy()
 
 
