@@ -13,6 +13,13 @@ from fedrec.common.sampling import positive_keys, sample_negatives
 from fedrec.common.split import Split
 
 BATCH = 1024
+K = 10
+ACC_KEYS = (f"hr@{K}", f"ndcg@{K}", f"hr@{K}_sampled", f"ndcg@{K}_sampled")  # every arm, every dataset
+# A held-out item rated at least this is one the user liked (the retention simulator's like model uses the
+# same line). With ratings, the report also says how often an arm ranks a *liked* held-out item: the item
+# counts only when liked, over every user with a held-out item; liked_share is the share of those users.
+LIKED_RATING = 4.0
+LIKED_KEYS = (f"liked_hr@{K}", f"liked_ndcg@{K}", "liked_share")
 
 
 def _masked(scores: np.ndarray, seen: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
@@ -89,11 +96,28 @@ def hit_ndcg(ranks: np.ndarray, k: int = 10) -> tuple[float, float]:
     return float(hit.mean()), float(ndcg.mean())
 
 
-def evaluate_scores(scores: np.ndarray, split: Split, stage: str = "test", seed: int = 0, k: int = 10) -> dict:
-    """The four accuracy numbers of the report contract."""
-    hr, ndcg = hit_ndcg(full_ranks(scores, split, stage, seed), k)
+def liked_hit_ndcg(ranks: np.ndarray, ratings: np.ndarray, k: int = K) -> tuple[float, float, float]:
+    """HR@k and NDCG@k where a held-out item counts only when rated >= LIKED_RATING, over users with a
+    target, and the share of those users whose held-out item is liked."""
+    has = ranks >= 0
+    if not has.any():
+        return 0.0, 0.0, 0.0
+    r, liked = ranks[has], ratings[has] >= LIKED_RATING  # NaN (unrated) is not liked
+    hit = (r < k) & liked
+    return float(hit.mean()), float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean()), float(liked.mean())
+
+
+def evaluate_scores(scores: np.ndarray, split: Split, stage: str = "test", seed: int = 0, k: int = K) -> dict:
+    """The accuracy numbers of the report contract: ACC_KEYS, and LIKED_KEYS when the held-out items are rated."""
+    ranks = full_ranks(scores, split, stage, seed)
+    hr, ndcg = hit_ndcg(ranks, k)
     hr_s, ndcg_s = hit_ndcg(sampled_ranks(scores, split, stage, seed), k)
-    return {f"hr@{k}": hr, f"ndcg@{k}": ndcg, f"hr@{k}_sampled": hr_s, f"ndcg@{k}_sampled": ndcg_s}
+    found = {f"hr@{k}": hr, f"ndcg@{k}": ndcg, f"hr@{k}_sampled": hr_s, f"ndcg@{k}_sampled": ndcg_s}
+    ratings = split.target_ratings(stage)
+    if np.isfinite(ratings[split.targets(stage) >= 0]).any():
+        liked_hr, liked_ndcg, share = liked_hit_ndcg(ranks, ratings, k)
+        found.update({f"liked_hr@{k}": liked_hr, f"liked_ndcg@{k}": liked_ndcg, "liked_share": share})
+    return found
 
 
 def top_k(scores: np.ndarray, seen: sp.csr_matrix, k: int) -> np.ndarray:

@@ -25,6 +25,10 @@ class Split:
     test_items: np.ndarray  # [n_users]
     val_timestamps: np.ndarray  # [n_users], 0 where none
     test_timestamps: np.ndarray  # [n_users], 0 where none
+    # [n_users] the user's rating of the held-out item: NaN where none or the dataset has no ratings. Only the
+    # liked-item metrics read it (fedrec.common.metrics); no arm trains on a held-out rating.
+    val_ratings: np.ndarray
+    test_ratings: np.ndarray
 
     def train_matrix(self) -> sp.csr_matrix:
         """Binary user x item matrix of train interactions (duplicates collapse to 1)."""
@@ -51,6 +55,9 @@ class Split:
     def targets(self, stage: str) -> np.ndarray:
         return self.test_items if stage == "test" else self.val_items
 
+    def target_ratings(self, stage: str) -> np.ndarray:
+        return self.test_ratings if stage == "test" else self.val_ratings
+
 
 def temporal_split(data: Interactions, seed: int) -> Split:
     """Sort each user's interactions by time (seeded random tie-break); last = test, second-last = validation."""
@@ -63,7 +70,7 @@ def temporal_split(data: Interactions, seed: int) -> Split:
     rng = np.random.default_rng(seed)
     tiebreak = rng.permutation(len(data))
     order = np.lexsort((tiebreak, data.timestamps, data.users))
-    users, items, stamps = data.users[order], data.items[order], data.timestamps[order]
+    users, items, stamps, ratings = data.users[order], data.items[order], data.timestamps[order], data.ratings[order]
     counts = np.bincount(users, minlength=data.n_users)
     ends = np.cumsum(counts)  # index one past each user's last interaction
     eligible = counts >= 3
@@ -82,6 +89,10 @@ def temporal_split(data: Interactions, seed: int) -> Split:
     test_items[eligible_users] = items[test_idx]
     val_ts[eligible_users] = stamps[val_idx]
     test_ts[eligible_users] = stamps[test_idx]
+    val_ratings = np.full(data.n_users, np.nan, dtype=np.float32)
+    test_ratings = np.full(data.n_users, np.nan, dtype=np.float32)
+    val_ratings[eligible_users] = ratings[val_idx]
+    test_ratings[eligible_users] = ratings[test_idx]
     return Split(
         n_users=data.n_users,
         n_items=data.n_items,
@@ -93,4 +104,6 @@ def temporal_split(data: Interactions, seed: int) -> Split:
         test_items=test_items,
         val_timestamps=val_ts,
         test_timestamps=test_ts,
+        val_ratings=val_ratings,
+        test_ratings=test_ratings,
     )

@@ -37,8 +37,6 @@ from fedrec.simulations.arms.table import (
 from fedrec.simulations.experiment import Experiment, run
 from fedrec.simulations.simulate import build_experiment
 
-METRICS = ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled")
-
 
 @dataclass(frozen=True)
 class Metric:
@@ -50,7 +48,7 @@ class Metric:
 @dataclass(frozen=True)
 class ArmResults:
     name: str
-    metrics: dict[str, Metric]  # METRICS, test split, full ranking (docs/protocol.md)
+    metrics: dict[str, Metric]  # metrics.ACC_KEYS (+ LIKED_KEYS with ratings), test split (docs/protocol.md)
     per_seed: list[dict[str, float]]
     info: dict[str, Any]  # what the arm chose and spent (settings, curves, privacy)
 

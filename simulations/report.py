@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+from fedrec.common.metrics import ACC_KEYS, LIKED_KEYS, LIKED_RATING
 from fedrec.simulations import federated_report, retention_report
 from fedrec.simulations.arms.table import PRIVATE_ARMS
 
 # Sections owned by other stages: each returns "" when the report lacks its data, so one renderer serves a
 # baseline run, a simulate run and a run re-read by ``fedrec retention``.
 EXTRA_SECTIONS = (federated_report.markdown, retention_report.markdown)
-ACC_KEYS = ("hr@10", "ndcg@10", "hr@10_sampled", "ndcg@10_sampled")
 
 
 def _fmt_ci(arm: dict, key: str) -> str:
@@ -38,7 +38,27 @@ def accuracy_section(report: dict) -> str:
         if "accuracy" in arm:
             lines.append(f"| {name} | " + " | ".join(_fmt_ci(arm, k) for k in ACC_KEYS) + " |")
     lines += ["", "![accuracy](accuracy.png)", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + liked_section(report)
+
+
+def liked_section(report: dict) -> str:
+    """How often each arm ranks a held-out item the user *liked* (only with a rated dataset)."""
+    rated = {name: arm for name, arm in report["arms"].items() if LIKED_KEYS[0] in arm.get("accuracy", {})}
+    if not rated:
+        return ""
+    share = next(iter(rated.values()))["accuracy"]["liked_share"]
+    lines = [
+        "## Liked items (test)",
+        "",
+        f"The held-out item counts only when the user rated it {LIKED_RATING:g} or more ({share:.1%} of the users "
+        "with a held-out item did); over every user with one, so each number is at most its column above.",
+        "",
+        "| arm | liked HR@10 | liked NDCG@10 |",
+        "| --- | --- | --- |",
+    ]
+    for name, arm in rated.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt_ci(arm, k) for k in LIKED_KEYS[:2]) + " |")
+    return "\n".join(lines + [""])
 
 
 def _private_epsilon(arm: dict) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedrec.common.datasets import from_raw
-from fedrec.common.metrics import evaluate_scores, full_ranks, hit_ndcg, sampled_ranks, top_k
+from fedrec.common.metrics import evaluate_scores, full_ranks, hit_ndcg, liked_hit_ndcg, sampled_ranks, top_k
 from fedrec.common.split import temporal_split
 
 
@@ -75,3 +75,29 @@ def test_top_k_excludes_seen_and_orders(tiny):
     for u in range(split.n_users):
         assert not seen[u, best[u]].toarray().any()
         assert list(best[u]) == sorted(best[u], reverse=True)
+
+
+def test_a_held_out_item_counts_as_liked_only_when_rated_four_or_more():
+    ranks = np.array([0, 0, 3, 12, -1, 1])
+    ratings = np.array([5.0, 3.0, 4.0, 5.0, 5.0, np.nan])  # user 1's top hit is disliked, user 5's unrated
+    hr, ndcg, share = liked_hit_ndcg(ranks, ratings, 10)
+    assert share == pytest.approx(3 / 5)  # users 0, 2 and 3 of the five with a held-out item
+    assert hr == pytest.approx(2 / 5)  # users 0 and 2: user 3 liked its item but ranked it 13th
+    assert ndcg == pytest.approx((1.0 + 1.0 / np.log2(5.0)) / 5)
+    full_hr, full_ndcg = hit_ndcg(ranks, 10)
+    assert hr < full_hr and ndcg < full_ndcg
+
+
+def test_liked_metrics_appear_only_for_rated_data():
+    users = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    items = np.array([0, 1, 2, 3, 4, 5, 6, 3])
+    stamps = np.array([1, 2, 3, 4, 1, 2, 3, 4])
+    ratings = np.array([5, 5, 5, 2, 5, 5, 5, 4], dtype=np.float32)  # the test items: 3 rated 2 and 4, and 3 rated 4
+    rated = temporal_split(from_raw("rated", users, items, stamps, ratings), 0)
+    assert rated.test_ratings.tolist() == [2.0, 4.0] and rated.val_ratings.tolist() == [5.0, 5.0]
+    scores = np.zeros((2, rated.n_items))
+    scores[:, 3] = 1.0  # both users' test item ranked first
+    found = evaluate_scores(scores, rated, "test")
+    assert found["ndcg@10"] == 1.0 and found["liked_ndcg@10"] == 0.5 and found["liked_share"] == 0.5
+    unrated = temporal_split(from_raw("unrated", users, items, stamps), 0)
+    assert not any(k.startswith("liked") for k in evaluate_scores(scores, unrated, "test"))

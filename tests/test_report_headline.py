@@ -41,3 +41,14 @@ def test_the_headline_states_each_arms_own_unit():
         }
     }
     assert "federated_user_dp (epsilon 8, delta 1e-05, user-level) NDCG@10 0.0300: 0.75x popularity" in headline(report)
+
+
+def test_the_liked_items_section_only_with_rated_held_out_items():
+    from fedrec.simulations.report import liked_section
+
+    accuracy = {"hr@10": 0.1, "ndcg@10": 0.05}
+    liked = {**accuracy, "liked_hr@10": 0.06, "liked_ndcg@10": 0.03, "liked_share": 0.55}
+    section = liked_section({"arms": {"ease": {"accuracy": liked}, "popularity": {"accuracy": liked}}})
+    assert section.startswith("## Liked items (test)") and "rated it 4 or more (55.0% of the users" in section
+    assert "| ease | 0.0600 | 0.0300 |" in section
+    assert liked_section({"arms": {"ease": {"accuracy": accuracy}}}) == ""

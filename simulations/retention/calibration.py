@@ -20,10 +20,10 @@ import numpy as np
 from scipy.optimize import isotonic_regression
 
 from fedrec.common.datasets import Interactions
+from fedrec.common.metrics import LIKED_RATING
 
 NEXT_ITEMS = 10  # held-out next interactions per user: one slate's worth
 RATING_HOLDOUT = 0.1
-LIKED_RATING = 4.0
 RANK_BANDS = (0, 1, 3, 10, 30, 100, 300, 1000)
 
 PickFit = Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]  # (users, items, n_users, n_items) -> scores

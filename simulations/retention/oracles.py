@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedrec.common.datasets import Interactions
+from fedrec.common.metrics import LIKED_RATING
 from fedrec.simulations.arms.simple import ease_weights
-from fedrec.simulations.retention.calibration import LIKED_RATING, calibrate_likes, calibrate_picks
+from fedrec.simulations.retention.calibration import calibrate_likes, calibrate_picks
 from fedrec.simulations.retention.implicit_mf import WRMFConfig, fit_wrmf
 from fedrec.simulations.retention.knn import KNNConfig, fit_item_knn
 from fedrec.simulations.retention.mf import MFConfig, fit_biased_mf
