@@ -128,6 +128,7 @@ def summary(rows: list[dict], accuracy: dict[str, list[tuple[float, float]]]) ->
     interval lies above zero; the versions' test NDCG@10 and liked-NDCG@10 means against next_item's."""
     base = np.mean(accuracy["next_item"], axis=0)
     n = len(accuracy["next_item"])
+    print(f"\nnext_item: test NDCG@10 {base[0]:.4f}, liked-NDCG@10 {base[1]:.4f} (means over {n} seeds)")
     print(
         f"\n| version | test NDCG@10 (vs next_item) | test liked-NDCG@10 (vs next_item) | user model | satisfaction, beta 2: mean difference, seeds above 0 of {n} | d30, beta 2: same | largest placebo difference |"
     )
