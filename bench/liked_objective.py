@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from fedrec.common.config import CentralConfig
+from fedrec.common.datasets import Interactions, rating_lookup
 from fedrec.common.metrics import LIKED_RATING, evaluate_scores
 from fedrec.common.model import build_model
 from fedrec.common.split import Split, temporal_split
@@ -44,12 +45,9 @@ from fedrec.simulations.retention.engine import beta_key
 from fedrec.simulations.retention.run import run_retention
 
 
-def train_ratings(split: Split, data) -> np.ndarray:  # noqa: ANN001 - Interactions
-    """The rating of each train interaction, looked up in the data (train only)."""
-    key = data.users.astype(np.int64) * data.n_items + data.items
-    order = np.argsort(key)
-    wanted = split.train_users.astype(np.int64) * split.n_items + split.train_items
-    return data.ratings[order[np.searchsorted(key[order], wanted)]]
+def train_ratings(split: Split, data: Interactions) -> np.ndarray:
+    """The rating of each train interaction (train only)."""
+    return rating_lookup(data)(split.train_users, split.train_items)
 
 
 def fit_on(split: Split, seed: int, keep: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -79,6 +79,18 @@ def _latest_per_pair(users: np.ndarray, items: np.ndarray, timestamps: np.ndarra
     last = np.ones(len(order), dtype=bool)
     last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
     return np.sort(order[last])
+
+
+def rating_lookup(data: Interactions) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``rating(users, items)``: the rating of each given (user, item) interaction of ``data`` (NaN unrated)."""
+    keys = data.users.astype(np.int64) * data.n_items + data.items
+    order = np.argsort(keys)
+    sorted_keys, ratings = keys[order], data.ratings[order]
+
+    def rating(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return ratings[np.searchsorted(sorted_keys, users.astype(np.int64) * data.n_items + items)]
+
+    return rating
 
 
 def from_raw(

@@ -1,4 +1,4 @@
-"""What a model must be for fedrec to train it in every arm: the contract a model brings, and its registry.
+"""What a model must be for fedrec to train it in every arm: the contract a model brings, and its loading.
 
 A model is an ``nn.Module`` subclass of ``Recommender`` built as ``Model(n_users, n_items, config)`` with
 ``config`` the arm's ``ModelConfig`` (its widths are the model's to read). fedrec relies on three things:
@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from fedrec.common.errors import FedrecError
-from fedrec.common.model_names import is_model_path
 
 if TYPE_CHECKING:
     from fedrec.common.model import ModelConfig
@@ -70,9 +69,8 @@ class Recommender(nn.Module):
 
 
 def model_class(kind: str) -> type[Recommender]:
-    """The class ``kind`` names (``module:Class`` or ``file.py:Class``); a clear error when it cannot be loaded."""
-    if not is_model_path(kind):
-        raise FedrecError(f"model {kind!r}: name it as module:Class or path/to/file.py:Class")
+    """The class ``kind`` names (``module:Class`` or ``file.py:Class``, as ModelConfig checks); a clear error
+    when it cannot be loaded."""
     where, _, name = kind.rpartition(":")
     try:
         module = _load_file(Path(where)) if where.endswith(".py") else importlib.import_module(where)

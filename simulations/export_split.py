@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrec.common.datasets import Interactions, load_dataset
+from fedrec.common.datasets import Interactions, load_dataset, rating_lookup
 from fedrec.common.errors import DataError, FedrecError
 from fedrec.common.files import writable_dir
 from fedrec.common.split import Split, temporal_split
@@ -69,17 +69,6 @@ def split_of_run(run_dir: Path, dataset: str | None = None, data_dir: str | None
     return RunSplit(data, split, Path(meta["dataset"]).stem)
 
 
-def _rating_lookup(data: Interactions) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    keys = data.users * data.n_items + data.items
-    order = np.argsort(keys)
-    sorted_keys, ratings = keys[order], data.ratings[order]
-
-    def rating(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return ratings[np.searchsorted(sorted_keys, users * data.n_items + items)]
-
-    return rating
-
-
 def stage_rows(run: RunSplit) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(dense users, dense items, timestamps) of each RecBole stage, train in time order per user."""
     s = run.split
@@ -97,7 +86,7 @@ def write_recbole(run: RunSplit, out: Path) -> Exported:
     name = RECBOLE_PREFIX + run.name
     directory = out / name
     directory.mkdir(parents=True, exist_ok=True)
-    rating = _rating_lookup(run.data)
+    rating = rating_lookup(run.data)
     has_rating = bool(np.isfinite(run.data.ratings).any())
     columns = RECBOLE_COLUMNS if has_rating else tuple(c for c in RECBOLE_COLUMNS if not c.startswith("rating"))
     files, counts = [], {}

@@ -127,3 +127,14 @@ def run_shared(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Calla
         return out
 
     return built
+
+
+@pytest.fixture
+def task_identity():
+    """Flower stamps every message it builds with the running task's identity (the ServerApp's)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

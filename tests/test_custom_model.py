@@ -183,3 +183,28 @@ def imported(kind: str) -> type:
 def test_a_model_of_ones_own_is_not_stacked(two_tower):
     custom = DeviceConfig(model=ModelConfig(kind=two_tower, **SMALL))
     assert not custom.stacked and replace(custom, model=ModelConfig(**SMALL)).stacked
+
+
+def test_a_deployed_node_refuses_a_model_its_owner_did_not_allow_without_running_its_code(tmp_path, task_identity):
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.app.message_type import MessageType
+
+    from fedrec.client.app import app as client_app
+    from fedrec.common.instructions import DeviceInstructions
+
+    marker = tmp_path / "ran"
+    kind = model_file(tmp_path, "trojan", f"open({str(marker)!r}, 'w').close()\nclass M(Recommender):\n    pass\n")
+    task = DeviceInstructions(device=DeviceConfig(model=ModelConfig(kind=f"{kind}:M"), n_items=5))
+
+    def reply(node_config: dict) -> str:
+        content = RecordDict({"config": ConfigRecord(task.to_config()), "arrays": ArrayRecord({})})
+        msg = Message(content, dst_node_id=7, message_type=MessageType.EVALUATE)
+        context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+        answer = client_app(msg, context)
+        return answer.error.reason if answer.has_error() else ""
+
+    deployed = {"store": str(tmp_path / "device.db")}  # a node `fedrec client` started
+    assert "not one this device's owner allowed (--allow-model)" in reply(deployed)
+    assert not marker.exists()
+    allowed = {**deployed, "policy.allow_models": f"{kind}:M"}
+    assert "not one this device's owner allowed" not in reply(allowed)

@@ -12,7 +12,6 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common.config import parse_config_args
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.client.fleet import train_fleet
 from fedrec.client.secagg_mod import REFUSED, secure_aggregation_mod
@@ -119,15 +118,6 @@ def test_shared_noise_over_fewer_devices_than_the_policy_is_refused(caplog):
     _, metrics = train_fleet_shared(devices(), params, task, OWNER)
     assert metrics["refused"] == 2
     assert any("shared noise over 1 device(s)" in r.getMessage() for r in caplog.records)
-
-
-@pytest.fixture
-def task_identity():
-    """Flower stamps every message it builds with the running task's identity."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def secagg_setup(threshold: int) -> Message:

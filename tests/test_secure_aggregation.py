@@ -24,7 +24,6 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 from synthetic_data import synthetic_log
 
 from fedrec.client.app import app as client_app
@@ -87,13 +86,7 @@ class InProcessGrid(Grid):
         return replies
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower stamps every message it builds with the running task's identity (the ServerApp's)."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # conftest.py
 
 
 @pytest.fixture(scope="module")
