@@ -82,6 +82,18 @@ def participates(device_id: str, server_round: int, fraction: float, seed: int) 
     return np.random.default_rng(device_seed(seed, server_round, "sample:" + device_id)).random() < fraction
 
 
+def reachable(devices: Sequence[Device], task: DeviceInstructions) -> list[Device]:
+    """The devices that reach the server this round: all of them, except in a simulated fleet with
+    ``fleet.dropout``, where that share of the node's devices (rounded down) misses it, chosen afresh each
+    round from a seeded stream (a deployed device never reads the setting)."""
+    share = task.device.fleet.dropout
+    if share <= 0 or not devices or not all(ref.seeded for ref in devices):
+        return list(devices)
+    seed = device_seed(task.device.seed, task.round.number, "dropout:" + devices[0].device_id)
+    missing = set(np.random.default_rng(seed).choice(len(devices), int(share * len(devices)), replace=False).tolist())
+    return [ref for i, ref in enumerate(devices) if i not in missing]
+
+
 def takes_part(ref: Device, task: DeviceInstructions) -> bool:
     """This device's coin for the round: seeded in a simulation, from the operating system otherwise."""
     fraction = task.device.participation
@@ -170,7 +182,7 @@ def train_fleet(
     total: dict[str, torch.Tensor] = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_params.items()}
     rows = RowMean(global_params[ITEM_TABLE]) if device.item_row_average and not private else None
     weight, loss_sum, epsilons, refused, steps = 0, 0.0, [], 0, 0
-    sampled = [ref for ref in devices if takes_part(ref, task)]
+    sampled = [ref for ref in reachable(devices, task) if takes_part(ref, task)]
     results = device_rounds(sampled, task, local_step(global_params, task), policy)  # one block in memory at a time
     for ref, result in zip(sampled, results):
         if tap is not None:

@@ -3,10 +3,11 @@ recipe, with the noise of the shared part split across devices.
 
 Round 1 releases the item histogram: each device sends its item counts plus N(0, count_sigma^2 / m_min)
 per item. Every later round each device Poisson-samples its own records at rate q, clips each record's
-gradient over both tables together (``fedrec.client.shared_gradients``) and
-- sends the item-table part plus N(0, (sigma C)^2 / m_min) per coordinate: the sum over >= m_min devices
-  carries at least the noise sigma C of one central step (the server divides by the public expected batch
-  and applies SGD with momentum);
+gradient per group (the rows to C_rows, the tower and output to C_dense; C = sqrt(C_rows^2 + C_dense^2) is
+the sensitivity of the whole vector) and
+- sends the shared part (item table, tower, output) plus N(0, (sigma C)^2 / m_min) per coordinate: the sum
+  over >= m_min devices carries at least the noise sigma C of one central step (the server divides by the
+  public expected batch and applies SGD with momentum);
 - steps its own user row with the user-row part plus the full noise N(0, (sigma C)^2), divided by the same
   expected batch, with its own momentum buffer: the row is never aggregated, so it carries the full noise.
 Together that is the Gaussian mechanism of one central DP-SGD step on the whole parameter vector
@@ -26,6 +27,7 @@ import torch
 
 from fedrec.client.device_round import (
     EMBEDDING,
+    STORES_OPEN,
     Device,
     DeviceStep,
     Trained,
@@ -33,9 +35,10 @@ from fedrec.client.device_round import (
     local_model,
     round_randomness,
 )
-from fedrec.client.fleet import takes_part
+from fedrec.client.fleet import reachable, takes_part
 from fedrec.client.round_randomness import POISSON, Draws, RoundRandomness
-from fedrec.client.shared_gradients import ITEM, clipped_sums
+from fedrec.client.shared_gradients import USER, GroupClips, stacked_clipped_sums
+from fedrec.client.shared_opacus import noisy, opacus_noisy_sums
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
@@ -54,18 +57,28 @@ def noise(shape: tuple[int, ...], std: float, draws: Draws) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SharedGradientStep:
-    """The device step of ``distributed``: the histogram round's noisy counts, then one DP-SGD step a round."""
+    """The device step of ``distributed``: the histogram round's noisy counts, then one DP-SGD step a round.
+    Each device runs it through Opacus (``shared_opacus``); a node stacking its devices (a simulated fleet)
+    computes the same sums for a block of devices at once (``shared_gradients``) and draws each device's
+    noise from that device's own stream, in the same order."""
 
     global_params: Mapping[str, torch.Tensor]
     task: DeviceInstructions
-    block: int = 1
     rows: tuple[str, ...] = (MOMENTUM,)
+
+    @property
+    def block(self) -> int:
+        return STORES_OPEN if self.task.device.stacked and not self.task.histogram_round else 1
 
     def train(self, works: Sequence[DeviceWork]) -> list[Trained]:
         shared = self.task.device.shared_noise
         if shared.min_devices < 1:
             raise FedrecError("server message: device.shared_noise.min_devices must be resolved (>= 1) by the server")
-        return [self._histogram(w) if self.task.histogram_round else self._dp_step(w) for w in works]
+        if self.task.histogram_round:
+            return [self._histogram(w) for w in works]
+        if self.block > 1:
+            return self._stacked(works)
+        return [self._dp_step(w) for w in works]
 
     def _histogram(self, work: DeviceWork) -> Trained:
         """Each record counted once (under DP the examples hold every train record once, positive first)."""
@@ -76,19 +89,59 @@ class SharedGradientStep:
         share_std = device.shared_noise.share_std(step.noise_multiplier)
         return Trained({COUNTS: counts + noise(tuple(counts.shape), share_std, generator).double()}, {}, 0, 0.0, 1)
 
-    def _dp_step(self, work: DeviceWork) -> Trained:
-        device, privacy, shared = self.task.device, self.task.privacy, self.task.device.shared_noise
-        generator = work.randomness.draws(NOISE)
-        model = local_model(self.global_params, work.user_row, device)
+    @property
+    def clips(self) -> GroupClips:
+        return GroupClips(self.task.privacy.max_grad_norm, self.task.device.shared_noise.dense_clip)
+
+    def stds(self) -> tuple[float, float]:
+        """The noise std on the device's own row (the whole sigma C) and on each shared coordinate (its share)."""
+        std = self.task.privacy.noise_multiplier * self.clips.total
+        return std, self.task.device.shared_noise.share_std(std)
+
+    def _picked(self, work: DeviceWork) -> torch.Tensor:
+        return work.randomness.draws(POISSON).bernoulli(len(work.items), self.task.device.shared_noise.record_rate)
+
+    def _model(self, user_row: torch.Tensor) -> NeuMF:
+        model = local_model(self.global_params, user_row, self.task.device)
         assert isinstance(model, NeuMF)  # the mechanism refuses other models (Mechanism.any_model)
-        picked = work.randomness.draws(POISSON).bernoulli(len(work.items), shared.record_rate)
-        sums = clipped_sums(model, work.items[picked], work.labels[picked], privacy.max_grad_norm)
-        std = privacy.noise_multiplier * privacy.max_grad_norm
-        table = sums.items + noise(tuple(sums.items.shape), shared.share_std(std), generator)
-        step = (sums.user + noise(tuple(sums.user.shape), std, generator)) / privacy.expected_batch
+        return model
+
+    def _dp_step(self, work: DeviceWork) -> Trained:
+        generator = work.randomness.draws(NOISE)
+        picked = self._picked(work)
+        user_std, share_std = self.stds()
+        sums = opacus_noisy_sums(
+            self._model(work.user_row),
+            work.items[picked],
+            work.labels[picked],
+            self.clips,
+            user_std,
+            share_std,
+            generator,
+        )
+        return self._trained(work, sums.sums, sums.examples)
+
+    def _stacked(self, works: Sequence[DeviceWork]) -> list[Trained]:
+        """The per-device step for a block of devices: one pass of per-record gradients over all of them."""
+        picked = [self._picked(w) for w in works]
+        rows = torch.cat([w.user_row for w in works]) if works else torch.zeros(0)
+        model = self._model(torch.zeros(1, self.task.device.model.embedding_dim))
+        items = [w.items[p] for w, p in zip(works, picked)]
+        labels = [w.labels[p] for w, p in zip(works, picked)]
+        user_std, share_std = self.stds()
+        out = []
+        for work, sums in zip(works, stacked_clipped_sums(model, rows, items, labels, self.clips)):
+            stds = {n: user_std if n == USER else share_std for n in sums.sums}
+            out.append(self._trained(work, noisy(sums, stds, work.randomness.draws(NOISE)), sums.examples))
+        return out
+
+    def _trained(self, work: DeviceWork, sums: Mapping[str, torch.Tensor], examples: int) -> Trained:
+        """The shared parameters' noisy sums are the reply; the user row steps here with its own momentum."""
+        shared = self.task.device.shared_noise
+        step = sums[USER] / self.task.privacy.expected_batch
         momentum = shared.momentum * work.rows[MOMENTUM] + step  # torch.optim.SGD's momentum, on this row alone
         rows = {EMBEDDING: work.user_row - shared.table_lr * momentum, MOMENTUM: momentum}
-        return Trained({ITEM: table}, rows, sums.examples, 0.0, 1)
+        return Trained({n: s for n, s in sums.items() if n != USER}, rows, examples, 0.0, 1)
 
 
 @runtime_checkable
@@ -108,7 +161,7 @@ def train_fleet_shared(
     coin said no sends its noise alone when the step can make it (``NoiseOnly``, under ``user``): then every
     share carries noise, any sum SecAgg+ reveals holds the noise of as many devices as it has shares, and the
     server cannot tell who was sampled."""
-    refs = list(devices)
+    refs = reachable(list(devices), task)
     coins = [takes_part(ref, task) for ref in refs]  # once each: a deployed device's coin is not repeatable
     step = step or SharedGradientStep(global_params, task)
     total: dict[str, torch.Tensor] = {}

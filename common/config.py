@@ -182,10 +182,14 @@ class Fleet:
     master_key_file: str = ""
     devices: int = 0  # devices in the fleet
     train_records: int = 0  # their train records in all (public, as the dataset size is to Opacus)
+    # A simulated fleet only (a deployed device never reads it): the share of each node's devices that miss
+    # every round, chosen afresh each round (seeded), as phones go offline (fedrec simulate --dropout)
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.devices >= 0, "devices", f"must be >= 0, got {self.devices}")
         require(self.train_records >= 0, "train_records", f"must be >= 0, got {self.train_records}")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -196,24 +200,36 @@ class SharedNoise:
 
     record_rate: float = 0.5  # q: each record's Poisson rate per round
     # m_min: each device adds 1/sqrt(m_min) of the noise and a round whose sum holds fewer reporting devices
-    # is dropped; 0 = every device of the fleet's manifest (no dropout tolerated: the least noise)
+    # is dropped; 0 = the fleet's manifest less the tolerated dropout (below)
     min_devices: int = 0
+    # with min_devices 0: the share of the fleet a round may miss and still be applied, m_min = the rest
+    # (rounded up); each share then carries a little more noise than the least, 1/sqrt(1 - tolerance) of it
+    dropout_tolerance: float = 0.2
     # f: the fraction of the reporting devices that may collude with the server (hand it their own shares);
     # each share then carries 1/sqrt((1 - f) m_min) of the noise, so the honest devices' alone make sigma C
     tolerated_collusion: float = 0.0
     count_sigma: float = 10.0  # noise std of the round-1 item histogram (the popularity prior); 0 = none
     feature_init: str = "ml-100k"  # item rows start from this dataset's public item features ("" = random)
     table_lr: float = 3000.0  # SGD lr of the user and item rows (a row's mean gradient ~ its share of records)
+    # Per-group clipping: the rows are clipped to privacy.max_grad_norm, the tower and output layer to this,
+    # apart (flat clipping let the tower take the rows' budget); 0 = they stay at their start (GMF's recipe)
+    dense_clip: float = 0.01
+    dense_lr: float = 3.0  # SGD lr of the tower and output layer (every record reaches them: no share scaling)
     momentum: float = 0.9
     steps: int = 20  # DP-SGD rounds of the harness's federated_ddp arm (its server.rounds: these + round 1)
 
     def __post_init__(self) -> None:
         _fraction(self.record_rate, "record_rate")
         require_count(self.min_devices, "min_devices", low=0, high=1 << 31)
+        require(
+            0.0 <= self.dropout_tolerance < 1.0, "dropout_tolerance", f"must be in [0, 1), got {self.dropout_tolerance}"
+        )
         f = self.tolerated_collusion
         require(0.0 <= f < 1.0, "tolerated_collusion", f"must be in [0, 1), got {f}")
         require(self.count_sigma >= 0, "count_sigma", f"must be >= 0, got {self.count_sigma}")
         _positive(self.table_lr, "table_lr")
+        require(self.dense_clip >= 0, "dense_clip", f"must be >= 0, got {self.dense_clip}")
+        _positive(self.dense_lr, "dense_lr")
         require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
         require_count(self.steps, "steps")
 
@@ -434,7 +450,9 @@ DEFAULT_FEDERATED_DDP = FederationConfig(
     server=ServerConfig(rounds=1 + SharedNoise().steps),
     privacy=PrivacyConfig(mechanism="distributed", max_grad_norm=_RECIPE.max_grad_norm),
     device=DeviceConfig(
-        model=replace(_RECIPE.model, prior=True),
+        # NeuMF with its tower (docs/dp-search.md, "The MLP tower under shared noise"); kind = "gmf" with
+        # shared_noise.dense_clip = 0 is the GMF recipe
+        model=replace(_RECIPE.model, kind="neumf", mlp_dim=_RECIPE.model.gmf_dim, layers=(64, 32, 16), prior=True),
         training=LocalTraining(negatives=_RECIPE.negatives),
         participation=1.0,
     ),

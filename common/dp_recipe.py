@@ -49,12 +49,17 @@ def log_odds_prior(noisy: torch.Tensor, negatives: int) -> torch.Tensor:
 def feature_rows(features: np.ndarray, dim: int, scale: float, seed: int) -> torch.Tensor:
     """[n_items, dim] rows spanned by the top singular directions of the centred features, mean row norm
     ``scale * sqrt(dim)``; columns beyond the features' rank are filled with noise of std ``scale``."""
-    x = features - features.mean(axis=0)
-    u, s, _ = np.linalg.svd(x, full_matrices=False)
-    k = min(dim, int((s > 1e-6).sum()))
+    x = torch.from_numpy(features - features.mean(axis=0)).double()
+    # U S from the eigenvectors of the small Gram matrix, in torch: numpy's multithreaded OpenBLAS SVD of the
+    # tall matrix hung (busy-waiting in exec_blas) in a server thread beside Ray's.
+    values, vectors = torch.linalg.eigh(x.T @ x)
+    order = torch.argsort(values, descending=True)
+    singular = values[order].clamp(min=0).sqrt()
+    k = min(dim, int((singular > 1e-6).sum()))
+    top = x @ vectors[:, order[:k]]
+    top = top * torch.sign(top[top.abs().argmax(dim=0), torch.arange(k)])  # one sign per direction, fixed
     rows = np.random.default_rng(seed).normal(0.0, scale, (len(x), dim))
-    top = u[:, :k] * s[:k]
-    rows[:, :k] = top * (scale * math.sqrt(k) / np.linalg.norm(top, axis=1).mean())
+    rows[:, :k] = (top * (scale * math.sqrt(k) / top.norm(dim=1).mean())).numpy()
     return torch.from_numpy(rows).float()
 
 

@@ -293,6 +293,11 @@ def from_pretrained(gmf: NeuMF, mlp: NeuMF, config: ModelConfig, alpha: float = 
     return model
 
 
+def is_dense(name: str) -> bool:
+    """A parameter of NeuMF's tower or output layer (neither embedding table)."""
+    return name.startswith(("tower.", "output."))
+
+
 def is_local(name: str) -> bool:
     return name.startswith(LOCAL_PREFIX)
 

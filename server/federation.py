@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -56,14 +57,16 @@ def fleet_size(device: DeviceConfig) -> int:
 
 
 def resolve_min_devices(device: DeviceConfig) -> DeviceConfig:
-    """``shared_noise.min_devices`` 0 = the whole fleet of the manifest: every device sends a noisy share
-    each round (under ``user`` also those their coin left out)."""
+    """``shared_noise.min_devices`` 0 = the fleet of the manifest less ``dropout_tolerance`` of it (rounded
+    up): every reporting device sends a noisy share each round (under ``user`` also those their coin left
+    out), and a round that misses up to that share of the fleet still carries the whole noise."""
     if device.shared_noise.min_devices > 0:
         return device
     fleet = fleet_size(device)
     if not fleet:
         raise FedrecError("run config: set device.shared_noise.min_devices or device.fleet.stores_dir with a manifest")
-    return replace(device, shared_noise=replace(device.shared_noise, min_devices=fleet))
+    minimum = max(1, math.ceil(round((1.0 - device.shared_noise.dropout_tolerance) * fleet, 9)))
+    return replace(device, shared_noise=replace(device.shared_noise, min_devices=minimum))
 
 
 def train_records(device: DeviceConfig) -> int:

@@ -30,6 +30,7 @@ from fedrec.simulations.arms.table import (
     DEFAULT_ARMS,
     DEFAULT_CENTRAL_ARMS,
     budget_keys,
+    dropout_keys,
     model_keys,
     refuse_fixed_models,
     rounds_keys,
@@ -145,13 +146,15 @@ def settings_of(
     delta: float | None = None,
     ray_address: str | None = None,
     model: str | type | None = None,
+    dropout: float | None = None,
 ) -> FedrecConfig:
     """The settings tree: a file or tree, then dotted ``settings``, then the shorthands the CLI offers
-    (rounds, epsilon, delta: for every federated or private arm; model: for every arm that takes one)."""
+    (rounds, dropout, epsilon, delta: for every federated or private arm; model: for every arm that takes one)."""
     overrides = {
         **(settings or {}),
         **dict.fromkeys(model_keys(), model_kind(model)),
         **dict.fromkeys(rounds_keys(), rounds),
+        **dict.fromkeys(dropout_keys(), dropout),
         **dict.fromkeys(budget_keys("epsilon"), epsilon),
         **dict.fromkeys(budget_keys("delta"), delta),
         "simulation.ray_address": ray_address,
@@ -169,6 +172,7 @@ def simulate(
     config: FedrecConfig | str | Path | None = None,
     settings: Mapping[str, Any] | None = None,
     rounds: int | None = None,
+    dropout: float | None = None,
     epsilon: float | None = None,
     delta: float | None = None,
     sweep: Iterable[float] = (),
@@ -181,7 +185,7 @@ def simulate(
     """Every arm of ``arms`` (federated ones through Flower's simulation engine) on the data, into ``out``."""
     if model is not None:
         refuse_fixed_models(arms)
-    cfg = settings_of(config, settings, rounds, epsilon, delta, ray_address, model)
+    cfg = settings_of(config, settings, rounds, epsilon, delta, ray_address, model, dropout)
     source = str(data) if isinstance(data, (str, Path)) else interactions(data)  # a name loads after the checks
     exp = build_experiment(
         cfg, list(arms), source, Path(out), list(seeds), data_dir, users, list(sweep), show, retention

@@ -18,8 +18,10 @@ from fedrec.simulations.arms.table import (
     CENTRAL_ARMS,
     DEFAULT_ARMS,
     DEFAULT_CENTRAL_ARMS,
+    DEFAULT_PRIVATE_ARM,
     budget_keys,
     choices,
+    dropout_keys,
     model_keys,
     rounds_keys,
 )
@@ -199,6 +201,13 @@ def simulate(
     rounds: Optional[int] = typer.Option(
         None, help=f"Rounds of every federated arm (sets {', '.join(rounds_keys())})."
     ),
+    dropout: Optional[float] = typer.Option(
+        None,
+        min=0.0,
+        max=0.99,
+        help="Share of each simulated node's devices that miss every round, chosen afresh each round "
+        f"(sets {', '.join(dropout_keys())}).",
+    ),
     epsilon: Optional[float] = typer.Option(
         None,
         help=f"Budget of every private arm, in its unit (docs/simulate.md, Arms); sets the noise "
@@ -213,7 +222,8 @@ def simulate(
     ),
     sweep: str = typer.Option(
         "",
-        help="Extra budgets, e.g. 1,2,4, for every private arm of the run (federated_dp if none): accuracy-vs-epsilon plot.",
+        help=f"Extra budgets, e.g. 1,2,4, for every private arm of the run ({DEFAULT_PRIVATE_ARM} if none): "
+        "accuracy-vs-epsilon plot.",
     ),
     seeds: str = typer.Option("0", help="Comma-separated seeds."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset cache dir."),
@@ -238,6 +248,7 @@ def simulate(
             users=users,
             config=config,
             rounds=rounds,
+            dropout=dropout,
             epsilon=epsilon,
             delta=delta,
             sweep=parse_list(sweep, float),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from fedrec.common.mechanisms.registry import MECHANISMS
 from fedrec.common.metrics import ACC_KEYS, LIKED_KEYS, LIKED_RATING
 from fedrec.simulations import federated_report, retention_report
-from fedrec.simulations.arms.table import PRIVATE_ARMS
+from fedrec.simulations.arms.table import ARMS, PRIVATE_ARMS
 
 # Sections owned by other stages: each returns "" when the report lacks its data, so one renderer serves a
 # baseline run, a simulate run and a run re-read by ``fedrec retention``.
@@ -61,12 +62,16 @@ def liked_section(report: dict) -> str:
     return "\n".join(lines + [""])
 
 
-def _private_epsilon(arm: dict) -> str:
-    """The budget and the first word of the unit the arm's ledger states: "epsilon E, delta D, user-level"."""
+def _private_epsilon(name: str, arm: dict) -> str:
+    """The budget, the first word of the unit the arm's ledger states and whom its mechanism trusts:
+    "epsilon E, delta D, record-level, trusting ..."."""
     privacy = arm.get("info", {}).get("privacy") or arm.get("privacy") or {}
     eps = privacy.get("epsilon_budget", privacy.get("epsilon"))
     unit = str(privacy.get("unit", "record-level")).split(" ")[0]
-    return f"epsilon {eps:g}, delta {privacy.get('delta', 0):g}, {unit}" if eps is not None else "DP"
+    arm_entry = ARMS.get(name)
+    trust = (arm_entry.trust or MECHANISMS[arm_entry.mechanism].trust) if arm_entry else ""
+    budget = f"epsilon {eps:g}, delta {privacy.get('delta', 0):g}, {unit}" if eps is not None else "DP"
+    return f"{budget}, {trust}" if trust else budget
 
 
 def headline(report: dict) -> str:
@@ -81,7 +86,7 @@ def headline(report: dict) -> str:
         value = arms[name]["accuracy"]["ndcg@10"]
         against = ", ".join(f"{value / ref:.2f}x {label} ({ref:.4f})" for label, ref in refs.items() if ref > 0)
         parts.append(
-            f"{name} ({_private_epsilon(arms[name])}) NDCG@10 {_fmt_ci(arms[name], 'ndcg@10')}"
+            f"{name} ({_private_epsilon(name, arms[name])}) NDCG@10 {_fmt_ci(arms[name], 'ndcg@10')}"
             + (f": {against}" if against else "")
         )
     return "**Private recommendation:** " + "; ".join(parts) + " (test, full ranking, means over the seeds)."

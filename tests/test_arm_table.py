@@ -67,7 +67,7 @@ def test_the_help_offers_every_arm_and_defaults_to_the_default_run():
     flat = " ".join(result.output.split())
     assert "any of " + ", ".join(ARMS) in flat
     assert f"[default: {','.join(DEFAULT_ARMS)}]" in flat
-    assert DEFAULT_ARMS == ("random", "popularity", "ease", "centralized", "federated", "federated_dp")
+    assert DEFAULT_ARMS == ("random", "popularity", "ease", "centralized", "federated", "federated_ddp")
 
 
 @pytest.mark.parametrize("name", list(ARMS))
@@ -87,7 +87,7 @@ def test_every_entry_names_real_settings_and_a_binder(name):
 
 
 def test_a_run_without_an_arm_that_sweeps_sweeps_the_default_runs_private_arm():
-    assert [a.name for a in swept([ARMS["popularity"], ARMS["federated"]])] == ["federated_dp"]
+    assert [a.name for a in swept([ARMS["popularity"], ARMS["federated"]])] == ["federated_ddp"]
     assert [a.name for a in swept([ARMS["centralized_dp"], ARMS["federated_dp"]])] == ["federated_dp", "centralized_dp"]
 
 
@@ -96,7 +96,8 @@ def test_federated_ddp_reads_its_own_branch_whose_defaults_are_the_centralized_d
     ddp = cfg.federated_ddp
     assert ddp.server.rounds == 1 + ddp.device.shared_noise.steps  # the histogram round, then the DP-SGD steps
     assert ddp.privacy.max_grad_norm == recipe.max_grad_norm
-    assert ddp.device.model == replace(recipe.model, prior=True)
+    # NeuMF with its tower, the recipe's widths, no bias column, the popularity prior (docs/dp-search.md)
+    assert ddp.device.model == replace(recipe.model, kind="neumf", mlp_dim=32, layers=(64, 32, 16), prior=True)
     assert ddp.device.training.negatives == recipe.negatives
     assert ddp.device.participation == 1.0
     # the rest is the federation's (one epsilon and delta for every private arm by default)
@@ -114,9 +115,10 @@ def test_rounds_epsilon_and_delta_set_every_arm_their_help_names(tmp_path, monke
 
     monkeypatch.setattr(api, "build_experiment", capture)
     args = ["simulate", "--out", str(tmp_path / "run"), "--rounds", "3", "--epsilon", "2", "--delta", "1e-6"]
-    CliRunner().invoke(app, args)
+    CliRunner().invoke(app, [*args, "--dropout", "0.2"])
     cfg = seen["cfg"]
     assert cfg.federation.server.rounds == cfg.federated_ddp.server.rounds == 3
+    assert cfg.federation.device.fleet.dropout == cfg.federated_ddp.device.fleet.dropout == 0.2
     for arm in ARMS.values():
         if arm.private:
             assert (budget_of(arm, cfg).epsilon, budget_of(arm, cfg).delta) == (2.0, 1e-6), arm.name

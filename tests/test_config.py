@@ -50,6 +50,9 @@ rounds = 4
 [federation.device]
 executor = "per_device"
 
+[federation.device.fleet]
+dropout = 0.25
+
 [federation.privacy]
 epsilon = 3.0
 """
@@ -103,6 +106,7 @@ def test_toml_settings_reach_the_model_and_optimizer_a_device_builds(tmp_path, t
     sent = dict(strategy._config(2, final=False))  # what a ConfigRecord carries to every device
     task = DeviceInstructions.from_config(sent)
     assert task.round.number == 2 and task.privacy == privacy and task.privacy.noise_multiplier > 0
+    assert task.device.fleet.dropout == 0.25  # the simulated dropout reaches the nodes with the fleet
 
     manifest = load_manifest(stores)
     entry = manifest.devices[0]

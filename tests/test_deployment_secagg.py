@@ -33,7 +33,7 @@ from fedrec.client.device_round import DeviceRef
 from fedrec.client.fleet import train_fleet
 from fedrec.client.store_key import store_key
 from fedrec.common.config import FederationConfig
-from fedrec.common.instructions import DeviceInstructions, RoundInfo, resolve_privacy
+from fedrec.common.instructions import DeviceInstructions, DevicePrivacy, RoundInfo, resolve_privacy
 from fedrec.common.keys import create_key_file
 from fedrec.common.manifest import load_manifest
 from fedrec.common.model import PRIOR
@@ -189,7 +189,8 @@ def test_a_device_refuses_a_reconstruction_threshold_below_its_owners(tmp_path, 
 
 @pytest.mark.e2e
 def test_shared_noise_rounds_under_secure_aggregation(tmp_path, children):  # noqa: F811
-    """federated_ddp deployed: four devices each add 1/sqrt(3) of the noise (min_devices 3, and SecAgg+
+    """federated_ddp deployed, with its model (NeuMF with the tower, clipped apart from the rows): four
+    devices each add 1/sqrt(3) of the noise (a quarter of the fleet tolerated missing: m_min 3, and SecAgg+
     unmasks no sum of fewer than 3 nodes). Round 1 reveals the noisy item histogram, round 2 one noisy
     gradient sum, with a device killed after the key sharing: the sum of the three others still carries
     the full noise and is applied. The server only ever held the two sums."""
@@ -197,10 +198,11 @@ def test_shared_noise_rounds_under_secure_aggregation(tmp_path, children):  # no
     manifest = load_manifest(tmp_path / "fleet")
     records = sum(d.counts["train"] for d in manifest.devices)
     run_config = (
-        f'device.n_items={N_ITEMS} device.model.kind="gmf" device.model.gmf_dim=4 device.model.item_bias=false '
-        "device.model.prior=true device.participation=1.0 "
+        f'device.n_items={N_ITEMS} device.model.kind="neumf" device.model.gmf_dim=4 device.model.mlp_dim=4 '
+        'device.model.layers="8,4" device.model.item_bias=false device.model.prior=true device.participation=1.0 '
         f"device.fleet.devices={DEVICES} device.fleet.train_records={records} device.training.negatives=2 "
-        'device.shared_noise.min_devices=3 device.shared_noise.feature_init="" device.shared_noise.table_lr=5.0 '
+        "device.shared_noise.min_devices=0 device.shared_noise.dropout_tolerance=0.25 device.shared_noise.dense_clip=0.5 "
+        'device.shared_noise.feature_init="" device.shared_noise.table_lr=5.0 device.shared_noise.dense_lr=5.0 '
         'device.serving.refit_steps=1 privacy.mechanism="distributed" privacy.epsilon=8.0 device.seed=0 '
         "server.secure_aggregation.enabled=true server.secure_aggregation.reconstruction_threshold=3 "
         "server.secure_aggregation.clipping_range=256.0 server.secure_aggregation.quantization_range=1048576 "
@@ -223,7 +225,10 @@ def test_shared_noise_rounds_under_secure_aggregation(tmp_path, children):  # no
     final_state = torch.load(out / "global_model.pt", weights_only=True)
     assert final_state[PRIOR].std() > 0  # round 1's histogram became the prior
     final = final_state["item_emb.weight"]
-    start = initial_state(
+    initial = initial_state(
         from_flat(FederationConfig, parse_run_config(run_config), "test", complete=False).device,
-    )["item_emb.weight"]
+        DevicePrivacy(mechanism="distributed"),
+    )
+    start = initial["item_emb.weight"]
     assert (final[:, :4] - start[:, :4]).abs().max() > 0  # round 2's noisy step moved the item rows
+    assert (final_state["tower.0.weight"] - initial["tower.0.weight"]).abs().max() > 0  # and the tower

@@ -244,18 +244,18 @@ class OneTorchStream(SimulatedRandomness):
 
 
 def shared_rounds(randomness: Callable[[int], RoundRandomness], monkeypatch) -> list[Round]:
-    device = device_config(record_rate=0.5)
+    device = dataclasses.replace(device_config(record_rate=0.5), executor="per_device")  # a device's own Opacus step
     privacy = DevicePrivacy(SIGMA, budget=math.inf, mechanism="distributed", expected_batch=1.0)
     params = mechanism_for(privacy).initial_state(device)
     step = SharedGradientStep(params, DeviceInstructions(device, privacy, RoundInfo(2)))
     picked: list[torch.Tensor] = []
-    original = shared_noise.clipped_sums
+    original = shared_noise.opacus_noisy_sums
 
-    def spy(model, items, labels, clip):
+    def spy(model, items, *rest):
         picked.append(items[:, 0].clone())
-        return original(model, items, labels, clip)
+        return original(model, items, *rest)
 
-    monkeypatch.setattr(shared_noise, "clipped_sums", spy)
+    monkeypatch.setattr(shared_noise, "opacus_noisy_sums", spy)
     items, labels = examples()
     rounds = []
     for t in range(TRIALS):

@@ -135,7 +135,10 @@ def test_what_a_shared_noise_round_carries_and_adds_to_the_ledger():
     first, later = (DeviceInstructions(DDP_DEVICE, plan, RoundInfo(n)) for n in (1, 2))
     assert first.histogram_round and not later.histogram_round
     assert first.share_names(["item_emb.weight", "output.weight"]) == (SHARED_COUNTS,)
-    assert later.share_names(["item_emb.weight", "output.weight"]) == ("item_emb.weight",)
+    dense = ["item_emb.weight", "tower.0.weight", "output.weight"]
+    assert later.share_names(dense) == tuple(dense)  # the dense layers train under their own clip
+    frozen = replace(DDP_DEVICE, shared_noise=replace(DDP_DEVICE.shared_noise, dense_clip=0.0))
+    assert ddp.share_names(frozen, 2, dense) == ("item_emb.weight",)
     assert ddp.round_step(DDP_DEVICE, plan, 1).sample_rate == 1.0
     step = ddp.round_step(DDP_DEVICE, plan, 2)
     assert (step.noise_multiplier, step.sample_rate, step.steps) == (plan.noise_multiplier, 0.5, 1)

@@ -16,15 +16,20 @@ def test_the_headline_compares_the_private_arms_with_popularity_and_centralized(
             "centralized": arm(0.08),
             "federated_dp": arm(0.05, privacy={"epsilon_budget": 8.0, "delta": 1e-5}),
             "centralized_dp": arm(0.06, info={"privacy": {"epsilon": 7.99, "delta": 1e-5}}),
+            "federated_ddp": arm(0.055, info={"privacy": {"epsilon": 7.99, "delta": 1e-5}}),
         }
     }
     text = headline(report)
-    assert text.startswith("**Private recommendation:**") and "\n" not in text
+    assert text.startswith("**Private recommendation:** federated_ddp (") and "\n" not in text  # the product first
     assert (
-        "federated_dp (epsilon 8, delta 1e-05, record-level) NDCG@10 0.0500: 1.25x popularity (0.0400), "
-        "0.62x centralized (0.0800)" in text
+        "federated_ddp (epsilon 7.99, delta 1e-05, record-level, trusting secure aggregation and the devices' "
+        "noise shares) NDCG@10 0.0550: 1.38x popularity (0.0400), 0.69x centralized (0.0800)" in text
     )
-    assert "centralized_dp (epsilon 7.99" in text and "1.50x popularity" in text
+    assert (
+        "federated_dp (epsilon 8, delta 1e-05, record-level, trusting only the device) NDCG@10 0.0500: "
+        "1.25x popularity (0.0400), 0.62x centralized (0.0800)" in text
+    )
+    assert "centralized_dp (epsilon 7.99, delta 1e-05, record-level, trusting whoever holds the pooled data)" in text
 
 
 def test_no_private_arm_no_headline():
@@ -40,7 +45,10 @@ def test_the_headline_states_each_arms_own_unit():
             ),
         }
     }
-    assert "federated_user_dp (epsilon 8, delta 1e-05, user-level) NDCG@10 0.0300: 0.75x popularity" in headline(report)
+    assert (
+        "federated_user_dp (epsilon 8, delta 1e-05, user-level, trusting secure aggregation and the devices' noise "
+        "shares) NDCG@10 0.0300: 0.75x popularity" in headline(report)
+    )
 
 
 def test_the_liked_items_section_only_with_rated_held_out_items():

@@ -67,6 +67,6 @@ def test_the_sweep_starts_at_each_arms_own_budget(tmp_path, tiny):
     report = {"arms": _arms(federated_dp=0.03, federated_ddp=0.04)}
     exp.post[0](report, tmp_path)
     assert [(r["arm"], r["epsilon"]) for r in report["epsilon_sweep"]] == [
-        ("federated_dp", 8.0),
         ("federated_ddp", 4.0),
+        ("federated_dp", 8.0),
     ]

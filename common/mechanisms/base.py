@@ -17,6 +17,7 @@ import torch
 from scipy.stats import binom
 
 from fedrec.common.errors import FedrecError
+from fedrec.common.item_rows import ITEM_TABLE
 from fedrec.common.model import build_model, global_state
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.replies import allowed_keys
@@ -66,11 +67,16 @@ class Trainer(Enum):
 @dataclass(frozen=True)
 class ServerStep:
     """What the server applies to the noisy sum of a shared-noise round: torch.optim.SGD with momentum on
-    ``sign`` x sum / expected batch (the gradient of the pooled recipe: sign -1; a mean update: +1)."""
+    ``sign`` x sum / expected batch (the gradient of the pooled recipe: sign -1; a mean update: +1), at
+    ``lr`` on the item table and ``dense_lr`` (when given) on every other parameter."""
 
     lr: float
     momentum: float
     sign: float
+    dense_lr: float | None = None
+
+    def rate(self, key: str) -> float:
+        return self.lr if self.dense_lr is None or key == ITEM_TABLE else self.dense_lr
 
     def apply(
         self,
@@ -83,7 +89,7 @@ class ServerStep:
         for key, noisy_sum in noisy_sums.items():
             direction = self.sign * noisy_sum / expected_batch
             buffers[key] = self.momentum * buffers[key] + direction if key in buffers else direction
-            state[key] = (state[key].double() + self.lr * buffers[key]).to(state[key].dtype)
+            state[key] = (state[key].double() + self.rate(key) * buffers[key]).to(state[key].dtype)
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class Mechanism(ABC):
     name: ClassVar[str]
     unit: ClassVar[str]  # what one unit of privacy is (the report's privacy table)
     trusted: ClassVar[str]  # who must be trusted for the guarantee to hold
+    trust: ClassVar[str] = ""  # the same in a clause, for the report's headline
     server_sees: ClassVar[str]  # what the server learns each round
     private: ClassVar[bool] = True
     user_level: ClassVar[bool] = False  # the unit is one user (else one record)

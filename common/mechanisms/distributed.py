@@ -1,6 +1,10 @@
 """Record-level DP-SGD with the noise shared across devices: the ``federated_ddp`` arm. One round is one
 DP-SGD step of the pooled recipe (docs/privacy.md): each device adds 1/sqrt(min_devices) of the noise to its
-clipped gradient sums, the server sees only their sum (SecAgg+) and applies SGD with momentum to it."""
+clipped gradient sums, the server sees only their sum (SecAgg+) and applies SGD with momentum to it.
+
+The model is NeuMF with its tower (or GMF alone). NeuMF starts as the GMF recipe's dot product: the output
+weights on the GMF product equal, those on the tower zero, so the tower learns a residual and its random
+start adds nothing to the scores (docs/dp-search.md, "The MLP tower under shared noise")."""
 
 from __future__ import annotations
 
@@ -20,12 +24,14 @@ from fedrec.common.mechanisms.base import (
     Trainer,
     need,
 )
+from fedrec.common.model import is_dense
 from fedrec.common.privacy import SHARED_UNIT
 from fedrec.common.replies import SHARED_COUNTS
 
 if TYPE_CHECKING:
     from fedrec.common.config import DeviceConfig, FederationConfig, PrivacyConfig
 
+OUTPUT = "output.weight"
 IGNORED_BY_SHARED_STEP = "the server applies the noisy sum with device.shared_noise.table_lr and momentum"
 
 
@@ -41,6 +47,7 @@ class DistributedDP(Mechanism):
         "the devices (they add their noise shares honestly) and secure aggregation: the server must see only "
         "the sum over >= min_devices devices, at most a fraction tolerated_collusion of them colluding with it"
     )
+    trust = "trusting secure aggregation and the devices' noise shares"
     server_sees = "only the noisy sum per round, and which devices reported"
     shared = True
     trainer = Trainer.SHARED_GRADIENTS
@@ -69,9 +76,6 @@ class DistributedDP(Mechanism):
             self.name,
         )
         need(
-            device.model.kind == "gmf", "device.model.kind", "must be gmf (the recipe trains only the rows)", self.name
-        )
-        need(
             not device.model.item_bias,
             "device.model.item_bias",
             "must be false (a learned bias column takes the clipping norm; the popularity prior is device.model.prior)",
@@ -97,13 +101,17 @@ class DistributedDP(Mechanism):
         return round_number == 1 and device.shared_noise.count_sigma > 0
 
     def share_names(self, device: DeviceConfig, round_number: int, parameters: Sequence[str]) -> tuple[str, ...]:
-        """The item table's clipped gradient sum, or in the histogram round the item counts."""
-        return (SHARED_COUNTS,) if self.histogram_round(device, round_number) else (ITEM_TABLE,)
+        """The clipped gradient sums of the item table and, when they train, the dense layers (in the model's
+        order); in the histogram round the item counts."""
+        if self.histogram_round(device, round_number):
+            return (SHARED_COUNTS,)
+        dense = tuple(n for n in parameters if is_dense(n)) if device.shared_noise.dense_clip > 0 else ()
+        return (ITEM_TABLE, *dense)
 
     def server_step(self, federation: FederationConfig) -> ServerStep:
-        """The noisy gradient, applied as the pooled recipe's SGD."""
+        """The noisy gradient, applied as the pooled recipe's SGD (the dense layers at their own rate)."""
         shared = federation.device.shared_noise
-        return ServerStep(shared.table_lr, shared.momentum, -1.0)
+        return ServerStep(shared.table_lr, shared.momentum, -1.0, shared.dense_lr)
 
     def initial_state(self, device: DeviceConfig) -> dict[str, torch.Tensor]:
         """The recipe's start: item rows from the public features (when named), the prior 0."""
@@ -113,6 +121,11 @@ class DistributedDP(Mechanism):
             dim = device.model.embedding_dim
             features = public_item_features(source, device.n_items, "federation.device.shared_noise.feature_init")
             state[ITEM_TABLE][:, :dim] = feature_rows(features, dim, device.model.init_std, device.seed)
+        model = device.model
+        if model.uses_mlp and model.uses_gmf:  # NeuMF starts as GMF's dot product; the tower adds a residual
+            tower = model.layers[-1]
+            state[OUTPUT][:, :tower] = 0.0
+            state[OUTPUT][:, tower:] = model.gmf_dim**-0.5
         return state
 
     def round_step(self, device: DeviceConfig, privacy: DevicePrivacy, round_number: int) -> AccountantStep:

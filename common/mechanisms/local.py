@@ -16,6 +16,7 @@ class LocalDP(Mechanism):
     name = "local"
     unit = UNIT
     trusted = "only the device itself (its code, its random numbers)"
+    trust = "trusting only the device"
     server_sees = "each node's mean of DP updates"
     reads = (
         "privacy.epsilon",

@@ -32,6 +32,7 @@ class UserDP(Mechanism):
         "the devices and secure aggregation, as under distributed (every device sends a noisy share each round, "
         "sampled or not, so the server does not learn who was sampled)"
     )
+    trust = "trusting secure aggregation and the devices' noise shares"
     server_sees = "only the noisy sum per round of every device's share"
     shared = True
     user_level = True

@@ -21,7 +21,7 @@ import torch
 
 from fedrec.client.device_round import ledger_of, serve_device, serving_row
 from fedrec.client.fleet import node_devices
-from fedrec.common.config import FederationConfig, Fleet
+from fedrec.common.config import FederationConfig
 from fedrec.common.datasets import Interactions
 from fedrec.common.errors import FedrecError
 from fedrec.common.keys import create_key_file, load_key_file
@@ -73,7 +73,8 @@ def arm_config(arm: FederatedArm, stores: Path, key_file: Path, out_dir: Path, s
     f = arm.federation
     device = replace(
         f.device,
-        fleet=Fleet(str(stores.resolve()), str(key_file.resolve())),  # read by workers in another cwd
+        # read by workers in another cwd; the rest of the fleet's settings (a simulated dropout) kept
+        fleet=replace(f.device.fleet, stores_dir=str(stores.resolve()), master_key_file=str(key_file.resolve())),
         n_items=arm.data.n_items,
         seed=seed,
         state_prefix=f"{arm.name}/",

@@ -32,6 +32,7 @@ class Arm:
     # The ModelConfig (dotted path) of an arm that trains any model of the contract (common/recommender.py):
     # what --model sets. An arm with settings and none here trains NeuMF's own layout only.
     model: str = ""
+    trust: str = ""  # whom the guarantee trusts, when not its mechanism's (``Mechanism.trust``)
 
     @property
     def private(self) -> bool:
@@ -68,20 +69,7 @@ ARMS: dict[str, Arm] = {
             default=True,
             model="federation.device.model",
         ),
-        Arm(
-            "federated_dp",
-            "local",
-            "record, per device",
-            "federation",
-            "federated:bind",
-            budget="federation.privacy",
-            federated=True,
-            sweeps=True,
-            audit=True,
-            default=True,
-            model="federation.device.model",
-        ),
-        # the centralized_dp recipe as a federation, with settings of its own; asked for with --arms (slow)
+        # the product's private arm: DP-SGD with the noise shared under secure aggregation, its own settings
         Arm(
             "federated_ddp",
             "distributed",
@@ -92,6 +80,20 @@ ARMS: dict[str, Arm] = {
             federated=True,
             sweeps=True,
             audit=True,
+            default=True,
+        ),
+        # every device adds its own noise (trusting no one); below popularity at epsilon 8 (docs/privacy.md)
+        Arm(
+            "federated_dp",
+            "local",
+            "record, per device",
+            "federation",
+            "federated:bind",
+            budget="federation.privacy",
+            federated=True,
+            sweeps=True,
+            audit=True,
+            model="federation.device.model",
         ),
         Arm(
             "federated_user_dp",
@@ -115,6 +117,7 @@ ARMS: dict[str, Arm] = {
             budget="federation.privacy",
             sweeps=True,
             background=True,
+            trust="trusting whoever holds the pooled data",
         ),
     )
 }
@@ -123,6 +126,7 @@ CENTRAL_ARMS = {name: arm for name, arm in ARMS.items() if not arm.federated}  #
 DEFAULT_ARMS = tuple(a.name for a in ARMS.values() if a.default)
 DEFAULT_CENTRAL_ARMS = tuple(name for name in DEFAULT_ARMS if name in CENTRAL_ARMS)  # what `fedrec baseline` fits
 PRIVATE_ARMS = tuple(a.name for a in ARMS.values() if a.private)
+DEFAULT_PRIVATE_ARM = next(name for name in DEFAULT_ARMS if ARMS[name].private)  # the product's private arm
 AUDITED_ARMS = tuple(a.name for a in ARMS.values() if a.audit)  # the canary audit retrains the first in a run
 
 
@@ -140,7 +144,7 @@ def arms_named(names: list[str], among: dict[str, Arm] = ARMS, command: str = "f
 
 def swept(arms: list[Arm]) -> list[Arm]:
     """The arms --sweep repeats: those of the run that sweep, in table order; in a run without one, the
-    default run's first arm that sweeps (federated_dp)."""
+    default run's first arm that sweeps (federated_ddp)."""
     names = {a.name for a in arms}
     return [a for a in ARMS.values() if a.sweeps and a.name in names] or [
         next(a for a in ARMS.values() if a.sweeps and a.default)
@@ -154,6 +158,11 @@ def sweep_arm_name(arm: str, epsilon: float) -> str:
 def rounds_keys() -> list[str]:
     """What --rounds sets: the rounds of every federated arm's settings branch."""
     return _unique(f"{a.settings}.server.rounds" for a in ARMS.values() if a.federated)
+
+
+def dropout_keys() -> list[str]:
+    """What --dropout sets: the simulated fleet's dropout in every federated arm's settings branch."""
+    return _unique(f"{a.settings}.device.fleet.dropout" for a in ARMS.values() if a.federated)
 
 
 def model_keys() -> list[str]:

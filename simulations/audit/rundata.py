@@ -10,7 +10,7 @@ from fedrec.common.errors import DataError
 from fedrec.common.split import Split, temporal_split
 from fedrec.simulations.rundir import RunDir
 
-MIA_ARMS = ("centralized", "federated", "federated_dp")
+MIA_ARMS = ("centralized", "federated", "federated_ddp", "federated_dp")
 
 
 @dataclass

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrec.common.config import DeviceConfig
 from fedrec.common.errors import DataError
 from fedrec.common.item_rows import COUNTS
-from fedrec.common.mechanisms import mechanism_for
+from fedrec.common.mechanisms import Mechanism, mechanism_for
 from fedrec.common.model import LOCAL_PREFIX, build_model
 from fedrec.common.model_files import read_model_info
-from fedrec.common.replies import SHARED_COUNTS, allowed_keys
+from fedrec.common.replies import allowed_keys
 from fedrec.server.secure_aggregation import SECURE_DIRECTION
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -50,10 +51,14 @@ def check_metric_keys(entry: dict, private: bool) -> list[str]:
     ]
 
 
-def shared_up_arrays(expected: dict[str, dict], n_items: int) -> dict[str, dict]:
-    """What a reply may carry under the distributed mechanism: the noisy sum of the item table's clipped
-    gradients (dense, the table's shape), or in round 1 the noisy item histogram; one of them per round."""
-    return {"item_emb.weight": expected["item_emb.weight"], SHARED_COUNTS: {"shape": [n_items], "dtype": "float64"}}
+def shared_up_arrays(
+    expected: dict[str, dict], device: DeviceConfig, mechanism: Mechanism, round_number: int
+) -> dict[str, dict]:
+    """What a reply may carry in a round of a shared-noise mechanism: the arrays of its share
+    (``Mechanism.share_names``), each a global parameter's shape, or the noisy item histogram."""
+    histogram = {"shape": [device.n_items], "dtype": "float64"}
+    names = mechanism.share_names(device, round_number, list(expected))
+    return {name: expected[name] if name in expected else histogram for name in names}
 
 
 def check_line(entry: dict, expected: dict[str, dict], private: bool = True, complete: bool = True) -> list[str]:
@@ -99,8 +104,9 @@ def check_line(entry: dict, expected: dict[str, dict], private: bool = True, com
 def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
     expected = expected_arrays(model_json)
     info = read_model_info(model_json)
-    private, shared = info.privacy.private, not mechanism_for(info.privacy).replies_parameters
-    up = shared_up_arrays(expected, info.federation.device.n_items) if shared else expected
+    mechanism = mechanism_for(info.privacy)
+    private, shared = info.privacy.private, not mechanism.replies_parameters
+    device = info.federation.device
     try:
         lines = [json.loads(x) for x in wire_log.read_text().splitlines() if x.strip()]
     except FileNotFoundError:
@@ -111,7 +117,7 @@ def audit_wire_log(wire_log: Path, model_json: Path) -> dict:
         p
         for entry in lines
         for p in (
-            check_line(entry, up, complete=False)
+            check_line(entry, shared_up_arrays(expected, device, mechanism, int(entry.get("round", 0))))
             if shared and entry.get("direction") == "up"
             else check_line(entry, expected, private)
         )

@@ -1,16 +1,16 @@
 """The retention section's first sentence: where the private arm lands at beta 2, under every user model.
 
-The private arm is `federated_dp` when the run has it, else the most accurate (test HR@10) private arm
+The private arm is the default run's (`federated_ddp`) when the run has it, else the most accurate (test HR@10) private arm
 present; accuracy picks it, not retention, so the choice does not select on the outcome it reports.
 """
 
 from __future__ import annotations
 
-from fedrec.simulations.arms.table import PRIVATE_ARMS
+from fedrec.simulations.arms.table import DEFAULT_PRIVATE_ARM, PRIVATE_ARMS
 from fedrec.simulations.retention.engine import POPULARITY
 
 HEADLINE_BETA = "2"
-PREFERRED_PRIVATE = "federated_dp"
+PREFERRED_PRIVATE = DEFAULT_PRIVATE_ARM
 FEDERATED = "federated"
 HEADLINE_METRICS = ("d30", "active_days")
 
@@ -35,10 +35,10 @@ def best_private(report_arms: dict, simulated: list[str]) -> str | None:
 
 def headline_arm(report_arms: dict, simulated: list[str]) -> tuple[str | None, str]:
     if PREFERRED_PRIVATE in simulated:
-        return PREFERRED_PRIVATE, "the on-device DP arm"
+        return PREFERRED_PRIVATE, "the default private arm"
     best = best_private(report_arms, simulated)
     if best:
-        return best, "the most accurate private arm present (no federated_dp in this run)"
+        return best, f"the most accurate private arm present (no {PREFERRED_PRIVATE} in this run)"
     return None, f"no private arm in this run (arms: {', '.join(simulated)})"
 
 
