@@ -11,14 +11,16 @@ of a repeated item is the sum of its row gradients), as Opacus' embedding gradie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from fedrec.common.model import PRIOR, NeuMF
+from fedrec.client.round_randomness import Draws
+from fedrec.common.model import PRIOR, NeuMF, is_dense
 
 USER, ITEM = "user_emb.weight", "item_emb.weight"
 CLIP_EPS = 1e-6  # Opacus' coefficient min(1, C / (norm + 1e-6))
@@ -35,14 +37,26 @@ class GroupClips:
     @property
     def total(self) -> float:
         """The L2 sensitivity of one record's clipped gradient over every trained parameter."""
-        return float(torch.tensor([self.rows, self.dense]).norm())
+        return math.hypot(self.rows, self.dense)
 
 
 def trained_names(model: NeuMF, clips: GroupClips) -> list[str]:
     """The parameters a shared-noise step trains, in the order their noise is drawn: what leaves the device
     (the item table, then the dense layers in the model's order) first, the device's own user row last."""
-    shared = [n for n, _ in model.named_parameters() if n == ITEM or (n != USER and clips.dense > 0)]
+    shared = [n for n, _ in model.named_parameters() if n == ITEM or (clips.dense > 0 and is_dense(n))]
     return [*shared, USER]
+
+
+def noise_stds(names: Sequence[str], user_std: float, share_std: float) -> dict[str, float]:
+    """Each trained parameter's noise std: the whole on the device's own row (never aggregated), the
+    device's share on what it sends."""
+    return {n: user_std if n == USER else share_std for n in names}
+
+
+def noisy(sums: ClippedSums, stds: Mapping[str, float], draws: Draws) -> dict[str, torch.Tensor]:
+    """The stacked path's noise: each parameter's sum plus its noise, drawn in the order Opacus' path draws
+    it (``shared_opacus.SplitNoiseDPOptimizer.add_noise``)."""
+    return {n: s + (draws.normal(tuple(s.shape), stds[n]) if stds[n] > 0 else 0) for n, s in sums.sums.items()}
 
 
 @dataclass(frozen=True)
@@ -63,8 +77,10 @@ def stacked_clipped_sums(
     """Device d's clipped sums, for devices whose user rows are ``user_rows`` [D, dim] and whose sampled
     records are ``items[d]`` / ``labels[d]`` ([n_d, 1+k]); ``model`` holds the shared parameters (its own
     user table is ignored)."""
+    if not items:
+        return []
     names = trained_names(model, clips)
-    dense = [n for n in names if n not in (USER, ITEM)]
+    dense = [n for n in names if is_dense(n)]
     fixed = {k: v.detach() for k, v in model.named_parameters() if k not in (USER, ITEM, *dense)}
     fixed.update({k: v.detach() for k, v in model.named_buffers() if k != PRIOR})
     params = {k: v.detach() for k, v in model.named_parameters() if k in dense}
@@ -72,8 +88,6 @@ def stacked_clipped_sums(
     width = model.item_emb.weight.shape[1]
     d = len(items)
     counts = [len(i) for i in items]
-    if sum(counts) == 0:
-        return [ClippedSums(_zeros(model, names), 0) for _ in range(d)]
     all_items, all_labels = torch.cat(list(items)), torch.cat(list(labels))
     owner = torch.repeat_interleave(torch.arange(d), torch.tensor(counts))
     group = all_items.shape[1]
@@ -117,8 +131,3 @@ def stacked_clipped_sums(
         sums = {USER: user_sum[i : i + 1], ITEM: item_sum[i], **{k: v[i] for k, v in dense_sum.items()}}
         out.append(ClippedSums({n: sums[n] for n in names}, counts[i]))
     return out
-
-
-def _zeros(model: NeuMF, names: list[str]) -> dict[str, torch.Tensor]:
-    shapes = {USER: (1, model.user_emb.weight.shape[1])}
-    return {n: torch.zeros(shapes.get(n, tuple(p.shape))) for n, p in model.named_parameters() if n in names}

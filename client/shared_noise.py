@@ -37,8 +37,8 @@ from fedrec.client.device_round import (
 )
 from fedrec.client.fleet import reachable, takes_part
 from fedrec.client.round_randomness import POISSON, Draws, RoundRandomness
-from fedrec.client.shared_gradients import USER, GroupClips, stacked_clipped_sums
-from fedrec.client.shared_opacus import noisy, opacus_noisy_sums
+from fedrec.client.shared_gradients import USER, GroupClips, noise_stds, noisy, stacked_clipped_sums, trained_names
+from fedrec.client.shared_opacus import opacus_noisy_sums
 from fedrec.client.stacked import DeviceWork
 from fedrec.common.errors import FedrecError
 from fedrec.common.instructions import DeviceInstructions
@@ -93,10 +93,11 @@ class SharedGradientStep:
     def clips(self) -> GroupClips:
         return GroupClips(self.task.privacy.max_grad_norm, self.task.device.shared_noise.dense_clip)
 
-    def stds(self) -> tuple[float, float]:
-        """The noise std on the device's own row (the whole sigma C) and on each shared coordinate (its share)."""
+    def stds(self, model: NeuMF) -> dict[str, float]:
+        """The noise std of each trained parameter: the whole sigma C on the device's own row, its share on
+        each shared coordinate."""
         std = self.task.privacy.noise_multiplier * self.clips.total
-        return std, self.task.device.shared_noise.share_std(std)
+        return noise_stds(trained_names(model, self.clips), std, self.task.device.shared_noise.share_std(std))
 
     def _picked(self, work: DeviceWork) -> torch.Tensor:
         return work.randomness.draws(POISSON).bernoulli(len(work.items), self.task.device.shared_noise.record_rate)
@@ -109,31 +110,26 @@ class SharedGradientStep:
     def _dp_step(self, work: DeviceWork) -> Trained:
         generator = work.randomness.draws(NOISE)
         picked = self._picked(work)
-        user_std, share_std = self.stds()
+        model = self._model(work.user_row)
         sums = opacus_noisy_sums(
-            self._model(work.user_row),
-            work.items[picked],
-            work.labels[picked],
-            self.clips,
-            user_std,
-            share_std,
-            generator,
+            model, work.items[picked], work.labels[picked], self.clips, self.stds(model), generator
         )
         return self._trained(work, sums.sums, sums.examples)
 
     def _stacked(self, works: Sequence[DeviceWork]) -> list[Trained]:
         """The per-device step for a block of devices: one pass of per-record gradients over all of them."""
+        if not works:
+            return []
         picked = [self._picked(w) for w in works]
-        rows = torch.cat([w.user_row for w in works]) if works else torch.zeros(0)
+        rows = torch.cat([w.user_row for w in works])
         model = self._model(torch.zeros(1, self.task.device.model.embedding_dim))
         items = [w.items[p] for w, p in zip(works, picked)]
         labels = [w.labels[p] for w, p in zip(works, picked)]
-        user_std, share_std = self.stds()
-        out = []
-        for work, sums in zip(works, stacked_clipped_sums(model, rows, items, labels, self.clips)):
-            stds = {n: user_std if n == USER else share_std for n in sums.sums}
-            out.append(self._trained(work, noisy(sums, stds, work.randomness.draws(NOISE)), sums.examples))
-        return out
+        stds = self.stds(model)
+        return [
+            self._trained(work, noisy(sums, stds, work.randomness.draws(NOISE)), sums.examples)
+            for work, sums in zip(works, stacked_clipped_sums(model, rows, items, labels, self.clips))
+        ]
 
     def _trained(self, work: DeviceWork, sums: Mapping[str, torch.Tensor], examples: int) -> Trained:
         """The shared parameters' noisy sums are the reply; the user row steps here with its own momentum."""

@@ -19,36 +19,41 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 
 from fedrec.client.round_randomness import Draws
 from fedrec.client.shared_gradients import CLIP_EPS, ClippedSums, GroupClips, trained_names
-from fedrec.common.model import NeuMF
+from fedrec.common.model import NeuMF, is_dense
 
 
 class SplitNoiseDPOptimizer(DPOptimizer):
-    """Opacus' DPOptimizer with per-group clipping (each record's gradient scaled to norm ``clips[g]`` over the
-    parameters of group g) and a noise std per parameter drawn from ``draws`` in parameter order. It is
+    """Opacus' DPOptimizer with per-group clipping (each record's gradient scaled to norm ``clips.rows`` over
+    the embedding tables it reaches and to ``clips.dense`` over the dense layers, ``dense[i]`` saying which
+    group parameter i is in) and a noise std per parameter drawn from ``draws`` in parameter order. It is
     never stepped: ``clip_and_accumulate`` and ``add_noise`` leave the noisy sums in ``p.grad``."""
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        groups: Sequence[int],
-        clips: Sequence[float],
+        dense: Sequence[bool],
+        clips: GroupClips,
         stds: Sequence[float],
         draws: Draws,
         noise_multiplier: float,
         expected_batch_size: int,
     ):
-        total = float(torch.tensor(list(clips)).norm())
         super().__init__(
             optimizer,
             noise_multiplier=noise_multiplier,
-            max_grad_norm=total,
+            max_grad_norm=clips.total,
             expected_batch_size=expected_batch_size,
             loss_reduction="sum",
         )
-        if not len(groups) == len(stds) == len(self.params):
+        if not len(dense) == len(stds) == len(self.params):
             raise ValueError("one group and one noise std per parameter")
-        self.groups, self.clips, self.stds, self.draws = list(groups), list(clips), list(stds), draws
+        self.groups, self.clips, self.stds, self.draws = (
+            [int(d) for d in dense],
+            (clips.rows, clips.dense),
+            list(stds),
+            draws,
+        )
 
     def clip_and_accumulate(self) -> None:
         """Opacus' ``clip_and_accumulate`` with one clip factor per group of parameters."""
@@ -79,25 +84,22 @@ def opacus_noisy_sums(
     items: torch.Tensor,
     labels: torch.Tensor,
     clips: GroupClips,
-    user_std: float,
-    share_std: float,
+    stds: Mapping[str, float],
     draws: Draws,
 ) -> ClippedSums:
     """One device's noisy sums: its sampled records' gradients (``items``/``labels`` [n, 1+k]) clipped per
-    group, plus ``user_std`` noise on its user row and ``share_std`` on every shared parameter."""
+    group, plus noise of std ``stds[name]`` on each trained parameter (``shared_gradients.noise_stds``)."""
     names = trained_names(model, clips)
     named = dict(model.named_parameters())
     for name, p in named.items():
         p.requires_grad_(name in names)
     params = [named[n] for n in names]
-    groups = [0 if n.endswith("_emb.weight") else 1 for n in names]
-    stds = [user_std if n.startswith("user_emb.") else share_std for n in names]
     module = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     optimizer = SplitNoiseDPOptimizer(
         torch.optim.SGD(params, lr=0.0),
-        groups=groups,
-        clips=(clips.rows, clips.dense),
-        stds=stds,
+        dense=[is_dense(n) for n in names],
+        clips=clips,
+        stds=[stds[n] for n in names],
         draws=draws,
         noise_multiplier=1.0,  # Opacus' own noise is never drawn: add_noise uses ``stds``
         expected_batch_size=max(1, len(items)),
@@ -120,8 +122,3 @@ def opacus_noisy_sums(
 def _grad(p: torch.Tensor) -> torch.Tensor:
     assert p.grad is not None  # add_noise set it
     return p.grad.detach().clone()
-
-
-def noisy(sums: ClippedSums, stds: Mapping[str, float], draws: Draws) -> dict[str, torch.Tensor]:
-    """The stacked path's noise: each parameter's sum plus its noise, drawn in the order ``add_noise`` draws."""
-    return {n: s + (draws.normal(tuple(s.shape), stds[n]) if stds[n] > 0 else 0) for n, s in sums.sums.items()}
